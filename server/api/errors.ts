@@ -1,0 +1,62 @@
+import { Code, ConnectError, createContextKey, type Interceptor } from "@connectrpc/connect";
+import type { FastifyBaseLogger } from "fastify";
+import { StoreError, type StoreErrorKind } from "../store/errors.js";
+
+/** The request's logger (bound to its request id), handed over from Fastify. */
+export const kRequestLog = createContextKey<FastifyBaseLogger | undefined>(undefined);
+export const kRequestId = createContextKey<string>("");
+
+const CODES: Record<StoreErrorKind, Code> = {
+  invalid: Code.InvalidArgument,
+  too_large: Code.ResourceExhausted,
+  condition_failed: Code.Aborted,
+  already_exists: Code.AlreadyExists,
+  unavailable: Code.Unavailable,
+  internal: Code.Internal,
+};
+
+/**
+ * The one place where errors become Connect codes. Clients get the rule that was broken, or for
+ * failures of ours only a request id: driver messages and SQL stay in the log.
+ */
+export function toConnectError(
+  error: unknown,
+  log: FastifyBaseLogger | undefined,
+  requestId: string,
+  rpc: string,
+): ConnectError {
+  if (error instanceof ConnectError) return error;
+  if (error instanceof StoreError) {
+    if (error.kind === "internal" || error.kind === "unavailable") {
+      const level = error.kind === "internal" ? "error" : "warn";
+      log?.[level]({ err: error.cause ?? error, rpc }, error.message);
+      return new ConnectError(`${error.message} (request ${requestId})`, CODES[error.kind]);
+    }
+    return new ConnectError(error.message, CODES[error.kind]);
+  }
+  log?.error({ err: error, rpc }, "unexpected error");
+  return new ConnectError(`internal error (request ${requestId})`, Code.Internal);
+}
+
+export const errorInterceptor: Interceptor = (next) => async (req) => {
+  const log = req.contextValues.get(kRequestLog);
+  const id = req.contextValues.get(kRequestId);
+  const rpc = req.method.name;
+  try {
+    const res = await next(req);
+    if (!res.stream) return res;
+    const messages = res.message;
+    return {
+      ...res,
+      message: (async function* () {
+        try {
+          yield* messages;
+        } catch (error) {
+          throw toConnectError(error, log, id, rpc);
+        }
+      })(),
+    };
+  } catch (error) {
+    throw toConnectError(error, log, id, rpc);
+  }
+};

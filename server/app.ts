@@ -1,0 +1,111 @@
+import { randomUUID } from "node:crypto";
+import { cors as connectCors, createContextValues } from "@connectrpc/connect";
+import { fastifyConnectPlugin } from "@connectrpc/connect-fastify";
+import cors from "@fastify/cors";
+import Fastify, { type FastifyBaseLogger } from "fastify";
+import { EventStore } from "../gen/orisun/v1/eventstore_pb.js";
+import type { ApiDeps } from "./api/deps.js";
+import { errorInterceptor, kRequestId, kRequestLog } from "./api/errors.js";
+import { storeHandlers } from "./api/store-handlers.js";
+import type { Config } from "./config.js";
+import { createOnePort, type OnePort } from "./http/one-port.js";
+import { EventStore as Store } from "./store/event-store.js";
+
+export interface RunningApp {
+  /** Base URL, e.g. http://127.0.0.1:50051 */
+  readonly url: string;
+  readonly port: number;
+  readonly store: Store;
+  readonly log: FastifyBaseLogger;
+  /** Stops accepting, lets in-flight calls finish (up to `graceMs`), ends streams, closes pools. */
+  close(graceMs?: number): Promise<void>;
+}
+
+/** Wires store, API and the one listening port together and starts listening. */
+export async function startApp(config: Config): Promise<RunningApp> {
+  let onePort: OnePort | undefined;
+  const app = Fastify({
+    logger: { level: config.logLevel },
+    genReqId: (req) => {
+      const given = req.headers["x-request-id"];
+      return typeof given === "string" && /^[\w.-]{1,64}$/.test(given) ? given : randomUUID();
+    },
+    serverFactory: (handler) => {
+      onePort = createOnePort(handler, config.tls);
+      return onePort.server as unknown as import("node:http").Server;
+    },
+  });
+
+  const store = await Store.open({
+    url: config.pgUrl,
+    schema: config.pgSchema,
+    poolSize: config.pgPoolSize,
+    dataDir: config.dataDir,
+    onIdleError: (err) => app.log.warn({ err }, "idle database connection failed"),
+    groupCommit: {
+      maxEvents: config.limits.maxEventsPerSave,
+      maxBytes: config.limits.maxRequestBytes * 2,
+    },
+  });
+
+  const shutdown = new AbortController();
+  const deps: ApiDeps = {
+    store,
+    validation: { limits: config.limits, boundaries: config.boundaries },
+    shutdown: shutdown.signal,
+  };
+
+  if (config.corsOrigins.length > 0) {
+    await app.register(cors, {
+      origin: config.corsOrigins.includes("*") ? true : [...config.corsOrigins],
+      methods: [...connectCors.allowedMethods],
+      allowedHeaders: [...connectCors.allowedHeaders, "X-Request-Id"],
+      exposedHeaders: [...connectCors.exposedHeaders, "X-Request-Id"],
+      maxAge: 7200,
+    });
+  }
+  await app.register(fastifyConnectPlugin, {
+    routes: (router) => router.service(EventStore, { ...storeHandlers(deps) }),
+    interceptors: [errorInterceptor],
+    readMaxBytes: config.limits.maxRequestBytes,
+    contextValues: (req) =>
+      createContextValues().set(kRequestLog, req.log).set(kRequestId, String(req.id)),
+  });
+  app.get("/healthz", async () => ({ status: "ok" }));
+  app.get("/readyz", async (_req, reply) => {
+    try {
+      await store.head("orisun_readyz");
+      return { status: "ready" };
+    } catch {
+      return reply.code(503).send({ status: "database unavailable" });
+    }
+  });
+
+  await app.listen({ port: config.port, host: config.host });
+  const address = app.server.address();
+  const port = typeof address === "object" && address !== null ? address.port : config.port;
+  const host = config.host === "0.0.0.0" || config.host === "::" ? "127.0.0.1" : config.host;
+  const url = `${config.tls ? "https" : "http"}://${host}:${port}`;
+
+  let closing: Promise<void> | undefined;
+  return {
+    url,
+    port,
+    store,
+    log: app.log,
+    close(graceMs = 10_000) {
+      closing ??= (async () => {
+        shutdown.abort(new Error("server is shutting down"));
+        onePort?.drain();
+        const force = setTimeout(() => onePort?.destroy(), graceMs);
+        try {
+          await app.close();
+        } finally {
+          clearTimeout(force);
+          await store.close();
+        }
+      })();
+      return closing;
+    },
+  };
+}

@@ -1,0 +1,217 @@
+import { readFileSync } from "node:fs";
+import { resolve } from "node:path";
+import { parse as parseYaml } from "yaml";
+
+/** Everything the server reads at start-up. Environment variables win over the YAML file. */
+export interface Config {
+  readonly port: number;
+  readonly host: string;
+  /** PostgreSQL URL; undefined: embedded PGlite in `dataDir`. */
+  readonly pgUrl: string | undefined;
+  readonly pgSchema: string;
+  readonly pgPoolSize: number;
+  /** NATS URL; undefined: the in-process broker. */
+  readonly natsUrl: string | undefined;
+  readonly dataDir: string;
+  readonly tls: { readonly cert: string; readonly key: string } | undefined;
+  /** Allowed boundaries; undefined: any valid name, created on first write. */
+  readonly boundaries: readonly string[] | undefined;
+  readonly corsOrigins: readonly string[];
+  readonly pubsubRetentionMs: number;
+  readonly pubsubDedupeWindowMs: number;
+  readonly logLevel: string;
+  readonly limits: Limits;
+}
+
+export interface Limits {
+  readonly maxEventsPerSave: number;
+  readonly maxEventDataBytes: number;
+  readonly maxTagsPerEvent: number;
+  readonly maxTagBytes: number;
+  readonly maxRequestBytes: number;
+  readonly maxCriteria: number;
+  readonly maxMessageBytes: number;
+}
+
+export class ConfigError extends Error {
+  override readonly name = "ConfigError";
+}
+
+type Source = Readonly<Record<string, string | undefined>>;
+
+const BOUNDARY = /^[a-z][a-z0-9_]{0,62}$/;
+const SCHEMA = /^[a-z_][a-z0-9_]{0,62}$/;
+
+/** Reads `-config path` / `--config path` / `--config=path` from argv. */
+export function configPathFromArgs(argv: readonly string[]): string | undefined {
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i] ?? "";
+    const eq = /^--?config=(.*)$/.exec(arg);
+    if (eq) return eq[1];
+    if (arg === "-config" || arg === "--config") {
+      const next = argv[i + 1];
+      if (next === undefined) throw new ConfigError(`${arg}: expects a file path`);
+      return next;
+    }
+  }
+  return undefined;
+}
+
+/** Flattens the YAML layout of the original server into the environment variable names. */
+function yamlToEnv(path: string): Record<string, string> {
+  let doc: unknown;
+  try {
+    doc = parseYaml(readFileSync(path, "utf8"));
+  } catch (error) {
+    throw new ConfigError(`config file ${path}: ${(error as Error).message}`);
+  }
+  if (doc === null || doc === undefined) return {};
+  if (typeof doc !== "object") throw new ConfigError(`config file ${path}: must be a YAML mapping`);
+  const out: Record<string, string> = {};
+  const section = (name: string): Record<string, unknown> => {
+    const value = (doc as Record<string, unknown>)[name];
+    if (value === undefined || value === null) return {};
+    if (typeof value !== "object")
+      throw new ConfigError(`config file ${path}: ${name} must be a mapping`);
+    return value as Record<string, unknown>;
+  };
+  const str = (v: unknown) => (v === undefined || v === null ? undefined : String(v));
+  const db = section("db");
+  if (db.host !== undefined || db.name !== undefined || db.user !== undefined) {
+    const url = new URL("postgres://localhost");
+    url.hostname = str(db.host) ?? "localhost";
+    url.port = str(db.port) ?? "5432";
+    url.username = encodeURIComponent(str(db.user) ?? "postgres");
+    url.password = encodeURIComponent(str(db.password) ?? "");
+    url.pathname = `/${encodeURIComponent(str(db.name) ?? "orisun")}`;
+    out.ORISUN_PG_URL = url.toString();
+  }
+  const schema = str(db.schema);
+  if (schema !== undefined) out.ORISUN_PG_SCHEMA = schema;
+  const natsUrl = str(section("nats").url);
+  if (natsUrl !== undefined) out.ORISUN_NATS_URL = natsUrl;
+  const port = str(section("server").port);
+  if (port !== undefined) out.ORISUN_PORT = port;
+  return out;
+}
+
+function integer(env: Source, name: string, fallback: number, min: number, max: number): number {
+  const raw = env[name];
+  if (raw === undefined || raw === "") return fallback;
+  const value = Number(raw);
+  if (!/^\d+$/.test(raw.trim()) || !Number.isSafeInteger(value) || value < min || value > max) {
+    throw new ConfigError(`${name}: must be an integer from ${min} to ${max}, got "${raw}"`);
+  }
+  return value;
+}
+
+const UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+
+/** Durations as `500ms`, `90s`, `2m`, `24h`, `7d`. */
+function duration(env: Source, name: string, fallback: number): number {
+  const raw = env[name];
+  if (raw === undefined || raw === "") return fallback;
+  const match = /^(\d+)(ms|s|m|h|d)$/.exec(raw.trim());
+  const unit = match ? UNITS[match[2] ?? ""] : undefined;
+  if (!match || unit === undefined || Number(match[1]) === 0) {
+    throw new ConfigError(`${name}: must be a positive duration like 90s, 2m or 24h, got "${raw}"`);
+  }
+  return Number(match[1]) * unit;
+}
+
+function list(env: Source, name: string): string[] | undefined {
+  const raw = env[name];
+  if (raw === undefined || raw.trim() === "") return undefined;
+  return raw
+    .split(",")
+    .map((s) => s.trim())
+    .filter((s) => s !== "");
+}
+
+function url(env: Source, name: string, protocols: readonly string[]): string | undefined {
+  const raw = env[name];
+  if (raw === undefined || raw === "") return undefined;
+  let parsed: URL;
+  try {
+    parsed = new URL(raw);
+  } catch {
+    throw new ConfigError(`${name}: must be a URL like ${protocols[0]}//host:port, got "${raw}"`);
+  }
+  if (!protocols.includes(parsed.protocol)) {
+    throw new ConfigError(`${name}: must use ${protocols.join(" or ")}, got "${parsed.protocol}"`);
+  }
+  return raw;
+}
+
+/** Builds the configuration from the environment and an optional YAML file; throws ConfigError naming the bad value. */
+export function loadConfig(
+  env: Source = process.env,
+  argv: readonly string[] = process.argv.slice(2),
+): Config {
+  const file = configPathFromArgs(argv);
+  const merged: Source = { ...(file === undefined ? {} : yamlToEnv(file)), ...stripEmpty(env) };
+
+  const boundaries = list(merged, "ORISUN_BOUNDARIES");
+  for (const b of boundaries ?? []) {
+    if (!BOUNDARY.test(b)) {
+      throw new ConfigError(`ORISUN_BOUNDARIES: "${b}" must match ${BOUNDARY.source}`);
+    }
+  }
+  const pgSchema = merged.ORISUN_PG_SCHEMA ?? "public";
+  if (!SCHEMA.test(pgSchema)) {
+    throw new ConfigError(`ORISUN_PG_SCHEMA: must match ${SCHEMA.source}, got "${pgSchema}"`);
+  }
+  const cert = merged.ORISUN_TLS_CERT;
+  const key = merged.ORISUN_TLS_KEY;
+  if ((cert === undefined) !== (key === undefined)) {
+    throw new ConfigError("ORISUN_TLS_CERT and ORISUN_TLS_KEY: set both or neither");
+  }
+  const readPem = (name: string, path: string) => {
+    try {
+      return readFileSync(path, "utf8");
+    } catch (error) {
+      throw new ConfigError(`${name}: cannot read ${path}: ${(error as Error).message}`);
+    }
+  };
+  const logLevel = merged.ORISUN_LOG_LEVEL ?? "info";
+  if (!["fatal", "error", "warn", "info", "debug", "trace", "silent"].includes(logLevel)) {
+    throw new ConfigError(
+      `ORISUN_LOG_LEVEL: must be one of fatal, error, warn, info, debug, trace, silent, got "${logLevel}"`,
+    );
+  }
+  const MiB = 1024 * 1024;
+  return {
+    port: integer(merged, "ORISUN_PORT", 50051, 0, 65535),
+    host: merged.ORISUN_HOST ?? "0.0.0.0",
+    pgUrl: url(merged, "ORISUN_PG_URL", ["postgres:", "postgresql:"]),
+    pgSchema,
+    pgPoolSize: integer(merged, "ORISUN_PG_POOL_SIZE", 10, 1, 1000),
+    natsUrl: url(merged, "ORISUN_NATS_URL", ["nats:", "tls:", "ws:", "wss:"]),
+    dataDir: resolve(merged.ORISUN_DATA_DIR ?? "./data"),
+    tls:
+      cert === undefined || key === undefined
+        ? undefined
+        : { cert: readPem("ORISUN_TLS_CERT", cert), key: readPem("ORISUN_TLS_KEY", key) },
+    boundaries,
+    corsOrigins: list(merged, "ORISUN_CORS_ORIGINS") ?? [],
+    pubsubRetentionMs: duration(merged, "ORISUN_PUBSUB_RETENTION", 86_400_000),
+    pubsubDedupeWindowMs: duration(merged, "ORISUN_PUBSUB_DEDUPE_WINDOW", 120_000),
+    logLevel,
+    limits: {
+      maxEventsPerSave: integer(merged, "ORISUN_MAX_EVENTS_PER_SAVE", 10_000, 1, 1_000_000),
+      maxEventDataBytes: integer(merged, "ORISUN_MAX_EVENT_BYTES", MiB, 1, 64 * MiB),
+      maxTagsPerEvent: integer(merged, "ORISUN_MAX_TAGS_PER_EVENT", 64, 1, 10_000),
+      maxTagBytes: integer(merged, "ORISUN_MAX_TAG_BYTES", 256, 1, 65_536),
+      maxRequestBytes: integer(merged, "ORISUN_MAX_REQUEST_BYTES", 4 * MiB, 1024, 1024 * MiB),
+      maxCriteria: integer(merged, "ORISUN_MAX_CRITERIA", 100, 1, 10_000),
+      maxMessageBytes: integer(merged, "ORISUN_MAX_MESSAGE_BYTES", MiB, 1, 64 * MiB),
+    },
+  };
+}
+
+function stripEmpty(env: Source): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(env))
+    if (k.startsWith("ORISUN_") && v !== undefined && v !== "") out[k] = v;
+  return out;
+}

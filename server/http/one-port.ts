@@ -1,0 +1,103 @@
+import type { IncomingMessage, ServerResponse } from "node:http";
+import * as http from "node:http";
+import type { Http2ServerRequest, Http2ServerResponse, Http2Session } from "node:http2";
+import * as http2 from "node:http2";
+import type { Socket } from "node:net";
+import * as net from "node:net";
+
+/** Fastify's request handler; it also serves HTTP/2 compat requests, which lack a few HTTP/1 fields. */
+type Handler = (req: IncomingMessage, res: ServerResponse) => void;
+type Http2Handler = (req: Http2ServerRequest, res: Http2ServerResponse) => void;
+
+/** The HTTP/2 connection preface a client sends first when it speaks h2c with prior knowledge. */
+const PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+
+export interface OnePort {
+  /** What Fastify listens on and closes. */
+  readonly server: net.Server;
+  /** Ends idle keep-alive connections and asks HTTP/2 peers to go away once their streams finish. */
+  drain(): void;
+  /** Destroys every remaining connection. */
+  destroy(): void;
+}
+
+/**
+ * One listening port for every protocol. Without TLS, Node's h2c server cannot take HTTP/1.1, so
+ * each new connection is routed by its first bytes: the HTTP/2 preface goes to an HTTP/2 server
+ * (gRPC, Connect and gRPC-Web over h2c), anything else to an HTTP/1.1 server (curl, browsers).
+ * With TLS, ALPN picks h2 or http/1.1 and Node's secure HTTP/2 server handles both.
+ */
+export function createOnePort(
+  handler: Handler,
+  tls: { cert: string; key: string } | undefined,
+): OnePort {
+  const sessions = new Set<Http2Session>();
+  const sockets = new Set<Socket>();
+  const track = (server: net.Server | http2.Http2Server | http2.Http2SecureServer) => {
+    server.on("session", (session: Http2Session) => {
+      sessions.add(session);
+      session.on("close", () => sessions.delete(session));
+    });
+  };
+
+  if (tls) {
+    const server = http2.createSecureServer(
+      { ...tls, allowHTTP1: true },
+      handler as unknown as Http2Handler,
+    );
+    track(server);
+    server.on("connection", (socket: Socket) => {
+      sockets.add(socket);
+      socket.on("close", () => sockets.delete(socket));
+    });
+    return {
+      server,
+      drain: () => {
+        for (const session of sessions) session.close();
+      },
+      destroy: () => {
+        for (const socket of sockets) socket.destroy();
+      },
+    };
+  }
+
+  // A quiet subscription must outlive any request or idle timeout: the client cancels it.
+  const h1 = http.createServer({ requestTimeout: 0, keepAliveTimeout: 65_000 }, handler);
+  const h2 = http2.createServer({}, handler as unknown as Http2Handler);
+  track(h2);
+
+  const front = net.createServer((socket: Socket) => {
+    sockets.add(socket);
+    socket.on("close", () => sockets.delete(socket));
+    let head = Buffer.alloc(0);
+    const sniff = (chunk: Buffer) => {
+      head = Buffer.concat([head, chunk]);
+      const n = Math.min(head.length, PREFACE.length);
+      const h2c = head.subarray(0, n).equals(PREFACE.subarray(0, n));
+      if (h2c && head.length < PREFACE.length) return; // could still be the preface: wait
+      socket.off("data", sniff);
+      socket.pause();
+      socket.unshift(head);
+      if (h2c) {
+        // The HTTP/2 session takes over the socket and reads the unshifted bytes itself.
+        h2.emit("connection", socket);
+      } else {
+        h1.emit("connection", socket);
+        // The HTTP/1 parser listens for data events: a paused socket would never deliver them.
+        socket.resume();
+      }
+    };
+    socket.on("data", sniff);
+  });
+
+  return {
+    server: front,
+    drain: () => {
+      h1.closeIdleConnections();
+      for (const session of sessions) session.close();
+    },
+    destroy: () => {
+      for (const socket of sockets) socket.destroy();
+    },
+  };
+}

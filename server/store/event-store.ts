@@ -1,0 +1,63 @@
+import { Appender, type CommitListener, type GroupCommitLimits } from "./append.js";
+import { type DatabaseOptions, type OpenDatabase, openDatabase } from "./database.js";
+import { databaseError } from "./database-errors.js";
+import { headPosition, readEvents } from "./read.js";
+import type { AppendRequest, Position, ReadRequest, StoredEvent } from "./types.js";
+
+export interface EventStoreOptions extends DatabaseOptions {
+  readonly groupCommit: GroupCommitLimits;
+}
+
+/** The store's whole surface: append with DCB conditions, read, and hear about commits. */
+export class EventStore {
+  private readonly listeners = new Set<CommitListener>();
+  private readonly appender: Appender;
+
+  private constructor(
+    readonly database: OpenDatabase,
+    groupCommit: GroupCommitLimits,
+  ) {
+    this.appender = new Appender(database.db, groupCommit, (boundary, head) => {
+      for (const listener of this.listeners) listener(boundary, head);
+    });
+  }
+
+  static async open(options: EventStoreOptions): Promise<EventStore> {
+    return new EventStore(await openDatabase(options), options.groupCommit);
+  }
+
+  get embedded(): boolean {
+    return this.database.embedded;
+  }
+
+  /** Appends atomically; resolves to the position of the last event written. */
+  append(request: AppendRequest): Promise<Position> {
+    return this.appender.append(request);
+  }
+
+  async read(request: ReadRequest): Promise<StoredEvent[]> {
+    try {
+      return await readEvents(this.database.db, request);
+    } catch (error) {
+      throw databaseError(error);
+    }
+  }
+
+  async head(boundary: string): Promise<Position> {
+    try {
+      return await headPosition(this.database.db, boundary);
+    } catch (error) {
+      throw databaseError(error);
+    }
+  }
+
+  /** Called after each commit of this process; other processes' commits arrive by NOTIFY orisun_commits. */
+  onCommit(listener: CommitListener): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  async close(): Promise<void> {
+    await this.database.db.destroy();
+  }
+}

@@ -1,0 +1,40 @@
+import type { ColumnType, Generated } from "kysely";
+
+/** int8 columns: read as decimal strings (both drivers are set up so), written as strings. */
+export type Int8 = ColumnType<string, string, string>;
+
+export interface EventsTable {
+  boundary: string;
+  commit_position: Int8;
+  prepare_position: Int8;
+  event_id: string;
+  event_type: string;
+  /** Each tag encoded by encodeTag(): a set, so `@>` answers "has all these tags" from a GIN index. */
+  tags: string[];
+  data: string;
+  metadata: string | null;
+  date_created: Generated<Date>;
+}
+
+export interface BoundariesTable {
+  name: string;
+  /** The last commit_position and prepare_position handed out; the row lock serialises appends. */
+  last_commit: Int8;
+  last_prepare: Int8;
+  created_at: Generated<Date>;
+}
+
+export interface Database {
+  orisun_events: EventsTable;
+  orisun_boundaries: BoundariesTable;
+}
+
+/** A tag as one array element: JSON keeps any key/value pair unambiguous. */
+export function encodeTag(tag: { key: string; value: string }): string {
+  return JSON.stringify([tag.key, tag.value]);
+}
+
+export function decodeTag(encoded: string): { key: string; value: string } {
+  const [key, value] = JSON.parse(encoded) as [string, string];
+  return { key, value };
+}

@@ -1,0 +1,70 @@
+/** A point in a boundary's log, ordered by (commit, prepare). {0,0} is before the first event. */
+export interface Position {
+  readonly commit: bigint;
+  readonly prepare: bigint;
+}
+
+export const START: Position = { commit: 0n, prepare: 0n };
+
+export interface Tag {
+  readonly key: string;
+  readonly value: string;
+}
+
+/** Matches an event whose type is one of `types` (or `types` is empty) and that has every tag. */
+export interface Criterion {
+  readonly types: readonly string[];
+  readonly tags: readonly Tag[];
+}
+
+/** Matches an event when any criterion does; no criteria matches every event. */
+export type Query = readonly Criterion[];
+
+export interface Condition {
+  readonly after: Position;
+  readonly query: Query;
+}
+
+export interface EventToAppend {
+  readonly id: string;
+  readonly type: string;
+  readonly tags: readonly Tag[];
+  /** JSON text, already validated. */
+  readonly data: string;
+  /** JSON text or "" for none. */
+  readonly metadata: string;
+}
+
+export interface AppendRequest {
+  readonly boundary: string;
+  readonly events: readonly EventToAppend[];
+  readonly condition?: Condition | undefined;
+}
+
+export interface StoredEvent {
+  readonly boundary: string;
+  readonly id: string;
+  readonly type: string;
+  readonly tags: readonly Tag[];
+  readonly data: string;
+  readonly metadata: string;
+  readonly position: Position;
+  readonly createdAt: Date;
+}
+
+export type Direction = "asc" | "desc";
+
+export interface ReadRequest {
+  readonly boundary: string;
+  readonly query: Query;
+  /** Inclusive. Undefined: the first event (asc) or the last (desc). */
+  readonly from?: Position | undefined;
+  readonly count: number;
+  readonly direction: Direction;
+}
+
+export function comparePositions(a: Position, b: Position): number {
+  if (a.commit !== b.commit) return a.commit < b.commit ? -1 : 1;
+  if (a.prepare !== b.prepare) return a.prepare < b.prepare ? -1 : 1;
+  return 0;
+}
