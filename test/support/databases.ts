@@ -1,0 +1,77 @@
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import pg from "pg";
+import { EventStore, type EventStoreOptions } from "../../server/store/event-store.js";
+
+/** The PostgreSQL the tests use; CI starts it on 127.0.0.1:5432 with trust auth. */
+export const PG_URL = process.env.ORISUN_TEST_PG_URL ?? "postgres://postgres@127.0.0.1:5432/test";
+
+let counter = 0;
+/** A schema name no other test run or file uses. */
+export function freshSchema(prefix = "t"): string {
+  counter++;
+  return `${prefix}_${process.pid}_${Date.now().toString(36)}_${counter}`;
+}
+
+export function freshDataDir(): string {
+  return mkdtempSync(join(tmpdir(), "orisun-test-"));
+}
+
+export async function dropSchema(schema: string): Promise<void> {
+  const client = new pg.Client({ connectionString: PG_URL });
+  await client.connect();
+  try {
+    await client.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
+  } finally {
+    await client.end();
+  }
+}
+
+export interface StoreTarget {
+  readonly name: "pglite" | "postgres";
+  /** Opens a store on a fresh, empty database (schema or data folder). */
+  open(): Promise<{ store: EventStore; cleanup: () => Promise<void> }>;
+}
+
+const groupCommit = { maxEvents: 10_000, maxBytes: 8 * 1024 * 1024 };
+
+/** The same suites run against both storage configurations. */
+export const storeTargets: readonly StoreTarget[] = [
+  {
+    name: "pglite",
+    async open() {
+      const options: EventStoreOptions = {
+        url: undefined,
+        schema: "public",
+        poolSize: 1,
+        dataDir: freshDataDir(),
+        onIdleError: () => {},
+        groupCommit,
+      };
+      const store = await EventStore.open(options);
+      return { store, cleanup: () => store.close() };
+    },
+  },
+  {
+    name: "postgres",
+    async open() {
+      const schema = freshSchema();
+      const store = await EventStore.open({
+        url: PG_URL,
+        schema,
+        poolSize: 10,
+        dataDir: freshDataDir(),
+        onIdleError: () => {},
+        groupCommit,
+      });
+      return {
+        store,
+        cleanup: async () => {
+          await store.close();
+          await dropSchema(schema);
+        },
+      };
+    },
+  },
+];
