@@ -41,7 +41,7 @@ export async function openDatabase(options: DatabaseOptions): Promise<OpenDataba
       `CREATE SCHEMA IF NOT EXISTS "${options.schema}"; SET search_path TO "${options.schema}"`,
     );
     const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool: pglitePool(pglite) }) });
-    await migrate(db as Kysely<unknown>);
+    await migrate(db as Kysely<unknown>, options.schema);
     return { db, embedded: true, pool: undefined, pglite };
   }
 
@@ -54,7 +54,7 @@ export async function openDatabase(options: DatabaseOptions): Promise<OpenDataba
   });
   pool.on("error", options.onIdleError);
   const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
-  await migrate(db as Kysely<unknown>);
+  await migrate(db as Kysely<unknown>, options.schema);
   return { db, embedded: false, pool, pglite: undefined };
 }
 

@@ -53,7 +53,10 @@ const provider: MigrationProvider = { getMigrations: async () => migrations };
  * Brings the schema up to date. Kysely's migrator holds a lock while it runs, so two processes
  * starting at once apply each migration exactly once.
  */
-export async function migrate(db: Kysely<unknown>): Promise<void> {
-  const { error } = await new Migrator({ db, provider }).migrateToLatest();
+export async function migrate(db: Kysely<unknown>, schema: string): Promise<void> {
+  // The migrator's own tables live in the store's schema, so that stores in different schemas of
+  // one database migrate independently.
+  const migrator = new Migrator({ db, provider, migrationTableSchema: schema });
+  const { error } = await migrator.migrateToLatest();
   if (error) throw error;
 }
