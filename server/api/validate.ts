@@ -131,7 +131,30 @@ function json(value: string, field: string, allowEmpty: boolean, maxBytes: numbe
   } catch (error) {
     throw invalid(field, `must be JSON text (${(error as Error).message})`);
   }
+  if (nesting(value) > MAX_JSON_DEPTH) {
+    throw invalid(field, `must nest arrays and objects at most ${MAX_JSON_DEPTH} levels deep`);
+  }
   return value;
+}
+
+/** PostgreSQL's JSON parser recurses; far deeper nesting than any real event exhausts its stack. */
+const MAX_JSON_DEPTH = 512;
+
+function nesting(json: string): number {
+  let depth = 0;
+  let deepest = 0;
+  let inString = false;
+  for (let i = 0; i < json.length; i++) {
+    const c = json.charCodeAt(i);
+    if (inString) {
+      if (c === 92)
+        i++; // backslash: skip the escaped character
+      else if (c === 34) inString = false;
+    } else if (c === 34) inString = true;
+    else if (c === 91 || c === 123) deepest = Math.max(deepest, ++depth);
+    else if (c === 93 || c === 125) depth--;
+  }
+  return deepest;
 }
 
 export function toAppendRequest(request: SaveEventsRequest, ctx: ValidationContext): AppendRequest {

@@ -2,7 +2,7 @@ import { type Kysely, sql, type Transaction } from "kysely";
 import { databaseError } from "./database-errors.js";
 import { StoreError } from "./errors.js";
 import { matches } from "./matcher.js";
-import { positionSql, querySql } from "./query-sql.js";
+import { selectConditionViolation } from "./query-sql.js";
 import { type Database, encodeTag } from "./schema.js";
 import {
   type AppendRequest,
@@ -80,21 +80,36 @@ export class Appender {
         return;
       }
       const batch = this.takeBatch(queue);
-      try {
-        const { outcomes, head } = await this.db
-          .transaction()
-          .execute((trx) => this.commitBatch(trx, boundary, batch));
-        batch.forEach((pending, i) => {
-          const outcome = outcomes[i];
-          if (outcome && "ok" in outcome) pending.resolve(outcome.ok);
-          else pending.reject(outcome?.error ?? new StoreError("internal", "no outcome"));
-        });
-        if (head) this.onCommit(boundary, head);
-      } catch (error) {
-        const failure = databaseError(error);
+      const failure = await this.run(boundary, batch);
+      if (failure === undefined) continue;
+      if (batch.length > 1 && failure.kind === "internal") {
+        // One request the database refused (beyond what validation catches) must not sink the
+        // others: run each alone, so that only the culprit fails.
+        for (const pending of batch) {
+          const alone = await this.run(boundary, [pending]);
+          if (alone) pending.reject(alone);
+        }
+      } else {
         for (const pending of batch) pending.reject(failure);
       }
     }
+  }
+
+  /** One transaction for the batch; settles every request unless it returns the failure. */
+  private async run(boundary: string, batch: readonly Pending[]): Promise<StoreError | undefined> {
+    let result: Awaited<ReturnType<Appender["commitBatch"]>>;
+    try {
+      result = await this.db.transaction().execute((trx) => this.commitBatch(trx, boundary, batch));
+    } catch (error) {
+      return databaseError(error);
+    }
+    batch.forEach((pending, i) => {
+      const outcome = result.outcomes[i];
+      if (outcome && "ok" in outcome) pending.resolve(outcome.ok);
+      else pending.reject(outcome?.error ?? new StoreError("internal", "no outcome"));
+    });
+    if (result.head) this.onCommit(boundary, result.head);
+    return undefined;
   }
 
   private takeBatch(queue: Pending[]): Pending[] {
@@ -144,14 +159,8 @@ export class Appender {
         );
         const seenInLog =
           !seenInBatch &&
-          (await trx
-            .selectFrom("orisun_events")
-            .select(sql<number>`1`.as("one"))
-            .where("boundary", "=", boundary)
-            .where(positionSql(">", condition.after))
-            .where(querySql(condition.query))
-            .limit(1)
-            .executeTakeFirst()) !== undefined;
+          (await selectConditionViolation(trx, boundary, condition).executeTakeFirst()) !==
+            undefined;
         if (seenInBatch || seenInLog) {
           outcomes.push({
             error: new StoreError(
