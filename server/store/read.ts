@@ -1,5 +1,5 @@
-import { type Kysely, sql } from "kysely";
-import { positionSql, querySql } from "./query-sql.js";
+import type { Kysely } from "kysely";
+import { selectEvents } from "./query-sql.js";
 import { type Database, decodeTag } from "./schema.js";
 import { type Position, type ReadRequest, START, type StoredEvent } from "./types.js";
 
@@ -8,29 +8,7 @@ export async function readEvents(
   db: Kysely<Database>,
   request: ReadRequest,
 ): Promise<StoredEvent[]> {
-  const direction = request.direction;
-  let query = db
-    .selectFrom("orisun_events")
-    .select([
-      "event_id",
-      "event_type",
-      "tags",
-      sql<string>`data::text`.as("data"),
-      sql<string | null>`metadata::text`.as("metadata"),
-      "commit_position",
-      "prepare_position",
-      "date_created",
-    ])
-    .where("boundary", "=", request.boundary)
-    .where(querySql(request.query));
-  if (request.from !== undefined) {
-    query = query.where(positionSql(direction === "asc" ? ">=" : "<=", request.from));
-  }
-  const rows = await query
-    .orderBy("commit_position", direction)
-    .orderBy("prepare_position", direction)
-    .limit(request.count)
-    .execute();
+  const rows = await selectEvents(db, request).execute();
   return rows.map((row) => ({
     boundary: request.boundary,
     id: row.event_id,
