@@ -1,0 +1,244 @@
+import { writeFileSync } from "node:fs";
+import { join, resolve } from "node:path";
+import { describe, expect, it } from "vitest";
+import { ConfigError, configPathFromArgs, loadConfig } from "../server/config.js";
+import { freshDataDir } from "./support/databases.js";
+
+function yamlFile(text: string): string {
+  const file = join(freshDataDir(), "orisun.yaml");
+  writeFileSync(file, text);
+  return file;
+}
+
+function rejects(env: Record<string, string>, name: string, argv: string[] = []): ConfigError {
+  try {
+    loadConfig(env, argv);
+  } catch (error) {
+    expect(error).toBeInstanceOf(ConfigError);
+    expect((error as Error).message).toContain(name);
+    return error as ConfigError;
+  }
+  throw new Error(`expected a ConfigError naming ${name}`);
+}
+
+describe("loadConfig defaults", () => {
+  it("has the documented defaults", () => {
+    const c = loadConfig({}, []);
+    expect(c.port).toBe(50051);
+    expect(c.pgUrl).toBeUndefined();
+    expect(c.pgSchema).toBe("public");
+    expect(c.natsUrl).toBeUndefined();
+    expect(c.dataDir).toBe(resolve("./data"));
+    expect(c.tls).toBeUndefined();
+    expect(c.boundaries).toBeUndefined();
+    expect(c.corsOrigins).toEqual([]);
+    expect(c.pubsubRetentionMs).toBe(86_400_000);
+    expect(c.pubsubDedupeWindowMs).toBe(120_000);
+    expect(c.limits).toMatchObject({
+      maxEventsPerSave: 10_000,
+      maxEventDataBytes: 1024 * 1024,
+      maxTagsPerEvent: 64,
+      maxTagBytes: 256,
+      maxRequestBytes: 4 * 1024 * 1024,
+    });
+  });
+
+  it("ignores empty and non-ORISUN variables", () => {
+    const c = loadConfig({ ORISUN_PORT: "", PORT: "1", ORISUN_PG_URL: "" }, []);
+    expect(c.port).toBe(50051);
+    expect(c.pgUrl).toBeUndefined();
+  });
+});
+
+describe("loadConfig environment parsing", () => {
+  it("reads every variable", () => {
+    const c = loadConfig(
+      {
+        ORISUN_PORT: "7000",
+        ORISUN_HOST: "127.0.0.1",
+        ORISUN_PG_URL: "postgresql://u:p@db:5433/es",
+        ORISUN_PG_SCHEMA: "tenant_1",
+        ORISUN_PG_POOL_SIZE: "3",
+        ORISUN_NATS_URL: "nats://n:4222",
+        ORISUN_DATA_DIR: "/tmp/orisun-data",
+        ORISUN_BOUNDARIES: " users , orders ,",
+        ORISUN_CORS_ORIGINS: "https://a.example,https://b.example",
+        ORISUN_PUBSUB_RETENTION: "2h",
+        ORISUN_PUBSUB_DEDUPE_WINDOW: "500ms",
+        ORISUN_LOG_LEVEL: "warn",
+        ORISUN_MAX_EVENTS_PER_SAVE: "5",
+        ORISUN_MAX_EVENT_BYTES: "1000",
+        ORISUN_MAX_TAGS_PER_EVENT: "4",
+        ORISUN_MAX_TAG_BYTES: "16",
+        ORISUN_MAX_REQUEST_BYTES: "8192",
+        ORISUN_MAX_CRITERIA: "7",
+        ORISUN_MAX_MESSAGE_BYTES: "99",
+      },
+      [],
+    );
+    expect(c.port).toBe(7000);
+    expect(c.host).toBe("127.0.0.1");
+    expect(c.pgUrl).toBe("postgresql://u:p@db:5433/es");
+    expect(c.pgSchema).toBe("tenant_1");
+    expect(c.pgPoolSize).toBe(3);
+    expect(c.natsUrl).toBe("nats://n:4222");
+    expect(c.dataDir).toBe("/tmp/orisun-data");
+    expect(c.boundaries).toEqual(["users", "orders"]);
+    expect(c.corsOrigins).toEqual(["https://a.example", "https://b.example"]);
+    expect(c.pubsubRetentionMs).toBe(7_200_000);
+    expect(c.pubsubDedupeWindowMs).toBe(500);
+    expect(c.logLevel).toBe("warn");
+    expect(c.limits).toEqual({
+      maxEventsPerSave: 5,
+      maxEventDataBytes: 1000,
+      maxTagsPerEvent: 4,
+      maxTagBytes: 16,
+      maxRequestBytes: 8192,
+      maxCriteria: 7,
+      maxMessageBytes: 99,
+    });
+  });
+
+  it.each([
+    ["90s", 90_000],
+    ["2m", 120_000],
+    ["7d", 604_800_000],
+  ])("duration %s", (raw, ms) => {
+    expect(loadConfig({ ORISUN_PUBSUB_RETENTION: raw }, []).pubsubRetentionMs).toBe(ms);
+  });
+
+  it("port 0 (any free port) is allowed", () => {
+    expect(loadConfig({ ORISUN_PORT: "0" }, []).port).toBe(0);
+  });
+
+  it("reads TLS files", () => {
+    const dir = freshDataDir();
+    writeFileSync(join(dir, "c.pem"), "CERT");
+    writeFileSync(join(dir, "k.pem"), "KEY");
+    const c = loadConfig(
+      { ORISUN_TLS_CERT: join(dir, "c.pem"), ORISUN_TLS_KEY: join(dir, "k.pem") },
+      [],
+    );
+    expect(c.tls).toEqual({ cert: "CERT", key: "KEY" });
+  });
+});
+
+describe("loadConfig rejects bad values naming the variable", () => {
+  it.each([
+    ["ORISUN_PORT", "abc"],
+    ["ORISUN_PORT", "-1"],
+    ["ORISUN_PORT", "65536"],
+    ["ORISUN_PORT", "80.5"],
+    ["ORISUN_PORT", "1e3"],
+    ["ORISUN_PG_URL", "http://x"],
+    ["ORISUN_PG_URL", "not a url"],
+    ["ORISUN_PG_SCHEMA", "Bad-Schema"],
+    ["ORISUN_PG_SCHEMA", "1abc"],
+    ["ORISUN_PG_SCHEMA", 'x"; DROP'],
+    ["ORISUN_PG_POOL_SIZE", "0"],
+    ["ORISUN_NATS_URL", "http://n:4222"],
+    ["ORISUN_NATS_URL", "nope"],
+    ["ORISUN_BOUNDARIES", "users,Orders"],
+    ["ORISUN_BOUNDARIES", "users,9x"],
+    ["ORISUN_LOG_LEVEL", "loud"],
+    ["ORISUN_PUBSUB_RETENTION", "forever"],
+    ["ORISUN_PUBSUB_RETENTION", "0s"],
+    ["ORISUN_PUBSUB_RETENTION", "10"],
+    ["ORISUN_PUBSUB_DEDUPE_WINDOW", "2 minutes"],
+    ["ORISUN_MAX_EVENTS_PER_SAVE", "0"],
+    ["ORISUN_MAX_EVENT_BYTES", "lots"],
+    ["ORISUN_MAX_TAGS_PER_EVENT", "0"],
+    ["ORISUN_MAX_TAG_BYTES", "99999999"],
+    ["ORISUN_MAX_REQUEST_BYTES", "100"],
+    ["ORISUN_MAX_CRITERIA", "x"],
+    ["ORISUN_MAX_MESSAGE_BYTES", "-5"],
+    ["ORISUN_TLS_CERT", "/nonexistent/cert.pem"],
+  ])("%s=%s", (name, value) => {
+    const env: Record<string, string> = { [name]: value };
+    if (name === "ORISUN_TLS_CERT") env.ORISUN_TLS_KEY = "/nonexistent/key.pem";
+    rejects(env, name);
+  });
+
+  it("TLS cert without key (and key without cert)", () => {
+    rejects({ ORISUN_TLS_CERT: "/x.pem" }, "ORISUN_TLS_KEY");
+    rejects({ ORISUN_TLS_KEY: "/x.pem" }, "ORISUN_TLS_CERT");
+  });
+});
+
+describe("YAML file", () => {
+  const layout = (schema: string, port: number) =>
+    yamlFile(
+      [
+        `db:   {host: dbhost, port: 5433, user: postgres, password: secret, name: orisun, schema: ${schema}}`,
+        "nats: {url: nats://localhost:4222}",
+        `server: {port: ${port}}`,
+        "",
+      ].join("\n"),
+    );
+
+  it("follows the original layout", () => {
+    const file = layout("yaml_schema", 50052);
+    for (const argv of [["--config", file], ["-config", file], [`--config=${file}`]]) {
+      const c = loadConfig({}, argv);
+      expect(c.port).toBe(50052);
+      expect(c.pgSchema).toBe("yaml_schema");
+      expect(c.natsUrl).toBe("nats://localhost:4222");
+      const url = new URL(c.pgUrl ?? "");
+      expect(url.protocol).toBe("postgres:");
+      expect(url.hostname).toBe("dbhost");
+      expect(url.port).toBe("5433");
+      expect(url.username).toBe("postgres");
+      expect(url.password).toBe("secret");
+      expect(url.pathname).toBe("/orisun");
+    }
+  });
+
+  it("environment variables win over the file", () => {
+    const file = layout("yaml_schema", 50052);
+    const c = loadConfig(
+      {
+        ORISUN_PORT: "6000",
+        ORISUN_PG_SCHEMA: "env_schema",
+        ORISUN_PG_URL: "postgres://other/db",
+        ORISUN_NATS_URL: "nats://other:1",
+      },
+      ["--config", file],
+    );
+    expect(c.port).toBe(6000);
+    expect(c.pgSchema).toBe("env_schema");
+    expect(c.pgUrl).toBe("postgres://other/db");
+    expect(c.natsUrl).toBe("nats://other:1");
+  });
+
+  it("an empty environment value does not override the file", () => {
+    const file = layout("yaml_schema", 50052);
+    expect(loadConfig({ ORISUN_PORT: "" }, ["--config", file]).port).toBe(50052);
+  });
+
+  it("values in the file are validated and named", () => {
+    rejects({}, "ORISUN_PORT", ["--config", yamlFile("server: {port: abc}\n")]);
+    rejects({}, "ORISUN_PG_SCHEMA", ["--config", yamlFile("db: {schema: Bad-Schema}\n")]);
+  });
+
+  it("an empty file is an empty configuration", () => {
+    expect(loadConfig({}, ["--config", yamlFile("")]).port).toBe(50051);
+  });
+
+  it("rejects a missing file, bad YAML and a wrong shape, naming the file", () => {
+    const missing = "/nonexistent/orisun.yaml";
+    rejects({}, missing, ["--config", missing]);
+    const bad = yamlFile("db: {host: [unclosed\n");
+    rejects({}, bad, ["--config", bad]);
+    const scalar = yamlFile("just a string\n");
+    rejects({}, scalar, ["--config", scalar]);
+    const section = yamlFile("db: 5\n");
+    rejects({}, "db", ["--config", section]);
+  });
+
+  it("--config without a path", () => {
+    expect(() => configPathFromArgs(["--config"])).toThrow(ConfigError);
+    expect(configPathFromArgs(["x", "-config", "a.yaml"])).toBe("a.yaml");
+    expect(configPathFromArgs(["-config=b.yaml"])).toBe("b.yaml");
+    expect(configPathFromArgs([])).toBeUndefined();
+  });
+});

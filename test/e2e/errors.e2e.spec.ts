@@ -1,0 +1,536 @@
+import { connect, createServer, type Server, type Socket } from "node:net";
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import {
+  type Direction,
+  EventStore,
+  type EventToSaveSchema,
+  type GetEventsRequestSchema,
+  type SaveEventsRequestSchema,
+} from "../../gen/orisun/v1/eventstore_pb.js";
+import { dropSchema, freshDataDir, freshSchema, PG_URL } from "../support/databases.js";
+import { freePort, type SpawnedServer, spawnServer } from "../support/spawn-server.js";
+
+type Client = ReturnType<typeof createClient<typeof EventStore>>;
+type SaveInit = MessageInitShape<typeof SaveEventsRequestSchema>;
+type GetInit = MessageInitShape<typeof GetEventsRequestSchema>;
+type EventInit = MessageInitShape<typeof EventToSaveSchema>;
+
+const LIMITS = {
+  ORISUN_MAX_EVENTS_PER_SAVE: "5",
+  ORISUN_MAX_EVENT_BYTES: "1000",
+  ORISUN_MAX_TAGS_PER_EVENT: "4",
+  ORISUN_MAX_TAG_BYTES: "16",
+  ORISUN_MAX_REQUEST_BYTES: "8192",
+};
+
+const INT8_OVER = "18446744073709551615";
+const B = "errs";
+
+async function failure(promise: Promise<unknown>): Promise<ConnectError> {
+  try {
+    await promise;
+  } catch (error) {
+    return ConnectError.from(error);
+  }
+  throw new Error("expected the call to fail, it succeeded");
+}
+
+function ev(id: string, extra: EventInit = {}) {
+  return { eventId: id, eventType: "Thing", data: '{"ok":true}', ...extra };
+}
+
+async function postJson(
+  url: string,
+  method: string,
+  body: string,
+): Promise<{ status: number; json: { code?: string; message?: string } }> {
+  const res = await fetch(`${url}/orisun.v1.EventStore/${method}`, {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body,
+    signal: AbortSignal.timeout(15_000),
+  });
+  return { status: res.status, json: (await res.json()) as { code?: string; message?: string } };
+}
+
+describe("bad input on PostgreSQL (small limits)", () => {
+  const schema = freshSchema("errs");
+  let server: SpawnedServer;
+  let client: Client;
+
+  const ids = async (boundary = B) =>
+    (await client.getEvents({ boundary, count: 10_000 }, { timeoutMs: 10_000 })).events.map(
+      (e) => e.eventId,
+    );
+
+  /** Runs the bad call, checks code and message, and that the boundary did not change. */
+  async function rejects(
+    call: () => Promise<unknown>,
+    code: Code,
+    message: RegExp,
+    boundary = B,
+  ): Promise<ConnectError> {
+    const before = await ids(boundary);
+    const error = await failure(call());
+    expect(Code[error.code], error.rawMessage).toBe(Code[code]);
+    expect(error.rawMessage).toMatch(message);
+    expect(await ids(boundary)).toEqual(before);
+    return error;
+  }
+  const save = (req: SaveInit) => client.saveEvents(req, { timeoutMs: 10_000 });
+  const get = (req: GetInit) => client.getEvents(req, { timeoutMs: 10_000 });
+
+  beforeAll(async () => {
+    server = await spawnServer({
+      ORISUN_PG_URL: PG_URL,
+      ORISUN_PG_SCHEMA: schema,
+      ORISUN_DATA_DIR: freshDataDir(),
+      ...LIMITS,
+    });
+    client = createClient(EventStore, createGrpcTransport({ baseUrl: server.url }));
+    await save({ boundary: B, events: [ev("seed-1"), ev("seed-2")] });
+  }, 60_000);
+  afterAll(async () => {
+    await server?.stop();
+    await dropSchema(schema);
+  }, 30_000);
+
+  it("seed is there", async () => {
+    expect(await ids()).toEqual(["seed-1", "seed-2"]);
+  });
+
+  it.each([
+    ["uppercase", "Errs"],
+    ["leading digit", "1errs"],
+    ["hyphen", "err-s"],
+    ["too long", `e${"x".repeat(63)}`],
+    ["empty", ""],
+  ])("boundary: %s name", async (_label, boundary) => {
+    await rejects(() => save({ boundary, events: [ev("x1")] }), Code.InvalidArgument, /boundary/);
+    await rejects(() => get({ boundary }), Code.InvalidArgument, /boundary/);
+  });
+
+  it("criterion with neither tags nor types in a condition", async () => {
+    await rejects(
+      () =>
+        save({
+          boundary: B,
+          consistencyCondition: {
+            criteria: { criteria: [{ tags: [{ key: "a", value: "b" }] }, {}] },
+          },
+          events: [ev("x2")],
+        }),
+      Code.InvalidArgument,
+      /consistency_condition\.criteria\.criteria\[1\]/,
+    );
+  });
+
+  it("criterion with neither tags nor types in GetEvents", async () => {
+    await rejects(
+      () => get({ boundary: B, criteria: { criteria: [{}] } }),
+      Code.InvalidArgument,
+      /criteria\.criteria\[0\]/,
+    );
+  });
+
+  it("non-JSON data", async () => {
+    await rejects(
+      () => save({ boundary: B, events: [ev("x3"), ev("x4", { data: "{not json" })] }),
+      Code.InvalidArgument,
+      /events\[1\]\.data.*JSON/,
+    );
+  });
+
+  it("empty data", async () => {
+    await rejects(
+      () => save({ boundary: B, events: [ev("x5", { data: "" })] }),
+      Code.InvalidArgument,
+      /events\[0\]\.data/,
+    );
+  });
+
+  it("non-JSON metadata", async () => {
+    await rejects(
+      () => save({ boundary: B, events: [ev("x6", { metadata: "meta" })] }),
+      Code.InvalidArgument,
+      /events\[0\]\.metadata.*JSON/,
+    );
+  });
+
+  it("empty metadata is allowed (control)", async () => {
+    const b = "errs_meta";
+    await save({ boundary: b, events: [ev("m1", { metadata: "" })] });
+    expect(await ids(b)).toEqual(["m1"]);
+  });
+
+  it("empty events list", async () => {
+    await rejects(() => save({ boundary: B, events: [] }), Code.InvalidArgument, /events/);
+  });
+
+  it("empty event_type", async () => {
+    await rejects(
+      () => save({ boundary: B, events: [ev("x7"), ev("x8", { eventType: "" })] }),
+      Code.InvalidArgument,
+      /events\[1\]\.event_type/,
+    );
+  });
+
+  it("NUL character in event_type", async () => {
+    await rejects(
+      () => save({ boundary: B, events: [ev("x9", { eventType: "Bad\u0000Type" })] }),
+      Code.InvalidArgument,
+      /events\[0\]\.event_type.*NUL/,
+    );
+  });
+
+  it("too many events", async () => {
+    const events = Array.from({ length: 6 }, (_, i) => ev(`many-${i}`));
+    const error = await rejects(
+      () => save({ boundary: B, events }),
+      Code.ResourceExhausted,
+      /events/,
+    );
+    expect(error.rawMessage).toMatch(/5/);
+    // Exactly at the limit works (on another boundary, to keep B's history stable).
+    await save({ boundary: "errs_limit", events: events.slice(0, 5) });
+    expect(await ids("errs_limit")).toHaveLength(5);
+  });
+
+  it("oversize event data", async () => {
+    const data = JSON.stringify({ s: "x".repeat(1000) });
+    await rejects(
+      () => save({ boundary: B, events: [ev("big", { data })] }),
+      Code.ResourceExhausted,
+      /events\[0\]\.data/,
+    );
+    // Multibyte: 400 characters, 1,200 bytes of UTF-8.
+    await rejects(
+      () => save({ boundary: B, events: [ev("big2", { data: JSON.stringify("€".repeat(400)) })] }),
+      Code.ResourceExhausted,
+      /events\[0\]\.data/,
+    );
+  });
+
+  it("too many tags", async () => {
+    const tags = Array.from({ length: 5 }, (_, i) => ({ key: `k${i}`, value: "v" }));
+    await rejects(
+      () => save({ boundary: B, events: [ev("tags", { tags })] }),
+      Code.ResourceExhausted,
+      /events\[0\]\.tags/,
+    );
+    await rejects(
+      () => get({ boundary: B, criteria: { criteria: [{ tags }] } }),
+      Code.ResourceExhausted,
+      /criteria\.criteria\[0\]\.tags/,
+    );
+  });
+
+  it("oversize tag key and value count UTF-8 bytes", async () => {
+    const multibyte = "é".repeat(9); // 9 characters, 18 bytes > 16
+    expect(multibyte.length).toBeLessThan(16);
+    await rejects(
+      () => save({ boundary: B, events: [ev("tk", { tags: [{ key: multibyte, value: "v" }] })] }),
+      Code.ResourceExhausted,
+      /events\[0\]\.tags\[0\]\.key/,
+    );
+    await rejects(
+      () => save({ boundary: B, events: [ev("tv", { tags: [{ key: "k", value: multibyte }] })] }),
+      Code.ResourceExhausted,
+      /events\[0\]\.tags\[0\]\.value/,
+    );
+    await rejects(
+      () =>
+        get({ boundary: B, criteria: { criteria: [{ tags: [{ key: "k", value: multibyte }] }] } }),
+      Code.ResourceExhausted,
+      /criteria\.criteria\[0\]\.tags\[0\]\.value/,
+    );
+    await rejects(
+      () =>
+        save({
+          boundary: B,
+          consistencyCondition: {
+            criteria: { criteria: [{ tags: [{ key: multibyte, value: "" }] }] },
+          },
+          events: [ev("tc")],
+        }),
+      Code.ResourceExhausted,
+      /consistency_condition\.criteria\.criteria\[0\]\.tags\[0\]\.key/,
+    );
+    // 16 bytes exactly is fine.
+    await save({
+      boundary: "errs_tag_ok",
+      events: [ev("ok", { tags: [{ key: "é".repeat(8), value: "x".repeat(16) }] })],
+    });
+    expect(await ids("errs_tag_ok")).toEqual(["ok"]);
+  });
+
+  it("oversize request body gives RESOURCE_EXHAUSTED", async () => {
+    // Each event is within every per-event limit; together they exceed 8 KiB.
+    const events = Array.from({ length: 5 }, (_, i) =>
+      ev(`${i}${"i".repeat(200)}`, {
+        eventType: "T".repeat(250),
+        data: JSON.stringify({ s: "d".repeat(900) }),
+        metadata: JSON.stringify({ s: "m".repeat(900) }),
+      }),
+    );
+    await rejects(() => save({ boundary: B, events }), Code.ResourceExhausted, /size|large|bytes/i);
+    const json = await postJson(
+      server.url,
+      "SaveEvents",
+      JSON.stringify({
+        boundary: B,
+        events: events.map((e) => ({
+          event_id: e.eventId,
+          event_type: e.eventType,
+          data: e.data,
+          metadata: e.metadata,
+        })),
+      }),
+    );
+    expect(json.status).toBe(429);
+    expect(json.json.code).toBe("resource_exhausted");
+    expect(await ids()).toEqual(["seed-1", "seed-2"]);
+  });
+
+  it("position above int64 max", async () => {
+    await rejects(
+      () =>
+        save({
+          boundary: B,
+          consistencyCondition: {
+            consistencyMarker: { commitPosition: BigInt(INT8_OVER), preparePosition: 0n },
+            criteria: { criteria: [{ eventTypes: ["Thing"] }] },
+          },
+          events: [ev("pos")],
+        }),
+      Code.InvalidArgument,
+      /consistency_condition\.consistency_marker\.commit_position/,
+    );
+    await rejects(
+      () =>
+        get({
+          boundary: B,
+          fromPosition: { commitPosition: 1n, preparePosition: BigInt(INT8_OVER) },
+        }),
+      Code.InvalidArgument,
+      /from_position\.prepare_position/,
+    );
+    const json = await postJson(
+      server.url,
+      "GetEvents",
+      JSON.stringify({ boundary: B, from_position: { commit_position: INT8_OVER } }),
+    );
+    expect(json.status).toBe(400);
+    expect(json.json.code).toBe("invalid_argument");
+    expect(json.json.message).toMatch(/from_position\.commit_position/);
+  });
+
+  it("malformed position in JSON", async () => {
+    const before = await ids();
+    const json = await postJson(
+      server.url,
+      "SaveEvents",
+      JSON.stringify({
+        boundary: B,
+        consistency_condition: { consistency_marker: { commit_position: "abc" } },
+        events: [{ event_id: "abc", event_type: "T", data: "{}" }],
+      }),
+    );
+    expect(json.status).toBe(400);
+    expect(json.json.code).toBe("invalid_argument");
+    expect(json.json.message).toMatch(/commit_position/);
+    expect(await ids()).toEqual(before);
+  });
+
+  it("unknown direction (numeric 7 via JSON)", async () => {
+    const json = await postJson(
+      server.url,
+      "GetEvents",
+      JSON.stringify({ boundary: B, direction: 7 }),
+    );
+    expect(json.status).toBe(400);
+    expect(json.json.code).toBe("invalid_argument");
+    expect(json.json.message).toMatch(/direction/);
+    await rejects(
+      () => get({ boundary: B, direction: 7 as Direction }),
+      Code.InvalidArgument,
+      /direction/,
+    );
+  });
+
+  it("duplicate event_id within one request", async () => {
+    await rejects(
+      () => save({ boundary: B, events: [ev("dup"), ev("other"), ev("dup")] }),
+      Code.InvalidArgument,
+      /events\[2\]\.event_id.*events\[0\]/,
+    );
+  });
+
+  it("a request mixing stored and new ids fails with ALREADY_EXISTS", async () => {
+    await rejects(
+      () => save({ boundary: B, events: [ev("seed-1"), ev("fresh")] }),
+      Code.AlreadyExists,
+      /./,
+    );
+  });
+
+  it("count 0 returns 100 events", async () => {
+    const b = "errs_count";
+    for (let i = 0; i < 30; i++) {
+      await save({ boundary: b, events: Array.from({ length: 5 }, (_, j) => ev(`c${i * 5 + j}`)) });
+    }
+    expect(await ids(b)).toHaveLength(150);
+    const zero = await get({ boundary: b, count: 0 });
+    expect(zero.events).toHaveLength(100);
+    expect(zero.events[0]?.eventId).toBe("c0");
+    const absent = await get({ boundary: b });
+    expect(absent.events).toHaveLength(100);
+  }, 60_000);
+});
+
+describe("configured boundaries", () => {
+  const schema = freshSchema("bnd");
+  let server: SpawnedServer;
+  let client: Client;
+  beforeAll(async () => {
+    server = await spawnServer({
+      ORISUN_PG_URL: PG_URL,
+      ORISUN_PG_SCHEMA: schema,
+      ORISUN_DATA_DIR: freshDataDir(),
+      ORISUN_BOUNDARIES: "users,orders",
+    });
+    client = createClient(EventStore, createGrpcTransport({ baseUrl: server.url }));
+  }, 60_000);
+  afterAll(async () => {
+    await server?.stop();
+    await dropSchema(schema);
+  }, 30_000);
+
+  it("rejects a boundary not in ORISUN_BOUNDARIES and accepts the configured ones", async () => {
+    const save = await failure(
+      client.saveEvents({ boundary: "payments", events: [ev("p1")] }, { timeoutMs: 10_000 }),
+    );
+    expect(Code[save.code]).toBe(Code[Code.InvalidArgument]);
+    expect(save.rawMessage).toMatch(/boundary.*payments/);
+    const read = await failure(client.getEvents({ boundary: "payments" }, { timeoutMs: 10_000 }));
+    expect(Code[read.code]).toBe(Code[Code.InvalidArgument]);
+    expect(read.rawMessage).toMatch(/boundary/);
+
+    await client.saveEvents({ boundary: "orders", events: [ev("o1")] }, { timeoutMs: 10_000 });
+    const got = await client.getEvents({ boundary: "orders" }, { timeoutMs: 10_000 });
+    expect(got.events.map((e) => e.eventId)).toEqual(["o1"]);
+    expect((await client.getEvents({ boundary: "users" })).events).toEqual([]);
+  }, 30_000);
+
+  it("count above 10,000 is clamped to 10,000", async () => {
+    const events = (n: number, p: string) =>
+      Array.from({ length: n }, (_, i) => ({ eventId: `${p}${i}`, eventType: "T", data: "1" }));
+    await client.saveEvents(
+      { boundary: "users", events: events(10_000, "a") },
+      { timeoutMs: 50_000 },
+    );
+    await client.saveEvents({ boundary: "users", events: events(5, "b") }, { timeoutMs: 10_000 });
+    const got = await client.getEvents({ boundary: "users", count: 20_000 }, { timeoutMs: 30_000 });
+    expect(got.events).toHaveLength(10_000);
+  }, 90_000);
+});
+
+/** A TCP proxy in front of PostgreSQL that the test can cut and restore. */
+class PgProxy {
+  private server: Server | undefined;
+  private readonly sockets = new Set<Socket>();
+  constructor(readonly port: number) {}
+
+  async start(): Promise<void> {
+    const server = createServer((client) => {
+      const upstream = connect(5432, "127.0.0.1");
+      this.sockets.add(client);
+      this.sockets.add(upstream);
+      const drop = () => {
+        client.destroy();
+        upstream.destroy();
+        this.sockets.delete(client);
+        this.sockets.delete(upstream);
+      };
+      client.on("error", drop).on("close", drop);
+      upstream.on("error", drop).on("close", drop);
+      client.pipe(upstream);
+      upstream.pipe(client);
+    });
+    await new Promise<void>((ok, fail) => {
+      server.once("error", fail);
+      server.listen(this.port, "127.0.0.1", () => ok());
+    });
+    this.server = server;
+  }
+
+  async stop(): Promise<void> {
+    const server = this.server;
+    this.server = undefined;
+    for (const s of this.sockets) s.destroy();
+    this.sockets.clear();
+    if (server) await new Promise<void>((ok) => server.close(() => ok()));
+  }
+}
+
+describe("database down", () => {
+  const schema = freshSchema("down");
+  let proxy: PgProxy;
+  let server: SpawnedServer;
+  let client: Client;
+  beforeAll(async () => {
+    proxy = new PgProxy(await freePort());
+    await proxy.start();
+    server = await spawnServer({
+      ORISUN_PG_URL: `postgres://postgres@127.0.0.1:${proxy.port}/test`,
+      ORISUN_PG_SCHEMA: schema,
+      ORISUN_DATA_DIR: freshDataDir(),
+    });
+    client = createClient(EventStore, createGrpcTransport({ baseUrl: server.url }));
+  }, 60_000);
+  afterAll(async () => {
+    await server?.stop();
+    await proxy?.stop();
+    await dropSchema(schema);
+  }, 30_000);
+
+  it("gives UNAVAILABLE without SQL while PostgreSQL is unreachable, then recovers", async () => {
+    await client.saveEvents({ boundary: "db", events: [ev("before")] }, { timeoutMs: 10_000 });
+    await proxy.stop();
+
+    const save = await failure(
+      client.saveEvents({ boundary: "db", events: [ev("during")] }, { timeoutMs: 15_000 }),
+    );
+    const read = await failure(client.getEvents({ boundary: "db" }, { timeoutMs: 15_000 }));
+    for (const error of [save, read]) {
+      expect(
+        Code[error.code],
+        `${error.rawMessage}; exit=${server.process.exitCode}\n${server.output().slice(-3000)}`,
+      ).toBe(Code[Code.Unavailable]);
+      expect(error.rawMessage).not.toMatch(
+        /select|insert|update|delete|from\s|where\s|ECONNREFUSED|search_path|pg_|orisun_/i,
+      );
+    }
+
+    await proxy.start();
+    const deadline = Date.now() + 10_000;
+    let events: string[] | undefined;
+    while (events === undefined) {
+      try {
+        events = (await client.getEvents({ boundary: "db" }, { timeoutMs: 5_000 })).events.map(
+          (e) => e.eventId,
+        );
+      } catch (error) {
+        if (Date.now() > deadline) throw error;
+        await new Promise((r) => setTimeout(r, 200));
+      }
+    }
+    expect(events).toEqual(["before"]);
+    await client.saveEvents({ boundary: "db", events: [ev("after")] }, { timeoutMs: 10_000 });
+    const all = await client.getEvents({ boundary: "db" }, { timeoutMs: 10_000 });
+    expect(all.events.map((e) => e.eventId)).toEqual(["before", "after"]);
+  }, 60_000);
+});
