@@ -7,6 +7,8 @@ import { EventStore } from "../gen/orisun/v1/eventstore_pb.js";
 import type { ApiDeps } from "./api/deps.js";
 import { errorInterceptor, kRequestId, kRequestLog } from "./api/errors.js";
 import { storeHandlers } from "./api/store-handlers.js";
+import { subscribeHandler } from "./api/subscribe-handler.js";
+import { LiveFeeds } from "./broker/feed.js";
 import type { Config } from "./config.js";
 import { createOnePort, type OnePort } from "./http/one-port.js";
 import { EventStore as Store } from "./store/event-store.js";
@@ -20,6 +22,13 @@ export interface RunningApp {
   /** Stops accepting, lets in-flight calls finish (up to `graceMs`), ends streams, closes pools. */
   close(graceMs?: number): Promise<void>;
 }
+
+/** Catch-up pages of 1,000; a subscriber more than 10,000 events or 32 MiB behind live catches up again. */
+const SUBSCRIPTION_LIMITS = {
+  pageSize: 1_000,
+  bufferEvents: 10_000,
+  bufferBytes: 32 * 1024 * 1024,
+};
 
 /** Wires store, API and the one listening port together and starts listening. */
 export async function startApp(config: Config): Promise<RunningApp> {
@@ -42,11 +51,14 @@ export async function startApp(config: Config): Promise<RunningApp> {
     poolSize: config.pgPoolSize,
     dataDir: config.dataDir,
     onIdleError: (err) => app.log.warn({ err }, "idle database connection failed"),
+    onSignalError: (err) => app.log.warn({ err }, "LISTEN connection failed; reconnecting"),
     groupCommit: {
       maxEvents: config.limits.maxEventsPerSave,
       maxBytes: config.limits.maxRequestBytes * 2,
     },
   });
+
+  const feeds = new LiveFeeds({ store, source: undefined, log: app.log });
 
   const shutdown = new AbortController();
   const deps: ApiDeps = {
@@ -54,6 +66,7 @@ export async function startApp(config: Config): Promise<RunningApp> {
     validation: { limits: config.limits, boundaries: config.boundaries },
     shutdown: shutdown.signal,
   };
+  const subscribeDeps = { ...deps, feeds, subscription: SUBSCRIPTION_LIMITS };
 
   if (config.corsOrigins.length > 0) {
     await app.register(cors, {
@@ -65,7 +78,8 @@ export async function startApp(config: Config): Promise<RunningApp> {
     });
   }
   await app.register(fastifyConnectPlugin, {
-    routes: (router) => router.service(EventStore, { ...storeHandlers(deps) }),
+    routes: (router) =>
+      router.service(EventStore, { ...storeHandlers(deps), ...subscribeHandler(subscribeDeps) }),
     interceptors: [errorInterceptor],
     readMaxBytes: config.limits.maxRequestBytes,
     contextValues: (req) =>
@@ -102,6 +116,7 @@ export async function startApp(config: Config): Promise<RunningApp> {
           await app.close();
         } finally {
           clearTimeout(force);
+          await feeds.close();
           await store.close();
         }
       })();

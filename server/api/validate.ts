@@ -5,6 +5,7 @@ import type {
   Query as ProtoQuery,
   Tag as ProtoTag,
   SaveEventsRequest,
+  SubscribeToEventStoreRequest,
 } from "../../gen/orisun/v1/eventstore_pb.js";
 import { Direction } from "../../gen/orisun/v1/eventstore_pb.js";
 import type { Limits } from "../config.js";
@@ -17,6 +18,8 @@ import type {
   ReadRequest,
   Tag,
 } from "../store/types.js";
+import { START } from "../store/types.js";
+import type { SubscribeRequest } from "../streaming/subscription.js";
 
 /** Turns requests into store requests, or throws StoreError naming the field and the rule. */
 
@@ -214,5 +217,26 @@ export function toReadRequest(request: GetEventsRequest, ctx: ValidationContext)
     from: toPosition(request.fromPosition, "from_position"),
     count: request.count === 0 ? DEFAULT_COUNT : Math.min(request.count, MAX_COUNT),
     direction: request.direction === Direction.ASC ? "asc" : "desc",
+  };
+}
+
+const SUBSCRIBER_NAME = /^[A-Za-z0-9_.-]{1,128}$/;
+
+export function toSubscribeRequest(
+  request: SubscribeToEventStoreRequest,
+  ctx: ValidationContext,
+): SubscribeRequest {
+  const boundary = validateBoundary(request.boundary, ctx);
+  if (request.subscriberName !== "" && !SUBSCRIBER_NAME.test(request.subscriberName)) {
+    throw invalid(
+      "subscriber_name",
+      `must be empty or match ${SUBSCRIBER_NAME.source} (1 to 128 of A-Z a-z 0-9 _ . -), got "${request.subscriberName}"`,
+    );
+  }
+  return {
+    boundary,
+    query: toQuery(request.criteria, "criteria", ctx),
+    after: toPosition(request.afterPosition, "after_position") ?? START,
+    subscriberName: request.subscriberName,
   };
 }

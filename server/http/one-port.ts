@@ -12,6 +12,8 @@ type Http2Handler = (req: Http2ServerRequest, res: Http2ServerResponse) => void;
 /** The HTTP/2 connection preface a client sends first when it speaks h2c with prior knowledge. */
 const PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
 
+const KEEPALIVE_MS = 30_000;
+
 export interface OnePort {
   /** What Fastify listens on and closes. */
   readonly server: net.Server;
@@ -36,7 +38,16 @@ export function createOnePort(
   const track = (server: net.Server | http2.Http2Server | http2.Http2SecureServer) => {
     server.on("session", (session: Http2Session) => {
       sessions.add(session);
-      session.on("close", () => sessions.delete(session));
+      // A quiet subscription sends nothing for as long as nothing commits; pings keep NATs and
+      // proxies from dropping the connection, and reveal a dead peer.
+      const ping = setInterval(() => {
+        if (!session.closed && !session.destroyed) session.ping(() => {});
+      }, KEEPALIVE_MS);
+      ping.unref();
+      session.on("close", () => {
+        clearInterval(ping);
+        sessions.delete(session);
+      });
     });
   };
 

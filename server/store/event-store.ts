@@ -1,29 +1,40 @@
 import { Appender, type CommitListener, type GroupCommitLimits } from "./append.js";
+import { CommitSignals } from "./commit-signals.js";
 import { type DatabaseOptions, type OpenDatabase, openDatabase } from "./database.js";
 import { databaseError } from "./database-errors.js";
 import { headPosition, readEvents } from "./read.js";
+import { SessionLocks } from "./session-locks.js";
 import type { AppendRequest, Position, ReadRequest, StoredEvent } from "./types.js";
 
 export interface EventStoreOptions extends DatabaseOptions {
   readonly groupCommit: GroupCommitLimits;
+  /** Errors of the LISTEN connection (it reconnects by itself). */
+  readonly onSignalError?: (error: Error) => void;
 }
 
 /** The store's whole surface: append with DCB conditions, read, and hear about commits. */
 export class EventStore {
   private readonly listeners = new Set<CommitListener>();
   private readonly appender: Appender;
+  /** Commits of every process, as hints for those who follow the log. */
+  readonly signals: CommitSignals;
+  /** Locks exclusive across every process on this database. */
+  readonly locks: SessionLocks;
 
   private constructor(
     readonly database: OpenDatabase,
-    groupCommit: GroupCommitLimits,
+    options: EventStoreOptions,
   ) {
-    this.appender = new Appender(database.db, groupCommit, (boundary, head) => {
+    this.signals = new CommitSignals(options.url, options.onSignalError ?? (() => {}));
+    this.locks = new SessionLocks(options.url);
+    this.appender = new Appender(database.db, options.groupCommit, (boundary, head) => {
       for (const listener of this.listeners) listener(boundary, head);
+      this.signals.emit(boundary);
     });
   }
 
   static async open(options: EventStoreOptions): Promise<EventStore> {
-    return new EventStore(await openDatabase(options), options.groupCommit);
+    return new EventStore(await openDatabase(options), options);
   }
 
   get embedded(): boolean {
@@ -58,6 +69,7 @@ export class EventStore {
   }
 
   async close(): Promise<void> {
+    await Promise.all([this.signals.close(), this.locks.close()]);
     await this.database.db.destroy();
   }
 }

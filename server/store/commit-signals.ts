@@ -1,0 +1,65 @@
+import pg from "pg";
+
+/** `boundary` committed something; undefined: anything may have changed (after a reconnect). */
+export type CommitSignal = (boundary: string | undefined) => void;
+
+/**
+ * Tells who follows the log that a boundary has new commits: this process's own commits at once,
+ * other processes' through `LISTEN orisun_commits` (PostgreSQL only; PGlite has one process).
+ * Signals are hints: a listener always reads the store to learn what changed, so a duplicate or
+ * a signal lost while reconnecting costs nothing but a read (reconnecting signals `undefined`).
+ */
+export class CommitSignals {
+  private readonly listeners = new Set<CommitSignal>();
+  private client: pg.Client | undefined;
+  private closed = false;
+  private retry: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly url: string | undefined,
+    private readonly onError: (error: Error) => void,
+  ) {
+    if (url !== undefined) void this.listen();
+  }
+
+  on(listener: CommitSignal): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  emit(boundary: string | undefined): void {
+    for (const listener of this.listeners) listener(boundary);
+  }
+
+  private async listen(): Promise<void> {
+    const client = new pg.Client({ connectionString: this.url, connectionTimeoutMillis: 5_000 });
+    const lost = (error: Error) => {
+      if (this.client !== client) return;
+      this.client = undefined;
+      void client.end().catch(() => {});
+      if (this.closed) return;
+      this.onError(error);
+      this.retry = setTimeout(() => void this.listen(), 1_000);
+    };
+    client.on("error", lost);
+    client.on("end", () => lost(new Error("LISTEN connection ended")));
+    client.on("notification", (n) => this.emit(n.payload ?? undefined));
+    this.client = client;
+    try {
+      await client.connect();
+      await client.query("LISTEN orisun_commits");
+      this.emit(undefined);
+    } catch (error) {
+      lost(error as Error);
+    }
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    clearTimeout(this.retry);
+    const client = this.client;
+    this.client = undefined;
+    this.listeners.clear();
+    await client?.end().catch(() => {});
+  }
+}

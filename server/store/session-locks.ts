@@ -1,0 +1,104 @@
+import pg from "pg";
+import { StoreError } from "./errors.js";
+
+export interface HeldLock {
+  /** Aborted when the lock is lost (its database session died); the holder must stop. */
+  readonly lost: AbortSignal;
+  release(): Promise<void>;
+}
+
+/**
+ * Named locks exclusive across every server process on one database: exclusive subscriber names,
+ * the per-boundary publisher election. On PostgreSQL they are session advisory locks held on one
+ * dedicated connection, so a process that dies (even `kill -9`) frees its locks as soon as
+ * PostgreSQL notices the closed socket. PGlite serves one process, so a set in memory is exact.
+ */
+export class SessionLocks {
+  private readonly held = new Map<string, AbortController>();
+  private session: Promise<pg.Client> | undefined;
+
+  constructor(private readonly url: string | undefined) {}
+
+  /** The lock, or undefined when another holder has it. */
+  async tryAcquire(name: string): Promise<HeldLock | undefined> {
+    if (this.held.has(name)) return undefined;
+    const lost = new AbortController();
+    this.held.set(name, lost);
+    try {
+      if (this.url !== undefined) {
+        const client = await this.connect();
+        const { rows } = await client.query<{ ok: boolean }>(
+          "SELECT pg_try_advisory_lock(hashtextextended($1, 0)) AS ok",
+          [name],
+        );
+        if (!rows[0]?.ok) {
+          this.held.delete(name);
+          return undefined;
+        }
+      }
+    } catch (error) {
+      this.held.delete(name);
+      throw new StoreError("unavailable", "the database is unavailable; retry later", undefined, {
+        cause: error,
+      });
+    }
+    let released = false;
+    return {
+      lost: lost.signal,
+      release: async () => {
+        if (released) return;
+        released = true;
+        if (this.held.get(name) !== lost) return;
+        this.held.delete(name);
+        if (this.url === undefined || lost.signal.aborted) return;
+        const client = await this.session?.catch(() => undefined);
+        await client
+          ?.query("SELECT pg_advisory_unlock(hashtextextended($1, 0))", [name])
+          .catch(() => {});
+      },
+    };
+  }
+
+  private connect(): Promise<pg.Client> {
+    this.session ??= (async () => {
+      const client = new pg.Client({
+        connectionString: this.url,
+        connectionTimeoutMillis: 5_000,
+        // So that a dead network is noticed, not only a closed socket.
+        keepAlive: true,
+      });
+      const session = this.session;
+      const drop = () => {
+        if (this.session === session) this.dropSession(client);
+      };
+      client.on("error", drop);
+      client.on("end", drop);
+      try {
+        await client.connect();
+        return client;
+      } catch (error) {
+        drop();
+        throw error;
+      }
+    })();
+    return this.session;
+  }
+
+  /** The session died: every lock it held is gone, so every holder is told. */
+  private dropSession(client: pg.Client): void {
+    this.session = undefined;
+    void client.end().catch(() => {});
+    const holders = [...this.held.values()];
+    this.held.clear();
+    for (const holder of holders) holder.abort(new Error("lock session lost"));
+  }
+
+  async close(): Promise<void> {
+    const session = this.session;
+    this.session = undefined;
+    for (const holder of this.held.values()) holder.abort(new Error("closing"));
+    this.held.clear();
+    const client = await session?.catch(() => undefined);
+    await client?.end().catch(() => {});
+  }
+}

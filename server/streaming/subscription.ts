@@ -1,0 +1,142 @@
+import type { FeedMember, LiveFeeds } from "../broker/feed.js";
+import { StoreError } from "../store/errors.js";
+import type { EventStore } from "../store/event-store.js";
+import { matches } from "../store/matcher.js";
+import { comparePositions, type Position, type Query, type StoredEvent } from "../store/types.js";
+
+export interface SubscribeRequest {
+  readonly boundary: string;
+  readonly query: Query;
+  /** Exclusive; events at this position or before are not sent. */
+  readonly after: Position;
+  /** Non-empty: exclusive in the boundary across every server process. */
+  readonly subscriberName: string;
+}
+
+export interface SubscriptionLimits {
+  /** Events per store read while catching up. */
+  readonly pageSize: number;
+  /** Live events a subscriber may have waiting before it falls back to catching up. */
+  readonly bufferEvents: number;
+  /** Bytes of data+metadata likewise. */
+  readonly bufferBytes: number;
+}
+
+export interface SubscriptionDeps {
+  readonly store: EventStore;
+  readonly feeds: LiveFeeds;
+  readonly limits: SubscriptionLimits;
+}
+
+/**
+ * The events of a subscription, in position order, until `signal` aborts: the history from the
+ * store in pages, then the boundary's live feed. Joining the feed before reading the history
+ * closes the handover race: an event is either already in the store when a page is read, or it
+ * reaches the feed after the join. Events the history already sent are skipped by position.
+ * A subscriber that cannot keep up leaves the feed when its buffer is full, catches up from the
+ * store again and rejoins, so it neither slows the others nor grows memory without bound.
+ */
+export async function* subscribe(
+  deps: SubscriptionDeps,
+  request: SubscribeRequest,
+  signal: AbortSignal,
+): AsyncGenerator<StoredEvent> {
+  const lock = request.subscriberName
+    ? await deps.store.locks.tryAcquire(
+        `orisun-subscriber:${request.boundary}:${request.subscriberName}`,
+      )
+    : undefined;
+  if (request.subscriberName && !lock) {
+    throw new StoreError(
+      "already_exists",
+      `"${request.subscriberName}" is already subscribed in boundary "${request.boundary}"`,
+      "subscriber_name",
+    );
+  }
+  const abort = lock ? AbortSignal.any([signal, lock.lost]) : signal;
+  let cursor = request.after;
+  try {
+    while (!abort.aborted) {
+      const buffer = new LiveBuffer(deps.limits, abort);
+      const leave = await deps.feeds.join(request.boundary, buffer);
+      try {
+        for (;;) {
+          const page = await deps.store.read({
+            boundary: request.boundary,
+            query: request.query,
+            from: { commit: cursor.commit, prepare: cursor.prepare + 1n },
+            count: deps.limits.pageSize,
+            direction: "asc",
+          });
+          for (const event of page) {
+            if (abort.aborted) return;
+            yield event;
+            cursor = event.position;
+          }
+          if (page.length < deps.limits.pageSize) break;
+        }
+        for (;;) {
+          const event = await buffer.next();
+          if (event === undefined) break; // overflowed or aborted
+          if (comparePositions(event.position, cursor) <= 0) continue;
+          if (!matches(event, request.query)) continue;
+          yield event;
+          cursor = event.position;
+        }
+      } finally {
+        leave();
+      }
+    }
+    if (lock?.lost.aborted && !signal.aborted) {
+      throw new StoreError(
+        "unavailable",
+        "the subscriber name's lock was lost with the database session; resubscribe",
+      );
+    }
+  } finally {
+    await lock?.release();
+  }
+}
+
+/** A subscriber's bounded queue of live events; once full it drops everything and says so. */
+class LiveBuffer implements FeedMember {
+  private readonly events: StoredEvent[] = [];
+  private bytes = 0;
+  private overflowed = false;
+  private wake: (() => void) | undefined;
+
+  constructor(
+    private readonly limits: SubscriptionLimits,
+    private readonly abort: AbortSignal,
+  ) {
+    abort.addEventListener("abort", () => this.wake?.(), { once: true });
+  }
+
+  push(event: StoredEvent): void {
+    if (this.overflowed) return;
+    this.events.push(event);
+    this.bytes += event.data.length + event.metadata.length;
+    if (this.events.length > this.limits.bufferEvents || this.bytes > this.limits.bufferBytes) {
+      this.overflowed = true;
+      this.events.length = 0;
+      this.bytes = 0;
+    }
+    this.wake?.();
+  }
+
+  /** The next live event; undefined when the buffer overflowed or the subscription was aborted. */
+  async next(): Promise<StoredEvent | undefined> {
+    for (;;) {
+      if (this.abort.aborted || this.overflowed) return undefined;
+      const event = this.events.shift();
+      if (event) {
+        this.bytes -= event.data.length + event.metadata.length;
+        return event;
+      }
+      await new Promise<void>((resolve) => {
+        this.wake = resolve;
+      });
+      this.wake = undefined;
+    }
+  }
+}

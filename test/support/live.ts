@@ -1,0 +1,115 @@
+import { LiveFeeds } from "../../server/broker/feed.js";
+import type { EventStore } from "../../server/store/event-store.js";
+import type { StoredEvent } from "../../server/store/types.js";
+import {
+  type SubscribeRequest,
+  type SubscriptionLimits,
+  subscribe,
+} from "../../server/streaming/subscription.js";
+import { storeTargets } from "./databases.js";
+
+const quiet = { warn: () => {} };
+
+export interface LiveSetup {
+  readonly store: EventStore;
+  readonly feeds: LiveFeeds;
+  /** Consumers this setup holds on the broker; undefined where there is no broker. */
+  consumers(boundary: string): Promise<number | undefined>;
+  close(): Promise<void>;
+}
+
+export interface LiveTarget {
+  readonly name: string;
+  open(): Promise<LiveSetup>;
+}
+
+/** The same subscription suites run against each live configuration. */
+export const liveTargets: readonly LiveTarget[] = storeTargets.map((target) => ({
+  name: target.name === "pglite" ? "embedded (PGlite, in-process feed)" : "PostgreSQL + LISTEN",
+  async open() {
+    const { store, cleanup } = await target.open();
+    const feeds = new LiveFeeds({ store, source: undefined, log: quiet });
+    return {
+      store,
+      feeds,
+      consumers: async () => undefined,
+      close: async () => {
+        await feeds.close();
+        await cleanup();
+      },
+    };
+  },
+}));
+
+export const DEFAULT_LIMITS: SubscriptionLimits = {
+  pageSize: 100,
+  bufferEvents: 10_000,
+  bufferBytes: 32 * 1024 * 1024,
+};
+
+/** A running subscription that collects what it receives. */
+export interface Collector {
+  readonly events: StoredEvent[];
+  /** Settles when the subscription ends; rejects with its error. */
+  readonly done: Promise<void>;
+  cancel(): void;
+  /** Resolves once `predicate` holds for the events so far (checked on each event). */
+  until(predicate: (events: readonly StoredEvent[]) => boolean, timeoutMs?: number): Promise<void>;
+}
+
+export function collect(
+  setup: Pick<LiveSetup, "store" | "feeds">,
+  request: Partial<SubscribeRequest> & { boundary: string },
+  options: { limits?: SubscriptionLimits; onEvent?: () => Promise<void> } = {},
+): Collector {
+  const abort = new AbortController();
+  const events: StoredEvent[] = [];
+  const waiters = new Set<() => void>();
+  const done = (async () => {
+    const stream = subscribe(
+      { store: setup.store, feeds: setup.feeds, limits: options.limits ?? DEFAULT_LIMITS },
+      {
+        query: [],
+        after: { commit: 0n, prepare: 0n },
+        subscriberName: "",
+        ...request,
+      },
+      abort.signal,
+    );
+    for await (const event of stream) {
+      events.push(event);
+      for (const wake of waiters) wake();
+      await options.onEvent?.();
+    }
+  })();
+  done.catch(() => {});
+  return {
+    events,
+    done,
+    cancel: () => abort.abort(),
+    until(predicate, timeoutMs = 15_000) {
+      return new Promise<void>((resolve, reject) => {
+        const check = () => {
+          if (!predicate(events)) return;
+          waiters.delete(check);
+          clearTimeout(timer);
+          resolve();
+        };
+        const timer = setTimeout(() => {
+          waiters.delete(check);
+          reject(new Error(`timed out with ${events.length} events`));
+        }, timeoutMs);
+        waiters.add(check);
+        done.then(
+          () => check(),
+          (error) => {
+            waiters.delete(check);
+            clearTimeout(timer);
+            reject(error);
+          },
+        );
+        check();
+      });
+    },
+  };
+}
