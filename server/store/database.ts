@@ -53,6 +53,10 @@ export async function openDatabase(options: DatabaseOptions): Promise<OpenDataba
     connectionTimeoutMillis: 5_000,
   });
   pool.on("error", options.onIdleError);
+  // pg-pool listens for errors only on idle clients; one that dies while checked out (between
+  // the queries of a transaction) would emit an unhandled 'error' and crash the process. Its
+  // query fails on its own, and the pool discards the client when it comes back.
+  pool.on("connect", (client) => client.on("error", options.onIdleError));
   const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
   await migrate(db as Kysely<unknown>, options.schema);
   return { db, embedded: false, pool, pglite: undefined };
