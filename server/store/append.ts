@@ -2,7 +2,7 @@ import { type Kysely, sql, type Transaction } from "kysely";
 import { databaseError } from "./database-errors.js";
 import { StoreError } from "./errors.js";
 import { matches } from "./matcher.js";
-import { selectConditionViolation } from "./query-sql.js";
+import { violatedConditions } from "./query-sql.js";
 import { type Database, encodeTag } from "./schema.js";
 import {
   type AppendRequest,
@@ -141,9 +141,14 @@ export class Appender {
     let prepare = BigInt(row.last_prepare);
 
     const stored = await storedCommits(trx, boundary, batch);
+    const violated = await violatedConditions(
+      trx,
+      boundary,
+      batch.map((p) => p.request.condition),
+    );
     const accepted: Accepted[] = [];
     const outcomes: Outcome[] = [];
-    for (const { request } of batch) {
+    for (const [index, { request }] of batch.entries()) {
       const ids = request.events.map((e) => e.id);
       const retry = sameRequest(ids, stored, accepted);
       if (retry !== undefined) {
@@ -157,11 +162,7 @@ export class Appender {
             (e) => comparePositions(e.position, condition.after) > 0 && matches(e, condition.query),
           ),
         );
-        const seenInLog =
-          !seenInBatch &&
-          (await selectConditionViolation(trx, boundary, condition).executeTakeFirst()) !==
-            undefined;
-        if (seenInBatch || seenInLog) {
+        if (seenInBatch || violated.has(index)) {
           outcomes.push({
             error: new StoreError(
               "condition_failed",

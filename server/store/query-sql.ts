@@ -66,6 +66,8 @@ export function selectConditionViolation(
   db: Kysely<Database>,
   boundary: string,
   condition: Condition,
+  /** Returned as column `i` when violated, so that several checks can share one statement. */
+  index = 0,
 ) {
   return db
     .with(
@@ -79,6 +81,28 @@ export function selectConditionViolation(
           .where(querySql(condition.query)),
     )
     .selectFrom("matches")
-    .select(sql<number>`1`.as("one"))
+    .select(sql<number>`${sql.lit(index)}::int4`.as("i"))
     .limit(1);
+}
+
+/**
+ * The condition checks of a whole group-commit batch in one round trip (each check is an
+ * independent subquery; in-batch conflicts are checked in memory): the indexes of the violated.
+ */
+export async function violatedConditions(
+  db: Kysely<Database>,
+  boundary: string,
+  conditions: readonly (Condition | undefined)[],
+): Promise<Set<number>> {
+  const checks = conditions.flatMap((condition, i) =>
+    condition ? [selectConditionViolation(db, boundary, condition, i)] : [],
+  );
+  const violated = new Set<number>();
+  // Chunks keep each statement well below PostgreSQL's 65,535 bind parameters.
+  for (let start = 0; start < checks.length; start += 200) {
+    const chunk = checks.slice(start, start + 200).map((check) => sql`(${check})`);
+    const { rows } = await sql<{ i: number }>`${sql.join(chunk, sql` UNION ALL `)}`.execute(db);
+    for (const row of rows) violated.add(row.i);
+  }
+  return violated;
 }
