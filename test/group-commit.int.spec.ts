@@ -33,4 +33,39 @@ describe.each(storeTargets)("group commit on $name", (target) => {
     const commits = events.map((e) => e.position.commit);
     expect(new Set(commits).size).toBe(7);
   });
+
+  it("a request that conflicts with an earlier request of the same batch fails; the earlier commits", async () => {
+    const boundary = "in_batch";
+    const tag = [{ key: "user", value: "ada" }];
+    const claim = (id: string) => ({
+      boundary,
+      events: [{ id, type: "Registered", tags: tag, data: "{}", metadata: "" }],
+      condition: { after: { commit: 0n, prepare: 0n }, query: [{ types: [], tags: tag }] },
+    });
+    // A large first append holds the boundary's transaction, so the two claims queue behind it
+    // and go together into the next one, in arrival order.
+    const big = store.append({
+      boundary,
+      events: Array.from({ length: 2_000 }, (_, i) => ({
+        id: `big${i}`,
+        type: "Filler",
+        tags: [],
+        data: "{}",
+        metadata: "",
+      })),
+    });
+    const first = store.append(claim("claim1"));
+    const second = store.append(claim("claim2"));
+    const [, a, b] = await Promise.allSettled([big, first, second]);
+    expect(a.status).toBe("fulfilled");
+    expect(b.status).toBe("rejected");
+    expect(((b as PromiseRejectedResult).reason as StoreError).kind).toBe("condition_failed");
+    const claims = await store.read({
+      boundary,
+      query: [{ types: [], tags: tag }],
+      count: 10,
+      direction: "asc",
+    });
+    expect(claims.map((e) => e.id)).toEqual(["claim1"]);
+  });
 });
