@@ -152,6 +152,8 @@ describe.each(liveTargets)("subscriptions on $name", (target) => {
     for (const s of subs) s.cancel();
     await Promise.all(subs.map((s) => s.done));
     await expectSoon(() => !setup.feeds.following.includes(boundary));
+    // Deleting the consumer is the feed's last, asynchronous step.
+    await expectSoon(async () => (await setup.consumers(boundary)) !== 1);
     expect(await setup.consumers(boundary)).toBeOneOf([undefined, 0]);
   });
 
@@ -213,9 +215,12 @@ describe.each(liveTargets)("subscriptions on $name", (target) => {
   });
 });
 
-async function expectSoon(condition: () => boolean, timeoutMs = 5_000): Promise<void> {
+async function expectSoon(
+  condition: () => boolean | Promise<boolean>,
+  timeoutMs = 5_000,
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
-  while (!condition()) {
+  while (!(await condition())) {
     if (Date.now() > deadline) throw new Error("condition not met in time");
     await new Promise((r) => setTimeout(r, 20));
   }

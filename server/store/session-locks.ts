@@ -16,11 +16,13 @@ export interface HeldLock {
 export class SessionLocks {
   private readonly held = new Map<string, AbortController>();
   private session: Promise<pg.Client> | undefined;
+  private closed = false;
 
   constructor(private readonly url: string | undefined) {}
 
   /** The lock, or undefined when another holder has it. */
   async tryAcquire(name: string): Promise<HeldLock | undefined> {
+    if (this.closed) throw new StoreError("unavailable", "the store is closing");
     if (this.held.has(name)) return undefined;
     const lost = new AbortController();
     this.held.set(name, lost);
@@ -94,6 +96,7 @@ export class SessionLocks {
   }
 
   async close(): Promise<void> {
+    this.closed = true;
     const session = this.session;
     this.session = undefined;
     for (const holder of this.held.values()) holder.abort(new Error("closing"));

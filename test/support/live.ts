@@ -1,14 +1,21 @@
+import { jetstreamManager } from "@nats-io/jetstream";
+import { connect } from "@nats-io/transport-node";
 import { LiveFeeds } from "../../server/broker/feed.js";
-import type { EventStore } from "../../server/store/event-store.js";
+import { streamNames } from "../../server/broker/jetstream.js";
+import { JetStreamPublisher } from "../../server/broker/jetstream-publisher.js";
+import { JetStreamSource } from "../../server/broker/jetstream-source.js";
+import { EventStore } from "../../server/store/event-store.js";
 import type { StoredEvent } from "../../server/store/types.js";
 import {
   type SubscribeRequest,
   type SubscriptionLimits,
   subscribe,
 } from "../../server/streaming/subscription.js";
-import { storeTargets } from "./databases.js";
+import { dropSchema, freshDataDir, freshSchema, PG_URL, storeTargets } from "./databases.js";
 
-const quiet = { warn: () => {} };
+export const NATS_URL = process.env.ORISUN_TEST_NATS_URL ?? "nats://127.0.0.1:4222";
+
+const quiet = { info: () => {}, warn: () => {}, error: () => {} };
 
 export interface LiveSetup {
   readonly store: EventStore;
@@ -23,23 +30,77 @@ export interface LiveTarget {
   open(): Promise<LiveSetup>;
 }
 
-/** The same subscription suites run against each live configuration. */
-export const liveTargets: readonly LiveTarget[] = storeTargets.map((target) => ({
-  name: target.name === "pglite" ? "embedded (PGlite, in-process feed)" : "PostgreSQL + LISTEN",
+/** PostgreSQL with committed events carried by JetStream, as a production process runs. */
+const jetstreamTarget: LiveTarget = {
+  name: "PostgreSQL + NATS JetStream",
   async open() {
-    const { store, cleanup } = await target.open();
-    const feeds = new LiveFeeds({ store, source: undefined, log: quiet });
+    const schema = freshSchema("js");
+    const store = await EventStore.open({
+      url: PG_URL,
+      schema,
+      poolSize: 10,
+      dataDir: freshDataDir(),
+      onIdleError: () => {},
+      groupCommit: { maxEvents: 10_000, maxBytes: 8 * 1024 * 1024 },
+    });
+    const nc = await connect({ servers: NATS_URL });
+    const jsm = await jetstreamManager(nc);
+    const publisher = new JetStreamPublisher({ store, nc, namespace: schema, log: quiet });
+    await publisher.start();
+    const feeds = new LiveFeeds({
+      store,
+      source: new JetStreamSource({ nc, namespace: schema }),
+      log: quiet,
+    });
+    const boundaries = new Set<string>();
     return {
       store,
       feeds,
-      consumers: async () => undefined,
-      close: async () => {
+      async consumers(boundary) {
+        boundaries.add(boundary);
+        const { stream } = streamNames(schema, boundary);
+        try {
+          return (await jsm.consumers.list(stream).next()).length;
+        } catch {
+          return 0; // no stream yet: nothing published, nothing consumed
+        }
+      },
+      async close() {
         await feeds.close();
-        await cleanup();
+        await publisher.close();
+        for (const name of await jsm.streams.names().next()) {
+          if (name.startsWith(streamNames(schema, "x").stream.slice(0, -1))) {
+            await jsm.streams.delete(name).catch(() => {});
+          }
+        }
+        await nc.close();
+        await store.close();
+        await dropSchema(schema);
       },
     };
   },
-}));
+};
+
+/** The same subscription suites run against each live configuration. */
+export const liveTargets: readonly LiveTarget[] = [
+  ...storeTargets.map((target) => ({
+    name: target.name === "pglite" ? "embedded (PGlite, in-process feed)" : "PostgreSQL + LISTEN",
+    async open() {
+      const { store, cleanup } = await target.open();
+      const feeds = new LiveFeeds({ store, source: undefined, log: quiet });
+      return {
+        store,
+        feeds,
+        consumers: async () => undefined,
+        close: async () => {
+          await feeds.close();
+          await cleanup();
+        },
+      };
+    },
+  })),
+  jetstreamTarget,
+];
 
 export const DEFAULT_LIMITS: SubscriptionLimits = {
   pageSize: 100,

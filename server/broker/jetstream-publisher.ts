@@ -1,0 +1,321 @@
+import { type JetStreamManager, jetstreamManager, type PubAck } from "@nats-io/jetstream";
+import type { NatsConnection } from "@nats-io/transport-node";
+import type { EventStore } from "../store/event-store.js";
+import type { HeldLock } from "../store/session-locks.js";
+import type { Position, StoredEvent } from "../store/types.js";
+import {
+  type BrokerLog,
+  decodeEvent,
+  encodeEvent,
+  ensureStream,
+  streamNames,
+} from "./jetstream.js";
+
+export interface JetStreamPublisherOptions {
+  readonly store: EventStore;
+  readonly nc: NatsConnection;
+  /** Must match the sources' (the app passes its PostgreSQL schema). */
+  readonly namespace: string;
+  readonly log: BrokerLog;
+  /** How often a process that does not hold a boundary's publisher lock tries to take it. */
+  readonly lockRetryMs?: number;
+  /** How often the holder reads the store without a commit signal, in case one was lost. */
+  readonly safetyPollMs?: number;
+}
+
+/** Where the stream ends: the position of its last event and the stream sequence of it. */
+interface Tail {
+  readonly last: Position;
+  readonly seq: number;
+}
+
+const LOCK_PREFIX = "orisun-publisher:";
+const PAGE = 1_000;
+/** Publishes awaiting their ack; enough to hide the round trip, few enough to bound memory. */
+const WINDOW = 128;
+/** Room for the headers next to the payload when checking the server's max_payload. */
+const HEADER_ROOM = 1_024;
+/** Consecutive failures after which the holder hands the boundary to another process. */
+const YIELD_AFTER = 5;
+const SIT_OUT_MS = 5_000;
+
+/**
+ * Copies each boundary's committed events, in position order, into its JetStream stream. One
+ * process publishes a boundary at a time (a session lock per boundary); the others wait to take
+ * over. Each publish carries the position as Nats-Msg-Id and the stream sequence it expects to
+ * follow, so JetStream itself refuses a duplicate or a message from a holder that lost its lock
+ * but still had publishes buffered: the stream stays in position order whatever happens.
+ */
+export class JetStreamPublisher {
+  private readonly boundaries = new Map<string, { wake: Waker; done: Promise<void> }>();
+  private readonly closing = new AbortController();
+  private jsm: JetStreamManager | undefined;
+  private unsignal: (() => void) | undefined;
+  private rediscover: NodeJS.Timeout | undefined;
+  private readonly held = new Set<string>();
+
+  constructor(private readonly options: JetStreamPublisherOptions) {}
+
+  /** Boundaries this process currently publishes (for tests and metrics). */
+  get publishing(): ReadonlySet<string> {
+    return this.held;
+  }
+
+  async start(): Promise<void> {
+    this.jsm = await jetstreamManager(this.options.nc);
+    this.unsignal = this.options.store.signals.on((boundary) => {
+      if (boundary !== undefined) {
+        this.know(boundary)?.wake();
+        return;
+      }
+      for (const b of this.boundaries.values()) b.wake.wake();
+      void this.discover();
+    });
+    await this.discover();
+  }
+
+  async close(): Promise<void> {
+    this.closing.abort(new Error("closing"));
+    this.unsignal?.();
+    clearTimeout(this.rediscover);
+    await Promise.all([...this.boundaries.values()].map((b) => b.done));
+  }
+
+  /** Learns the boundaries committed to before this process started, or while it was deaf. */
+  private async discover(): Promise<void> {
+    clearTimeout(this.rediscover);
+    try {
+      const rows = await this.options.store.database.db
+        .selectFrom("orisun_boundaries")
+        .select("name")
+        .execute();
+      for (const row of rows) this.know(row.name);
+    } catch (error) {
+      if (this.closing.signal.aborted) return;
+      this.options.log.warn({ err: error }, "cannot list boundaries to publish; retrying");
+      this.rediscover = setTimeout(() => void this.discover(), 1_000);
+    }
+  }
+
+  private know(boundary: string): Waker | undefined {
+    if (this.closing.signal.aborted) return undefined;
+    const known = this.boundaries.get(boundary);
+    if (known) return known.wake;
+    try {
+      streamNames(this.options.namespace, boundary);
+    } catch {
+      return undefined; // not a boundary of ours: NOTIFY payloads come from anyone
+    }
+    const wake = new Waker();
+    this.boundaries.set(boundary, { wake, done: this.run(boundary, wake) });
+    return wake;
+  }
+
+  /** Takes the boundary's lock whenever it is free and publishes while holding it. */
+  private async run(boundary: string, wake: Waker): Promise<void> {
+    const closing = this.closing.signal;
+    const { store, log } = this.options;
+    while (!closing.aborted && !this.storeClosed()) {
+      let lock: HeldLock | undefined;
+      try {
+        lock = await store.locks.tryAcquire(LOCK_PREFIX + boundary);
+      } catch (error) {
+        log.warn({ err: error, boundary }, "cannot try the publisher lock");
+      }
+      if (!lock) {
+        await pause(this.options.lockRetryMs ?? 1_000, closing);
+        continue;
+      }
+      let yielded = false;
+      this.held.add(boundary);
+      log.info({ boundary }, "publishing the boundary to JetStream");
+      try {
+        yielded = await this.publish(boundary, wake, AbortSignal.any([closing, lock.lost]));
+      } finally {
+        this.held.delete(boundary);
+        await lock.release();
+      }
+      if (lock.lost.aborted && !closing.aborted) {
+        log.warn({ err: lock.lost.reason, boundary }, "lost the publisher lock");
+      }
+      // Not at once after a loss: the session just died, or the store is closing, which shows in
+      // storeClosed() only a moment later.
+      await pause(yielded ? SIT_OUT_MS : (this.options.lockRetryMs ?? 1_000), closing);
+    }
+  }
+
+  /**
+   * SessionLocks reconnects for a tryAcquire even after the store closed, so a publisher left
+   * running on a closed store would take its boundaries back and hold them without publishing.
+   */
+  private storeClosed(): boolean {
+    const { pool, pglite } = this.options.store.database;
+    return pool?.ending === true || pglite?.closed === true;
+  }
+
+  /**
+   * Publishes until `signal` aborts; true when it gave up after repeated failures, so that a
+   * process cut off from NATS or the database lets a healthier one take the boundary.
+   */
+  private async publish(boundary: string, wake: Waker, signal: AbortSignal): Promise<boolean> {
+    const { store, log } = this.options;
+    let failures = 0;
+    while (!signal.aborted) {
+      try {
+        let tail = await this.tail(boundary);
+        for (;;) {
+          if (signal.aborted) return false;
+          const events = await store.read({
+            boundary,
+            query: [],
+            // `from` is inclusive; in (commit, prepare) order nothing lies between the last
+            // event and (its commit, its prepare + 1), so this is exactly "after the last".
+            from: { commit: tail.last.commit, prepare: tail.last.prepare + 1n },
+            count: PAGE,
+            direction: "asc",
+          });
+          if (events.length === 0) {
+            failures = 0;
+            await wake.wait(this.options.safetyPollMs ?? 5_000, signal);
+            continue;
+          }
+          tail = await this.publishPage(boundary, events, tail, signal);
+          failures = 0;
+        }
+      } catch (error) {
+        if (signal.aborted) return false;
+        failures++;
+        if (failures >= YIELD_AFTER) {
+          log.error(
+            { err: error, boundary },
+            "publishing keeps failing; handing the boundary over",
+          );
+          return true;
+        }
+        log.warn({ err: error, boundary }, "publishing failed; resuming from the stream's end");
+        await pause(Math.min(250 * 2 ** failures, 5_000), signal);
+      }
+    }
+    return false;
+  }
+
+  /** The durable progress: the stream's last event, or the store's head for an empty stream. */
+  private async tail(boundary: string): Promise<Tail> {
+    const jsm = this.manager();
+    const info = await ensureStream(jsm, this.options.namespace, boundary);
+    const seq = info.state.last_seq;
+    const last = seq > 0 ? await jsm.streams.getMessage(info.config.name, { seq }) : null;
+    if (last) return { last: decodeEvent(last.data).position, seq };
+    // New, or everything aged out: history is served from the store; the stream carries what
+    // commits from now on.
+    return { last: await this.options.store.head(boundary), seq };
+  }
+
+  /** Publishes in order with up to WINDOW acks pending; returns the new tail. */
+  private async publishPage(
+    boundary: string,
+    events: readonly StoredEvent[],
+    tail: Tail,
+    signal: AbortSignal,
+  ): Promise<Tail> {
+    const { subject } = streamNames(this.options.namespace, boundary);
+    const js = this.manager().jetstream();
+    const maxPayload = this.options.nc.info?.max_payload ?? 1024 * 1024;
+    const pending: { ack: Promise<PubAck> | undefined; position: Position }[] = [];
+    let { last, seq } = tail;
+    let expected = seq;
+    const settle = async () => {
+      const entry = pending.shift();
+      if (!entry) return;
+      if (entry.ack) {
+        const ack = await abortable(entry.ack, signal);
+        if (ack.duplicate) throw new Error(`${msgId(entry.position)} is in the stream already`);
+        seq = ack.seq;
+      }
+      last = entry.position;
+    };
+    for (const event of events) {
+      if (signal.aborted) break;
+      const data = encodeEvent(event);
+      let ack: Promise<PubAck> | undefined;
+      if (data.length + HEADER_ROOM > maxPayload) {
+        // The feed notices the gap in prepare positions and reads the event from the store.
+        this.options.log.warn(
+          { boundary, position: msgId(event.position), bytes: data.length },
+          "event larger than NATS max_payload; left out of the live stream",
+        );
+      } else {
+        ack = js.publish(subject, data, {
+          msgID: msgId(event.position),
+          expect: { lastSequence: expected },
+        });
+        // Awaited in settle(); this only keeps a failure after an earlier one from going unhandled.
+        ack.catch(() => {});
+        expected++;
+      }
+      pending.push({ ack, position: event.position });
+      if (pending.length >= WINDOW) await settle();
+    }
+    while (pending.length > 0 && !signal.aborted) await settle();
+    return { last, seq };
+  }
+
+  private manager(): JetStreamManager {
+    if (!this.jsm) throw new Error("JetStreamPublisher used before start()");
+    return this.jsm;
+  }
+}
+
+export function msgId(position: Position): string {
+  return `${position.commit}:${position.prepare}`;
+}
+
+/** A wake-up that is not lost when it comes while nobody waits. */
+class Waker {
+  private pending = false;
+  private waiting: (() => void) | undefined;
+
+  wake(): void {
+    this.pending = true;
+    this.waiting?.();
+  }
+
+  /** Resolves on a wake (also one since the last wait), after `ms`, or on abort. */
+  wait(ms: number, signal: AbortSignal): Promise<void> {
+    if (this.pending) {
+      this.pending = false;
+      return Promise.resolve();
+    }
+    return pause(ms, signal, (done) => {
+      this.waiting = done;
+    }).finally(() => {
+      this.waiting = undefined;
+      this.pending = false;
+    });
+  }
+}
+
+/** Resolves after `ms` or on abort, whichever is first; `early` receives a way to end it sooner. */
+function pause(ms: number, signal: AbortSignal, early?: (done: () => void) => void): Promise<void> {
+  if (signal.aborted) return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      signal.removeEventListener("abort", done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal.addEventListener("abort", done, { once: true });
+    early?.(done);
+  });
+}
+
+/** The promise, or a rejection as soon as `signal` aborts. */
+function abortable<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) return Promise.reject(signal.reason);
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    signal.addEventListener("abort", onAbort, { once: true });
+    promise.then(resolve, reject).finally(() => signal.removeEventListener("abort", onAbort));
+  });
+}

@@ -1,0 +1,164 @@
+import {
+  DiscardPolicy,
+  JetStreamApiError,
+  type JetStreamManager,
+  RetentionPolicy,
+  StorageType,
+  type StreamInfo,
+} from "@nats-io/jetstream";
+import { connect, type NatsConnection, nanos } from "@nats-io/transport-node";
+import type { StoredEvent } from "../store/types.js";
+
+/** Pino-style, so the app's logger fits as is. */
+export interface BrokerLog {
+  info(obj: object, msg: string): void;
+  warn(obj: object, msg: string): void;
+  error(obj: object, msg: string): void;
+}
+
+/**
+ * Connects once and then reconnects forever: a NATS outage must degrade the live path (the feed
+ * falls back to the store), never end it. The first connect fails fast so that a wrong URL is
+ * reported at startup instead of hanging it.
+ */
+export async function connectNats(
+  url: string,
+  log: Pick<BrokerLog, "info" | "warn">,
+): Promise<NatsConnection> {
+  const nc = await connect({
+    servers: url,
+    name: "orisun",
+    maxReconnectAttempts: -1,
+    reconnectTimeWait: 1_000,
+    // Notice a silently dead TCP connection in ~30 s rather than the default ~4 min.
+    pingInterval: 15_000,
+    maxPingOut: 2,
+  });
+  void (async () => {
+    for await (const status of nc.status()) {
+      if (status.type === "disconnect") log.warn({ server: status.server }, "NATS disconnected");
+      else if (status.type === "reconnect") log.info({ server: status.server }, "NATS reconnected");
+      else if (status.type === "error") log.warn({ err: status.error }, "NATS error");
+    }
+  })();
+  return nc;
+}
+
+const BOUNDARY = /^[a-z][a-z0-9_]{0,62}$/;
+
+export interface StreamNames {
+  readonly stream: string;
+  readonly subject: string;
+}
+
+/**
+ * One stream per (namespace, boundary). The namespace (the app passes its PostgreSQL schema)
+ * keeps stores that share one NATS apart, e.g. test runs each on a fresh schema.
+ */
+export function streamNames(namespace: string, boundary: string): StreamNames {
+  if (!BOUNDARY.test(boundary)) throw new Error(`not a boundary name: ${JSON.stringify(boundary)}`);
+  // Never empty: an empty token would make the subject invalid.
+  const ns = namespace.replace(/[^A-Za-z0-9_]/g, "_") || "default";
+  return { stream: `ORISUN_EVENTS_${ns}_${boundary}`, subject: `orisun.events.${ns}.${boundary}` };
+}
+
+/**
+ * Creates the boundary's stream, or brings an existing one to this config; returns its info.
+ * JetStream accepts a create whose config equals the existing stream's, so concurrent creators
+ * from several processes all succeed.
+ */
+export async function ensureStream(
+  jsm: JetStreamManager,
+  namespace: string,
+  boundary: string,
+): Promise<StreamInfo> {
+  const { stream, subject } = streamNames(namespace, boundary);
+  const config = {
+    subjects: [subject],
+    storage: StorageType.File,
+    retention: RetentionPolicy.Limits,
+    discard: DiscardPolicy.Old,
+    // Live only: history is read from PostgreSQL, so the stream need not keep much.
+    max_age: nanos(60 * 60 * 1_000),
+    // Long enough to drop what a crashed publisher's successor republishes.
+    duplicate_window: nanos(2 * 60 * 1_000),
+  };
+  try {
+    return await jsm.streams.add({ name: stream, ...config });
+  } catch (error) {
+    if (!isApiError(error, STREAM_NAME_IN_USE)) throw error;
+    return await jsm.streams.update(stream, config);
+  }
+}
+
+/** JetStream's "stream name already in use with a different configuration". */
+const STREAM_NAME_IN_USE = 10058;
+
+function isApiError(error: unknown, code: number): boolean {
+  return error instanceof JetStreamApiError && error.code === code;
+}
+
+/** The wire form of an event: JSON, positions as decimal strings (they exceed 2^53). */
+interface WireEvent {
+  boundary: string;
+  id: string;
+  type: string;
+  tags: [string, string][];
+  data: string;
+  metadata: string;
+  commit: string;
+  prepare: string;
+  createdAt: string;
+}
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+export function encodeEvent(event: StoredEvent): Uint8Array {
+  const wire: WireEvent = {
+    boundary: event.boundary,
+    id: event.id,
+    type: event.type,
+    tags: event.tags.map((t) => [t.key, t.value]),
+    data: event.data,
+    metadata: event.metadata,
+    commit: event.position.commit.toString(),
+    prepare: event.position.prepare.toString(),
+    createdAt: event.createdAt.toISOString(),
+  };
+  return encoder.encode(JSON.stringify(wire));
+}
+
+/** Throws on anything that encodeEvent did not make. */
+export function decodeEvent(bytes: Uint8Array): StoredEvent {
+  const w = JSON.parse(decoder.decode(bytes)) as Partial<WireEvent> | null;
+  const isString = (v: unknown): v is string => typeof v === "string";
+  const createdAt = new Date(w?.createdAt ?? Number.NaN);
+  if (
+    !w ||
+    !isString(w.boundary) ||
+    !isString(w.id) ||
+    !isString(w.type) ||
+    !isString(w.data) ||
+    !isString(w.metadata) ||
+    !isString(w.commit) ||
+    !isString(w.prepare) ||
+    !/^\d+$/.test(w.commit) ||
+    !/^\d+$/.test(w.prepare) ||
+    Number.isNaN(createdAt.getTime()) ||
+    !Array.isArray(w.tags) ||
+    !w.tags.every((t) => Array.isArray(t) && t.length === 2 && t.every(isString))
+  ) {
+    throw new Error("not an encoded event");
+  }
+  return {
+    boundary: w.boundary,
+    id: w.id,
+    type: w.type,
+    tags: w.tags.map(([key, value]) => ({ key, value })),
+    data: w.data,
+    metadata: w.metadata,
+    position: { commit: BigInt(w.commit), prepare: BigInt(w.prepare) },
+    createdAt,
+  };
+}

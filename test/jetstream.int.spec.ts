@@ -1,0 +1,446 @@
+import { randomUUID } from "node:crypto";
+import { type JetStreamManager, jetstreamManager } from "@nats-io/jetstream";
+import type { NatsConnection } from "@nats-io/transport-node";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import {
+  connectNats,
+  decodeEvent,
+  encodeEvent,
+  ensureStream,
+  streamNames,
+} from "../server/broker/jetstream.js";
+import { JetStreamPublisher, msgId } from "../server/broker/jetstream-publisher.js";
+import { JetStreamSource } from "../server/broker/jetstream-source.js";
+import { EventStore } from "../server/store/event-store.js";
+import type { EventToAppend, Position, StoredEvent } from "../server/store/types.js";
+import { dropSchema, freshDataDir, freshSchema, PG_URL } from "./support/databases.js";
+
+/** The publisher and the source against real PostgreSQL and NATS JetStream servers. */
+
+const NATS_URL = process.env.ORISUN_TEST_NATS_URL ?? "nats://127.0.0.1:4222";
+const quiet = { info: () => {}, warn: () => {}, error: () => {} };
+const B = "orders";
+
+let nc: NatsConnection;
+let jsm: JetStreamManager;
+const namespaces: string[] = [];
+/** Closed in afterEach, last opened first. */
+let cleanups: (() => Promise<unknown>)[] = [];
+
+beforeAll(async () => {
+  nc = await connectNats(NATS_URL, quiet);
+  jsm = await jetstreamManager(nc);
+});
+
+afterEach(async () => {
+  const pending = cleanups.reverse();
+  cleanups = [];
+  for (const cleanup of pending) await cleanup().catch(() => {});
+});
+
+afterAll(async () => {
+  for (const ns of namespaces) {
+    const prefix = streamNames(ns, B).stream.slice(0, -B.length);
+    for await (const name of jsm.streams.names()) {
+      if (name.startsWith(prefix)) await jsm.streams.delete(name).catch(() => {});
+    }
+    await dropSchema(ns);
+  }
+  await nc.close();
+});
+
+function freshNamespace(): string {
+  const ns = freshSchema("js");
+  namespaces.push(ns);
+  return ns;
+}
+
+async function openStore(schema: string): Promise<EventStore> {
+  const store = await EventStore.open({
+    url: PG_URL,
+    schema,
+    poolSize: 4,
+    dataDir: freshDataDir(),
+    onIdleError: () => {},
+    groupCommit: { maxEvents: 10_000, maxBytes: 8 * 1024 * 1024 },
+  });
+  cleanups.push(() => store.close());
+  return store;
+}
+
+async function startPublisher(store: EventStore, namespace: string): Promise<JetStreamPublisher> {
+  const publisher = new JetStreamPublisher({ store, nc, namespace, log: quiet });
+  await publisher.start();
+  cleanups.push(() => publisher.close());
+  return publisher;
+}
+
+let counter = 0;
+function events(n: number, type = "Happened"): EventToAppend[] {
+  return Array.from({ length: n }, () => {
+    counter++;
+    return {
+      id: randomUUID(),
+      type,
+      tags: [
+        { key: "n", value: String(counter) },
+        { key: "course", value: "c\u00e9" },
+      ],
+      data: JSON.stringify({ n: counter, text: "h\u00e9llo \u{1f600}" }),
+      metadata: counter % 2 ? "" : JSON.stringify({ by: "test" }),
+    };
+  });
+}
+
+const append = (store: EventStore, n: number) => store.append({ boundary: B, events: events(n) });
+
+async function eventually(check: () => Promise<boolean> | boolean, what: string, ms = 15_000) {
+  const deadline = Date.now() + ms;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+interface StreamEntry {
+  readonly seq: number;
+  readonly msgId: string | undefined;
+  readonly event: StoredEvent;
+}
+
+async function streamContents(namespace: string): Promise<StreamEntry[]> {
+  const { stream } = streamNames(namespace, B);
+  const { state } = await jsm.streams.info(stream);
+  const out: StreamEntry[] = [];
+  for (let seq = state.first_seq; seq <= state.last_seq && state.messages > 0; seq++) {
+    const m = await jsm.streams.getMessage(stream, { seq });
+    if (m) out.push({ seq, msgId: m.header.get("Nats-Msg-Id"), event: decodeEvent(m.data) });
+  }
+  return out;
+}
+
+async function lastInStream(namespace: string): Promise<Position | undefined> {
+  const { stream } = streamNames(namespace, B);
+  const info = await jsm.streams.info(stream).catch(() => undefined);
+  if (!info || info.state.messages === 0) return undefined;
+  const m = await jsm.streams.getMessage(stream, { seq: info.state.last_seq });
+  return m ? decodeEvent(m.data).position : undefined;
+}
+
+const samePosition = (a: Position | undefined, b: Position) =>
+  a !== undefined && a.commit === b.commit && a.prepare === b.prepare;
+
+/**
+ * Resolves once a publisher is live on the boundary: appends a probe until one shows up in the
+ * stream (a probe committed before the publisher read the head counts as history, not as new).
+ */
+async function untilLive(store: EventStore, namespace: string): Promise<Position> {
+  for (let i = 0; i < 40; i++) {
+    const probe = await append(store, 1);
+    const deadline = Date.now() + 500;
+    while (Date.now() < deadline) {
+      if (samePosition(await lastInStream(namespace), probe)) return probe;
+      await new Promise((r) => setTimeout(r, 25));
+    }
+  }
+  throw new Error("no publisher went live");
+}
+
+async function untilPublished(store: EventStore, namespace: string, ms = 15_000) {
+  const head = await store.head(B);
+  await eventually(async () => samePosition(await lastInStream(namespace), head), "head", ms);
+}
+
+async function log(store: EventStore): Promise<StoredEvent[]> {
+  return store.read({ boundary: B, query: [], count: 100_000, direction: "asc" });
+}
+
+/**
+ * The stream holds the store's log from `from` to the end, each event once, in order, with
+ * consecutive stream sequences and its position as Nats-Msg-Id.
+ */
+async function expectStreamMirrorsLog(store: EventStore, namespace: string, from: Position) {
+  const entries = await streamContents(namespace);
+  const all = await log(store);
+  const start = all.findIndex((e) => samePosition(e.position, from));
+  expect(start).toBeGreaterThanOrEqual(0);
+  const expected = all.slice(start);
+  const fromIndex = entries.findIndex((e) => samePosition(e.event.position, from));
+  expect(fromIndex).toBeGreaterThanOrEqual(0);
+  const tail = entries.slice(fromIndex);
+  expect(tail.map((e) => e.event)).toEqual(expected);
+  // Nothing before `from` either repeats a later event or breaks the order.
+  const positions = entries.map((e) => e.event.position);
+  for (let i = 1; i < positions.length; i++) {
+    const [a, b] = [positions[i - 1], positions[i]];
+    expect(
+      a && b && (a.commit < b.commit || (a.commit === b.commit && a.prepare < b.prepare)),
+    ).toBe(true);
+  }
+  for (let i = 1; i < entries.length; i++)
+    expect(entries[i]?.seq).toBe((entries[i - 1]?.seq ?? 0) + 1);
+  for (const e of entries) expect(e.msgId).toBe(msgId(e.event.position));
+  return entries;
+}
+
+describe("the codec", () => {
+  it("round-trips an event, positions beyond 2^53 included", () => {
+    const event: StoredEvent = {
+      boundary: B,
+      id: "e-1",
+      type: "T",
+      tags: [
+        { key: "k", value: "v" },
+        { key: "k", value: "w\u00e9" },
+      ],
+      data: '{"a": [1, 2]}',
+      metadata: "",
+      position: { commit: 2n ** 62n, prepare: 2n ** 62n + 7n },
+      createdAt: new Date("2024-01-02T03:04:05.678Z"),
+    };
+    expect(decodeEvent(encodeEvent(event))).toEqual(event);
+  });
+
+  it("refuses what it did not encode", () => {
+    const bytes = (v: unknown) => new TextEncoder().encode(JSON.stringify(v));
+    expect(() => decodeEvent(bytes({ hello: 1 }))).toThrow();
+    expect(() => decodeEvent(bytes(null))).toThrow();
+    expect(() => decodeEvent(new TextEncoder().encode("not json"))).toThrow();
+  });
+
+  it("names one stream per namespace and boundary", () => {
+    expect(streamNames("t_1.x-y", "orders")).toEqual({
+      stream: "ORISUN_EVENTS_t_1_x_y_orders",
+      subject: "orisun.events.t_1_x_y.orders",
+    });
+    expect(() => streamNames("public", "Orders")).toThrow();
+  });
+});
+
+describe("the stream", () => {
+  it("is created idempotently by concurrent creators and brought to the current config", async () => {
+    const ns = freshNamespace();
+    const other = await connectNats(NATS_URL, quiet);
+    cleanups.push(() => other.close());
+    const otherJsm = await jetstreamManager(other);
+    const infos = await Promise.all([
+      ensureStream(jsm, ns, B),
+      ensureStream(otherJsm, ns, B),
+      ensureStream(jsm, ns, B),
+      ensureStream(otherJsm, ns, B),
+    ]);
+    expect(new Set(infos.map((i) => i.config.name)).size).toBe(1);
+    const { stream } = streamNames(ns, B);
+    await jsm.streams.update(stream, { max_age: 7_200_000_000_000 });
+    const updated = await ensureStream(jsm, ns, B);
+    expect(updated.config.max_age).toBe(3_600_000_000_000);
+    expect(updated.config.duplicate_window).toBe(120_000_000_000);
+    expect(updated.config.storage).toBe("file");
+  });
+});
+
+describe("JetStreamPublisher", () => {
+  it("publishes new events in position order with their position as msg id", async () => {
+    const ns = freshNamespace();
+    const store = await openStore(ns);
+    await append(store, 3); // history: served by the store, not the stream
+    const publisher = await startPublisher(store, ns);
+    const live = await untilLive(store, ns);
+    expect(publisher.publishing.has(B)).toBe(true);
+    await append(store, 1);
+    await append(store, 5);
+    await Promise.all(Array.from({ length: 20 }, (_, i) => append(store, 1 + (i % 3))));
+    await append(store, 2_500); // more than a page and many windows
+    await untilPublished(store, ns);
+    const entries = await expectStreamMirrorsLog(store, ns, live);
+    expect(entries[0]?.event.position).toEqual(live);
+    expect(entries.length).toBe(1 + 1 + 5 + 39 + 2_500);
+  });
+
+  it("after a restart publishes what was committed meanwhile, nothing twice", async () => {
+    const ns = freshNamespace();
+    const store = await openStore(ns);
+    const first = await startPublisher(store, ns);
+    const live = await untilLive(store, ns);
+    for (let i = 0; i < 10; i++) await append(store, 5);
+    await untilPublished(store, ns);
+    await first.close();
+    expect(first.publishing.size).toBe(0);
+    for (let i = 0; i < 10; i++) await append(store, 3);
+    await startPublisher(store, ns);
+    await append(store, 2);
+    await untilPublished(store, ns);
+    const entries = await expectStreamMirrorsLog(store, ns, live);
+    expect(entries.length).toBe(1 + 50 + 30 + 2);
+  });
+
+  it("runs on one of two processes and moves to the other when its holder goes", async () => {
+    const ns = freshNamespace();
+    const a = await openStore(ns);
+    const b = await openStore(ns);
+    await append(a, 1);
+    const pa = await startPublisher(a, ns);
+    const pb = await startPublisher(b, ns);
+    const live = await untilLive(a, ns);
+    const holders = () => [pa, pb].filter((p) => p.publishing.has(B));
+    for (let i = 0; i < 20; i++) {
+      await append(i % 2 ? a : b, 2);
+      expect(holders().length).toBe(1);
+    }
+    await untilPublished(a, ns);
+
+    // The holder closes: the other takes over, from where the stream ends.
+    const [holder] = holders();
+    const [standby, standbyStore] = holder === pa ? [pb, b] : [pa, a];
+    await holder?.close();
+    const closedAt = Date.now();
+    await append(standbyStore, 4);
+    await untilPublished(standbyStore, ns, 5_000);
+    expect(Date.now() - closedAt).toBeLessThan(5_000);
+    expect(holders()).toEqual([standby]);
+
+    // A new standby on the first store; then the holder's whole store closes (a dying process
+    // frees its session lock the same way).
+    const holderStore = standbyStore;
+    const next = await startPublisher(holderStore === a ? b : a, ns);
+    const nextStore = holderStore === a ? b : a;
+    await append(holderStore, 3);
+    await holderStore.close();
+    const goneAt = Date.now();
+    await append(nextStore, 5);
+    await untilPublished(nextStore, ns, 5_000);
+    expect(Date.now() - goneAt).toBeLessThan(5_000);
+    expect(next.publishing.has(B)).toBe(true);
+    expect(standby.publishing.has(B)).toBe(false);
+
+    const entries = await expectStreamMirrorsLog(nextStore, ns, live);
+    expect(entries.length).toBe(1 + 40 + 4 + 3 + 5);
+  });
+
+  it("leaves out an event larger than NATS max_payload and carries on", async () => {
+    const ns = freshNamespace();
+    const store = await openStore(ns);
+    await startPublisher(store, ns);
+    const live = await untilLive(store, ns);
+    const big = { ...events(1)[0], data: JSON.stringify("x".repeat(1_100_000)) } as EventToAppend;
+    const bigAt = await store.append({ boundary: B, events: [big] });
+    await append(store, 2);
+    await untilPublished(store, ns);
+    const entries = await streamContents(ns);
+    expect(entries.map((e) => e.event.position)).not.toContainEqual(bigAt);
+    expect(entries.length).toBe(1 + 2);
+    expect(entries[0]?.event.position).toEqual(live);
+  });
+});
+
+describe("JetStreamSource", () => {
+  async function collect(source: JetStreamSource) {
+    const got: StoredEvent[] = [];
+    const broken: Error[] = [];
+    const following = await source.follow(
+      B,
+      (e) => got.push(e),
+      (e) => broken.push(e),
+    );
+    return { got, broken, following };
+  }
+
+  const consumers = async (ns: string) => {
+    const list: string[] = [];
+    for await (const c of jsm.consumers.list(streamNames(ns, B).stream)) list.push(c.name);
+    return list;
+  };
+
+  it("delivers the published events in order, and stop() deletes its consumer", async () => {
+    const ns = freshNamespace();
+    const store = await openStore(ns);
+    await startPublisher(store, ns);
+    const live = await untilLive(store, ns);
+    const source = new JetStreamSource({ nc, namespace: ns });
+    cleanups.push(() => source.close());
+    const one = await collect(source);
+    const two = await collect(source);
+    expect(await consumers(ns)).toHaveLength(2);
+    for (let i = 0; i < 10; i++) await append(store, 1 + i);
+    await Promise.all(Array.from({ length: 10 }, () => append(store, 3)));
+    await untilPublished(store, ns);
+    const expected = (await log(store)).filter((e) => e.position.prepare > live.prepare);
+    await eventually(() => one.got.length >= expected.length, "delivery");
+    expect(one.got).toEqual(expected);
+    await eventually(() => two.got.length >= expected.length, "delivery");
+    expect(two.got).toEqual(expected);
+
+    await one.following.stop();
+    expect(await consumers(ns)).toHaveLength(1);
+    await source.close();
+    expect(await consumers(ns)).toHaveLength(0);
+    expect([...one.broken, ...two.broken]).toEqual([]);
+  });
+
+  it("sees what is published right after follow() resolves, nothing from before", async () => {
+    const ns = freshNamespace();
+    await ensureStream(jsm, ns, B);
+    const js = jsm.jetstream();
+    const { subject } = streamNames(ns, B);
+    const source = new JetStreamSource({ nc, namespace: ns });
+    cleanups.push(() => source.close());
+    let prepare = 0n;
+    const publish = () => {
+      prepare++;
+      const event: StoredEvent = {
+        boundary: B,
+        id: `e${prepare}`,
+        type: "T",
+        tags: [],
+        data: "{}",
+        metadata: "",
+        position: { commit: prepare, prepare },
+        createdAt: new Date(),
+      };
+      return js.publish(subject, encodeEvent(event), { msgID: msgId(event.position) });
+    };
+    for (let round = 0; round < 20; round++) {
+      await publish();
+      const { got, following } = await collect(source);
+      await publish();
+      await eventually(() => got.length > 0, "the event published after follow()", 5_000);
+      await new Promise((r) => setTimeout(r, 20));
+      expect(got.map((e) => e.position.prepare)).toEqual([prepare]);
+      await following.stop();
+    }
+    expect(await consumers(ns)).toHaveLength(0);
+  });
+
+  it("recreates a consumer lost on the server where it left off, without replaying", async () => {
+    const ns = freshNamespace();
+    const store = await openStore(ns);
+    await startPublisher(store, ns);
+    const live = await untilLive(store, ns);
+    const source = new JetStreamSource({ nc, namespace: ns, pullExpiresMs: 2_000 });
+    cleanups.push(() => source.close());
+    const { got, broken, following } = await collect(source);
+    await append(store, 5);
+    await eventually(() => got.length === 5, "the first five");
+    const [lost] = await consumers(ns);
+    await jsm.consumers.delete(streamNames(ns, B).stream, lost ?? "");
+    await eventually(async () => (await consumers(ns)).length === 1, "a new consumer", 15_000);
+    await append(store, 3);
+    await eventually(() => got.length >= 8, "the next three");
+    await new Promise((r) => setTimeout(r, 100));
+    const expected = (await log(store)).filter((e) => e.position.prepare > live.prepare);
+    expect(got).toEqual(expected);
+    expect(broken).toEqual([]);
+    await following.stop();
+    expect(await consumers(ns)).toHaveLength(0);
+  });
+
+  it("reports a broken follow when the stream is deleted", async () => {
+    const ns = freshNamespace();
+    await ensureStream(jsm, ns, B);
+    const source = new JetStreamSource({ nc, namespace: ns, pullExpiresMs: 2_000 });
+    cleanups.push(() => source.close());
+    const { broken } = await collect(source);
+    await jsm.streams.delete(streamNames(ns, B).stream);
+    await eventually(() => broken.length > 0, "onBroken", 15_000);
+  });
+});
