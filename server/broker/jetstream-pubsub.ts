@@ -1,0 +1,378 @@
+import {
+  AckPolicy,
+  type ConsumerConfig,
+  type ConsumerInfo,
+  type ConsumerMessages,
+  DeliverPolicy,
+  DiscardPolicy,
+  JetStreamApiCodes,
+  JetStreamApiError,
+  type JetStreamClient,
+  type JetStreamManager,
+  type JsMsg,
+  jetstream,
+  jetstreamManager,
+  PubHeaders,
+  RetentionPolicy,
+  StorageType,
+} from "@nats-io/jetstream";
+import { type NatsConnection, nanos, RequestError } from "@nats-io/transport-node";
+import { StoreError } from "../store/errors.js";
+import { type PubSub, type PubSubMessage, type Subscription, subjectMismatch } from "./pubsub.js";
+
+export interface JetStreamPubSubOptions {
+  /** Keeps deployments (and test runs) sharing one NATS apart; sanitised to [A-Za-z0-9_]. */
+  readonly namespace: string;
+  /** How long a message waits in the stream for groups that have not taken it. */
+  readonly retentionMs: number;
+  /** A repeated id within this window is dropped (JetStream's duplicate window). */
+  readonly dedupeWindowMs: number;
+  /** How long a member may hold a message before JetStream gives it to another. Default 30 s. */
+  readonly ackWaitMs?: number;
+  /** For each JetStream request; beyond it the caller gets UNAVAILABLE. Default 5 s. */
+  readonly requestTimeoutMs?: number;
+  /** How long an abandoned private consumer (its process died) outlives its last pull. Default 60 s. */
+  readonly privateInactiveMs?: number;
+}
+
+/**
+ * Pub/sub on one JetStream stream, `ORISUN_PUBSUB_<namespace>`, holding every message for the
+ * retention window. A named group is a durable pull consumer named like the group: every member,
+ * on any server process, pulls from it, so JetStream hands each message to exactly one of them.
+ * A private subscription is an ephemeral consumer, deleted when the subscription ends.
+ */
+export class JetStreamPubSub implements PubSub {
+  readonly stream: string;
+  /** Subjects of the stream are `<prefix>.<the user's subject>`. */
+  readonly prefix: string;
+  private readonly js: JetStreamClient;
+  private readonly ackWaitMs: number;
+  private readonly timeout: number;
+  private manager: Promise<JetStreamManager> | undefined;
+  private readonly members = new Set<JetStreamMember>();
+  private closed = false;
+
+  constructor(
+    private readonly nc: NatsConnection,
+    private readonly options: JetStreamPubSubOptions,
+  ) {
+    const namespace = options.namespace.replace(/[^A-Za-z0-9_]/g, "_") || "default";
+    this.stream = `ORISUN_PUBSUB_${namespace}`;
+    this.prefix = `orisun.pubsub.${namespace}`;
+    this.ackWaitMs = options.ackWaitMs ?? 30_000;
+    this.timeout = options.requestTimeoutMs ?? 5_000;
+    this.js = jetstream(nc, { timeout: this.timeout });
+  }
+
+  async publish(message: PubSubMessage): Promise<void> {
+    this.checkOpen();
+    this.checkPayload(message);
+    const subject = `${this.prefix}.${message.subject}`;
+    const send = () =>
+      this.js.publish(subject, message.data, { msgID: message.id, timeout: this.timeout });
+    await guard("publish the message", () => this.withStream(send));
+  }
+
+  async subscribe(
+    subject: string,
+    consumerName: string,
+    signal: AbortSignal,
+  ): Promise<Subscription> {
+    this.checkOpen();
+    const filter = `${this.prefix}.${subject}`;
+    const info = await guard("subscribe", () =>
+      this.withStream((jsm) =>
+        consumerName === ""
+          ? jsm.consumers.add(this.stream, this.privateConfig(filter))
+          : this.group(jsm, consumerName, filter),
+      ),
+    );
+    const durable = consumerName !== "";
+    const messages = await this.js.consumers
+      .getConsumerFromInfo(info)
+      // One message at a time: the next pull waits until the member took the last one, so a
+      // busy member leaves the group's messages to the idle ones.
+      .consume({ max_messages: 1, abort_on_missing_resource: true });
+    let unlisten = () => {};
+    const member = new JetStreamMember(messages, {
+      prefixLength: this.prefix.length + 1,
+      group: consumerName,
+      acks: durable,
+      keepAliveMs: Math.max(1_000, Math.floor(this.ackWaitMs / 3)),
+      cleanup: async () => {
+        unlisten();
+        this.members.delete(member);
+        if (!durable) {
+          await this.manager
+            ?.then((jsm) => jsm.consumers.delete(this.stream, info.name))
+            // Unreachable now: its inactive threshold removes it.
+            .catch(() => {});
+        }
+      },
+    });
+    this.members.add(member);
+    if (signal.aborted) await member.end();
+    else {
+      const onAbort = () => void member.end();
+      signal.addEventListener("abort", onAbort, { once: true });
+      unlisten = () => signal.removeEventListener("abort", onAbort);
+    }
+    return { [Symbol.asyncIterator]: () => member };
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    await Promise.all([...this.members].map((m) => m.end()));
+  }
+
+  /** The group's durable consumer, created on first use from the messages published from then on. */
+  private async group(jsm: JetStreamManager, name: string, filter: string): Promise<ConsumerInfo> {
+    const existing = await jsm.consumers.info(this.stream, name).catch((error: unknown) => {
+      if (error instanceof JetStreamApiError && error.code === JetStreamApiCodes.ConsumerNotFound) {
+        return undefined;
+      }
+      throw error;
+    });
+    if (existing === undefined) {
+      return jsm.consumers.add(this.stream, {
+        durable_name: name,
+        ack_policy: AckPolicy.Explicit,
+        deliver_policy: DeliverPolicy.New,
+        filter_subject: filter,
+        ack_wait: nanos(this.ackWaitMs),
+        // Members are fed one message at a time; room for many members pulling at once.
+        max_waiting: 1024,
+        max_ack_pending: -1,
+      });
+    }
+    const current = existing.config.filter_subject ?? "";
+    if (current !== filter) throw subjectMismatch(name, current.slice(this.prefix.length + 1));
+    return existing;
+  }
+
+  private privateConfig(filter: string): Partial<ConsumerConfig> {
+    return {
+      // Nobody else reads it and it ends with its subscriber: no acknowledgements needed.
+      ack_policy: AckPolicy.None,
+      deliver_policy: DeliverPolicy.New,
+      filter_subject: filter,
+      inactive_threshold: nanos(this.options.privateInactiveMs ?? 60_000),
+    };
+  }
+
+  /**
+   * Runs `work` once the stream exists; when the stream went away (an operator deleted it),
+   * makes it again and retries once.
+   */
+  private async withStream<T>(work: (jsm: JetStreamManager) => Promise<T>): Promise<T> {
+    const jsm = await this.ready();
+    try {
+      return await work(jsm);
+    } catch (error) {
+      if (!isStreamMissing(error)) throw error;
+      this.manager = undefined;
+      return work(await this.ready());
+    }
+  }
+
+  /**
+   * Creates (or updates to the configured windows) the stream on first use and after a failure,
+   * so that the broker starts, and recovers, whether or not NATS is up.
+   */
+  private ready(): Promise<JetStreamManager> {
+    if (this.manager === undefined) {
+      const attempt = this.ensureStream();
+      this.manager = attempt;
+      attempt.catch(() => {
+        if (this.manager === attempt) this.manager = undefined;
+      });
+    }
+    return this.manager;
+  }
+
+  private async ensureStream(): Promise<JetStreamManager> {
+    const jsm = await jetstreamManager(this.nc, { timeout: this.timeout, checkAPI: false });
+    const maxAge = nanos(this.options.retentionMs);
+    // JetStream refuses a duplicate window longer than the retention.
+    const window = nanos(Math.min(this.options.dedupeWindowMs, this.options.retentionMs));
+    const info = await jsm.streams.info(this.stream).catch((error: unknown) => {
+      if (error instanceof JetStreamApiError && error.code === JetStreamApiCodes.StreamNotFound) {
+        return undefined;
+      }
+      throw error;
+    });
+    if (info === undefined) {
+      await jsm.streams.add({
+        name: this.stream,
+        subjects: [`${this.prefix}.>`],
+        retention: RetentionPolicy.Limits,
+        storage: StorageType.File,
+        discard: DiscardPolicy.Old,
+        max_age: maxAge,
+        duplicate_window: window,
+      });
+    } else if (info.config.max_age !== maxAge || info.config.duplicate_window !== window) {
+      await jsm.streams.update(this.stream, { max_age: maxAge, duplicate_window: window });
+    }
+    return jsm;
+  }
+
+  /** NATS refuses messages above its max_payload (1 MiB by default), headers included. */
+  private checkPayload(message: PubSubMessage): void {
+    const max = this.nc.info?.max_payload;
+    const headers = 64 + Buffer.byteLength(message.id, "utf8");
+    if (max !== undefined && message.data.length + headers > max) {
+      throw new StoreError(
+        "too_large",
+        `must be at most ${max - headers} bytes with this id (the NATS server's max_payload is ${max})`,
+        "data",
+      );
+    }
+  }
+
+  private checkOpen(): void {
+    if (this.closed) throw new StoreError("unavailable", "the pub/sub broker is closed");
+  }
+}
+
+/** A publish nobody stored (no stream listens), or an API call on a stream that is gone. */
+function isStreamMissing(error: unknown): boolean {
+  if (error instanceof JetStreamApiError) return error.code === JetStreamApiCodes.StreamNotFound;
+  return (
+    error instanceof Error && error.cause instanceof RequestError && error.cause.isNoResponders()
+  );
+}
+
+/** NATS failures become the store's error: unreachable is UNAVAILABLE, a refusal is internal. */
+async function guard<T>(what: string, work: () => Promise<T>): Promise<T> {
+  try {
+    return await work();
+  } catch (error) {
+    if (error instanceof StoreError) throw error;
+    if (error instanceof JetStreamApiError && error.status !== 503) {
+      throw new StoreError(
+        "internal",
+        `JetStream refused to ${what}: ${error.message}`,
+        undefined,
+        {
+          cause: error,
+        },
+      );
+    }
+    throw new StoreError(
+      "unavailable",
+      `NATS JetStream is unreachable, could not ${what}; retry later`,
+      undefined,
+      { cause: error },
+    );
+  }
+}
+
+interface MemberOptions {
+  readonly prefixLength: number;
+  readonly group: string;
+  /** False for private subscriptions, whose consumer needs no acknowledgements. */
+  readonly acks: boolean;
+  readonly keepAliveMs: number;
+  readonly cleanup: () => Promise<void>;
+}
+
+const DONE: IteratorResult<PubSubMessage> = { done: true, value: undefined };
+
+/** One member's pull loop; see Subscription for when a message counts as delivered. */
+class JetStreamMember implements AsyncIterator<PubSubMessage> {
+  private readonly iterator: AsyncIterator<JsMsg>;
+  private unacked: JsMsg | undefined;
+  private keepAlive: NodeJS.Timeout | undefined;
+  private ending: Promise<void> | undefined;
+
+  constructor(
+    private readonly messages: ConsumerMessages,
+    private readonly options: MemberOptions,
+  ) {
+    this.iterator = messages[Symbol.asyncIterator]();
+  }
+
+  async next(): Promise<IteratorResult<PubSubMessage>> {
+    this.settle("ack");
+    if (this.ending) {
+      await this.ending;
+      return DONE;
+    }
+    let result: IteratorResult<JsMsg>;
+    try {
+      result = await this.iterator.next();
+    } catch (error) {
+      await this.end();
+      throw this.gone(error);
+    }
+    if (result.done) {
+      // Not our own end: the connection closed for good.
+      if (this.ending === undefined) {
+        await this.end();
+        throw this.gone(undefined);
+      }
+      // Ended by us: return once the consumer is cleaned up, so that the caller sees it gone.
+      await this.ending;
+      return DONE;
+    }
+    const m = result.value;
+    if (this.ending) {
+      if (this.options.acks) m.nak();
+      await this.ending;
+      return DONE;
+    }
+    if (this.options.acks) {
+      this.unacked = m;
+      // A slow client must not have its message handed to another member meanwhile.
+      this.keepAlive = setInterval(() => m.working(), this.options.keepAliveMs);
+    }
+    return {
+      done: false,
+      value: {
+        id: m.headers?.get(PubHeaders.MsgIdHdr) ?? "",
+        subject: m.subject.slice(this.options.prefixLength),
+        data: m.data,
+      },
+    };
+  }
+
+  async return(): Promise<IteratorResult<PubSubMessage>> {
+    await this.end();
+    return DONE;
+  }
+
+  /** Stops pulling; a message not yet acknowledged goes back to the group at once. */
+  end(): Promise<void> {
+    this.ending ??= (async () => {
+      this.settle("nak");
+      // close() settles only once the iterator has run to its end, which return() makes it do;
+      // an iterator never started has nothing to wait for.
+      void this.messages.close();
+      await this.iterator.return?.();
+      await this.options.cleanup();
+    })();
+    return this.ending;
+  }
+
+  private settle(how: "ack" | "nak"): void {
+    clearInterval(this.keepAlive);
+    const m = this.unacked;
+    this.unacked = undefined;
+    if (how === "ack") m?.ack();
+    else m?.nak();
+  }
+
+  private gone(cause: unknown): StoreError {
+    const what =
+      this.options.group === ""
+        ? "the private subscription's consumer"
+        : `consumer group "${this.options.group}"`;
+    return new StoreError(
+      "unavailable",
+      `${what} is gone from JetStream (deleted, or NATS closed the connection); subscribe again`,
+      undefined,
+      { cause },
+    );
+  }
+}
