@@ -6,9 +6,15 @@ import Fastify, { type FastifyBaseLogger } from "fastify";
 import { EventStore } from "../gen/orisun/v1/eventstore_pb.js";
 import type { ApiDeps } from "./api/deps.js";
 import { errorInterceptor, kRequestId, kRequestLog } from "./api/errors.js";
+import { pubsubHandler } from "./api/pubsub-handler.js";
 import { storeHandlers } from "./api/store-handlers.js";
 import { subscribeHandler } from "./api/subscribe-handler.js";
 import { LiveFeeds } from "./broker/feed.js";
+import { connectNats } from "./broker/jetstream.js";
+import { JetStreamPublisher } from "./broker/jetstream-publisher.js";
+import { JetStreamPubSub } from "./broker/jetstream-pubsub.js";
+import { JetStreamSource } from "./broker/jetstream-source.js";
+import { MemoryPubSub } from "./broker/memory-pubsub.js";
 import type { Config } from "./config.js";
 import { createOnePort, type OnePort } from "./http/one-port.js";
 import { EventStore as Store } from "./store/event-store.js";
@@ -58,7 +64,27 @@ export async function startApp(config: Config): Promise<RunningApp> {
     },
   });
 
-  const feeds = new LiveFeeds({ store, source: undefined, log: app.log });
+  // With NATS: committed events travel through JetStream (one elected publisher per boundary),
+  // and pub/sub groups are JetStream consumers. Without: the same interfaces, in process.
+  // Stream names carry the schema, so deployments sharing one NATS stay apart.
+  const namespace = config.pgSchema;
+  const pubsubOptions = {
+    retentionMs: config.pubsubRetentionMs,
+    dedupeWindowMs: config.pubsubDedupeWindowMs,
+  };
+  const nats = config.natsUrl ? await connectNats(config.natsUrl, app.log) : undefined;
+  const publisher = nats
+    ? new JetStreamPublisher({ store, nc: nats, namespace, log: app.log })
+    : undefined;
+  await publisher?.start();
+  const feeds = new LiveFeeds({
+    store,
+    source: nats ? new JetStreamSource({ nc: nats, namespace }) : undefined,
+    log: app.log,
+  });
+  const pubsub = nats
+    ? new JetStreamPubSub(nats, { namespace, ...pubsubOptions })
+    : new MemoryPubSub(pubsubOptions);
 
   const shutdown = new AbortController();
   const deps: ApiDeps = {
@@ -67,6 +93,7 @@ export async function startApp(config: Config): Promise<RunningApp> {
     shutdown: shutdown.signal,
   };
   const subscribeDeps = { ...deps, feeds, subscription: SUBSCRIPTION_LIMITS };
+  const pubsubDeps = { ...deps, pubsub, maxMessageBytes: config.limits.maxMessageBytes };
 
   if (config.corsOrigins.length > 0) {
     await app.register(cors, {
@@ -79,7 +106,11 @@ export async function startApp(config: Config): Promise<RunningApp> {
   }
   await app.register(fastifyConnectPlugin, {
     routes: (router) =>
-      router.service(EventStore, { ...storeHandlers(deps), ...subscribeHandler(subscribeDeps) }),
+      router.service(EventStore, {
+        ...storeHandlers(deps),
+        ...subscribeHandler(subscribeDeps),
+        ...pubsubHandler(pubsubDeps),
+      }),
     interceptors: [errorInterceptor],
     readMaxBytes: config.limits.maxRequestBytes,
     contextValues: (req) =>
@@ -117,6 +148,9 @@ export async function startApp(config: Config): Promise<RunningApp> {
         } finally {
           clearTimeout(force);
           await feeds.close();
+          await pubsub.close();
+          await publisher?.close();
+          await nats?.drain().catch(() => {});
           await store.close();
         }
       })();

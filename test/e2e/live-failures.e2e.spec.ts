@@ -68,7 +68,7 @@ describe("live subscriptions through failures (two servers, PostgreSQL and NATS)
   });
   afterAll(async () => {
     await a?.stop("SIGKILL");
-    await b?.stop();
+    await b?.stop("SIGKILL");
     await nats?.stop();
     await pgProxy?.close();
     await dropSchema(schema);
@@ -77,8 +77,9 @@ describe("live subscriptions through failures (two servers, PostgreSQL and NATS)
   it("kill -9 of a server, a NATS restart and a PostgreSQL outage lose nothing and never reorder", async () => {
     const boundary = "orders";
     let alive = [a, b];
+    // Each starts on its own server and moves to the other only if its server dies.
     const onA = resumableSubscriber(boundary, () => alive);
-    const onB = resumableSubscriber(boundary, () => alive.filter((s) => s === b));
+    const onB = resumableSubscriber(boundary, () => [...alive].reverse());
     let writing = true;
     let written = 0;
     const writer = (async () => {
@@ -102,8 +103,15 @@ describe("live subscriptions through failures (two servers, PostgreSQL and NATS)
     const phase = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
     await phase(1_500);
-    await a.stop("SIGKILL");
-    alive = [b];
+    // Kill the process that publishes the boundary to JetStream: the other must take over.
+    const publishing = (log: string) =>
+      log.includes('"boundary":"orders","msg":"publishing the boundary to JetStream"');
+    expect([a, b].filter((s) => publishing(s.output())).length).toBe(1);
+    const victim = publishing(a.output()) ? a : b;
+    const survivor = victim === a ? b : a;
+    const survivorLogBefore = survivor.output().length;
+    await victim.stop("SIGKILL");
+    alive = [survivor];
     await phase(2_000);
     await nats.stop();
     await phase(1_000);
@@ -119,7 +127,7 @@ describe("live subscriptions through failures (two servers, PostgreSQL and NATS)
     const log: Event[] = [];
     for (;;) {
       const last = log.at(-1)?.position;
-      const page = await client(b).getEvents({
+      const page = await client(survivor).getEvents({
         boundary,
         count: 10_000,
         ...(last
@@ -149,10 +157,13 @@ describe("live subscriptions through failures (two servers, PostgreSQL and NATS)
     const expected = log.map((e) => key(e.position));
     expect(onA.received.map((e) => key(e.position))).toEqual(expected);
     expect(onB.received.map((e) => key(e.position))).toEqual(expected);
-    // B never died: its subscriber may only have been told to resume.
+    // The survivor took over publishing within seconds of the kill.
+    expect(publishing(survivor.output().slice(survivorLogBefore))).toBe(true);
+    // The survivor never died: its own subscriber may only have been told to resume.
+    const own = survivor === a ? onA : onB;
     expect(
-      onB.errors.every((c) => c === Code.Unavailable),
-      String(onB.errors),
+      own.errors.every((c) => c === Code.Unavailable),
+      String(own.errors),
     ).toBe(true);
   }, 90_000);
 });
