@@ -17,6 +17,7 @@ export class SessionLocks {
   private readonly held = new Map<string, AbortController>();
   private session: Promise<pg.Client> | undefined;
   private closed = false;
+  private tail: Promise<void> = Promise.resolve();
 
   constructor(private readonly url: string | undefined) {}
 
@@ -29,11 +30,13 @@ export class SessionLocks {
     try {
       if (this.url !== undefined) {
         const client = await this.connect();
-        const { rows } = await client.query<{ ok: boolean }>(
-          "SELECT pg_try_advisory_lock(hashtextextended($1, 0)) AS ok",
-          [name],
+        const ok = await this.serially(() =>
+          client.query<{ ok: boolean }>(
+            "SELECT pg_try_advisory_lock(hashtextextended($1, 0)) AS ok",
+            [name],
+          ),
         );
-        if (!rows[0]?.ok) {
+        if (!ok.rows[0]?.ok) {
           this.held.delete(name);
           return undefined;
         }
@@ -54,11 +57,22 @@ export class SessionLocks {
         this.held.delete(name);
         if (this.url === undefined || lost.signal.aborted) return;
         const client = await this.session?.catch(() => undefined);
-        await client
-          ?.query("SELECT pg_advisory_unlock(hashtextextended($1, 0))", [name])
-          .catch(() => {});
+        if (!client) return;
+        await this.serially(() =>
+          client.query("SELECT pg_advisory_unlock(hashtextextended($1, 0))", [name]),
+        ).catch(() => {});
       },
     };
+  }
+
+  /** One query at a time on the session: pg deprecates overlapping queries on one client. */
+  private serially<T>(query: () => Promise<T>): Promise<T> {
+    const result = this.tail.then(query);
+    this.tail = result.then(
+      () => {},
+      () => {},
+    );
+    return result;
   }
 
   private connect(): Promise<pg.Client> {
