@@ -2,7 +2,7 @@
  * `npm run bench`: spawns the built server against the local PostgreSQL and NATS, loads it over
  * gRPC, and prints a Markdown table. Never part of `npm test`. Sizes can be scaled with
  * BENCH_CATCHUP_EVENTS (default 200,000), BENCH_SECONDS (per timed workload, default 5) and
- * BENCH_RUNS (repetitions; medians are reported, default 3); BENCH_ONLY=append|catchup|live
+ * BENCH_RUNS (repetitions; medians are reported, default 3); BENCH_ONLY=append|catchup|pubsub|live
  * runs one group of workloads; BENCH_URL uses a server you started instead of spawning one.
  */
 import { type ChildProcess, spawn } from "node:child_process";
@@ -216,6 +216,59 @@ async function liveLatency(
   };
 }
 
+/**
+ * Pub/sub through one group of 4 members: publishers keep `inFlight` publishes going for
+ * SECONDS; throughput counts messages received, latency runs from the publish call to receipt.
+ */
+async function pubsub(
+  api: Api[],
+  inFlight: number,
+): Promise<{ rate: number; p50: number; p99: number }> {
+  const abort = new AbortController();
+  const sentAt = new Map<string, number>();
+  const latencies: number[] = [];
+  const members = Array.from({ length: 4 }, async (_, m) => {
+    try {
+      const stream = (api[m % api.length] as Api).subscribeToPubSub(
+        { subject: "bench.>", consumerName: "bench_group" },
+        { signal: abort.signal },
+      );
+      for await (const { message } of stream) {
+        const t = message ? sentAt.get(message.id) : undefined;
+        if (t !== undefined) latencies.push(performance.now() - t);
+      }
+    } catch {
+      // Cancelled at the end.
+    }
+  });
+  await sleep(1_000);
+  const data = new TextEncoder().encode('{"order":42,"total":"19.99"}');
+  let sent = 0;
+  const started = performance.now();
+  const end = Date.now() + SECONDS * 1_000;
+  await Promise.all(
+    Array.from({ length: inFlight }, async (_, c) => {
+      const client = api[c % api.length] as Api;
+      for (let i = 0; Date.now() < end; i++) {
+        const id = `p${c}-${i}`;
+        sentAt.set(id, performance.now());
+        await client.publishToPubSub({ id, subject: "bench.orders", data });
+        sent++;
+      }
+    }),
+  );
+  const deadline = Date.now() + 10_000;
+  while (latencies.length < sent && Date.now() < deadline) await sleep(20);
+  const elapsed = (performance.now() - started) / 1_000;
+  abort.abort();
+  await Promise.all(members);
+  return {
+    rate: latencies.length / elapsed,
+    p50: percentile(latencies, 50),
+    p99: percentile(latencies, 99),
+  };
+}
+
 async function dropSchema(schema: string): Promise<void> {
   const client = new pg.Client({ connectionString: PG_URL });
   await client.connect();
@@ -258,6 +311,12 @@ async function main(): Promise<void> {
           `catch-up subscription over ${CATCHUP_EVENTS.toLocaleString("en")} events (events/s)`,
           await catchUp(server.api[0] as Api, "big", CATCHUP_EVENTS),
         );
+      }
+      if (runs("pubsub")) {
+        const ps = await pubsub(server.api, 16);
+        note("pub/sub through one group of 4 members, 16 publishers (messages/s)", ps.rate);
+        note("pub/sub latency p50, publish to receipt (ms)", ps.p50);
+        note("pub/sub latency p99, publish to receipt (ms)", ps.p99);
       }
       if (runs("live")) {
         const live = await liveLatency(server.api, "live", 50, 1_000);

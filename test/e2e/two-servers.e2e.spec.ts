@@ -41,7 +41,7 @@ async function until(condition: () => boolean, timeoutMs = 10_000): Promise<void
   }
 }
 
-describe("pub/sub end to end: one group across two server processes on PostgreSQL + NATS", () => {
+describe("two server processes on one PostgreSQL and one NATS", () => {
   const schema = freshSchema("ps");
   let a: SpawnedServer;
   let b: SpawnedServer;
@@ -95,6 +95,45 @@ describe("pub/sub end to end: one group across two server processes on PostgreSQ
     expect(new TextDecoder().decode(audit.got[3]?.data)).toBe('{"n":3}');
     for (const m of [onA, onB, audit]) m.stop();
     await Promise.all([onA.done, onB.done, audit.done]);
+  });
+
+  it("a subscriber_name held on one process is ALREADY_EXISTS on the other until the holder cancels", async () => {
+    const boundary = "exclusive";
+    await client(a).saveEvents({ boundary, events: [{ eventType: "Opened", data: "{}" }] });
+    const holder = new AbortController();
+    const held = client(a).subscribeToEvents(
+      { boundary, subscriberName: "projector" },
+      { signal: holder.signal },
+    );
+    const iterator = held[Symbol.asyncIterator]();
+    await iterator.next(); // the holder is streaming, so it holds the name
+    const refused = await client(b)
+      .subscribeToEvents({ boundary, subscriberName: "projector" })
+      [Symbol.asyncIterator]()
+      .next()
+      .then(
+        () => undefined,
+        (e: unknown) => ConnectError.from(e),
+      );
+    expect(refused?.code).toBe(Code.AlreadyExists);
+    holder.abort();
+    await iterator.next().catch(() => {});
+    // The name is free once the holder's server noticed the cancel.
+    const deadline = Date.now() + 10_000;
+    for (;;) {
+      const taken = await client(b)
+        .subscribeToEvents({ boundary, subscriberName: "projector" })
+        [Symbol.asyncIterator]()
+        .next()
+        .then(
+          (r) => r.value?.eventType,
+          (e: unknown) => ConnectError.from(e),
+        );
+      if (taken === "Opened") break;
+      expect((taken as ConnectError).code).toBe(Code.AlreadyExists);
+      expect(Date.now()).toBeLessThan(deadline);
+      await new Promise((r) => setTimeout(r, 100));
+    }
   });
 
   it("a wildcard publish subject is INVALID_ARGUMENT naming the field", async () => {
