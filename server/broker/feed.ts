@@ -91,7 +91,16 @@ class BoundaryFeed {
   private async start(): Promise<void> {
     // Follow first, then read the head: whatever commits after the head read is either
     // published to the source from then on, or read from the store as a gap.
-    await this.follow();
+    try {
+      await this.follow();
+    } catch (error) {
+      // NATS is away: serve from the store on commit signals until following works again.
+      this.options.log.warn(
+        { err: error, boundary: this.boundary },
+        "cannot follow the live source",
+      );
+      setTimeout(() => void this.refollow(), 1_000).unref();
+    }
     this.last = await this.options.store.head(this.boundary);
   }
 

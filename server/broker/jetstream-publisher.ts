@@ -144,10 +144,7 @@ export class JetStreamPublisher {
     }
   }
 
-  /**
-   * SessionLocks reconnects for a tryAcquire even after the store closed, so a publisher left
-   * running on a closed store would take its boundaries back and hold them without publishing.
-   */
+  /** A publisher outliving its store (closed in the wrong order) stops rather than retry forever. */
   private storeClosed(): boolean {
     const { pool, pglite } = this.options.store.database;
     return pool?.ending === true || pglite?.closed === true;

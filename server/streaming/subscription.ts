@@ -85,6 +85,7 @@ export async function* subscribe(
         }
       } finally {
         leave();
+        buffer.dispose();
       }
     }
     if (lock?.lost.aborted && !signal.aborted) {
@@ -105,11 +106,18 @@ class LiveBuffer implements FeedMember {
   private overflowed = false;
   private wake: (() => void) | undefined;
 
+  private readonly onAbort = () => this.wake?.();
+
   constructor(
     private readonly limits: SubscriptionLimits,
     private readonly abort: AbortSignal,
   ) {
-    abort.addEventListener("abort", () => this.wake?.(), { once: true });
+    abort.addEventListener("abort", this.onAbort, { once: true });
+  }
+
+  /** A subscription may go through many buffers (one per fall-back); each lets go of the signal. */
+  dispose(): void {
+    this.abort.removeEventListener("abort", this.onAbort);
   }
 
   push(event: StoredEvent): void {
