@@ -106,6 +106,8 @@ describe("live subscriptions through failures (two servers, PostgreSQL and NATS)
     // Kill the process that publishes the boundary to JetStream: the other must take over.
     const publishing = (log: string) =>
       log.includes('"boundary":"orders","msg":"publishing the boundary to JetStream"');
+    const elected = Date.now() + 15_000;
+    while (![a, b].some((s) => publishing(s.output())) && Date.now() < elected) await phase(100);
     expect([a, b].filter((s) => publishing(s.output())).length).toBe(1);
     const victim = publishing(a.output()) ? a : b;
     const survivor = victim === a ? b : a;
