@@ -65,8 +65,20 @@ describe("two server processes on one PostgreSQL and one NATS", () => {
     const onA = member(a, "orders.*", "billing");
     const onB = member(b, "orders.*", "billing");
     const audit = member(a, "orders.>", "audit");
-    // The group exists once its first member's consumer does.
-    await new Promise((r) => setTimeout(r, 500));
+    // A group receives what is published from its creation on: wait until both exist.
+    const nc = await connect({ servers: NATS_URL });
+    const jsm = await jetstreamManager(nc);
+    const exists = (group: string) =>
+      jsm.consumers.info(`ORISUN_PUBSUB_${schema}`, group).then(
+        () => true,
+        () => false,
+      );
+    const deadline = Date.now() + 10_000;
+    while (!((await exists("billing")) && (await exists("audit")))) {
+      expect(Date.now()).toBeLessThan(deadline);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    await nc.close();
     for (let i = 0; i < 40; i++) {
       const body = JSON.stringify({
         id: `m${i}`,
