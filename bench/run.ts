@@ -3,7 +3,7 @@
  * gRPC, and prints a Markdown table. Never part of `npm test`. Sizes can be scaled with
  * BENCH_CATCHUP_EVENTS (default 200,000), BENCH_SECONDS (per timed workload, default 5) and
  * BENCH_RUNS (repetitions; medians are reported, default 3); BENCH_ONLY=append|catchup|pubsub|live
- * runs one group of workloads; BENCH_URL uses a server you started instead of spawning one.
+ * runs one group of workloads; BENCH_LIVE_RATE sets the live workload's append rate (1,000/s); BENCH_URL uses a server you started instead of spawning one.
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { mkdtempSync } from "node:fs";
@@ -23,6 +23,7 @@ const CATCHUP_EVENTS = Number(process.env.BENCH_CATCHUP_EVENTS ?? 200_000);
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
 const RUNS = Number(process.env.BENCH_RUNS ?? 3);
 const ONLY = process.env.BENCH_ONLY;
+const LIVE_RATE = Number(process.env.BENCH_LIVE_RATE ?? 1_000);
 const runs = (group: string) => ONLY === undefined || ONLY === group;
 
 type Api = Client<typeof EventStore>;
@@ -339,9 +340,9 @@ async function main(): Promise<void> {
         note("pub/sub latency p99, publish to receipt (ms)", ps.p99);
       }
       if (runs("live")) {
-        const live = await liveLatency(server.api, "live", 50, 1_000);
+        const live = await liveLatency(server.api, "live", 50, LIVE_RATE);
         note(
-          "live latency p50, append call to receipt, 50 subscribers at 1,000 events/s (ms)",
+          `live latency p50, append call to receipt, 50 subscribers at ${LIVE_RATE.toLocaleString("en")} events/s (ms)`,
           live.p50,
         );
         note("live latency p99, append call to receipt (ms)", live.p99);
