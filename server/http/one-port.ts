@@ -77,7 +77,9 @@ export function createOnePort(
   const h2 = http2.createServer({}, handler as unknown as Http2Handler);
   track(h2);
 
-  const front = net.createServer((socket: Socket) => {
+  // No Nagle, as Node's own HTTP servers default to: a small response (a unary answer, one
+  // streamed event) should leave at once rather than wait behind an unacknowledged segment.
+  const front = net.createServer({ noDelay: true }, (socket: Socket) => {
     sockets.add(socket);
     socket.on("close", () => sockets.delete(socket));
     let head = Buffer.alloc(0);
