@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { StoreError } from "../server/store/errors.js";
-import { EventStore } from "../server/store/event-store.js";
+import type { EventStore } from "../server/store/event-store.js";
 import { matches } from "../server/store/matcher.js";
 import {
   type AppendRequest,
@@ -12,25 +12,8 @@ import {
   type StoredEvent,
   type Tag,
 } from "../server/store/types.js";
-import {
-  dropSchema,
-  freshDataDir,
-  freshSchema,
-  PG_URL,
-  storeTargets,
-} from "./support/databases.js";
-
-/** A small seeded PRNG, so that the choices of each worker are reproducible (timing is not). */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { dropSchema, freshSchema, openPostgresStore, storeTargets } from "./support/databases.js";
+import { prng } from "./support/prng.js";
 
 const tag = (key: string, value: string): Tag => ({ key, value });
 const fmt = (p: Position): string => `{${p.commit},${p.prepare}}`;
@@ -401,16 +384,7 @@ describe("two store instances on one PostgreSQL schema", () => {
   const stores: EventStore[] = [];
   beforeAll(async () => {
     for (let i = 0; i < 2; i++) {
-      stores.push(
-        await EventStore.open({
-          url: PG_URL,
-          schema,
-          poolSize: 10,
-          dataDir: freshDataDir(),
-          onIdleError: () => {},
-          groupCommit: { maxEvents: 10_000, maxBytes: 8 * 1024 * 1024 },
-        }),
-      );
+      stores.push(await openPostgresStore(schema));
     }
   });
   afterAll(async () => {
@@ -461,14 +435,7 @@ describe("two store instances on one PostgreSQL schema", () => {
     // ORISUN_PG_SCHEMA: two deployments may share one database under different schemas.
     const other = freshSchema("other");
     try {
-      const store = await EventStore.open({
-        url: PG_URL,
-        schema: other,
-        poolSize: 2,
-        dataDir: freshDataDir(),
-        onIdleError: () => {},
-        groupCommit: { maxEvents: 10_000, maxBytes: 8 * 1024 * 1024 },
-      });
+      const store = await openPostgresStore(other, 2);
       try {
         expect(
           await store.read({ boundary: "race", query: [], count: 10, direction: "asc" }),

@@ -11,9 +11,9 @@ import {
 } from "../server/broker/jetstream.js";
 import { JetStreamPublisher, msgId } from "../server/broker/jetstream-publisher.js";
 import { JetStreamSource } from "../server/broker/jetstream-source.js";
-import { EventStore } from "../server/store/event-store.js";
+import type { EventStore } from "../server/store/event-store.js";
 import type { EventToAppend, Position, StoredEvent } from "../server/store/types.js";
-import { dropSchema, freshDataDir, freshSchema, PG_URL } from "./support/databases.js";
+import { dropSchema, freshSchema, openPostgresStore } from "./support/databases.js";
 
 /** The publisher and the source against real PostgreSQL and NATS JetStream servers. */
 
@@ -56,14 +56,7 @@ function freshNamespace(): string {
 }
 
 async function openStore(schema: string): Promise<EventStore> {
-  const store = await EventStore.open({
-    url: PG_URL,
-    schema,
-    poolSize: 4,
-    dataDir: freshDataDir(),
-    onIdleError: () => {},
-    groupCommit: { maxEvents: 10_000, maxBytes: 8 * 1024 * 1024 },
-  });
+  const store = await openPostgresStore(schema, 4);
   cleanups.push(() => store.close());
   return store;
 }

@@ -3,21 +3,10 @@ import { StoreError } from "../server/store/errors.js";
 import { matches } from "../server/store/matcher.js";
 import type { EventToAppend, Position, Query, StoredEvent } from "../server/store/types.js";
 import { collect, type LiveSetup, liveTargets } from "./support/live.js";
+import { prng } from "./support/prng.js";
 
 const TYPES = ["Opened", "Renamed", "Closed"] as const;
 const ACCOUNTS = ["a1", "a2", "a3", "a4"] as const;
-
-/** A small deterministic PRNG, so that a failure can be replayed from its seed. */
-function prng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function event(id: string, type: string, account: string): EventToAppend {
   return {

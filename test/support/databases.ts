@@ -36,6 +36,18 @@ export interface StoreTarget {
 
 const groupCommit = { maxEvents: 10_000, maxBytes: 8 * 1024 * 1024 };
 
+/** A store on the test PostgreSQL in `schema` (created and migrated if new). */
+export function openPostgresStore(schema: string, poolSize = 10): Promise<EventStore> {
+  return EventStore.open({
+    url: PG_URL,
+    schema,
+    poolSize,
+    dataDir: freshDataDir(),
+    onIdleError: () => {},
+    groupCommit,
+  });
+}
+
 /** The same suites run against both storage configurations. */
 export const storeTargets: readonly StoreTarget[] = [
   {
@@ -57,14 +69,7 @@ export const storeTargets: readonly StoreTarget[] = [
     name: "postgres",
     async open() {
       const schema = freshSchema();
-      const store = await EventStore.open({
-        url: PG_URL,
-        schema,
-        poolSize: 10,
-        dataDir: freshDataDir(),
-        onIdleError: () => {},
-        groupCommit,
-      });
+      const store = await openPostgresStore(schema);
       return {
         store,
         cleanup: async () => {

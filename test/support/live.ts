@@ -4,14 +4,14 @@ import { LiveFeeds } from "../../server/broker/feed.js";
 import { streamNames } from "../../server/broker/jetstream.js";
 import { JetStreamPublisher } from "../../server/broker/jetstream-publisher.js";
 import { JetStreamSource } from "../../server/broker/jetstream-source.js";
-import { EventStore } from "../../server/store/event-store.js";
+import type { EventStore } from "../../server/store/event-store.js";
 import type { StoredEvent } from "../../server/store/types.js";
 import {
   type SubscribeRequest,
   type SubscriptionLimits,
   subscribe,
 } from "../../server/streaming/subscription.js";
-import { dropSchema, freshDataDir, freshSchema, PG_URL, storeTargets } from "./databases.js";
+import { dropSchema, freshSchema, openPostgresStore, storeTargets } from "./databases.js";
 
 export const NATS_URL = process.env.ORISUN_TEST_NATS_URL ?? "nats://127.0.0.1:4222";
 
@@ -35,14 +35,7 @@ const jetstreamTarget: LiveTarget = {
   name: "PostgreSQL + NATS JetStream",
   async open() {
     const schema = freshSchema("js");
-    const store = await EventStore.open({
-      url: PG_URL,
-      schema,
-      poolSize: 10,
-      dataDir: freshDataDir(),
-      onIdleError: () => {},
-      groupCommit: { maxEvents: 10_000, maxBytes: 8 * 1024 * 1024 },
-    });
+    const store = await openPostgresStore(schema);
     const nc = await connect({ servers: NATS_URL });
     const jsm = await jetstreamManager(nc);
     const publisher = new JetStreamPublisher({ store, nc, namespace: schema, log: quiet });
