@@ -76,28 +76,22 @@ export class SessionLocks {
   }
 
   private connect(): Promise<pg.Client> {
-    this.session ??= (async () => {
-      const client = new pg.Client({
-        connectionString: this.url,
-        connectionTimeoutMillis: 5_000,
-        // So that a dead network is noticed, not only a closed socket.
-        keepAlive: true,
-      });
-      const session = this.session;
-      const drop = () => {
-        if (this.session === session) this.dropSession(client);
-      };
-      client.on("error", drop);
-      client.on("end", drop);
-      try {
-        await client.connect();
-        return client;
-      } catch (error) {
-        drop();
-        throw error;
-      }
-    })();
-    return this.session;
+    if (this.session) return this.session;
+    const client = new pg.Client({
+      connectionString: this.url,
+      connectionTimeoutMillis: 5_000,
+      // So that a dead network is noticed, not only a closed socket.
+      keepAlive: true,
+    });
+    const session = client.connect().then(() => client);
+    this.session = session;
+    const drop = () => {
+      if (this.session === session) this.dropSession(client);
+    };
+    client.on("error", drop);
+    client.on("end", drop);
+    session.catch(drop);
+    return session;
   }
 
   /** The session died: every lock it held is gone, so every holder is told. */

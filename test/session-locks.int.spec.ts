@@ -1,0 +1,64 @@
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { SessionLocks } from "../server/store/session-locks.js";
+import { PG_URL } from "./support/databases.js";
+import { startTcpProxy, type TcpProxy } from "./support/tcp-proxy.js";
+
+async function eventually(condition: () => boolean | Promise<boolean>, timeoutMs = 10_000) {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error("condition not met in time");
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+describe("session locks on PostgreSQL", () => {
+  let proxy: TcpProxy;
+  beforeAll(async () => {
+    proxy = await startTcpProxy("127.0.0.1", 5432);
+  });
+  afterAll(() => proxy.close());
+
+  it("are exclusive across instances, and free again when released", async () => {
+    const one = new SessionLocks(PG_URL);
+    const two = new SessionLocks(PG_URL);
+    const name = `lock-${Date.now()}-exclusive`;
+    try {
+      const held = await one.tryAcquire(name);
+      expect(held).toBeDefined();
+      expect(await one.tryAcquire(name)).toBeUndefined();
+      expect(await two.tryAcquire(name)).toBeUndefined();
+      await held?.release();
+      expect(await two.tryAcquire(name)).toBeDefined();
+    } finally {
+      await Promise.all([one.close(), two.close()]);
+    }
+  });
+
+  it("tell their holders when the session dies, and work again once the database is back", async () => {
+    const url = `postgres://postgres@127.0.0.1:${proxy.port}/test`;
+    const locks = new SessionLocks(url);
+    const other = new SessionLocks(PG_URL);
+    const name = `lock-${Date.now()}-lost`;
+    try {
+      const held = await locks.tryAcquire(name);
+      expect(held).toBeDefined();
+      proxy.cut();
+      await eventually(() => held?.lost.aborted === true);
+      // PostgreSQL freed it with the session: another process may take it now.
+      await eventually(async () => {
+        const taken = await other.tryAcquire(name);
+        await taken?.release();
+        return taken !== undefined;
+      });
+      proxy.restore();
+      await eventually(async () => {
+        const again = await locks.tryAcquire(name).catch(() => undefined);
+        await again?.release();
+        return again !== undefined;
+      });
+    } finally {
+      proxy.restore();
+      await Promise.all([locks.close(), other.close()]);
+    }
+  });
+});
