@@ -95,11 +95,7 @@ class BoundaryFeed {
       await this.follow();
     } catch (error) {
       // NATS is away: serve from the store on commit signals until following works again.
-      this.options.log.warn(
-        { err: error, boundary: this.boundary },
-        "cannot follow the live source",
-      );
-      setTimeout(() => void this.refollow(), 1_000).unref();
+      this.followLater(error, "cannot follow the live source");
     }
     this.last = await this.options.store.head(this.boundary);
   }
@@ -111,9 +107,8 @@ class BoundaryFeed {
       this.boundary,
       (event) => this.enqueue(() => this.fromSource(event)),
       (error) => {
-        this.options.log.warn({ err: error, boundary: this.boundary }, "live source broke");
         this.following = undefined;
-        setTimeout(() => void this.refollow(), 1_000).unref();
+        this.followLater(error, "live source broke");
       },
     );
     if (this.stopped) await this.following.stop();
@@ -125,12 +120,13 @@ class BoundaryFeed {
       await this.follow();
       this.readStore();
     } catch (error) {
-      this.options.log.warn(
-        { err: error, boundary: this.boundary },
-        "cannot follow the live source",
-      );
-      setTimeout(() => void this.refollow(), 1_000).unref();
+      this.followLater(error, "cannot follow the live source");
     }
+  }
+
+  private followLater(error: unknown, message: string): void {
+    this.options.log.warn({ err: error, boundary: this.boundary }, message);
+    setTimeout(() => void this.refollow(), 1_000).unref();
   }
 
   async add(member: FeedMember): Promise<() => void> {
