@@ -288,8 +288,8 @@ describe("JetStreamPublisher", () => {
     await holder?.close();
     const closedAt = Date.now();
     await append(standbyStore, 4);
-    await untilPublished(standbyStore, ns, 5_000);
-    expect(Date.now() - closedAt).toBeLessThan(5_000);
+    await untilPublished(standbyStore, ns, 10_000);
+    expect(Date.now() - closedAt).toBeLessThan(10_000);
     expect(holders()).toEqual([standby]);
 
     // A new standby on the first store; then the holder's whole store closes (a dying process
@@ -301,8 +301,8 @@ describe("JetStreamPublisher", () => {
     await holderStore.close();
     const goneAt = Date.now();
     await append(nextStore, 5);
-    await untilPublished(nextStore, ns, 5_000);
-    expect(Date.now() - goneAt).toBeLessThan(5_000);
+    await untilPublished(nextStore, ns, 10_000);
+    expect(Date.now() - goneAt).toBeLessThan(10_000);
     expect(next.publishing.has(B)).toBe(true);
     expect(standby.publishing.has(B)).toBe(false);
 
