@@ -72,8 +72,24 @@ export function createOnePort(
     };
   }
 
+  // HTTP/1.1 connections and their requests in flight. While draining, a connection is closed as
+  // soon as it has none: browsers keep connections open, and one whose stream was just ended
+  // would otherwise hold the port open until the grace period runs out. (Node's own
+  // closeIdleConnections only knows connections of a server that listens itself.)
+  const h1Busy = new Map<Socket, number>();
+  let draining = false;
   // A quiet subscription must outlive any request or idle timeout: the client cancels it.
-  const h1 = http.createServer({ requestTimeout: 0, keepAliveTimeout: 65_000 }, handler);
+  const h1 = http.createServer({ requestTimeout: 0, keepAliveTimeout: 65_000 }, (req, res) => {
+    const socket = req.socket;
+    h1Busy.set(socket, (h1Busy.get(socket) ?? 0) + 1);
+    if (draining) res.shouldKeepAlive = false;
+    res.once("close", () => {
+      const left = (h1Busy.get(socket) ?? 1) - 1;
+      h1Busy.set(socket, left);
+      if (draining && left === 0) socket.end();
+    });
+    handler(req, res);
+  });
   const h2 = http2.createServer({}, handler as unknown as Http2Handler);
   track(h2);
 
@@ -95,6 +111,8 @@ export function createOnePort(
         // The HTTP/2 session takes over the socket and reads the unshifted bytes itself.
         h2.emit("connection", socket);
       } else {
+        h1Busy.set(socket, 0);
+        socket.once("close", () => h1Busy.delete(socket));
         h1.emit("connection", socket);
         // The HTTP/1 parser listens for data events: a paused socket would never deliver them.
         socket.resume();
@@ -106,7 +124,8 @@ export function createOnePort(
   return {
     server: front,
     drain: () => {
-      h1.closeIdleConnections();
+      draining = true;
+      for (const [socket, busy] of h1Busy) if (busy === 0) socket.end();
       for (const session of sessions) session.close();
     },
     destroy: () => {
