@@ -16,6 +16,7 @@ import { JetStreamPubSub } from "./broker/jetstream-pubsub.js";
 import { JetStreamSource } from "./broker/jetstream-source.js";
 import { MemoryPubSub } from "./broker/memory-pubsub.js";
 import type { Config } from "./config.js";
+import { registerConsole } from "./http/console.js";
 import { createOnePort, type OnePort } from "./http/one-port.js";
 import { EventStore as Store } from "./store/event-store.js";
 
@@ -116,6 +117,7 @@ export async function startApp(config: Config): Promise<RunningApp> {
     contextValues: (req) =>
       createContextValues().set(kRequestLog, req.log).set(kRequestId, String(req.id)),
   });
+  await registerConsole(app, { boundaries: config.boundaries });
   app.get("/healthz", async () => ({ status: "ok" }));
   app.get("/readyz", async (_req, reply) => {
     try {

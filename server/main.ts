@@ -17,8 +17,9 @@ async function main(): Promise<void> {
     {
       url: app.url,
       storage: app.store.embedded ? `embedded PGlite in ${config.dataDir}` : "PostgreSQL",
+      console: `${app.url}/console/`,
     },
-    `Orisun listening on ${app.url}`,
+    `Orisun listening on ${app.url} (console: ${app.url}/console/)`,
   );
   let stopping = false;
   const stop = (signal: string) => {

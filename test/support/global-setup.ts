@@ -1,6 +1,6 @@
 import { execFileSync } from "node:child_process";
 
-/** End-to-end tests spawn the built server (dist/), exactly as `npm start` runs it. */
+/** End-to-end tests spawn the built server and console (dist/), exactly as `npm start` runs it. */
 export default function setup(): void {
-  execFileSync("npx", ["tsc", "-p", "tsconfig.build.json"], { stdio: "inherit" });
+  execFileSync("npm", ["run", "build", "--silent"], { stdio: "inherit" });
 }

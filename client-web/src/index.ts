@@ -1,0 +1,28 @@
+export * from "../../gen/orisun/v1/eventstore_pb.js";
+export {
+  createOrisunClient,
+  nextPosition,
+  type OrisunClient,
+  type OrisunClientOptions,
+  type PubSubOptions,
+  type ReadOptions,
+  type SaveOptions,
+  type SubscribeOptions,
+} from "./client.js";
+export { Code, ConnectError, codeName, isConditionFailed, isTransient } from "./errors.js";
+export {
+  type CriterionInput,
+  comparePositions,
+  type EventInput,
+  formatPosition,
+  type PositionInput,
+  type QueryInput,
+  type TagPair,
+  type TagsInput,
+  toCondition,
+  toEventToSave,
+  toPosition,
+  toQuery,
+  toTags,
+} from "./query.js";
+export type { ResumeOptions, StreamState } from "./resume.js";
