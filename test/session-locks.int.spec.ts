@@ -19,8 +19,8 @@ describe("session locks on PostgreSQL", () => {
   afterAll(() => proxy.close());
 
   it("are exclusive across instances, and free again when released", async () => {
-    const one = new SessionLocks(PG_URL);
-    const two = new SessionLocks(PG_URL);
+    const one = new SessionLocks(PG_URL, "locks_a");
+    const two = new SessionLocks(PG_URL, "locks_a");
     const name = `lock-${Date.now()}-exclusive`;
     try {
       const held = await one.tryAcquire(name);
@@ -34,10 +34,25 @@ describe("session locks on PostgreSQL", () => {
     }
   });
 
+  it("are separate per namespace: deployments in other schemas of the database do not collide", async () => {
+    const a = new SessionLocks(PG_URL, "schema_a");
+    const b = new SessionLocks(PG_URL, "schema_b");
+    const name = `orisun-publisher:orders-${Date.now()}`;
+    try {
+      const heldA = await a.tryAcquire(name);
+      const heldB = await b.tryAcquire(name);
+      expect(heldA).toBeDefined();
+      expect(heldB).toBeDefined();
+      await Promise.all([heldA?.release(), heldB?.release()]);
+    } finally {
+      await Promise.all([a.close(), b.close()]);
+    }
+  });
+
   it("tell their holders when the session dies, and work again once the database is back", async () => {
     const url = `postgres://postgres@127.0.0.1:${proxy.port}/test`;
-    const locks = new SessionLocks(url);
-    const other = new SessionLocks(PG_URL);
+    const locks = new SessionLocks(url, "locks_a");
+    const other = new SessionLocks(PG_URL, "locks_a");
     const name = `lock-${Date.now()}-lost`;
     try {
       const held = await locks.tryAcquire(name);

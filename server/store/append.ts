@@ -206,8 +206,12 @@ export class Appender {
       .set({ last_commit: commit.toString(), last_prepare: prepare.toString() })
       .where("name", "=", boundary)
       .execute();
-    // Delivered at commit: wakes the live publishers of every process.
-    await sql`SELECT pg_notify('orisun_commits', ${boundary})`.execute(trx);
+    // Delivered at commit: wakes the live publishers of every process. The payload carries the
+    // schema (the search_path of every pooled connection), so deployments sharing the database
+    // do not wake each other.
+    await sql`SELECT pg_notify('orisun_commits', current_schema() || '/' || ${boundary})`.execute(
+      trx,
+    );
     return { outcomes, head: { commit, prepare } };
   }
 }

@@ -15,8 +15,10 @@ export class CommitSignals {
   private closed = false;
   private retry: NodeJS.Timeout | undefined;
 
+  /** Notifications carry `schema/boundary`; those of other schemas on the database are ignored. */
   constructor(
     private readonly url: string | undefined,
+    private readonly schema: string,
     private readonly onError: (error: Error) => void,
   ) {
     if (url !== undefined) void this.listen();
@@ -43,7 +45,10 @@ export class CommitSignals {
     };
     client.on("error", lost);
     client.on("end", () => lost(new Error("LISTEN connection ended")));
-    client.on("notification", (n) => this.emit(n.payload ?? undefined));
+    const ours = `${this.schema}/`;
+    client.on("notification", (n) => {
+      if (n.payload?.startsWith(ours)) this.emit(n.payload.slice(ours.length));
+    });
     this.client = client;
     try {
       await client.connect();

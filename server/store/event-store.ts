@@ -25,8 +25,12 @@ export class EventStore {
     readonly database: OpenDatabase,
     options: EventStoreOptions,
   ) {
-    this.signals = new CommitSignals(options.url, options.onSignalError ?? (() => {}));
-    this.locks = new SessionLocks(options.url);
+    this.signals = new CommitSignals(
+      options.url,
+      options.schema,
+      options.onSignalError ?? (() => {}),
+    );
+    this.locks = new SessionLocks(options.url, options.schema);
     this.appender = new Appender(database.db, options.groupCommit, (boundary, head) => {
       for (const listener of this.listeners) listener(boundary, head);
       this.signals.emit(boundary);

@@ -19,10 +19,18 @@ export class SessionLocks {
   private closed = false;
   private tail: Promise<void> = Promise.resolve();
 
-  constructor(private readonly url: string | undefined) {}
+  /**
+   * `namespace` (the store's schema) is part of every lock's key: deployments that share a
+   * database in different schemas must not take each other's publisher or subscriber locks.
+   */
+  constructor(
+    private readonly url: string | undefined,
+    private readonly namespace: string,
+  ) {}
 
   /** The lock, or undefined when another holder has it. */
-  async tryAcquire(name: string): Promise<HeldLock | undefined> {
+  async tryAcquire(lockName: string): Promise<HeldLock | undefined> {
+    const name = `${this.namespace}:${lockName}`;
     if (this.closed) throw new StoreError("unavailable", "the store is closing");
     if (this.held.has(name)) return undefined;
     const lost = new AbortController();
