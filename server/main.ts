@@ -17,10 +17,10 @@ async function main(): Promise<void> {
     {
       url: app.url,
       storage: app.store.embedded ? `embedded PGlite in ${config.dataDir}` : "PostgreSQL",
-      console: `${app.url}/console/`,
     },
-    `Orisun listening on ${app.url} (console: ${app.url}/console/)`,
+    `Orisun listening on ${app.url}`,
   );
+  app.log.info(`Orisun console: open ${app.url}/console/ in a browser`);
   let stopping = false;
   const stop = (signal: string) => {
     if (stopping) return;

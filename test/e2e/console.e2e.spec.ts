@@ -45,6 +45,7 @@ describe("the web console in Chromium", () => {
     );
     expect(options).toEqual([boundary, "other_boundary"]);
     expect(await page.textContent("#server-url")).toBe(server.url);
+    expect(server.output()).toContain(`Orisun console: open ${server.url}/console/ in a browser`);
   });
 
   it("appends through the form, and refuses JSON that does not parse", async () => {
