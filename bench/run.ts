@@ -1,373 +1,565 @@
 /**
- * `npm run bench`: spawns the built server against the local PostgreSQL and NATS, loads it over
- * gRPC, and prints a Markdown table. Never part of `npm test`. Sizes can be scaled with
- * BENCH_CATCHUP_EVENTS (default 200,000), BENCH_SECONDS (per timed workload, default 5) and
- * BENCH_RUNS (repetitions; medians are reported, default 3); BENCH_ONLY=append|catchup|pubsub|live
- * runs one group of workloads; BENCH_LIVE_RATE sets the live workload's append rate (1,000/s); BENCH_URL uses a server you started instead of spawning one.
+ * `npm run bench`: spawns the built server against the local PostgreSQL and NATS (and once on its
+ * embedded default), loads it over gRPC from worker processes, measures the references (pgbench,
+ * COPY, Emmett) on the same database, and prints a Markdown table of medians with each result's
+ * ratio to its reference. Never part of `npm test`.
+ *
+ * BENCH_RUNS (3) repetitions; BENCH_SECONDS (5) per timed workload; BENCH_CATCHUP_EVENTS
+ * (1,000,000) in the boundary that paging reads, catch-up and COPY share; BENCH_LIVE_RATE (1,000)
+ * appends/s under 50 live subscribers; BENCH_MEMORY_SECONDS (300) for the memory run;
+ * BENCH_WORKERS (one per core) load-generator processes; BENCH_ONLY=group[,group…] with groups
+ * append, live, pubsub, reads, catchup, embedded, memory, references, emmett; BENCH_URL uses a
+ * server you started (its schema for COPY: BENCH_URL_PG_SCHEMA, default public);
+ * BENCH_SERVER_NODE_OPTIONS (e.g. --cpu-prof) goes to the spawned servers.
  */
-import { type ChildProcess, spawn } from "node:child_process";
-import { mkdtempSync } from "node:fs";
-import { createServer } from "node:net";
+import { mkdtempSync, rmSync } from "node:fs";
 import { cpus, tmpdir, totalmem } from "node:os";
-import { join, resolve } from "node:path";
-import { create } from "@bufbuild/protobuf";
-import { timestampMs } from "@bufbuild/protobuf/wkt";
-import { type Client, createClient } from "@connectrpc/connect";
-import { createGrpcTransport } from "@connectrpc/connect-node";
-import pg from "pg";
-import { EventStore, SaveEventsRequestSchema } from "../gen/orisun/v1/eventstore_pb.js";
+import { join } from "node:path";
+import { jetstreamManager } from "@nats-io/jetstream";
+import { connect } from "@nats-io/transport-node";
+import { copyRate, Emmett, ensureEmmett, Pgbench, sql } from "./references.js";
+import { CORES, givenServer, type Server, startServer } from "./server.js";
+import { Workers } from "./workers.js";
+import {
+  appends,
+  type Cpu,
+  catchUp,
+  live,
+  load,
+  measure,
+  median,
+  memory,
+  paging,
+  pubsub,
+} from "./workloads.js";
 
 const PG_URL = process.env.BENCH_PG_URL ?? "postgres://postgres@127.0.0.1:5432/test";
 const NATS_URL = process.env.BENCH_NATS_URL ?? "nats://127.0.0.1:4222";
-const CATCHUP_EVENTS = Number(process.env.BENCH_CATCHUP_EVENTS ?? 200_000);
+const GIVEN_URL = process.env.BENCH_URL;
+const GIVEN_SCHEMA = process.env.BENCH_URL_PG_SCHEMA ?? "public";
+const BIG = Number(process.env.BENCH_CATCHUP_EVENTS ?? 1_000_000);
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
 const RUNS = Number(process.env.BENCH_RUNS ?? 3);
-const ONLY = process.env.BENCH_ONLY;
 const LIVE_RATE = Number(process.env.BENCH_LIVE_RATE ?? 1_000);
-const runs = (group: string) => ONLY === undefined || ONLY === group;
+const MEMORY_SECONDS = Number(process.env.BENCH_MEMORY_SECONDS ?? 300);
+const WORKERS = Number(process.env.BENCH_WORKERS ?? CORES);
+const PAGE = 1_000;
+const GROUPS = [
+  "append",
+  "live",
+  "pubsub",
+  "reads",
+  "catchup",
+  "embedded",
+  "references",
+  "emmett",
+  "memory",
+];
+const ONLY = process.env.BENCH_ONLY?.split(",").map((g) => g.trim());
+for (const group of ONLY ?? []) {
+  if (!GROUPS.includes(group))
+    throw new Error(`BENCH_ONLY: no group "${group}"; groups: ${GROUPS.join(", ")}`);
+}
+const runs = (group: string) => ONLY === undefined || ONLY.includes(group);
 
-type Api = Client<typeof EventStore>;
+/** One bench invocation: names its schemas, database and (with BENCH_URL) boundaries. */
+const ID = Date.now().toString(36);
 
-interface Server {
-  readonly api: Api[];
-  stop(): Promise<void>;
+/** Sections of the table, in order. */
+const ORISUN = 0;
+const EMBEDDED = 1;
+const MEMORY = 2;
+const REFERENCE = 3;
+
+interface Result {
+  readonly label: string;
+  readonly section: number;
+  readonly values: number[];
+  readonly cpu: Cpu[];
+}
+const results = new Map<string, Result>();
+
+function note(key: string, section: number, label: string, value: number, cpu?: Cpu): void {
+  const result = results.get(key) ?? { label, section, values: [], cpu: [] };
+  results.set(key, result);
+  result.values.push(value);
+  if (cpu) result.cpu.push(cpu);
+  console.log(`  ${label}: ${format(value)}${cpu ? `  (CPU ${formatCpu([cpu])})` : ""}`);
 }
 
-async function freePort(): Promise<number> {
-  return new Promise((done) => {
-    const server = createServer().listen(0, "127.0.0.1", () => {
-      const address = server.address();
-      server.close(() => done(typeof address === "object" && address ? address.port : 0));
-    });
-  });
-}
-
-/** The server in its own process, as in production; `connections` gRPC clients to spread load. */
-async function startServer(env: Record<string, string>, connections = 4): Promise<Server> {
-  const given = process.env.BENCH_URL;
-  if (given) {
-    // A server started by hand (e.g. under a profiler); its storage is its own business.
-    const api = Array.from({ length: connections }, () =>
-      createClient(EventStore, createGrpcTransport({ baseUrl: given })),
-    );
-    return { api, stop: async () => {} };
-  }
-  const port = await freePort();
-  const child: ChildProcess = spawn(process.execPath, [resolve("dist/server/main.js")], {
-    env: {
-      PATH: process.env.PATH ?? "",
-      ORISUN_LOG_LEVEL: "warn",
-      ORISUN_PORT: String(port),
-      ...env,
-    },
-    stdio: ["ignore", "ignore", "inherit"],
-  });
-  const url = `http://127.0.0.1:${port}`;
-  const probe = createClient(EventStore, createGrpcTransport({ baseUrl: url }));
-  const deadline = Date.now() + 60_000;
-  for (;;) {
-    try {
-      await probe.getEvents({ boundary: "bench_probe", count: 1 });
-      break;
-    } catch (error) {
-      if (Date.now() > deadline) throw error;
-      await sleep(100);
-    }
-  }
-  return {
-    api: Array.from({ length: connections }, () =>
-      createClient(EventStore, createGrpcTransport({ baseUrl: url })),
-    ),
-    async stop() {
-      const exited = new Promise((r) => child.once("exit", r));
-      child.kill("SIGTERM");
-      await exited;
-    },
-  };
-}
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)] ?? Number.NaN;
+const clientCount = (n: number) => `${n} client${n === 1 ? "" : "s"}`;
+const format = (x: number) =>
+  !Number.isFinite(x)
+    ? "—"
+    : Math.abs(x) >= 100
+      ? Math.round(x).toLocaleString("en")
+      : x.toFixed(x >= 10 ? 1 : 2);
+const percent = (xs: (number | undefined)[]) => {
+  const known = xs.filter((x): x is number => x !== undefined);
+  return known.length === 0 ? "—" : `${Math.round(median(known))}`;
 };
-const percentile = (xs: number[], p: number) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))] ?? Number.NaN;
-};
+const formatCpu = (cpu: Cpu[]) =>
+  `${percent(cpu.map((c) => c.generator))} / ${percent(cpu.map((c) => c.server))} / ${percent(cpu.map((c) => c.machine))}`;
 
-function event(id: string, tag: string, extra = "") {
-  return {
-    eventId: id,
-    eventType: "Deposited",
-    tags: [{ key: "account", value: tag }],
-    data: `{"amount":1${extra}}`,
-  };
+/** A result's ratio to a reference (another result, or a fixed number) and the issue's target. */
+interface Comparison {
+  readonly key: string;
+  /** Another result's key and a short name for it, or a fixed value. */
+  readonly reference: { key: string; name: string } | { name: string; value: number };
+  readonly target?: { op: ">=" | "<" | "<="; ratio: number; text: string };
+}
+const comparisons: Comparison[] = [
+  ...[1, 16, 64].flatMap((n): Comparison[] => [
+    {
+      key: `cond${n}`,
+      reference: { key: `pgbench1x${n}`, name: `pgbench 1 row/tx, ${clientCount(n)}` },
+      target: n === 64 ? { op: ">=", ratio: 1.5, text: "≥ 1.5×" } : undefined,
+    },
+    {
+      key: `cond${n}`,
+      reference: { key: `emmett${n}`, name: `Emmett, ${clientCount(n)}` },
+      target: n === 16 ? { op: ">=", ratio: 2, text: "≥ 2×" } : undefined,
+    },
+  ]),
+  {
+    key: "cond100x16",
+    reference: { key: "pgbench100x16", name: "pgbench 100 rows/tx, 16 clients" },
+    target: { op: ">=", ratio: 0.5, text: "≥ 0.5×" },
+  },
+  { key: "uncond64", reference: { key: "pgbench1x64", name: "pgbench 1 row/tx, 64 clients" } },
+  { key: "paging", reference: { key: "copy", name: "COPY" } },
+  {
+    key: "catchup",
+    reference: { key: "copy", name: "COPY" },
+    target: { op: ">=", ratio: 0.25, text: "≥ 0.25×" },
+  },
+  {
+    key: "live.p99",
+    reference: { name: "25 ms", value: 25 },
+    target: { op: "<", ratio: 1, text: "< 25 ms" },
+  },
+  {
+    key: "live.commitP99",
+    reference: { name: "25 ms", value: 25 },
+    target: { op: "<", ratio: 1, text: "< 25 ms" },
+  },
+  ...[1, 16, 64].map((n) => ({
+    key: `embedded${n}`,
+    reference: { key: `cond${n}`, name: `on PostgreSQL, ${clientCount(n)}` },
+  })),
+  {
+    key: "rss.ratio",
+    reference: { name: "flat", value: 1 },
+    target: { op: "<=", ratio: 1.1, text: "flat (≤ 1.10×)" },
+  },
+];
+
+async function machine(): Promise<string> {
+  const { rows } = await sql(PG_URL, "SHOW server_version");
+  const version = String(rows[0]?.server_version ?? "?").split(" ")[0];
+  return [
+    `${cpus()[0]?.model.trim() ?? "CPU"}, ${CORES} cores`,
+    `${Math.round(totalmem() / 2 ** 30)} GiB RAM`,
+    `PostgreSQL ${version}`,
+    `Node ${process.version}`,
+  ].join("; ");
 }
 
-/** `clients` loops appending one event each with a DCB condition on its own tag; events/s. */
-async function conditionalAppends(api: Api[], clients: number, boundary: string): Promise<number> {
-  let count = 0;
-  const end = Date.now() + SECONDS * 1_000;
-  await Promise.all(
-    Array.from({ length: clients }, async (_, c) => {
-      const client = api[c % api.length] as Api;
-      const tag = `${boundary}-${c}`;
-      let marker = { commitPosition: 0n, preparePosition: 0n };
-      for (let i = 0; Date.now() < end; i++) {
-        const result = await client.saveEvents(
-          create(SaveEventsRequestSchema, {
-            boundary,
-            consistencyCondition: {
-              consistencyMarker: marker,
-              criteria: { criteria: [{ tags: [{ key: "account", value: tag }] }] },
-            },
-            events: [event(`${tag}-${i}`, tag)],
-          }),
-        );
-        marker = result.logPosition ?? marker;
-        count++;
+/** Deletes the JetStream streams a spawned server made for its schema. */
+async function deleteStreams(schema: string): Promise<void> {
+  const nc = await connect({ servers: NATS_URL });
+  try {
+    const jsm = await jetstreamManager(nc);
+    for await (const name of jsm.streams.names()) {
+      if (name.startsWith(`ORISUN_EVENTS_${schema}_`) || name === `ORISUN_PUBSUB_${schema}`) {
+        await jsm.streams.delete(name);
       }
-    }),
-  );
-  return count / SECONDS;
-}
-
-/** Loads `n` events in 1,000-event appends; returns events/s of the load. */
-async function load(api: Api[], boundary: string, n: number): Promise<number> {
-  const started = performance.now();
-  const batches = Math.ceil(n / 1_000);
-  let next = 0;
-  await Promise.all(
-    api.map(async (client) => {
-      for (let b = next++; b < batches; b = next++) {
-        const events = Array.from({ length: Math.min(1_000, n - b * 1_000) }, (_, i) =>
-          event(`l${b}-${i}`, `acct-${i % 100}`),
-        );
-        await client.saveEvents({ boundary, events });
-      }
-    }),
-  );
-  return n / ((performance.now() - started) / 1_000);
-}
-
-/** Subscribes from the start and counts until `n` events arrived; events/s. */
-async function catchUp(api: Api, boundary: string, n: number): Promise<number> {
-  const abort = new AbortController();
-  const started = performance.now();
-  let seen = 0;
-  for await (const _ of api.subscribeToEvents({ boundary }, { signal: abort.signal })) {
-    if (++seen === n) break;
-  }
-  abort.abort();
-  return n / ((performance.now() - started) / 1_000);
-}
-
-/** 50 subscribers, writes at `rate` events/s; latency from append call to receipt, ms. */
-async function liveLatency(
-  api: Api[],
-  boundary: string,
-  subscribers: number,
-  rate: number,
-): Promise<{
-  p50: number;
-  p99: number;
-  commitP50: number;
-  commitP99: number;
-  appendP99: number;
-  delivered: number;
-}> {
-  const abort = new AbortController();
-  const latencies: number[] = [];
-  /** From the transaction's date_created (set inside the commit) to receipt: the broker's share. */
-  const sinceCommit: number[] = [];
-  const appendLatencies: number[] = [];
-  const sentAt = new Map<string, number>();
-  let ready = 0;
-  const subs = Array.from({ length: subscribers }, async (_, s) => {
-    const stream = (api[s % api.length] as Api).subscribeToEvents(
-      { boundary },
-      { signal: abort.signal },
-    );
-    ready++;
-    try {
-      for await (const e of stream) {
-        const t = sentAt.get(e.eventId);
-        if (t !== undefined) latencies.push(performance.now() - t);
-        if (e.dateCreated) sinceCommit.push(Date.now() - timestampMs(e.dateCreated));
-      }
-    } catch {
-      // Cancelled at the end.
     }
-  });
-  while (ready < subscribers) await sleep(10);
-  await sleep(500);
-  const total = rate * SECONDS;
-  const tick = 10;
-  const perTick = Math.max(1, Math.round((rate * tick) / 1_000));
-  const writes: Promise<unknown>[] = [];
-  const start = performance.now();
-  for (let i = 0; i < total; ) {
-    const due = start + (i / rate) * 1_000;
-    const wait = due - performance.now();
-    if (wait > 0) await sleep(wait);
-    for (let k = 0; k < perTick && i < total; k++, i++) {
-      const id = `live-${i}`;
-      const at = performance.now();
-      sentAt.set(id, at);
-      writes.push(
-        (api[i % api.length] as Api)
-          .saveEvents({ boundary, events: [event(id, "x")] })
-          .then(() => appendLatencies.push(performance.now() - at)),
-      );
-    }
+  } finally {
+    await nc.close();
   }
-  await Promise.all(writes);
-  const deadline = Date.now() + 10_000;
-  while (latencies.length < total * subscribers && Date.now() < deadline) await sleep(50);
-  abort.abort();
-  await Promise.all(subs);
-  return {
-    p50: percentile(latencies, 50),
-    p99: percentile(latencies, 99),
-    commitP50: percentile(sinceCommit, 50),
-    commitP99: percentile(sinceCommit, 99),
-    appendP99: percentile(appendLatencies, 99),
-    delivered: latencies.length / (total * subscribers),
-  };
 }
 
 /**
- * Pub/sub through one group of 4 members: publishers keep `inFlight` publishes going for
- * SECONDS; throughput counts messages received, latency runs from the publish call to receipt.
+ * Waits until the boundary's JetStream publisher has copied it up to its head, so that it does not
+ * compete with what is measured next. A publisher that finds its stream new starts at the head
+ * (history is served from the store), so a stream made mid-load holds only the rest; one whose
+ * stream stops growing for 5 s short of the head is taken as done too. Seconds waited, messages.
  */
-async function pubsub(
-  api: Api[],
-  inFlight: number,
-): Promise<{ rate: number; p50: number; p99: number }> {
-  const abort = new AbortController();
-  const sentAt = new Map<string, number>();
-  const latencies: number[] = [];
-  const members = Array.from({ length: 4 }, async (_, m) => {
-    try {
-      const stream = (api[m % api.length] as Api).subscribeToPubSub(
-        { subject: "bench.>", consumerName: "bench_group" },
-        { signal: abort.signal },
-      );
-      for await (const { message } of stream) {
-        const t = message ? sentAt.get(message.id) : undefined;
-        if (t !== undefined) latencies.push(performance.now() - t);
-      }
-    } catch {
-      // Cancelled at the end.
-    }
-  });
-  await sleep(1_000);
-  const data = new TextEncoder().encode('{"order":42,"total":"19.99"}');
-  let sent = 0;
-  const started = performance.now();
-  const end = Date.now() + SECONDS * 1_000;
-  await Promise.all(
-    Array.from({ length: inFlight }, async (_, c) => {
-      const client = api[c % api.length] as Api;
-      for (let i = 0; Date.now() < end; i++) {
-        const id = `p${c}-${i}`;
-        sentAt.set(id, performance.now());
-        await client.publishToPubSub({ id, subject: "bench.orders", data });
-        sent++;
-      }
-    }),
+async function publisherCatchUp(
+  schema: string,
+  boundary: string,
+): Promise<{ seconds: number; messages: number }> {
+  const { rows } = await sql(
+    PG_URL,
+    `SELECT last_prepare FROM "${schema}".orisun_boundaries WHERE name = '${boundary}'`,
   );
-  const deadline = Date.now() + 10_000;
-  while (latencies.length < sent && Date.now() < deadline) await sleep(20);
-  const elapsed = (performance.now() - started) / 1_000;
-  abort.abort();
-  await Promise.all(members);
+  const head = String(rows[0]?.last_prepare);
+  const stream = `ORISUN_EVENTS_${schema}_${boundary}`;
+  const nc = await connect({ servers: NATS_URL });
+  const started = performance.now();
+  let messages = 0;
+  try {
+    const jsm = await jetstreamManager(nc);
+    let grewAt = performance.now();
+    while (performance.now() - grewAt < 5_000) {
+      const seq = (await jsm.streams.info(stream).catch(() => undefined))?.state.last_seq ?? 0;
+      if (seq > messages) {
+        messages = seq;
+        grewAt = performance.now();
+        const last = await jsm.streams.getMessage(stream, { seq });
+        const { prepare } = JSON.parse(new TextDecoder().decode(last?.data)) as { prepare: string };
+        if (prepare === head) break;
+      }
+      await new Promise((r) => setTimeout(r, 250));
+    }
+  } finally {
+    await nc.close();
+  }
+  return { seconds: (performance.now() - started) / 1_000, messages };
+}
+
+/** A server on PostgreSQL + NATS in a fresh schema (or BENCH_URL); removes its data when stopped. */
+async function postgresServer(schema: string): Promise<Server> {
+  if (GIVEN_URL) return givenServer(GIVEN_URL);
+  const dir = mkdtempSync(join(tmpdir(), "orisun-bench-"));
+  const server = await startServer({
+    ORISUN_PG_URL: PG_URL,
+    ORISUN_PG_SCHEMA: schema,
+    ORISUN_NATS_URL: NATS_URL,
+    ORISUN_DATA_DIR: dir,
+  });
   return {
-    rate: latencies.length / elapsed,
-    p50: percentile(latencies, 50),
-    p99: percentile(latencies, 99),
+    ...server,
+    async stop() {
+      await server.stop();
+      rmSync(dir, { recursive: true, force: true });
+      await sql(PG_URL, `DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
+      await deleteStreams(schema);
+    },
   };
 }
 
-async function dropSchema(schema: string): Promise<void> {
-  const client = new pg.Client({ connectionString: PG_URL });
-  await client.connect();
-  await client.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
-  await client.end();
+/** With BENCH_URL, boundaries carry the invocation's id so that earlier data cannot interfere. */
+const boundary = (name: string) => (GIVEN_URL ? `b${ID}_${name}` : name);
+
+async function appendGroup(workers: Workers, server: Server, run: number): Promise<void> {
+  const timed = async (key: string, label: string, o: Parameters<typeof appends>[2]) => {
+    const { result, cpu } = await measure(workers, server.pid, () =>
+      appends(workers, server.url, o),
+    );
+    note(key, ORISUN, label, result, cpu);
+  };
+  const base = { eventsPerAppend: 1, conditional: true, seconds: SECONDS };
+  for (const clients of [1, 16, 64]) {
+    await timed(
+      `cond${clients}`,
+      `conditional 1-event appends, ${clientCount(clients)} (events/s)`,
+      {
+        ...base,
+        clients,
+        boundary: boundary(`cond${clients}_${run}`),
+      },
+    );
+  }
+  await timed("cond100x16", "conditional 100-event appends, 16 clients (events/s)", {
+    ...base,
+    eventsPerAppend: 100,
+    clients: 16,
+    boundary: boundary(`cond100_${run}`),
+  });
+  await timed("uncond64", "unconditional 1-event appends, 64 clients (events/s)", {
+    ...base,
+    conditional: false,
+    clients: 64,
+    boundary: boundary(`uncond64_${run}`),
+  });
 }
 
-interface Row {
-  workload: string;
-  value: string;
+async function liveGroup(workers: Workers, server: Server, run: number): Promise<void> {
+  const { result, cpu } = await measure(workers, server.pid, () =>
+    live(workers, server.url, boundary(`live_${run}`), 50, LIVE_RATE, SECONDS),
+  );
+  const rate = LIVE_RATE.toLocaleString("en");
+  note(
+    "live.p50",
+    ORISUN,
+    `live, 50 subscribers at ${rate} appends/s: append call to receipt p50 (ms)`,
+    result.p50,
+    cpu,
+  );
+  note("live.p99", ORISUN, "live, same run: append call to receipt p99 (ms)", result.p99);
+  note("live.commitP50", ORISUN, "live, same run: commit to receipt p50 (ms)", result.commitP50);
+  note("live.commitP99", ORISUN, "live, same run: commit to receipt p99 (ms)", result.commitP99);
+  note("live.appendP99", ORISUN, "live, same run: append latency p99 (ms)", result.appendP99);
+  note(
+    "live.delivered",
+    ORISUN,
+    "live, same run: deliveries received (fraction)",
+    result.delivered,
+  );
+}
+
+async function pubsubGroup(workers: Workers, server: Server, run: number): Promise<void> {
+  const { result, cpu } = await measure(workers, server.pid, () =>
+    pubsub(workers, server.url, `bench_${ID}_${run}`, 16, SECONDS),
+  );
+  note(
+    "pubsub.rate",
+    ORISUN,
+    "pub/sub through one group of 4 members, 16 publishers (messages/s)",
+    result.rate,
+    cpu,
+  );
+  note("pubsub.p50", ORISUN, "pub/sub, same run: publish to receipt p50 (ms)", result.p50);
+  note("pubsub.p99", ORISUN, "pub/sub, same run: publish to receipt p99 (ms)", result.p99);
+}
+
+/** The loaded boundary that paging reads, catch-up and COPY share across runs. */
+interface Big {
+  readonly server: Server;
+  readonly schema: string;
+  readonly boundary: string;
+  readonly count: number;
+}
+
+async function loadBig(workers: Workers): Promise<Big> {
+  const schema = `bench_${ID}_big`;
+  const server = await postgresServer(schema);
+  const name = boundary("big");
+  const n = BIG.toLocaleString("en");
+  console.log(`\nloading ${n} events into boundary ${name}`);
+  const { result, cpu } = await measure(workers, server.pid, () =>
+    load(workers, server.url, name, BIG),
+  );
+  note("load", ORISUN, `load in 1,000-event appends, ${n} events, once (events/s)`, result, cpu);
+  if (!GIVEN_URL) {
+    const { seconds, messages } = await publisherCatchUp(schema, name);
+    console.log(
+      `  JetStream publisher done ${seconds.toFixed(1)} s after the load ended; its stream holds ${messages.toLocaleString("en")} events`,
+    );
+  }
+  return { server, schema: GIVEN_URL ? GIVEN_SCHEMA : schema, boundary: name, count: BIG };
+}
+
+async function readGroups(workers: Workers, big: Big): Promise<void> {
+  const n = big.count.toLocaleString("en");
+  if (runs("reads")) {
+    const { result, cpu } = await measure(workers, big.server.pid, () =>
+      paging(workers, big.server.url, big.boundary, PAGE),
+    );
+    if (result.count !== big.count) throw new Error(`paged ${result.count} of ${big.count} events`);
+    note(
+      "paging",
+      ORISUN,
+      `paging reads, GetEvents pages of ${PAGE.toLocaleString("en")}, ${n} events (events/s)`,
+      result.rate,
+      cpu,
+    );
+  }
+  if (runs("catchup")) {
+    const { result, cpu } = await measure(workers, big.server.pid, () =>
+      catchUp(workers, big.server.url, big.boundary, big.count),
+    );
+    note("catchup", ORISUN, `catch-up subscription over ${n} events (events/s)`, result, cpu);
+  }
+  if (runs("references")) {
+    const { result, cpu } = await measure(workers, undefined, () =>
+      copyRate(PG_URL, big.schema, big.boundary, big.count),
+    );
+    note(
+      "copy",
+      REFERENCE,
+      `PostgreSQL COPY … TO STDOUT of the same ${n} events via psql (rows/s)`,
+      result,
+      { ...cpu, generator: undefined },
+    );
+  }
+}
+
+async function embeddedGroup(workers: Workers, run: number): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), "orisun-bench-embedded-"));
+  const server = await startServer({ ORISUN_DATA_DIR: dir });
+  try {
+    for (const clients of [1, 16, 64]) {
+      const { result, cpu } = await measure(workers, server.pid, () =>
+        appends(workers, server.url, {
+          boundary: `cond${clients}_${run}`,
+          clients,
+          eventsPerAppend: 1,
+          conditional: true,
+          seconds: SECONDS,
+        }),
+      );
+      note(
+        `embedded${clients}`,
+        EMBEDDED,
+        `embedded (PGlite), conditional 1-event appends, ${clientCount(clients)} (events/s)`,
+        result,
+        cpu,
+      );
+    }
+  } finally {
+    await server.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+async function pgbenchGroup(workers: Workers, run: number): Promise<void> {
+  const bench = await Pgbench.create(PG_URL, `bench_${ID}_pgbench_${run}`);
+  try {
+    for (const [clients, rows] of [
+      [1, 1],
+      [16, 1],
+      [64, 1],
+      [16, 100],
+    ] as const) {
+      const { result, cpu } = await measure(workers, undefined, () =>
+        bench.rowsPerSecond(clients, rows, SECONDS),
+      );
+      const what =
+        rows === 1 ? "1 row per transaction" : `${rows}-row INSERT … SELECT per transaction`;
+      note(
+        `pgbench${rows}x${clients}`,
+        REFERENCE,
+        `pgbench, ${what}, ${clientCount(clients)} (rows/s)`,
+        result,
+        { ...cpu, generator: undefined },
+      );
+    }
+  } finally {
+    await bench.drop();
+  }
+}
+
+async function emmettGroup(workers: Workers, run: number): Promise<void> {
+  const emmett = await Emmett.create(PG_URL, `bench_${ID}_emmett_${run}`);
+  try {
+    for (const clients of [1, 16, 64]) {
+      const { result, cpu } = await measure(workers, undefined, () =>
+        emmett.appends(clients, SECONDS),
+      );
+      note(
+        `emmett${clients}`,
+        REFERENCE,
+        `Emmett 0.42 on PostgreSQL, 1-event appends with expected version, ${clientCount(clients)} (events/s)`,
+        result.rate,
+        { ...cpu, generator: result.cpuPercent },
+      );
+    }
+  } finally {
+    await emmett.drop();
+  }
+}
+
+async function memoryGroup(workers: Workers): Promise<void> {
+  if (GIVEN_URL) {
+    console.log("\nmemory: skipped, it needs the server's pid (not available with BENCH_URL)");
+    return;
+  }
+  console.log(
+    `\nmemory: ${MEMORY_SECONDS} s of 16 conditional append clients + 10 live subscribers`,
+  );
+  const server = await postgresServer(`bench_${ID}_memory`);
+  try {
+    const pid = server.pid as number;
+    const { result, cpu } = await measure(workers, pid, () =>
+      memory(workers, server.url, pid, MEMORY_SECONDS),
+    );
+    const w = `${Math.round(result.window)} s`;
+    const series = result.samples.map((s) => `${Math.round(s.at)} s: ${Math.round(s.rss)}`);
+    console.log(`  server RSS (MiB) by time: ${series.join(", ")}`);
+    note(
+      "memory.rate",
+      MEMORY,
+      `memory run, ${MEMORY_SECONDS} s once, 16 append clients + 10 subscribers (events/s)`,
+      result.appendRate,
+      cpu,
+    );
+    note("rss.first", MEMORY, `server RSS, median over the first ${w} (MiB)`, result.first);
+    note("rss.last", MEMORY, `server RSS, median over the last ${w} (MiB)`, result.last);
+    note("rss.ratio", MEMORY, "server RSS, last / first", result.last / result.first);
+  } finally {
+    await server.stop();
+  }
+}
+
+function verdict(ratio: number, target: NonNullable<Comparison["target"]>): string {
+  const met =
+    target.op === ">="
+      ? ratio >= target.ratio
+      : target.op === "<"
+        ? ratio < target.ratio
+        : ratio <= target.ratio;
+  return Number.isFinite(ratio) ? `${target.text}: ${met ? "met" : "missed"}` : `${target.text}: —`;
+}
+
+function table(): string {
+  const lines = [
+    "| workload | median | reference (median) | ratio | target | CPU % of one core: load generator / server / machine |",
+    "| --- | ---: | --- | ---: | --- | --- |",
+  ];
+  const ordered = [...results.entries()].sort((a, b) => a[1].section - b[1].section);
+  for (const [key, r] of ordered) {
+    const value = median(r.values);
+    const cpu = r.cpu.length > 0 ? formatCpu(r.cpu) : "";
+    const mine = comparisons.filter((c) => c.key === key);
+    if (mine.length === 0) lines.push(`| ${r.label} | ${format(value)} | — | — | — | ${cpu} |`);
+    for (const c of mine) {
+      const ref =
+        "key" in c.reference
+          ? median(results.get(c.reference.key)?.values ?? [])
+          : c.reference.value;
+      const ratio = value / ref;
+      const refText = `${c.reference.name}: ${Number.isNaN(ref) ? "not run" : format(ref)}`;
+      const ratioText = Number.isFinite(ratio) ? `${ratio.toFixed(2)}×` : "—";
+      lines.push(
+        `| ${r.label} | ${format(value)} | ${refText} | ${ratioText} | ${c.target ? verdict(ratio, c.target) : "—"} | ${cpu} |`,
+      );
+    }
+  }
+  return lines.join("\n");
 }
 
 async function main(): Promise<void> {
-  const rows: Row[] = [];
-  const results = new Map<string, number[]>();
-  const note = (name: string, value: number) => {
-    results.set(name, [...(results.get(name) ?? []), value]);
-  };
-  for (let run = 0; run < RUNS; run++) {
-    const schema = `bench_${Date.now().toString(36)}`;
-    const server = await startServer({
-      ORISUN_PG_URL: PG_URL,
-      ORISUN_PG_SCHEMA: schema,
-      ORISUN_NATS_URL: NATS_URL,
-      ORISUN_DATA_DIR: mkdtempSync(join(tmpdir(), "orisun-bench-")),
-    });
-    try {
-      for (const clients of runs("append") ? [1, 16, 64] : []) {
-        note(
-          `conditional 1-event appends, ${clients} clients (events/s)`,
-          await conditionalAppends(server.api, clients, `cond${clients}`),
-        );
+  const about = await machine();
+  console.log(`Orisun benchmark — ${about}`);
+  console.log(
+    `${RUNS} runs (medians), ${SECONDS} s per timed workload, ${WORKERS} load-generator processes${GIVEN_URL ? `, server at ${GIVEN_URL}` : ""}; after each result: CPU % of one core used by load generator / server / whole machine`,
+  );
+  if (runs("emmett")) ensureEmmett();
+  const workers = Workers.start(WORKERS);
+  let big: Big | undefined;
+  try {
+    if (runs("reads") || runs("catchup") || runs("references")) big = await loadBig(workers);
+    for (let run = 0; run < (GROUPS.some((g) => g !== "memory" && runs(g)) ? RUNS : 0); run++) {
+      console.log(`\nrun ${run + 1} of ${RUNS}`);
+      if (runs("append") || runs("live") || runs("pubsub")) {
+        const server = await postgresServer(`bench_${ID}_${run}`);
+        try {
+          if (runs("append")) await appendGroup(workers, server, run);
+          if (runs("live")) await liveGroup(workers, server, run);
+          if (runs("pubsub")) await pubsubGroup(workers, server, run);
+        } finally {
+          await server.stop();
+        }
       }
-      if (runs("catchup")) {
-        note(
-          "load in 1,000-event appends (events/s)",
-          await load(server.api, "big", CATCHUP_EVENTS),
-        );
-        note(
-          `catch-up subscription over ${CATCHUP_EVENTS.toLocaleString("en")} events (events/s)`,
-          await catchUp(server.api[0] as Api, "big", CATCHUP_EVENTS),
-        );
-      }
-      if (runs("pubsub")) {
-        const ps = await pubsub(server.api, 16);
-        note("pub/sub through one group of 4 members, 16 publishers (messages/s)", ps.rate);
-        note("pub/sub latency p50, publish to receipt (ms)", ps.p50);
-        note("pub/sub latency p99, publish to receipt (ms)", ps.p99);
-      }
-      if (runs("live")) {
-        const live = await liveLatency(server.api, "live", 50, LIVE_RATE);
-        note(
-          `live latency p50, append call to receipt, 50 subscribers at ${LIVE_RATE.toLocaleString("en")} events/s (ms)`,
-          live.p50,
-        );
-        note("live latency p99, append call to receipt (ms)", live.p99);
-        note("live latency p50, commit to receipt (ms)", live.commitP50);
-        note("live latency p99, commit to receipt (ms)", live.commitP99);
-        note("append latency p99 during the live run (ms)", live.appendP99);
-        note("live deliveries received (fraction)", live.delivered);
-      }
-    } finally {
-      await server.stop();
-      await dropSchema(schema);
+      if (big) await readGroups(workers, big);
+      if (runs("embedded") && GIVEN_URL)
+        console.log("  embedded: skipped, it spawns its own server");
+      if (runs("embedded") && !GIVEN_URL) await embeddedGroup(workers, run);
+      if (runs("references")) await pgbenchGroup(workers, run);
+      if (runs("emmett")) await emmettGroup(workers, run);
     }
-  }
-  for (const [name, values] of results) {
-    const m = median(values);
-    rows.push({
-      workload: name,
-      value: m >= 100 ? Math.round(m).toLocaleString("en") : m.toFixed(2),
-    });
+    if (runs("memory")) await memoryGroup(workers);
+  } finally {
+    await big?.server.stop();
+    await workers.close();
   }
   console.log(
-    `\nOrisun benchmark: median of ${RUNS} runs, ${SECONDS} s per timed workload; ${cpus().length} × ${cpus()[0]?.model ?? "CPU"}, ${Math.round(totalmem() / 2 ** 30)} GiB; server and load generator on the same machine; PostgreSQL + NATS JetStream.\n`,
+    `\nOrisun benchmark: ${about}. Median of ${RUNS} runs, ${SECONDS} s per timed workload; server, PostgreSQL, NATS JetStream and ${WORKERS} load-generator processes on the same machine. CPU column: load generator = the worker processes (for Emmett: its own process, library and clients together; pgbench and psql: not measured), server = the Orisun process, machine = all cores busy (${CORES * 100}% = every core).\n`,
   );
-  console.log("| workload | median |\n| --- | ---: |");
-  for (const row of rows) console.log(`| ${row.workload} | ${row.value} |`);
+  console.log(table());
 }
 
 await main();

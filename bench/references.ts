@@ -1,0 +1,181 @@
+/**
+ * What Orisun's numbers are compared with, measured on the same machine and database: PostgreSQL's
+ * own limit for event-like inserts (pgbench), its COPY rate for a boundary's events (psql), and a
+ * peer event store, Emmett on PostgreSQL (bench/peers/emmett, installed apart from Orisun).
+ */
+import { spawn, spawnSync } from "node:child_process";
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import pg from "pg";
+import { ROOT } from "./server.js";
+
+/** Runs a command to its end; its stdout, or an error with its stderr. */
+function run(command: string, args: string[], cwd?: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(command, args, { cwd, stdio: ["ignore", "pipe", "pipe"] });
+    let out = "";
+    let err = "";
+    child.stdout.on("data", (d: Buffer) => {
+      out += d.toString();
+    });
+    child.stderr.on("data", (d: Buffer) => {
+      err += d.toString();
+    });
+    child.on("error", reject);
+    child.on("close", (code) => {
+      if (code === 0) resolve(out);
+      else reject(new Error(`${command} exited with ${code}: ${err.trim()}`));
+    });
+  });
+}
+
+export async function sql(url: string, text: string): Promise<pg.QueryResult> {
+  const client = new pg.Client({ connectionString: url });
+  await client.connect();
+  try {
+    return await client.query(text);
+  } finally {
+    await client.end();
+  }
+}
+
+/**
+ * pgbench against a table shaped like an event log (its own schema, made here and dropped by
+ * `drop`): each transaction inserts `rows` events in one statement.
+ */
+export class Pgbench {
+  private readonly dir = mkdtempSync(join(tmpdir(), "orisun-pgbench-"));
+
+  private constructor(
+    private readonly url: string,
+    private readonly schema: string,
+  ) {}
+
+  static async create(url: string, schema: string): Promise<Pgbench> {
+    await sql(
+      url,
+      `CREATE SCHEMA "${schema}";
+       CREATE TABLE "${schema}".events (
+         position bigserial PRIMARY KEY,
+         id uuid NOT NULL UNIQUE,
+         type text NOT NULL,
+         tags jsonb NOT NULL,
+         data jsonb NOT NULL,
+         date_created timestamptz NOT NULL DEFAULT now()
+       )`,
+    );
+    return new Pgbench(url, schema);
+  }
+
+  /** Rows per second with `clients` connections, each inserting `rows` rows per transaction. */
+  async rowsPerSecond(clients: number, rows: number, seconds: number): Promise<number> {
+    const values = `gen_random_uuid(), 'Deposited', jsonb_build_array(jsonb_build_object('key', 'account', 'value', 'c' || :client_id)), '{"amount": 1}'`;
+    const insert = `INSERT INTO "${this.schema}".events (id, type, tags, data)`;
+    const script = join(this.dir, `${rows}.sql`);
+    writeFileSync(
+      script,
+      rows === 1
+        ? `${insert} VALUES (${values});\n`
+        : `${insert} SELECT ${values} FROM generate_series(1, ${rows});\n`,
+    );
+    const out = await run("pgbench", [
+      "-n",
+      "-f",
+      script,
+      "-c",
+      String(clients),
+      "-j",
+      "2",
+      "-T",
+      String(seconds),
+      this.url,
+    ]);
+    const tps = /^tps = ([\d.]+)/m.exec(out);
+    if (!tps) throw new Error(`no tps in pgbench output:\n${out}`);
+    return Number(tps[1]) * rows;
+  }
+
+  async drop(): Promise<void> {
+    rmSync(this.dir, { recursive: true, force: true });
+    await sql(this.url, `DROP SCHEMA IF EXISTS "${this.schema}" CASCADE`);
+  }
+}
+
+/**
+ * Rows/s of `COPY (SELECT what GetEvents returns, in position order) TO STDOUT` for one boundary,
+ * through psql into /dev/null: the rate at which PostgreSQL alone hands the events out.
+ */
+export async function copyRate(
+  url: string,
+  schema: string,
+  boundary: string,
+  rows: number,
+): Promise<number> {
+  const query = `COPY (SELECT event_id, event_type, tags, data, metadata, commit_position, prepare_position, date_created, boundary FROM "${schema}".orisun_events WHERE boundary = '${boundary}' ORDER BY commit_position, prepare_position) TO STDOUT`;
+  const started = performance.now();
+  await new Promise<void>((resolve, reject) => {
+    const child = spawn("psql", ["-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", query, url], {
+      stdio: ["ignore", "ignore", "inherit"],
+    });
+    child.on("error", reject);
+    child.on("close", (code) =>
+      code === 0 ? resolve() : reject(new Error(`psql exited with ${code}`)),
+    );
+  });
+  return rows / ((performance.now() - started) / 1_000);
+}
+
+const EMMETT = `${ROOT}bench/peers/emmett`;
+
+/** Installs the Emmett peer from its lock file when a fresh clone has no node_modules for it. */
+export function ensureEmmett(): void {
+  if (existsSync(`${EMMETT}/node_modules/@event-driven-io/emmett-postgresql`)) return;
+  console.log("installing the Emmett peer (npm ci --prefix bench/peers/emmett)…");
+  const result = spawnSync("npm", ["ci", "--prefix", EMMETT, "--no-audit", "--no-fund"], {
+    stdio: "inherit",
+  });
+  if (result.status !== 0) throw new Error("npm ci for bench/peers/emmett failed");
+}
+
+/** Emmett's event store in a database of its own, made here and dropped by `drop`. */
+export class Emmett {
+  private constructor(
+    private readonly adminUrl: string,
+    private readonly database: string,
+    private readonly url: string,
+  ) {}
+
+  static async create(adminUrl: string, database: string): Promise<Emmett> {
+    await sql(adminUrl, `CREATE DATABASE "${database}"`);
+    const url = new URL(adminUrl);
+    url.pathname = `/${database}`;
+    return new Emmett(adminUrl, database, url.toString());
+  }
+
+  /**
+   * `clients` loops, each appending one event per call to its own stream with the version it last
+   * got as expectedStreamVersion; events/s, and the Emmett process's CPU time over the run as a
+   * percentage of one core (Emmett is a library: this process is both the client and the store).
+   */
+  async appends(clients: number, seconds: number): Promise<{ rate: number; cpuPercent: number }> {
+    const out = await run(
+      process.execPath,
+      [`${EMMETT}/append.mjs`, this.url, String(clients), String(seconds)],
+      EMMETT,
+    );
+    const result = JSON.parse(out.trim().split("\n").at(-1) ?? "") as {
+      events: number;
+      ms: number;
+      cpuMs: number;
+    };
+    return {
+      rate: result.events / (result.ms / 1_000),
+      cpuPercent: (100 * result.cpuMs) / result.ms,
+    };
+  }
+
+  async drop(): Promise<void> {
+    await sql(this.adminUrl, `DROP DATABASE IF EXISTS "${this.database}" WITH (FORCE)`);
+  }
+}

@@ -1,0 +1,108 @@
+/**
+ * The server under test in its own process, as in production, and what /proc says about it: its
+ * resident memory and CPU time, and the whole machine's CPU time.
+ */
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { readFileSync } from "node:fs";
+import { createServer } from "node:net";
+import { cpus } from "node:os";
+import { fileURLToPath } from "node:url";
+import { createClient } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
+import { EventStore } from "../gen/orisun/v1/eventstore_pb.js";
+
+/** The repository root (this file runs from dist/bench/). */
+export const ROOT = fileURLToPath(new URL("../../", import.meta.url));
+
+export interface Server {
+  readonly url: string;
+  /** Undefined for a server started by hand (BENCH_URL). */
+  readonly pid: number | undefined;
+  stop(): Promise<void>;
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+async function freePort(): Promise<number> {
+  return new Promise((done) => {
+    const server = createServer().listen(0, "127.0.0.1", () => {
+      const address = server.address();
+      server.close(() => done(typeof address === "object" && address ? address.port : 0));
+    });
+  });
+}
+
+/** Spawns dist/server/main.js with `env` (plus BENCH_SERVER_NODE_OPTIONS) and waits until it answers. */
+export async function startServer(env: Record<string, string>): Promise<Server> {
+  const port = await freePort();
+  const child: ChildProcess = spawn(process.execPath, [`${ROOT}dist/server/main.js`], {
+    env: {
+      PATH: process.env.PATH ?? "",
+      NODE_OPTIONS: process.env.BENCH_SERVER_NODE_OPTIONS ?? "",
+      ORISUN_LOG_LEVEL: "warn",
+      ORISUN_PORT: String(port),
+      ...env,
+    },
+    stdio: ["ignore", "ignore", "inherit"],
+  });
+  const exited = new Promise((r) => child.once("exit", r));
+  const url = `http://127.0.0.1:${port}`;
+  await waitUntilServing(url, child);
+  return {
+    url,
+    pid: child.pid,
+    async stop() {
+      child.kill("SIGTERM");
+      await exited;
+    },
+  };
+}
+
+/** A server started by hand: its storage and lifetime are its own business. */
+export async function givenServer(url: string): Promise<Server> {
+  await waitUntilServing(url);
+  return { url, pid: undefined, stop: async () => {} };
+}
+
+async function waitUntilServing(url: string, child?: ChildProcess): Promise<void> {
+  const probe = createClient(EventStore, createGrpcTransport({ baseUrl: url }));
+  const deadline = Date.now() + 60_000;
+  for (;;) {
+    try {
+      await probe.getEvents({ boundary: "bench_probe", count: 1 });
+      return;
+    } catch (error) {
+      if (child?.exitCode != null) throw new Error(`server exited with ${child.exitCode}`);
+      if (Date.now() > deadline) throw error;
+      await sleep(100);
+    }
+  }
+}
+
+/** VmRSS of a process, in MiB. */
+export function rssMiB(pid: number): number {
+  const match = /^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
+  return match ? Number(match[1]) / 1024 : Number.NaN;
+}
+
+const TICKS_PER_SECOND = Number(spawnSync("getconf", ["CLK_TCK"]).stdout?.toString().trim()) || 100;
+
+/** CPU seconds (user + system) a process has used so far. */
+export function processCpuSeconds(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  // Fields after the command name, which is in parentheses and may hold spaces.
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return (Number(fields[11]) + Number(fields[12])) / TICKS_PER_SECOND;
+}
+
+/** CPU seconds the whole machine has been busy (all but idle and iowait), summed over cores. */
+export function machineBusySeconds(): number {
+  const line = readFileSync("/proc/stat", "utf8").split("\n")[0] ?? "";
+  // user nice system idle iowait irq softirq steal; guest time is already counted in user.
+  const ticks = line.trim().split(/\s+/).slice(1, 9).map(Number);
+  const total = ticks.reduce((a, b) => a + b, 0);
+  const idle = (ticks[3] ?? 0) + (ticks[4] ?? 0);
+  return (total - idle) / TICKS_PER_SECOND;
+}
+
+export const CORES = cpus().length;
