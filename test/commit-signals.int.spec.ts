@@ -27,7 +27,8 @@ describe("commit signals across processes on one database", () => {
 
   /** Appends from `from` until `to` (another process) has heard of it: its LISTEN is up. */
   async function appendUntilHeard(from: EventStore, heard: Array<string | undefined>) {
-    for (let i = 0; i < 100 && !heard.includes("orders"); i++) {
+    let i = 0;
+    for (; i < 100 && !heard.includes("orders"); i++) {
       await from.append({
         boundary: "orders",
         events: [
@@ -43,16 +44,21 @@ describe("commit signals across processes on one database", () => {
       await new Promise((r) => setTimeout(r, 50));
     }
     expect(heard).toContain("orders");
+    return i;
   }
 
   it("reach the other processes of the same schema with the boundary, and not another schema's", async () => {
     const same: Array<string | undefined> = [];
     const other: Array<string | undefined> = [];
+    const own: Array<string | undefined> = [];
     sameSchema.signals.on((b) => same.push(b));
     otherSchema.signals.on((b) => other.push(b));
-    await appendUntilHeard(writer, same);
+    writer.signals.on((b) => own.push(b));
+    const appended = await appendUntilHeard(writer, same);
     await new Promise((r) => setTimeout(r, 300));
     expect(other.filter((b) => b !== undefined)).toEqual([]);
+    // The writer heard each of its commits once, at commit; their NOTIFY echo is ignored.
+    expect(own.filter((b) => b === "orders")).toHaveLength(appended);
     // The other schema's listener is alive: its own deployment's commits do reach it.
     await appendUntilHeard(writerB, other);
   });

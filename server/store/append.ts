@@ -1,11 +1,13 @@
 import { type Kysely, sql, type Transaction } from "kysely";
+import { notifyPayload } from "./commit-signals.js";
 import { databaseError } from "./database-errors.js";
 import { StoreError } from "./errors.js";
 import { matches } from "./matcher.js";
-import { violatedConditions } from "./query-sql.js";
+import { selectConditionViolation, violatedConditions } from "./query-sql.js";
 import { type Database, encodeTag } from "./schema.js";
 import {
   type AppendRequest,
+  type Condition,
   comparePositions,
   type EventToAppend,
   type Position,
@@ -51,10 +53,12 @@ export type CommitListener = (boundary: string, head: Position) => void;
 export class Appender {
   private readonly queues = new Map<string, Pending[]>();
 
+  /** `instance` names this process in its commit NOTIFYs, so it can ignore its own echo. */
   constructor(
     private readonly db: Kysely<Database>,
     private readonly limits: GroupCommitLimits,
     private readonly onCommit: CommitListener,
+    private readonly instance: string,
   ) {}
 
   append(request: AppendRequest): Promise<Position> {
@@ -140,12 +144,7 @@ export class Appender {
     let commit = BigInt(row.last_commit);
     let prepare = BigInt(row.last_prepare);
 
-    const stored = await storedCommits(trx, boundary, batch);
-    const violated = await violatedConditions(
-      trx,
-      boundary,
-      batch.map((p) => p.request.condition),
-    );
+    const { stored, violated } = await lookUp(trx, boundary, batch);
     const accepted: Accepted[] = [];
     const outcomes: Outcome[] = [];
     for (const [index, { request }] of batch.entries()) {
@@ -195,23 +194,23 @@ export class Appender {
         meta: e.metadata,
       })),
     );
+    // One statement, so one round trip: the events, the boundary's new head, and the NOTIFY
+    // (delivered at commit) that wakes the live publishers of every process. The payload carries
+    // the schema (the search_path of every pooled connection), so deployments sharing the
+    // database do not wake each other. A data-modifying WITH runs once, read or not.
     await sql`
-      INSERT INTO orisun_events
-        (boundary, commit_position, prepare_position, event_id, event_type, tags, data, metadata)
-      SELECT ${boundary}, x.c, x.p, x.id, x.type, x.tags, x.data::json, NULLIF(x.meta, '')::json
-      FROM json_to_recordset(${JSON.stringify(rows)}::json)
-        AS x(c int8, p int8, id text, type text, tags text[], data text, meta text)`.execute(trx);
-    await trx
-      .updateTable("orisun_boundaries")
-      .set({ last_commit: commit.toString(), last_prepare: prepare.toString() })
-      .where("name", "=", boundary)
-      .execute();
-    // Delivered at commit: wakes the live publishers of every process. The payload carries the
-    // schema (the search_path of every pooled connection), so deployments sharing the database
-    // do not wake each other.
-    await sql`SELECT pg_notify('orisun_commits', current_schema() || '/' || ${boundary})`.execute(
-      trx,
-    );
+      WITH appended AS (
+        INSERT INTO orisun_events
+          (boundary, commit_position, prepare_position, event_id, event_type, tags, data, metadata)
+        SELECT ${boundary}, x.c, x.p, x.id, x.type, x.tags, x.data::json, NULLIF(x.meta, '')::json
+        FROM json_to_recordset(${JSON.stringify(rows)}::json)
+          AS x(c int8, p int8, id text, type text, tags text[], data text, meta text)
+      ), advanced AS (
+        UPDATE orisun_boundaries
+        SET last_commit = ${commit.toString()}::int8, last_prepare = ${prepare.toString()}::int8
+        WHERE name = ${boundary}
+      )
+      SELECT pg_notify('orisun_commits', ${notifyPayload(boundary, this.instance)})`.execute(trx);
     return { outcomes, head: { commit, prepare } };
   }
 }
@@ -223,18 +222,61 @@ interface StoredCommits {
   readonly commits: ReadonlyMap<bigint, { size: number; last: Position }>;
 }
 
-async function storedCommits(
+/** Condition checks sharing one statement, as in violatedConditions: far below 65,535 parameters. */
+const CHECKS_PER_STATEMENT = 200;
+
+/**
+ * What the checks after the lock need, in one round trip (a lone append waits for each of its
+ * round trips in turn): which of the batch's event ids the log holds already, and which
+ * conditions an event after their marker violates. Both read after the lock, as before.
+ */
+async function lookUp(
   trx: Transaction<Database>,
   boundary: string,
   batch: readonly Pending[],
-): Promise<StoredCommits> {
+): Promise<{ stored: StoredCommits; violated: Set<number> }> {
   const ids = batch.flatMap((p) => p.request.events.map((e) => e.id));
-  const found = await trx
-    .selectFrom("orisun_events")
-    .select(["event_id", "commit_position"])
-    .where("boundary", "=", boundary)
-    .where(sql<boolean>`event_id = ANY(${ids}::text[])`)
-    .execute();
+  const conditioned = batch.flatMap((p, i) =>
+    p.request.condition ? [{ i, condition: p.request.condition }] : [],
+  );
+  const first = conditioned.slice(0, CHECKS_PER_STATEMENT);
+  const checks = first.map(
+    ({ i, condition }) => sql`(${selectConditionViolation(trx, boundary, condition, i)})`,
+  );
+  const violations =
+    checks.length === 0
+      ? sql``
+      : sql`UNION ALL SELECT NULL, NULL, v.i FROM (${sql.join(checks, sql` UNION ALL `)}) AS v`;
+  const { rows } = await sql<{
+    event_id: string | null;
+    commit_position: string | null;
+    i: number | null;
+  }>`
+    SELECT event_id, commit_position, NULL::int4 AS i
+    FROM orisun_events
+    WHERE boundary = ${boundary} AND event_id = ANY(${ids}::text[])
+    ${violations}`.execute(trx);
+  const violated = new Set<number>();
+  const found: { event_id: string; commit_position: string }[] = [];
+  for (const row of rows) {
+    if (row.i !== null) violated.add(row.i);
+    else if (row.event_id !== null && row.commit_position !== null) {
+      found.push({ event_id: row.event_id, commit_position: row.commit_position });
+    }
+  }
+  if (conditioned.length > first.length) {
+    const more: (Condition | undefined)[] = batch.map(() => undefined);
+    for (const { i, condition } of conditioned.slice(first.length)) more[i] = condition;
+    for (const i of await violatedConditions(trx, boundary, more)) violated.add(i);
+  }
+  return { stored: await storedCommits(trx, boundary, found), violated };
+}
+
+async function storedCommits(
+  trx: Transaction<Database>,
+  boundary: string,
+  found: readonly { event_id: string; commit_position: string }[],
+): Promise<StoredCommits> {
   const commitOf = new Map(found.map((r) => [r.event_id, BigInt(r.commit_position)]));
   const commits = new Map<bigint, { size: number; last: Position }>();
   if (found.length > 0) {

@@ -1,3 +1,4 @@
+import { type RawBuilder, sql } from "kysely";
 import pg from "pg";
 
 /** `boundary` committed something; undefined: anything may have changed (after a reconnect). */
@@ -15,10 +16,14 @@ export class CommitSignals {
   private closed = false;
   private retry: NodeJS.Timeout | undefined;
 
-  /** Notifications carry `schema/boundary`; those of other schemas on the database are ignored. */
+  /**
+   * Notifications carry `schema/boundary/instance`: those of other schemas on the database are
+   * ignored, and so are this process's own (`instance`), which `emit` announced at commit.
+   */
   constructor(
     private readonly url: string | undefined,
     private readonly schema: string,
+    private readonly instance: string,
     private readonly onError: (error: Error) => void,
   ) {
     if (url !== undefined) void this.listen();
@@ -45,9 +50,9 @@ export class CommitSignals {
     };
     client.on("error", lost);
     client.on("end", () => lost(new Error("LISTEN connection ended")));
-    const ours = `${this.schema}/`;
     client.on("notification", (n) => {
-      if (n.payload?.startsWith(ours)) this.emit(n.payload.slice(ours.length));
+      const [schema, boundary, instance] = (n.payload ?? "").split("/");
+      if (schema === this.schema && boundary && instance !== this.instance) this.emit(boundary);
     });
     this.client = client;
     try {
@@ -67,4 +72,12 @@ export class CommitSignals {
     this.listeners.clear();
     await client?.end().catch(() => {});
   }
+}
+
+/**
+ * The NOTIFY payload of a commit: `schema/boundary/instance`. The schema is that of the committing
+ * connection (every pooled connection's search_path); neither it nor a boundary contains "/".
+ */
+export function notifyPayload(boundary: string, instance: string): RawBuilder<string> {
+  return sql<string>`current_schema() || '/' || ${boundary} || '/' || ${instance}`;
 }

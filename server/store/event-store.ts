@@ -1,3 +1,4 @@
+import { randomUUID } from "node:crypto";
 import { Appender, type CommitListener, type GroupCommitLimits } from "./append.js";
 import { CommitSignals } from "./commit-signals.js";
 import { type DatabaseOptions, type OpenDatabase, openDatabase } from "./database.js";
@@ -25,16 +26,24 @@ export class EventStore {
     readonly database: OpenDatabase,
     options: EventStoreOptions,
   ) {
+    // Names this process in its commit NOTIFYs, so that it can ignore their echo.
+    const instance = randomUUID();
     this.signals = new CommitSignals(
       options.url,
       options.schema,
+      instance,
       options.onSignalError ?? (() => {}),
     );
     this.locks = new SessionLocks(options.url, options.schema);
-    this.appender = new Appender(database.db, options.groupCommit, (boundary, head) => {
-      for (const listener of this.listeners) listener(boundary, head);
-      this.signals.emit(boundary);
-    });
+    this.appender = new Appender(
+      database.db,
+      options.groupCommit,
+      (boundary, head) => {
+        for (const listener of this.listeners) listener(boundary, head);
+        this.signals.emit(boundary);
+      },
+      instance,
+    );
   }
 
   static async open(options: EventStoreOptions): Promise<EventStore> {
