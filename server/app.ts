@@ -59,6 +59,7 @@ export async function startApp(config: Config): Promise<RunningApp> {
     dataDir: config.dataDir,
     onIdleError: (err) => app.log.warn({ err }, "idle database connection failed"),
     onSignalError: (err) => app.log.warn({ err }, "LISTEN connection failed; reconnecting"),
+    onStatisticsError: (err) => app.log.warn({ err }, "ANALYZE of the events table failed"),
     groupCommit: {
       maxEvents: config.limits.maxEventsPerSave,
       maxBytes: config.limits.maxRequestBytes * 2,

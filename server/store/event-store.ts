@@ -5,18 +5,24 @@ import { type DatabaseOptions, type OpenDatabase, openDatabase } from "./databas
 import { databaseError } from "./database-errors.js";
 import { headPosition, readEvents } from "./read.js";
 import { SessionLocks } from "./session-locks.js";
+import { Statistics, type StatisticsOptions } from "./statistics.js";
 import type { AppendRequest, Position, ReadRequest, StoredEvent } from "./types.js";
 
 export interface EventStoreOptions extends DatabaseOptions {
   readonly groupCommit: GroupCommitLimits;
   /** Errors of the LISTEN connection (it reconnects by itself). */
   readonly onSignalError?: (error: Error) => void;
+  /** When the store refreshes the planner's statistics itself (see statistics.ts). */
+  readonly statistics?: StatisticsOptions;
+  /** Errors of that background ANALYZE; the next append past the threshold retries. */
+  readonly onStatisticsError?: (error: Error) => void;
 }
 
 /** The store's whole surface: append with DCB conditions, read, and hear about commits. */
 export class EventStore {
   private readonly listeners = new Set<CommitListener>();
   private readonly appender: Appender;
+  private readonly statistics: Statistics;
   /** Commits of every process, as hints for those who follow the log. */
   readonly signals: CommitSignals;
   /** Locks exclusive across every process on this database. */
@@ -35,6 +41,11 @@ export class EventStore {
       options.onSignalError ?? (() => {}),
     );
     this.locks = new SessionLocks(options.url, options.schema);
+    this.statistics = new Statistics(
+      database.db,
+      options.onStatisticsError ?? (() => {}),
+      options.statistics,
+    );
     this.appender = new Appender(
       database.db,
       options.groupCommit,
@@ -55,8 +66,10 @@ export class EventStore {
   }
 
   /** Appends atomically; resolves to the position of the last event written. */
-  append(request: AppendRequest): Promise<Position> {
-    return this.appender.append(request);
+  async append(request: AppendRequest): Promise<Position> {
+    const position = await this.appender.append(request);
+    this.statistics.grew(request.events.length);
+    return position;
   }
 
   async read(request: ReadRequest): Promise<StoredEvent[]> {
@@ -82,7 +95,7 @@ export class EventStore {
   }
 
   async close(): Promise<void> {
-    await Promise.all([this.signals.close(), this.locks.close()]);
+    await Promise.all([this.signals.close(), this.locks.close(), this.statistics.close()]);
     await this.database.db.destroy();
   }
 }
