@@ -178,6 +178,10 @@ export class JetStreamPublisher {
           }
           tail = await this.publishPage(boundary, events, tail, signal);
           failures = 0;
+          // A short page reached the head: the next read would find nothing unless something
+          // committed meanwhile, and then a wake is pending (the waker latches it). Saves one
+          // read of the store per commit.
+          if (events.length < PAGE) await wake.wait(this.options.safetyPollMs ?? 5_000, signal);
         }
       } catch (error) {
         if (signal.aborted) return false;
