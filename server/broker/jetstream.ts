@@ -33,6 +33,10 @@ export async function connectNats(
     // Notice a silently dead TCP connection in ~30 s rather than the default ~4 min.
     pingInterval: 15_000,
     maxPingOut: 2,
+    // Every request (each JetStream publish awaits an ack) would otherwise build two Error
+    // objects up front to capture the caller's stack: 5% of the server's CPU while appending,
+    // 13% while bulk loading (profiled). Errors keep their own stacks.
+    noAsyncTraces: true,
   });
   void (async () => {
     for await (const status of nc.status()) {
