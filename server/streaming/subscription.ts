@@ -60,20 +60,28 @@ export async function* subscribe(
       const buffer = new LiveBuffer(deps.limits, abort);
       const leave = await deps.feeds.join(request.boundary, buffer);
       try {
-        for (;;) {
-          const page = await deps.store.read({
+        const readAfter = (after: Position) =>
+          deps.store.read({
             boundary: request.boundary,
             query: request.query,
-            from: { commit: cursor.commit, prepare: cursor.prepare + 1n },
+            from: { commit: after.commit, prepare: after.prepare + 1n },
             count: deps.limits.pageSize,
             direction: "asc",
           });
+        let next: Promise<StoredEvent[]> | undefined = readAfter(cursor);
+        while (next) {
+          const page: StoredEvent[] = await next;
+          const last = page.at(-1);
+          // The next page is read while this one is sent; in turn, each waited for the other.
+          next =
+            page.length === deps.limits.pageSize && last ? readAfter(last.position) : undefined;
+          // Observed by the await above; one abandoned on abort must not be an unhandled rejection.
+          next?.catch(() => {});
           for (const event of page) {
             if (abort.aborted) return;
             yield event;
             cursor = event.position;
           }
-          if (page.length < deps.limits.pageSize) break;
         }
         for (;;) {
           const event = await buffer.next();
