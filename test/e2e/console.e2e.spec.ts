@@ -2,14 +2,24 @@ import type { Browser, Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createOrisunClient, type OrisunClient } from "../../client-web/src/index.js";
 import { artifact, launchChromium, pageErrors } from "../support/browser.js";
-import { dropSchema, freshSchema, PG_URL } from "../support/databases.js";
+import { dropSchema, freshDataDir, freshSchema, PG_URL } from "../support/databases.js";
 import { NATS_URL } from "../support/live.js";
 import { type SpawnedServer, spawnServer } from "../support/spawn-server.js";
 
+const schema = freshSchema("console");
+/** As `npm start` runs it (embedded PGlite, in-process broker), and on PostgreSQL with NATS. */
+const setups: { name: string; env: Record<string, string>; shots: string }[] = [
+  { name: "the embedded default", env: { ORISUN_DATA_DIR: freshDataDir() }, shots: "embedded" },
+  {
+    name: "PostgreSQL and NATS",
+    env: { ORISUN_PG_URL: PG_URL, ORISUN_PG_SCHEMA: schema, ORISUN_NATS_URL: NATS_URL },
+    shots: "postgres",
+  },
+];
+
 // The console as a person uses it: served by the server itself, driven in headless Chromium,
 // with a second client (the library, in Node) writing at the same time.
-describe("the web console in Chromium", () => {
-  const schema = freshSchema("console");
+describe.each(setups)("the web console in Chromium, on $name", (setup) => {
   const boundary = "console_e2e";
   let server: SpawnedServer;
   let browser: Browser;
@@ -18,12 +28,7 @@ describe("the web console in Chromium", () => {
   let other: OrisunClient;
 
   beforeAll(async () => {
-    server = await spawnServer({
-      ORISUN_PG_URL: PG_URL,
-      ORISUN_PG_SCHEMA: schema,
-      ORISUN_NATS_URL: NATS_URL,
-      ORISUN_BOUNDARIES: `${boundary},other_boundary`,
-    });
+    server = await spawnServer({ ...setup.env, ORISUN_BOUNDARIES: `${boundary},other_boundary` });
     other = createOrisunClient({ baseUrl: server.url, boundary });
     browser = await launchChromium();
     page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
@@ -34,7 +39,7 @@ describe("the web console in Chromium", () => {
   afterAll(async () => {
     await browser?.close();
     await server?.stop();
-    await dropSchema(schema);
+    if ("ORISUN_PG_SCHEMA" in setup.env) await dropSchema(schema);
   });
 
   it("is served at /console/ with the configured boundaries to pick from", async () => {
@@ -210,13 +215,13 @@ describe("the web console in Chromium", () => {
     // The list shows the new query only; the error of the refused one is gone.
     expect(await page.textContent("#query-error")).toBe("");
     await page.locator("#events li.event summary").nth(1).click();
-    await page.screenshot({ path: artifact("console-desktop.png"), fullPage: true });
+    await page.screenshot({ path: artifact(`console-desktop-${setup.shots}.png`), fullPage: true });
     await page.setViewportSize({ width: 390, height: 844 });
     const overflow = await page.evaluate(
       () => document.documentElement.scrollWidth - window.innerWidth,
     );
     expect(overflow).toBeLessThanOrEqual(0);
-    await page.screenshot({ path: artifact("console-narrow.png"), fullPage: true });
+    await page.screenshot({ path: artifact(`console-narrow-${setup.shots}.png`), fullPage: true });
     await page.setViewportSize({ width: 1400, height: 900 });
   });
 
