@@ -229,6 +229,9 @@ function addEvents(events: readonly Event[], live: boolean) {
     : "the start (no matching events seen)";
 }
 
+/** The query being run; a newer one makes an older one's answer stale. */
+let pending: Shown | undefined;
+
 /** Runs the form's query; the list changes only once the first page has arrived. */
 async function runQuery() {
   queryError.textContent = "";
@@ -250,8 +253,6 @@ async function runQuery() {
     queryError.textContent = describe(error);
   }
 }
-let pending: Shown | undefined;
-
 function readPage(view: Shown): Promise<Event[]> {
   return client.read({
     boundary: view.boundary,
@@ -386,13 +387,33 @@ metadataInput.addEventListener("input", () =>
   checkJson(metadataInput, "a-metadata-error", "Metadata", false),
 );
 
-$("append-form").addEventListener("submit", async (e) => {
-  e.preventDefault();
-  const result = $("append-result");
-  const failure = $("append-error");
-  result.textContent = "";
-  failure.textContent = "";
-  try {
+/** On submit, runs `action`: what it answers goes to `resultId`, what it throws to `errorId`. */
+function formAction(
+  formId: string,
+  resultId: string,
+  errorId: string,
+  action: () => Promise<string>,
+  explain: (error: unknown) => string = describe,
+) {
+  $(formId).addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const result = $(resultId);
+    const failure = $(errorId);
+    result.textContent = "";
+    failure.textContent = "";
+    try {
+      result.textContent = await action();
+    } catch (error) {
+      failure.textContent = explain(error);
+    }
+  });
+}
+
+formAction(
+  "append-form",
+  "append-result",
+  "append-error",
+  async () => {
     const type = $<HTMLInputElement>("a-type").value.trim();
     if (type === "") throw new InputError("Event type: required");
     const dataOk = checkJson(dataInput, "a-data-error", "Data", true);
@@ -420,30 +441,21 @@ $("append-form").addEventListener("submit", async (e) => {
         condition: conditional && shown ? { query: shown.query, after: shown.lastSeen } : undefined,
       },
     );
-    result.textContent = `Appended ${type} at position ${formatPosition(position)}`;
-  } catch (error) {
-    failure.textContent = isConditionFailed(error)
+    return `Appended ${type} at position ${formatPosition(position)}`;
+  },
+  (error) =>
+    isConditionFailed(error)
       ? `Conflict: an event matching the query was appended after ${formatPosition(shown?.lastSeen)}. Nothing was written; run the query again and decide anew. (${describe(error)})`
-      : describe(error);
-  }
-});
+      : describe(error),
+);
 
 // ---- pub/sub -------------------------------------------------------------------------------
 
-$("publish-form").addEventListener("submit", async (e) => {
-  e.preventDefault();
-  const result = $("publish-result");
-  const failure = $("publish-error");
-  result.textContent = "";
-  failure.textContent = "";
+formAction("publish-form", "publish-result", "publish-error", async () => {
   const subject = $<HTMLInputElement>("p-subject").value.trim();
-  try {
-    if (subject === "") throw new InputError("Subject: required");
-    await client.publish(subject, $<HTMLTextAreaElement>("p-message").value);
-    result.textContent = `Published to ${subject}`;
-  } catch (error) {
-    failure.textContent = describe(error);
-  }
+  if (subject === "") throw new InputError("Subject: required");
+  await client.publish(subject, $<HTMLTextAreaElement>("p-message").value);
+  return `Published to ${subject}`;
 });
 
 const watchButton = $<HTMLButtonElement>("watch");
