@@ -1,5 +1,8 @@
 import { type Kysely, sql } from "kysely";
-import { type Migration, type MigrationProvider, Migrator } from "kysely/migration";
+
+interface Migration {
+  up(db: Kysely<unknown>): Promise<void>;
+}
 
 /** Migrations by date, in code so that they ship inside the build. Never edit a released one. */
 const migrations: Record<string, Migration> = {
@@ -47,16 +50,37 @@ const migrations: Record<string, Migration> = {
   },
 };
 
-const provider: MigrationProvider = { getMigrations: async () => migrations };
+/** Where applied migrations are recorded: Kysely's table and layout, which earlier builds used. */
+const LEDGER = "kysely_migration";
 
 /**
- * Brings the schema up to date. Kysely's migrator holds a lock while it runs, so two processes
- * starting at once apply each migration exactly once.
+ * Brings the schema up to date in one transaction. An advisory lock keyed by the schema
+ * serialises processes that start at once, so each migration is applied exactly once.
+ *
+ * Kysely's Migrator is not used: it looks for its table by introspecting every table of the
+ * database, and that query fails ("schema … does not exist") when another schema of the same
+ * database is dropped while it runs. This touches only the store's own schema.
  */
 export async function migrate(db: Kysely<unknown>, schema: string): Promise<void> {
-  // The migrator's own tables live in the store's schema, so that stores in different schemas of
-  // one database migrate independently.
-  const migrator = new Migrator({ db, provider, migrationTableSchema: schema });
-  const { error } = await migrator.migrateToLatest();
-  if (error) throw error;
+  const ledger = sql.table(`${schema}.${LEDGER}`);
+  await db.transaction().execute(async (trx) => {
+    await sql`SELECT pg_advisory_xact_lock(hashtext(${`orisun_migrate:${schema}`}))`.execute(trx);
+    await sql`CREATE TABLE IF NOT EXISTS ${ledger} (
+      name varchar(255) PRIMARY KEY, timestamp varchar(255) NOT NULL)`.execute(trx);
+    const { rows } = await sql<{ name: string }>`SELECT name FROM ${ledger}`.execute(trx);
+    const applied = new Set(rows.map((r) => r.name));
+    const unknown = [...applied].filter((name) => !(name in migrations));
+    if (unknown.length > 0) {
+      throw new Error(
+        `schema "${schema}" has migrations this version of Orisun does not know (${unknown.join(", ")}): it was written by a newer version`,
+      );
+    }
+    for (const name of Object.keys(migrations).sort()) {
+      if (applied.has(name)) continue;
+      await (migrations[name] as Migration).up(trx);
+      await sql`INSERT INTO ${ledger} (name, timestamp) VALUES (${name}, ${new Date().toISOString()})`.execute(
+        trx,
+      );
+    }
+  });
 }

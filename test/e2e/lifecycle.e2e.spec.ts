@@ -169,9 +169,8 @@ describe("graceful shutdown", () => {
 });
 
 describe("several schemas in one database", () => {
-  // ORISUN_PG_SCHEMA isolates servers that share a database. Kysely's migrator, without a
-  // migrationTableSchema, looks for its kysely_migration* tables in every schema, so a
-  // second schema never gets them and start-up fails (server/store/migrations.ts).
+  // ORISUN_PG_SCHEMA isolates servers that share a database: each schema keeps its own record
+  // of applied migrations (server/store/migrations.ts), so a second schema is migrated too.
   it("two servers on two fresh schemas of the same database both start", async () => {
     const a = schema("two_a");
     const b = schema("two_b");
