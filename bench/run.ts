@@ -41,6 +41,7 @@ const BIG = Number(process.env.BENCH_CATCHUP_EVENTS ?? 1_000_000);
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
 const RUNS = Number(process.env.BENCH_RUNS ?? 3);
 const LIVE_RATE = Number(process.env.BENCH_LIVE_RATE ?? 1_000);
+const LIVE_SUBSCRIBERS = Number(process.env.BENCH_LIVE_SUBSCRIBERS ?? 50);
 const MEMORY_SECONDS = Number(process.env.BENCH_MEMORY_SECONDS ?? 300);
 const WORKERS = Number(process.env.BENCH_WORKERS ?? CORES);
 const PAGE = 1_000;
@@ -278,13 +279,13 @@ async function appendGroup(workers: Workers, server: Server, run: number): Promi
 
 async function liveGroup(workers: Workers, server: Server, run: number): Promise<void> {
   const { result, cpu } = await measure(workers, server.pid, () =>
-    live(workers, server.url, boundary(`live_${run}`), 50, LIVE_RATE, SECONDS),
+    live(workers, server.url, boundary(`live_${run}`), LIVE_SUBSCRIBERS, LIVE_RATE, SECONDS),
   );
   const rate = LIVE_RATE.toLocaleString("en");
   note(
     "live.p50",
     ORISUN,
-    `live, 50 subscribers at ${rate} appends/s: append call to receipt p50 (ms)`,
+    `live, ${LIVE_SUBSCRIBERS} subscribers at ${rate} appends/s: append call to receipt p50 (ms)`,
     result.p50,
     cpu,
   );

@@ -4,10 +4,11 @@ import type { NatsConnection } from "@nats-io/transport-node";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import {
   connectNats,
-  decodeEvent,
-  encodeEvent,
+  decodeEvents,
+  encodeEvents,
   ensureStream,
   streamNames,
+  wireText,
 } from "../server/broker/jetstream.js";
 import { JetStreamPublisher, msgId } from "../server/broker/jetstream-publisher.js";
 import { JetStreamSource } from "../server/broker/jetstream-source.js";
@@ -95,10 +96,13 @@ async function eventually(check: () => Promise<boolean> | boolean, what: string,
   }
 }
 
+/** One event of the stream, with the sequence and msg id of the message that holds it. */
 interface StreamEntry {
   readonly seq: number;
   readonly msgId: string | undefined;
   readonly event: StoredEvent;
+  /** The last event of its message. */
+  readonly closing: boolean;
 }
 
 async function streamContents(namespace: string): Promise<StreamEntry[]> {
@@ -107,7 +111,12 @@ async function streamContents(namespace: string): Promise<StreamEntry[]> {
   const out: StreamEntry[] = [];
   for (let seq = state.first_seq; seq <= state.last_seq && state.messages > 0; seq++) {
     const m = await jsm.streams.getMessage(stream, { seq });
-    if (m) out.push({ seq, msgId: m.header.get("Nats-Msg-Id"), event: decodeEvent(m.data) });
+    if (!m) continue;
+    const events = decodeEvents(m.data);
+    events.forEach((event, i) => {
+      const closing = i === events.length - 1;
+      out.push({ seq, msgId: m.header.get("Nats-Msg-Id"), event, closing });
+    });
   }
   return out;
 }
@@ -117,7 +126,7 @@ async function lastInStream(namespace: string): Promise<Position | undefined> {
   const info = await jsm.streams.info(stream).catch(() => undefined);
   if (!info || info.state.messages === 0) return undefined;
   const m = await jsm.streams.getMessage(stream, { seq: info.state.last_seq });
-  return m ? decodeEvent(m.data).position : undefined;
+  return m ? decodeEvents(m.data).at(-1)?.position : undefined;
 }
 
 const samePosition = (a: Position | undefined, b: Position) =>
@@ -149,8 +158,8 @@ async function log(store: EventStore): Promise<StoredEvent[]> {
 }
 
 /**
- * The stream holds the store's log from `from` to the end, each event once, in order, with
- * consecutive stream sequences and its position as Nats-Msg-Id.
+ * The stream holds the store's log from `from` to the end, each event once, in order, in messages
+ * with consecutive stream sequences, each with its last event's position as Nats-Msg-Id.
  */
 async function expectStreamMirrorsLog(store: EventStore, namespace: string, from: Position) {
   const entries = await streamContents(namespace);
@@ -170,9 +179,11 @@ async function expectStreamMirrorsLog(store: EventStore, namespace: string, from
       a && b && (a.commit < b.commit || (a.commit === b.commit && a.prepare < b.prepare)),
     ).toBe(true);
   }
-  for (let i = 1; i < entries.length; i++)
-    expect(entries[i]?.seq).toBe((entries[i - 1]?.seq ?? 0) + 1);
-  for (const e of entries) expect(e.msgId).toBe(msgId(e.event.position));
+  for (let i = 1; i < entries.length; i++) {
+    const [a, b] = [entries[i - 1], entries[i]];
+    expect(b?.seq).toBe((a?.seq ?? 0) + (a?.closing ? 1 : 0));
+  }
+  for (const e of entries.filter((e) => e.closing)) expect(e.msgId).toBe(msgId(e.event.position));
   return entries;
 }
 
@@ -191,14 +202,20 @@ describe("the codec", () => {
       position: { commit: 2n ** 62n, prepare: 2n ** 62n + 7n },
       createdAt: new Date("2024-01-02T03:04:05.678Z"),
     };
-    expect(decodeEvent(encodeEvent(event))).toEqual(event);
+    const next = { ...event, id: "e-2", position: { ...event.position, prepare: 2n ** 62n + 8n } };
+    expect(decodeEvents(encodeEvents([wireText(event)]))).toEqual([event]);
+    expect(decodeEvents(encodeEvents([wireText(event), wireText(next)]))).toEqual([event, next]);
+    // What versions before message batching published: one bare event per message.
+    expect(decodeEvents(new TextEncoder().encode(wireText(event)))).toEqual([event]);
   });
 
   it("refuses what it did not encode", () => {
     const bytes = (v: unknown) => new TextEncoder().encode(JSON.stringify(v));
-    expect(() => decodeEvent(bytes({ hello: 1 }))).toThrow();
-    expect(() => decodeEvent(bytes(null))).toThrow();
-    expect(() => decodeEvent(new TextEncoder().encode("not json"))).toThrow();
+    expect(() => decodeEvents(bytes({ hello: 1 }))).toThrow();
+    expect(() => decodeEvents(bytes(null))).toThrow();
+    expect(() => decodeEvents(bytes([]))).toThrow(/empty/);
+    expect(() => decodeEvents(bytes([{ hello: 1 }]))).toThrow();
+    expect(() => decodeEvents(new TextEncoder().encode("not json"))).toThrow();
   });
 
   it("names one stream per namespace and boundary", () => {
@@ -233,7 +250,7 @@ describe("the stream", () => {
 });
 
 describe("JetStreamPublisher", () => {
-  it("publishes new events in position order with their position as msg id", async () => {
+  it("publishes new events in position order, each message with its last position as msg id", async () => {
     const ns = freshNamespace();
     const store = await openStore(ns);
     await append(store, 3); // history: served by the store, not the stream
@@ -248,6 +265,20 @@ describe("JetStreamPublisher", () => {
     const entries = await expectStreamMirrorsLog(store, ns, live);
     expect(entries[0]?.event.position).toEqual(live);
     expect(entries.length).toBe(1 + 1 + 5 + 39 + 2_500);
+  });
+
+  it("puts the events of one append into one message, in order", async () => {
+    const ns = freshNamespace();
+    const store = await openStore(ns);
+    await startPublisher(store, ns);
+    const live = await untilLive(store, ns);
+    const before = (await jsm.streams.info(streamNames(ns, B).stream)).state.messages;
+    await append(store, 100);
+    await untilPublished(store, ns);
+    const after = (await jsm.streams.info(streamNames(ns, B).stream)).state.messages;
+    expect(after - before).toBe(1);
+    const entries = await expectStreamMirrorsLog(store, ns, live);
+    expect(entries.length).toBe(1 + 100);
   });
 
   it("after a restart publishes what was committed meanwhile, nothing twice", async () => {
@@ -390,7 +421,9 @@ describe("JetStreamSource", () => {
         position: { commit: prepare, prepare },
         createdAt: new Date(),
       };
-      return js.publish(subject, encodeEvent(event), { msgID: msgId(event.position) });
+      return js.publish(subject, encodeEvents([wireText(event)]), {
+        msgID: msgId(event.position),
+      });
     };
     for (let round = 0; round < 20; round++) {
       await publish();

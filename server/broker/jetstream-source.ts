@@ -7,7 +7,7 @@ import {
 import { type NatsConnection, nuid } from "@nats-io/transport-node";
 import { StoreError } from "../store/errors.js";
 import type { StoredEvent } from "../store/types.js";
-import { decodeEvent, ensureStream, streamNames } from "./jetstream.js";
+import { decodeEvents, ensureStream, streamNames } from "./jetstream.js";
 import type { Following, LiveSource } from "./live-source.js";
 
 export interface JetStreamSourceOptions {
@@ -76,14 +76,14 @@ export class JetStreamSource implements LiveSource {
       expires: this.options.pullExpiresMs ?? 10_000,
       callback: (msg) => {
         if (stopped) return;
-        let event: StoredEvent;
+        let events: StoredEvent[];
         try {
-          event = decodeEvent(msg.data);
+          events = decodeEvents(msg.data);
         } catch (error) {
           broken(new Error(`undecodable message ${msg.seq} in ${stream}`, { cause: error }));
           return;
         }
-        onEvent(event);
+        for (const event of events) onEvent(event);
       },
     });
     const consumed = messages;

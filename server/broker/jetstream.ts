@@ -118,7 +118,8 @@ interface WireEvent {
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
-export function encodeEvent(event: StoredEvent): Uint8Array {
+/** An event as wire JSON text; a message is a JSON array of these (see encodeEvents). */
+export function wireText(event: StoredEvent): string {
   const wire: WireEvent = {
     boundary: event.boundary,
     id: event.id,
@@ -130,12 +131,27 @@ export function encodeEvent(event: StoredEvent): Uint8Array {
     prepare: event.position.prepare.toString(),
     createdAt: event.createdAt.toISOString(),
   };
-  return encoder.encode(JSON.stringify(wire));
+  return JSON.stringify(wire);
 }
 
-/** Throws on anything that encodeEvent did not make. */
-export function decodeEvent(bytes: Uint8Array): StoredEvent {
-  const w = JSON.parse(decoder.decode(bytes)) as Partial<WireEvent> | null;
+/** Consecutive events as one message: a JSON array of wire events. */
+export function encodeEvents(texts: readonly string[]): Uint8Array {
+  return encoder.encode(`[${texts.join(",")}]`);
+}
+
+/**
+ * The events of one message, in order. Throws on anything encodeEvents did not make, except a
+ * lone wire event, which is what versions before message batching published.
+ */
+export function decodeEvents(bytes: Uint8Array): StoredEvent[] {
+  const parsed: unknown = JSON.parse(decoder.decode(bytes));
+  const wires = Array.isArray(parsed) ? parsed : [parsed];
+  if (wires.length === 0) throw new Error("not encoded events: an empty message");
+  return wires.map(fromWire);
+}
+
+function fromWire(value: unknown): StoredEvent {
+  const w = value as Partial<WireEvent> | null;
   const isString = (v: unknown): v is string => typeof v === "string";
   const createdAt = new Date(w?.createdAt ?? Number.NaN);
   if (
