@@ -1,7 +1,15 @@
+import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { StoreError } from "../server/store/errors.js";
 import type { EventStore } from "../server/store/event-store.js";
-import { storeTargets } from "./support/databases.js";
+import type { Position } from "../server/store/types.js";
+import {
+  dropSchema,
+  freshSchema,
+  openPostgresStore,
+  PG_URL,
+  storeTargets,
+} from "./support/databases.js";
 
 describe.each(storeTargets)("group commit on $name", (target) => {
   let store: EventStore;
@@ -67,5 +75,100 @@ describe.each(storeTargets)("group commit on $name", (target) => {
       direction: "asc",
     });
     expect(claims.map((e) => e.id)).toEqual(["claim1"]);
+  });
+});
+
+// The checks must read after the boundary's lock is granted: a statement's snapshot is taken when
+// it starts, so checks sharing the locking statement would miss what another process committed
+// while this one waited for the lock (server/store/append.ts).
+describe("an append that waited for another process's transaction on PostgreSQL", () => {
+  const schema = freshSchema("stale");
+  let store: EventStore;
+  let other: pg.Client;
+  beforeAll(async () => {
+    store = await openPostgresStore(schema);
+    other = new pg.Client({ connectionString: PG_URL, options: `-c search_path="${schema}"` });
+    await other.connect();
+  });
+  afterAll(async () => {
+    await other?.end();
+    await store?.close();
+    await dropSchema(schema);
+  });
+
+  const tag = (value: string) => [{ key: "slot", value }];
+
+  /** Another process's append: holds the boundary's row lock until `commit` is called. */
+  async function otherAppend(boundary: string, slot: string) {
+    await other.query("BEGIN");
+    const { rows } = await other.query<{ c: string; p: string }>(
+      `UPDATE orisun_boundaries SET last_commit = last_commit + 1, last_prepare = last_prepare + 1
+       WHERE name = $1 RETURNING last_commit::text AS c, last_prepare::text AS p`,
+      [boundary],
+    );
+    const { c, p } = rows[0] ?? { c: "", p: "" };
+    await other.query(
+      `INSERT INTO orisun_events
+        (boundary, commit_position, prepare_position, event_id, event_type, tags, data)
+       VALUES ($1, $2, $3, $4, 'T', $5, '{}')`,
+      [boundary, c, p, `other-${slot}`, [JSON.stringify(["slot", slot])]],
+    );
+    return {
+      position: { commit: BigInt(c), prepare: BigInt(p) },
+      commit: () => other.query("COMMIT"),
+    };
+  }
+
+  /** Resolves once some session waits for a lock: the store's append is blocked behind `other`. */
+  async function untilWaitingForLock() {
+    for (let i = 0; i < 200; i++) {
+      const { rows } = await other.query(
+        "SELECT 1 FROM pg_locks WHERE NOT granted AND pid <> pg_backend_pid()",
+      );
+      if (rows.length > 0) return;
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    throw new Error("the append never waited for the lock");
+  }
+
+  async function claimWhileOtherCommits(boundary: string, otherSlot: string) {
+    const start = await store.append({
+      boundary,
+      events: [{ id: "start", type: "T", tags: [], data: "{}", metadata: "" }],
+    });
+    const held = await otherAppend(boundary, otherSlot);
+    const claim = store.append({
+      boundary,
+      events: [{ id: "claim", type: "T", tags: tag("a"), data: "{}", metadata: "" }],
+      condition: { after: start, query: [{ types: [], tags: tag("a") }] },
+    });
+    claim.catch(() => {});
+    await untilWaitingForLock();
+    await held.commit();
+    return { claim, otherAt: held.position };
+  }
+
+  it("fails the condition on an event the other process committed meanwhile", async () => {
+    const { claim } = await claimWhileOtherCommits("stale_hit", "a");
+    const error = await claim.then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(error).toBeInstanceOf(StoreError);
+    expect((error as StoreError).kind).toBe("condition_failed");
+    const ids = (
+      await store.read({ boundary: "stale_hit", query: [], count: 10, direction: "asc" })
+    ).map((e) => e.id);
+    expect(ids).toEqual(["start", "other-a"]);
+  });
+
+  it("appends after the other process's event when that does not match", async () => {
+    const { claim, otherAt } = await claimWhileOtherCommits("stale_miss", "b");
+    const at: Position = await claim;
+    expect(at).toEqual({ commit: otherAt.commit + 1n, prepare: otherAt.prepare + 1n });
+    const ids = (
+      await store.read({ boundary: "stale_miss", query: [], count: 10, direction: "asc" })
+    ).map((e) => e.id);
+    expect(ids).toEqual(["start", "other-b", "claim"]);
   });
 });

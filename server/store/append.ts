@@ -144,6 +144,9 @@ export class Appender {
     let commit = BigInt(row.last_commit);
     let prepare = BigInt(row.last_prepare);
 
+    // After the lock, in a statement of its own: its snapshot then holds every commit before ours.
+    // (Sharing the locking statement saves a round trip but needs a staleness check, and a lone
+    // append measured slower so: 2.6 -> 3.2 ms p50.)
     const { stored, violated } = await lookUp(trx, boundary, batch);
     const accepted: Accepted[] = [];
     const outcomes: Outcome[] = [];
