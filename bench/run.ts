@@ -17,6 +17,7 @@ import { cpus, tmpdir, totalmem } from "node:os";
 import { join } from "node:path";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
+import { decodeEvents } from "../server/broker/jetstream.js";
 import { copyRate, Emmett, ensureEmmett, Pgbench, sql } from "./references.js";
 import { CORES, givenServer, type Server, startServer } from "./server.js";
 import { Workers } from "./workers.js";
@@ -209,8 +210,8 @@ async function publisherCatchUp(
         messages = seq;
         grewAt = performance.now();
         const last = await jsm.streams.getMessage(stream, { seq });
-        const { prepare } = JSON.parse(new TextDecoder().decode(last?.data)) as { prepare: string };
-        if (prepare === head) break;
+        const prepare = last ? decodeEvents(last.data).at(-1)?.position.prepare : undefined;
+        if (String(prepare) === head) break;
       }
       await new Promise((r) => setTimeout(r, 250));
     }
@@ -337,7 +338,7 @@ async function loadBig(workers: Workers): Promise<Big> {
   if (!GIVEN_URL) {
     const { seconds, messages } = await publisherCatchUp(schema, name);
     console.log(
-      `  JetStream publisher done ${seconds.toFixed(1)} s after the load ended; its stream holds ${messages.toLocaleString("en")} events`,
+      `  JetStream publisher done ${seconds.toFixed(1)} s after the load ended; its stream holds ${messages.toLocaleString("en")} messages`,
     );
   }
   return { server, schema: GIVEN_URL ? GIVEN_SCHEMA : schema, boundary: name, count: BIG };
