@@ -1,6 +1,8 @@
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { jetstreamManager } from "@nats-io/jetstream";
+import { connect, type NatsConnection } from "@nats-io/transport-node";
 import pg from "pg";
 import { EventStore, type EventStoreOptions } from "../../server/store/event-store.js";
 
@@ -18,6 +20,13 @@ export function freshDataDir(): string {
   return mkdtempSync(join(tmpdir(), "orisun-test-"));
 }
 
+/** The NATS JetStream the tests use; CI starts it on 127.0.0.1:4222. */
+export const NATS_URL = process.env.ORISUN_TEST_NATS_URL ?? "nats://127.0.0.1:4222";
+
+/**
+ * Drops the schema, and the JetStream streams that servers on it made (their namespace is the
+ * schema), so that test runs do not pile streams up on the NATS server.
+ */
 export async function dropSchema(schema: string): Promise<void> {
   const client = new pg.Client({ connectionString: PG_URL });
   await client.connect();
@@ -25,6 +34,28 @@ export async function dropSchema(schema: string): Promise<void> {
     await client.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
   } finally {
     await client.end();
+  }
+  await deleteStreams(schema);
+}
+
+async function deleteStreams(namespace: string): Promise<void> {
+  let nc: NatsConnection;
+  try {
+    nc = await connect({ servers: NATS_URL, timeout: 2_000, reconnect: false });
+  } catch {
+    return; // NATS is down (a test may have stopped it): nothing to tidy there
+  }
+  try {
+    const jsm = await jetstreamManager(nc);
+    for await (const name of jsm.streams.names()) {
+      if (name.startsWith(`ORISUN_EVENTS_${namespace}_`) || name === `ORISUN_PUBSUB_${namespace}`) {
+        await jsm.streams.delete(name).catch(() => {});
+      }
+    }
+  } catch {
+    // Best effort, like the DROP above being IF EXISTS.
+  } finally {
+    await nc.close();
   }
 }
 

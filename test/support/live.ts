@@ -11,9 +11,9 @@ import {
   type SubscriptionLimits,
   subscribe,
 } from "../../server/streaming/subscription.js";
-import { dropSchema, freshSchema, openPostgresStore, storeTargets } from "./databases.js";
+import { dropSchema, freshSchema, NATS_URL, openPostgresStore, storeTargets } from "./databases.js";
 
-export const NATS_URL = process.env.ORISUN_TEST_NATS_URL ?? "nats://127.0.0.1:4222";
+export { NATS_URL };
 
 const quiet = { info: () => {}, warn: () => {}, error: () => {} };
 
