@@ -8,7 +8,7 @@
  * (1,000,000) in the boundary that paging reads, catch-up and COPY share; BENCH_LIVE_RATE (1,000)
  * appends/s under 50 live subscribers; BENCH_MEMORY_SECONDS (300) for the memory run;
  * BENCH_WORKERS (one per core) load-generator processes; BENCH_ONLY=group[,group…] with groups
- * append, live, pubsub, reads, catchup, embedded, memory, references, emmett; BENCH_URL uses a
+ * append, live, pubsub, reads, catchup, embedded, memory, references, emmett, plans; BENCH_URL uses a
  * server you started (its schema for COPY: BENCH_URL_PG_SCHEMA, default public);
  * BENCH_SERVER_NODE_OPTIONS (e.g. --cpu-prof) goes to the spawned servers.
  */
@@ -18,6 +18,7 @@ import { join } from "node:path";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
 import { decodeEvents } from "../server/broker/jetstream.js";
+import { queryPlans } from "./plans.js";
 import { copyRate, Emmett, ensureEmmett, Pgbench, sql } from "./references.js";
 import { CORES, givenServer, type Server, startServer } from "./server.js";
 import { Workers } from "./workers.js";
@@ -56,6 +57,7 @@ const GROUPS = [
   "references",
   "emmett",
   "memory",
+  "plans",
 ];
 const ONLY = process.env.BENCH_ONLY?.split(",").map((g) => g.trim());
 for (const group of ONLY ?? []) {
@@ -534,7 +536,8 @@ async function main(): Promise<void> {
   let big: Big | undefined;
   try {
     if (runs("reads") || runs("catchup") || runs("references")) big = await loadBig(workers);
-    for (let run = 0; run < (GROUPS.some((g) => g !== "memory" && runs(g)) ? RUNS : 0); run++) {
+    const repeated = GROUPS.some((g) => g !== "memory" && g !== "plans" && runs(g));
+    for (let run = 0; run < (repeated ? RUNS : 0); run++) {
       console.log(`\nrun ${run + 1} of ${RUNS}`);
       if (runs("append") || runs("live") || runs("pubsub")) {
         const server = await postgresServer(`bench_${ID}_${run}`);
@@ -554,6 +557,7 @@ async function main(): Promise<void> {
       if (runs("emmett")) await emmettGroup(workers, run);
     }
     if (runs("memory")) await memoryGroup(workers);
+    if (runs("plans")) plansTable = await plansGroup();
   } finally {
     await big?.server.stop();
     await workers.close();
@@ -561,7 +565,27 @@ async function main(): Promise<void> {
   console.log(
     `\nOrisun benchmark: ${about}. Median of ${RUNS} runs, ${SECONDS} s per timed workload; server, PostgreSQL, NATS JetStream and ${WORKERS} load-generator processes on the same machine. CPU column: load generator = the worker processes (for Emmett: its own process, library and clients together; pgbench and psql: not measured), server = the Orisun process, machine = all cores busy (${CORES * 100}% = every core).\n`,
   );
-  console.log(table());
+  if (results.size > 0) console.log(table());
+  if (plansTable) console.log(`\n${plansTable}`);
+}
+
+let plansTable: string | undefined;
+
+/** Query plans at BENCH_CATCHUP_EVENTS events: its own table, in milliseconds per query. */
+async function plansGroup(): Promise<string> {
+  console.log(`\nquery plans at ${BIG.toLocaleString("en")} events`);
+  const timings = await queryPlans(PG_URL, `bench_${ID}_plans`, BIG);
+  const lines = [
+    `Query plans over ${BIG.toLocaleString("en")} events (EXPLAIN ANALYZE, median of 5; pages of 1,000):`,
+    "",
+    "| query shape | ms | plan |",
+    "| --- | ---: | --- |",
+  ];
+  for (const t of timings) {
+    console.log(`  ${t.shape}: ${t.ms.toFixed(2)} ms  ${t.plan}`);
+    lines.push(`| ${t.shape} | ${t.ms.toFixed(2)} | ${t.plan} |`);
+  }
+  return lines.join("\n");
 }
 
 await main();

@@ -1,0 +1,156 @@
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { CompiledQuery } from "kysely";
+import pg from "pg";
+import { EventStore } from "../server/store/event-store.js";
+import { selectConditionViolation, selectEvents } from "../server/store/query-sql.js";
+import type { Condition, Query, ReadRequest } from "../server/store/types.js";
+
+export interface PlanTiming {
+  readonly shape: string;
+  /** Median execution time reported by EXPLAIN ANALYZE. */
+  readonly ms: number;
+  /** The plan's nodes, outermost first, with the index each scan uses. */
+  readonly plan: string;
+}
+
+const ENTITIES = 200_000;
+const RUNS = 5;
+const BOUNDARY = "plans";
+
+const tag = (key: string, value: string) => ({ key, value });
+const criterion = (types: string[], tags: { key: string; value: string }[]): Query => [
+  { types, tags },
+];
+
+/**
+ * The planner's choices for every read and condition shape at `events` events: a boundary loaded
+ * in SQL (20 types; an `entity` tag with 200k values, 5 events each at 1M; a `kind` tag with 7
+ * values, 14% each; a `rare` tag on 5 events), analyzed, each shape timed with EXPLAIN ANALYZE.
+ * The store's own SQL (query-sql.ts) is what runs. The schema is dropped afterwards.
+ */
+export async function queryPlans(
+  url: string,
+  schema: string,
+  events: number,
+): Promise<PlanTiming[]> {
+  const dataDir = mkdtempSync(join(tmpdir(), "orisun-plans-"));
+  const store = await EventStore.open({
+    url,
+    schema,
+    poolSize: 1,
+    dataDir,
+    onIdleError: () => {},
+    groupCommit: { maxEvents: 10_000, maxBytes: 8 * 1024 * 1024 },
+  });
+  const client = new pg.Client({ connectionString: url, options: `-c search_path="${schema}"` });
+  await client.connect();
+  try {
+    await client.query(
+      `INSERT INTO orisun_boundaries (name, last_commit, last_prepare) VALUES ($1, $2, $2)`,
+      [BOUNDARY, events],
+    );
+    await client.query(
+      `INSERT INTO orisun_events
+         (boundary, commit_position, prepare_position, event_id, event_type, tags, data)
+       SELECT $1, i, i, 'e' || i, 'Type' || (i % 20),
+         ARRAY['["entity","e' || (i % $3::int8) || '"]', '["kind","k' || (i % 7) || '"]']
+           || CASE WHEN i % ($2::int8 / 5) = 0 THEN ARRAY['["rare","yes"]'] ELSE ARRAY[]::text[] END,
+         ('{"i":' || i || '}')::json
+       FROM generate_series(1, $2::int8) AS i`,
+      [BOUNDARY, events, ENTITIES],
+    );
+    await client.query("ANALYZE orisun_events");
+
+    const middle = { commit: BigInt(events / 2), prepare: BigInt(events / 2) };
+    const start = { commit: 0n, prepare: 0n };
+    const read = (query: Query, extra: Partial<ReadRequest> = {}) =>
+      selectEvents(store.database.db, {
+        boundary: BOUNDARY,
+        query,
+        count: 1_000,
+        direction: "asc",
+        ...extra,
+      }).compile();
+    const check = (condition: Condition) =>
+      selectConditionViolation(store.database.db, BOUNDARY, condition).compile();
+    const shapes: [string, CompiledQuery][] = [
+      ["read, a tag on 5 events", read(criterion([], [tag("rare", "yes")]))],
+      ["read, a tag on no event", read(criterion([], [tag("user", "nobody")]))],
+      ["read, an entity tag (5 events)", read(criterion([], [tag("entity", "e123")]))],
+      ["read, a tag on 14%, first page", read(criterion([], [tag("kind", "k3")]))],
+      [
+        "read, a tag on 14%, page from the middle",
+        read(criterion([], [tag("kind", "k3")]), { from: middle }),
+      ],
+      ["read, a type (5%)", read(criterion(["Type7"], []))],
+      ["read, a type and an entity tag", read(criterion(["Type3"], [tag("entity", "e123")]))],
+      [
+        "read, two entity tags OR'ed",
+        read([
+          { types: [], tags: [tag("entity", "e1")] },
+          { types: [], tags: [tag("entity", "e2")] },
+        ]),
+      ],
+      ["read, everything, page from the middle", read([], { from: middle })],
+      [
+        "read, a tag on 14%, backwards from the end",
+        read(criterion([], [tag("kind", "k3")]), { direction: "desc" }),
+      ],
+      [
+        "condition, a tag nobody has used (passes)",
+        check({ after: start, query: criterion([], [tag("user", "new")]) }),
+      ],
+      [
+        "condition, an entity tag after the middle",
+        check({ after: middle, query: criterion([], [tag("entity", "e123")]) }),
+      ],
+      [
+        "condition, a tag on 14% after the middle (fails)",
+        check({ after: middle, query: criterion([], [tag("kind", "k3")]) }),
+      ],
+      [
+        "condition, a type after the middle (fails)",
+        check({ after: middle, query: criterion(["Type7"], []) }),
+      ],
+    ];
+    const timings: PlanTiming[] = [];
+    for (const [shape, compiled] of shapes) {
+      const times: number[] = [];
+      let plan = "";
+      for (let i = 0; i < RUNS; i++) {
+        const { rows } = await client.query(
+          `EXPLAIN (ANALYZE, FORMAT JSON) ${compiled.sql}`,
+          compiled.parameters as unknown[],
+        );
+        const [explained] = rows[0]["QUERY PLAN"] as [{ Plan: PlanNode; "Execution Time": number }];
+        times.push(explained["Execution Time"]);
+        plan = describe(explained.Plan);
+      }
+      times.sort((a, b) => a - b);
+      timings.push({ shape, ms: times[Math.floor(RUNS / 2)] ?? Number.NaN, plan });
+    }
+    return timings;
+  } finally {
+    await client.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`).catch(() => {});
+    await client.end();
+    await store.close();
+    rmSync(dataDir, { recursive: true, force: true });
+  }
+}
+
+interface PlanNode {
+  readonly "Node Type": string;
+  readonly "Index Name"?: string;
+  readonly "CTE Name"?: string;
+  readonly Plans?: readonly PlanNode[];
+}
+
+function describe(node: PlanNode): string {
+  const index = node["Index Name"] ? ` (${node["Index Name"]})` : "";
+  const children = node.Plans?.map(describe) ?? [];
+  const own = `${node["Node Type"]}${index}`;
+  if (children.length === 0) return own;
+  return `${own} > ${children.length === 1 ? children[0] : `[${children.join("; ")}]`}`;
+}
