@@ -118,6 +118,18 @@ function verifyLog(log: readonly StoredEvent[], attempts: readonly Attempt[]): v
       for (const e of request.events) {
         if (byId.has(e.id)) throw new Error(`rejected append wrote ${e.id}`);
       }
+      // A failed condition must have had a reason: an event matching it after its marker.
+      const condition = request.condition;
+      if (error.kind === "condition_failed" && condition) {
+        const reason = log.find(
+          (e) => comparePositions(e.position, condition.after) > 0 && matches(e, condition.query),
+        );
+        if (!reason) {
+          throw new Error(
+            `append with marker ${fmt(condition.after)} failed its condition with no matching event after it`,
+          );
+        }
+      }
       continue;
     }
     if (!result) throw new Error("attempt neither accepted nor rejected");
