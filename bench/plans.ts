@@ -5,7 +5,8 @@ import type { CompiledQuery } from "kysely";
 import pg from "pg";
 import { EventStore } from "../server/store/event-store.js";
 import { selectConditionViolation, selectEvents } from "../server/store/query-sql.js";
-import type { Condition, Query, ReadRequest } from "../server/store/types.js";
+import type { Condition, Query, ReadRequest, Tag } from "../server/store/types.js";
+import { median } from "./workloads.js";
 
 export interface PlanTiming {
   readonly shape: string;
@@ -19,10 +20,8 @@ const ENTITIES = 200_000;
 const RUNS = 5;
 const BOUNDARY = "plans";
 
-const tag = (key: string, value: string) => ({ key, value });
-const criterion = (types: string[], tags: { key: string; value: string }[]): Query => [
-  { types, tags },
-];
+const tag = (key: string, value: string): Tag => ({ key, value });
+const criterion = (types: string[], tags: Tag[]): Query => [{ types, tags }];
 
 /**
  * The planner's choices for every read and condition shape at `events` events: a boundary loaded
@@ -128,8 +127,7 @@ export async function queryPlans(
         times.push(explained["Execution Time"]);
         plan = describe(explained.Plan);
       }
-      times.sort((a, b) => a - b);
-      timings.push({ shape, ms: times[Math.floor(RUNS / 2)] ?? Number.NaN, plan });
+      timings.push({ shape, ms: median(times), plan });
     }
     return timings;
   } finally {
@@ -143,7 +141,6 @@ export async function queryPlans(
 interface PlanNode {
   readonly "Node Type": string;
   readonly "Index Name"?: string;
-  readonly "CTE Name"?: string;
   readonly Plans?: readonly PlanNode[];
 }
 

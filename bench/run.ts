@@ -534,6 +534,7 @@ async function main(): Promise<void> {
   if (runs("emmett")) ensureEmmett();
   const workers = Workers.start(WORKERS);
   let big: Big | undefined;
+  let plansTable: string | undefined;
   try {
     if (runs("reads") || runs("catchup") || runs("references")) big = await loadBig(workers);
     const repeated = GROUPS.some((g) => g !== "memory" && g !== "plans" && runs(g));
@@ -568,8 +569,6 @@ async function main(): Promise<void> {
   if (results.size > 0) console.log(table());
   if (plansTable) console.log(`\n${plansTable}`);
 }
-
-let plansTable: string | undefined;
 
 /** Query plans at BENCH_CATCHUP_EVENTS events: its own table, in milliseconds per query. */
 async function plansGroup(): Promise<string> {
