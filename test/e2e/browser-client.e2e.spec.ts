@@ -1,6 +1,5 @@
 import { readFileSync } from "node:fs";
 import { createServer, type Server } from "node:http";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Browser, Page } from "playwright-core";
 import { build } from "vite";
@@ -10,6 +9,7 @@ import { launchChromium } from "../support/browser.js";
 import { dropSchema, freshSchema, PG_URL } from "../support/databases.js";
 import { NATS_URL } from "../support/live.js";
 import { freePort, type SpawnedServer, spawnServer } from "../support/spawn-server.js";
+import { tempDir } from "../support/temp.js";
 
 // The client library alone, bundled by Vite into a page served from another origin, so every
 // call is a real cross-origin fetch through the server's CORS rules.
@@ -29,7 +29,7 @@ const PAGE = `<!doctype html><meta charset="utf-8"><title>library</title>
 describe("the client library in Chromium, cross-origin, over HTTP/1.1", () => {
   const schema = freshSchema("webclient");
   const boundary = "web_client";
-  const outDir = join(tmpdir(), `orisun-client-bundle-${process.pid}`);
+  const outDir = tempDir("orisun-client-bundle-");
   let pageServer: Server;
   let pageOrigin: string;
   let serverPort: number;

@@ -1,17 +1,16 @@
 import { execFileSync } from "node:child_process";
-import { mkdtempSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Browser, Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { launchChromium, pageErrors } from "../support/browser.js";
 import { dropSchema, freshSchema, PG_URL } from "../support/databases.js";
 import { type SpawnedServer, spawnServer } from "../support/spawn-server.js";
+import { tempDir } from "../support/temp.js";
 
 // With TLS configured, the same port speaks HTTP/2 to browsers (ALPN), console and API alike.
 describe("the console over TLS in Chromium", () => {
   const schema = freshSchema("tls");
-  const dir = mkdtempSync(join(tmpdir(), "orisun-tls-"));
+  const dir = tempDir("orisun-tls-");
   let server: SpawnedServer;
   let browser: Browser;
   let page: Page;

@@ -7,7 +7,7 @@ import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect
 import pg from "pg";
 import { afterAll, describe, expect, it } from "vitest";
 import { EventStore } from "../../gen/orisun/v1/eventstore_pb.js";
-import { dropSchema, freshDataDir, freshSchema, PG_URL } from "../support/databases.js";
+import { dropSchema, freshDataDir, freshSchema, NATS_URL, PG_URL } from "../support/databases.js";
 import { freePort, type SpawnedServer, spawnServer } from "../support/spawn-server.js";
 
 const MAIN = resolve("dist/server/main.js");
@@ -89,7 +89,10 @@ async function startRaw(
   });
   let log = "";
   const url = await new Promise<string>((ok, fail) => {
-    const timer = setTimeout(() => fail(new Error(`no start in 30 s:\n${log}`)), 30_000);
+    const timer = setTimeout(() => {
+      child.kill("SIGKILL");
+      fail(new Error(`no start in 60 s:\n${log}`));
+    }, 60_000);
     const onData = (d: Buffer) => {
       log += d.toString();
       const m = /Orisun listening on (\S+?)"/.exec(log);
@@ -244,11 +247,20 @@ describe("--config YAML", () => {
     const envSchema = schema("yenv");
     const yamlPort = await freePort();
     const file = join(dir, "orisun.yaml");
+    // The same PostgreSQL and database as every other test (ORISUN_TEST_PG_URL may move it).
+    const pgUrl = new URL(PG_URL);
+    const db = {
+      host: pgUrl.hostname,
+      port: pgUrl.port || "5432",
+      user: decodeURIComponent(pgUrl.username) || "postgres",
+      password: decodeURIComponent(pgUrl.password),
+      name: decodeURIComponent(pgUrl.pathname.slice(1)),
+    };
     writeFileSync(
       file,
       [
-        `db:   {host: 127.0.0.1, port: 5432, user: postgres, password: "", name: test, schema: ${yamlSchema}}`,
-        "nats: {url: nats://localhost:4222}",
+        `db:   {host: ${db.host}, port: ${db.port}, user: ${JSON.stringify(db.user)}, password: ${JSON.stringify(db.password)}, name: ${JSON.stringify(db.name)}, schema: ${yamlSchema}}`,
+        `nats: {url: ${JSON.stringify(NATS_URL)}}`,
         `server: {port: ${yamlPort}}`,
         "",
       ].join("\n"),

@@ -1,10 +1,8 @@
-import { mkdtempSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import pg from "pg";
 import { EventStore, type EventStoreOptions } from "../../server/store/event-store.js";
+import { noteSchema, tempDir } from "./temp.js";
 
 /** The PostgreSQL the tests use; CI starts it on 127.0.0.1:5432 with trust auth. */
 export const PG_URL = process.env.ORISUN_TEST_PG_URL ?? "postgres://postgres@127.0.0.1:5432/test";
@@ -13,11 +11,13 @@ let counter = 0;
 /** A schema name no other test run or file uses. */
 export function freshSchema(prefix = "t"): string {
   counter++;
-  return `${prefix}_${process.pid}_${Date.now().toString(36)}_${counter}`;
+  const schema = `${prefix}_${process.pid}_${Date.now().toString(36)}_${counter}`;
+  noteSchema(schema);
+  return schema;
 }
 
 export function freshDataDir(): string {
-  return mkdtempSync(join(tmpdir(), "orisun-test-"));
+  return tempDir("orisun-test-");
 }
 
 /** The NATS JetStream the tests use; CI starts it on 127.0.0.1:4222. */

@@ -1,9 +1,7 @@
 import { type ChildProcess, spawn } from "node:child_process";
-import { mkdtempSync } from "node:fs";
 import { connect as netConnect } from "node:net";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { freePort } from "./spawn-server.js";
+import { tempDir } from "./temp.js";
 
 /**
  * A nats-server of the test's own, on a free port with its own JetStream folder, so that a test
@@ -15,9 +13,15 @@ export interface OwnNatsServer {
   start(): Promise<void>;
 }
 
+/** Every nats-server this test process started; none may outlive it. */
+const running = new Set<ChildProcess>();
+process.once("exit", () => {
+  for (const child of running) child.kill("SIGKILL");
+});
+
 export async function startOwnNatsServer(): Promise<OwnNatsServer> {
   const port = await freePort();
-  const dir = mkdtempSync(join(tmpdir(), "orisun-nats-"));
+  const dir = tempDir("orisun-nats-");
   let child: ChildProcess | undefined;
   const server: OwnNatsServer = {
     url: `nats://127.0.0.1:${port}`,
@@ -25,6 +29,9 @@ export async function startOwnNatsServer(): Promise<OwnNatsServer> {
       child = spawn("nats-server", ["-a", "127.0.0.1", "-p", String(port), "-js", "-sd", dir], {
         stdio: "ignore",
       });
+      const started = child;
+      running.add(started);
+      started.once("exit", () => running.delete(started));
       const deadline = Date.now() + 10_000;
       while (!(await listening(port))) {
         if (Date.now() > deadline) throw new Error("nats-server did not start");

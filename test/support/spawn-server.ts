@@ -24,6 +24,17 @@ export async function freePort(): Promise<number> {
   });
 }
 
+/** Generous: PGlite's start alone takes seconds of CPU, and the machine may be busy. */
+const START_TIMEOUT_MS = 60_000;
+
+/** Every server this test process started and has not seen exit. */
+const running = new Set<ChildProcess>();
+// A test that fails, times out or forgets its stop() must not leave a server listening after
+// the test process ends.
+process.once("exit", () => {
+  for (const child of running) child.kill("SIGKILL");
+});
+
 /** Starts dist/server/main.js (built by the global setup) and waits until it listens. */
 export async function spawnServer(
   env: Record<string, string>,
@@ -39,6 +50,8 @@ export async function spawnServer(
     },
     stdio: ["ignore", "pipe", "pipe"],
   });
+  running.add(child);
+  child.once("exit", () => running.delete(child));
   let log = "";
   child.stdout?.on("data", (d: Buffer) => {
     log += d.toString();
@@ -48,10 +61,11 @@ export async function spawnServer(
   });
   const exited = new Promise<number | null>((done) => child.once("exit", (code) => done(code)));
   await new Promise<void>((ready, fail) => {
-    const timer = setTimeout(
-      () => fail(new Error(`server did not start in 30 s:\n${log}`)),
-      30_000,
-    );
+    const timer = setTimeout(() => {
+      // It may still come up later and keep the port: end it now.
+      child.kill("SIGKILL");
+      fail(new Error(`server did not start in ${START_TIMEOUT_MS / 1000} s:\n${log}`));
+    }, START_TIMEOUT_MS);
     const check = () => {
       if (log.includes("Orisun listening")) {
         clearTimeout(timer);
