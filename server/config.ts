@@ -194,6 +194,11 @@ export function loadConfig(
     "ORISUN_PUBSUB_GROUP_EXPIRY",
     Math.max(7 * 86_400_000, pubsubRetentionMs),
   );
+  if (pubsubGroupExpiryMs > 3650 * 86_400_000) {
+    throw new ConfigError(
+      `ORISUN_PUBSUB_GROUP_EXPIRY: must be at most 3650d (as must ORISUN_PUBSUB_RETENTION, its lower bound), got ${pubsubGroupExpiryMs / 86_400_000} days`,
+    );
+  }
   if (pubsubGroupExpiryMs < pubsubRetentionMs) {
     throw new ConfigError(
       `ORISUN_PUBSUB_GROUP_EXPIRY: must be at least ORISUN_PUBSUB_RETENTION (${pubsubRetentionMs} ms), got "${merged.ORISUN_PUBSUB_GROUP_EXPIRY}"`,

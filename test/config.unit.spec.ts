@@ -283,6 +283,7 @@ describe("pub/sub expiry and resource caps", () => {
 
   it.each([
     ["ORISUN_PUBSUB_GROUP_EXPIRY", "never"],
+    ["ORISUN_PUBSUB_GROUP_EXPIRY", "3651d"],
     ["ORISUN_MAX_BOUNDARIES", "0"],
     ["ORISUN_MAX_GROUPS", "many"],
     ["ORISUN_MAX_SUBSCRIPTIONS_PER_CONNECTION", "0"],

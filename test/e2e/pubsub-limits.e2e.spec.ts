@@ -12,6 +12,8 @@ import { type SpawnedServer, spawnServer } from "../support/spawn-server.js";
 
 const encoder = new TextEncoder();
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** For a stream that must be refused: one that is not ends with DEADLINE_EXCEEDED instead. */
+const BOUNDED = { timeoutMs: 15_000 };
 
 async function failure(promise: Promise<unknown>): Promise<ConnectError> {
   try {
@@ -101,7 +103,10 @@ async function member(
     await publisher.publishToPubSub({ subject, id, data: encoder.encode("x") });
     await sleep(100);
   }
-  const result = await first;
+  const result = await Promise.race([
+    first,
+    sleep(5_000).then(() => Promise.reject(new Error("no message reached the member"))),
+  ]);
   if (result.done) throw new Error("the stream ended before its first message");
   return iterator;
 }
@@ -214,7 +219,7 @@ describe("resource caps, each reached", () => {
       createClient(
         EventStore,
         createGrpcTransport({ baseUrl: server?.url ?? "" }),
-      ).subscribeToPubSub({ subject: "groups", consumerName: "group_c" }),
+      ).subscribeToPubSub({ subject: "groups", consumerName: "group_c" }, BOUNDED),
     );
     expect(Code[error.code]).toBe("ResourceExhausted");
     expect(error.rawMessage).toMatch(/ORISUN_MAX_GROUPS \(2\)/);
@@ -260,14 +265,14 @@ describe("subscription caps, each reached", () => {
       [Symbol.asyncIterator]();
     expect((await events.next()).done).toBe(false);
     const perConnection = await streamError(
-      createClient(EventStore, one).subscribeToEvents({ boundary: "second" }),
+      createClient(EventStore, one).subscribeToEvents({ boundary: "second" }, BOUNDED),
     );
     expect(Code[perConnection.code]).toBe("ResourceExhausted");
     expect(perConnection.rawMessage).toMatch(/ORISUN_MAX_SUBSCRIPTIONS_PER_CONNECTION \(2\)/);
     // Another connection takes the server's third and last slot.
     await member(two, publisher, "slots", "", abortB.signal);
     const total = await streamError(
-      createClient(EventStore, two).subscribeToPubSub({ subject: "slots" }),
+      createClient(EventStore, two).subscribeToPubSub({ subject: "slots" }, BOUNDED),
     );
     expect(Code[total.code]).toBe("ResourceExhausted");
     expect(total.rawMessage).toMatch(/ORISUN_MAX_SUBSCRIPTIONS \(3\)/);
