@@ -3,12 +3,15 @@ import { cors as connectCors, createContextValues } from "@connectrpc/connect";
 import { fastifyConnectPlugin } from "@connectrpc/connect-fastify";
 import cors from "@fastify/cors";
 import Fastify, { type FastifyBaseLogger } from "fastify";
+import { Admin } from "../gen/orisun/v1/admin_pb.js";
 import { EventStore } from "../gen/orisun/v1/eventstore_pb.js";
+import { adminHandlers } from "./api/admin-handlers.js";
 import type { ApiDeps } from "./api/deps.js";
 import { errorInterceptor, kRequestId, kRequestLog } from "./api/errors.js";
 import { pubsubHandler } from "./api/pubsub-handler.js";
 import { storeHandlers } from "./api/store-handlers.js";
 import { subscribeHandler } from "./api/subscribe-handler.js";
+import { connectionOf, kConnection, SubscriptionSlots } from "./api/subscription-slots.js";
 import { LiveFeeds } from "./broker/feed.js";
 import { connectNats } from "./broker/jetstream.js";
 import { JetStreamPublisher } from "./broker/jetstream-publisher.js";
@@ -64,6 +67,7 @@ export async function startApp(config: Config): Promise<RunningApp> {
       maxEvents: config.limits.maxEventsPerSave,
       maxBytes: config.limits.maxRequestBytes * 2,
     },
+    maxBoundaries: config.maxBoundaries,
   });
 
   // With NATS: committed events travel through JetStream (one elected publisher per boundary),
@@ -73,6 +77,8 @@ export async function startApp(config: Config): Promise<RunningApp> {
   const pubsubOptions = {
     retentionMs: config.pubsubRetentionMs,
     dedupeWindowMs: config.pubsubDedupeWindowMs,
+    groupExpiryMs: config.pubsubGroupExpiryMs,
+    maxGroups: config.maxGroups,
   };
   const nats = config.natsUrl ? await connectNats(config.natsUrl, app.log) : undefined;
   const publisher = nats
@@ -96,6 +102,10 @@ export async function startApp(config: Config): Promise<RunningApp> {
   };
   const subscribeDeps = { ...deps, feeds, subscription: SUBSCRIPTION_LIMITS };
   const pubsubDeps = { ...deps, pubsub, maxMessageBytes: config.limits.maxMessageBytes };
+  const subscriptionSlots = new SubscriptionSlots({
+    perConnection: config.maxSubscriptionsPerConnection,
+    total: config.maxSubscriptions,
+  });
 
   if (config.corsOrigins.length > 0) {
     await app.register(cors, {
@@ -107,16 +117,21 @@ export async function startApp(config: Config): Promise<RunningApp> {
     });
   }
   await app.register(fastifyConnectPlugin, {
-    routes: (router) =>
+    routes: (router) => {
       router.service(EventStore, {
         ...storeHandlers(deps),
         ...subscribeHandler(subscribeDeps),
         ...pubsubHandler(pubsubDeps),
-      }),
-    interceptors: [errorInterceptor],
+      });
+      router.service(Admin, adminHandlers({ pubsub }));
+    },
+    interceptors: [errorInterceptor, subscriptionSlots.interceptor],
     readMaxBytes: config.limits.maxRequestBytes,
     contextValues: (req) =>
-      createContextValues().set(kRequestLog, req.log).set(kRequestId, String(req.id)),
+      createContextValues()
+        .set(kRequestLog, req.log)
+        .set(kRequestId, String(req.id))
+        .set(kConnection, connectionOf(req.raw)),
   });
   await registerConsole(app, { boundaries: config.boundaries });
   app.get("/healthz", async () => ({ status: "ok" }));

@@ -19,6 +19,13 @@ export interface Config {
   readonly corsOrigins: readonly string[];
   readonly pubsubRetentionMs: number;
   readonly pubsubDedupeWindowMs: number;
+  /** A durable group with no member for this long is deleted with its waiting messages. */
+  readonly pubsubGroupExpiryMs: number;
+  /** Caps on what clients create on demand; beyond each, RESOURCE_EXHAUSTED naming its variable. */
+  readonly maxBoundaries: number;
+  readonly maxGroups: number;
+  readonly maxSubscriptionsPerConnection: number;
+  readonly maxSubscriptions: number;
   readonly logLevel: string;
   readonly limits: Limits;
 }
@@ -180,6 +187,23 @@ export function loadConfig(
     );
   }
   const MiB = 1024 * 1024;
+  const pubsubRetentionMs = duration(merged, "ORISUN_PUBSUB_RETENTION", 86_400_000);
+  // Below the retention, a member returning within it would miss messages its group had kept.
+  const pubsubGroupExpiryMs = duration(
+    merged,
+    "ORISUN_PUBSUB_GROUP_EXPIRY",
+    Math.max(7 * 86_400_000, pubsubRetentionMs),
+  );
+  if (pubsubGroupExpiryMs > 3650 * 86_400_000) {
+    throw new ConfigError(
+      `ORISUN_PUBSUB_GROUP_EXPIRY: must be at most 3650d (as must ORISUN_PUBSUB_RETENTION, its lower bound), got ${pubsubGroupExpiryMs / 86_400_000} days`,
+    );
+  }
+  if (pubsubGroupExpiryMs < pubsubRetentionMs) {
+    throw new ConfigError(
+      `ORISUN_PUBSUB_GROUP_EXPIRY: must be at least ORISUN_PUBSUB_RETENTION (${pubsubRetentionMs} ms), got "${merged.ORISUN_PUBSUB_GROUP_EXPIRY}"`,
+    );
+  }
   return {
     port: integer(merged, "ORISUN_PORT", 50051, 0, 65535),
     host: merged.ORISUN_HOST ?? "0.0.0.0",
@@ -194,8 +218,19 @@ export function loadConfig(
         : { cert: readPem("ORISUN_TLS_CERT", cert), key: readPem("ORISUN_TLS_KEY", key) },
     boundaries,
     corsOrigins: list(merged, "ORISUN_CORS_ORIGINS") ?? [],
-    pubsubRetentionMs: duration(merged, "ORISUN_PUBSUB_RETENTION", 86_400_000),
+    pubsubRetentionMs,
     pubsubDedupeWindowMs: duration(merged, "ORISUN_PUBSUB_DEDUPE_WINDOW", 120_000),
+    pubsubGroupExpiryMs,
+    maxBoundaries: integer(merged, "ORISUN_MAX_BOUNDARIES", 10_000, 1, 10_000_000),
+    maxGroups: integer(merged, "ORISUN_MAX_GROUPS", 1_000, 1, 100_000),
+    maxSubscriptionsPerConnection: integer(
+      merged,
+      "ORISUN_MAX_SUBSCRIPTIONS_PER_CONNECTION",
+      100,
+      1,
+      100_000,
+    ),
+    maxSubscriptions: integer(merged, "ORISUN_MAX_SUBSCRIPTIONS", 10_000, 1, 1_000_000),
     logLevel,
     limits: {
       maxEventsPerSave: integer(merged, "ORISUN_MAX_EVENTS_PER_SAVE", 10_000, 1, 1_000_000),

@@ -242,3 +242,53 @@ describe("YAML file", () => {
     expect(configPathFromArgs([])).toBeUndefined();
   });
 });
+
+describe("pub/sub expiry and resource caps", () => {
+  it("has the documented defaults", () => {
+    const c = loadConfig({}, []);
+    expect(c.pubsubGroupExpiryMs).toBe(7 * 86_400_000);
+    expect(c.maxBoundaries).toBe(10_000);
+    expect(c.maxGroups).toBe(1_000);
+    expect(c.maxSubscriptionsPerConnection).toBe(100);
+    expect(c.maxSubscriptions).toBe(10_000);
+  });
+
+  it("reads each variable", () => {
+    const c = loadConfig(
+      {
+        ORISUN_PUBSUB_GROUP_EXPIRY: "30d",
+        ORISUN_MAX_BOUNDARIES: "5",
+        ORISUN_MAX_GROUPS: "6",
+        ORISUN_MAX_SUBSCRIPTIONS_PER_CONNECTION: "7",
+        ORISUN_MAX_SUBSCRIPTIONS: "8",
+      },
+      [],
+    );
+    expect(c.pubsubGroupExpiryMs).toBe(30 * 86_400_000);
+    expect(c.maxBoundaries).toBe(5);
+    expect(c.maxGroups).toBe(6);
+    expect(c.maxSubscriptionsPerConnection).toBe(7);
+    expect(c.maxSubscriptions).toBe(8);
+  });
+
+  it("keeps groups at least as long as the retention: the default follows it, less is refused", () => {
+    expect(loadConfig({ ORISUN_PUBSUB_RETENTION: "10d" }, []).pubsubGroupExpiryMs).toBe(
+      10 * 86_400_000,
+    );
+    const short = { ORISUN_PUBSUB_RETENTION: "2s", ORISUN_PUBSUB_GROUP_EXPIRY: "2s" };
+    expect(loadConfig(short, []).pubsubGroupExpiryMs).toBe(2_000);
+    const error = rejects({ ORISUN_PUBSUB_GROUP_EXPIRY: "1h" }, "ORISUN_PUBSUB_GROUP_EXPIRY");
+    expect(error.message).toContain("ORISUN_PUBSUB_RETENTION");
+  });
+
+  it.each([
+    ["ORISUN_PUBSUB_GROUP_EXPIRY", "never"],
+    ["ORISUN_PUBSUB_GROUP_EXPIRY", "3651d"],
+    ["ORISUN_MAX_BOUNDARIES", "0"],
+    ["ORISUN_MAX_GROUPS", "many"],
+    ["ORISUN_MAX_SUBSCRIPTIONS_PER_CONNECTION", "0"],
+    ["ORISUN_MAX_SUBSCRIPTIONS", "-1"],
+  ])("rejects %s=%s naming it", (name, value) => {
+    rejects({ [name]: value }, name);
+  });
+});

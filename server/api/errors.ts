@@ -12,6 +12,8 @@ const CODES: Record<StoreErrorKind, Code> = {
   condition_failed: Code.Aborted,
   already_exists: Code.AlreadyExists,
   unavailable: Code.Unavailable,
+  not_found: Code.NotFound,
+  limit_reached: Code.ResourceExhausted,
   internal: Code.Internal,
 };
 

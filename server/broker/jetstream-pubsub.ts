@@ -18,7 +18,17 @@ import {
 } from "@nats-io/jetstream";
 import { type NatsConnection, nanos, RequestError } from "@nats-io/transport-node";
 import { StoreError } from "../store/errors.js";
-import { type PubSub, type PubSubMessage, type Subscription, subjectMismatch } from "./pubsub.js";
+import {
+  DEFAULT_GROUP_EXPIRY_MS,
+  DEFAULT_MAX_GROUPS,
+  groupDeleted,
+  groupNotFound,
+  type PubSub,
+  type PubSubMessage,
+  type Subscription,
+  subjectMismatch,
+  tooManyGroups,
+} from "./pubsub.js";
 
 export interface JetStreamPubSubOptions {
   /** Keeps deployments (and test runs) sharing one NATS apart; sanitised to [A-Za-z0-9_]. */
@@ -33,6 +43,17 @@ export interface JetStreamPubSubOptions {
   readonly requestTimeoutMs?: number;
   /** How long an abandoned private consumer (its process died) outlives its last pull. Default 60 s. */
   readonly privateInactiveMs?: number;
+  /**
+   * A group without members for this long is deleted with its messages: its consumer's
+   * inactive_threshold (members' pulls keep it active). Default 7 days.
+   */
+  readonly groupExpiryMs?: number;
+  /**
+   * Most groups (durable consumers) on the stream; a new one beyond is StoreError
+   * "limit_reached". Checked before creating: processes creating groups at the same moment may
+   * each pass, so the count can exceed it by the creations racing in other processes. Default 1,000.
+   */
+  readonly maxGroups?: number;
 }
 
 /**
@@ -50,6 +71,8 @@ export class JetStreamPubSub implements PubSub {
   private readonly timeout: number;
   private manager: Promise<JetStreamManager> | undefined;
   private readonly members = new Set<JetStreamMember>();
+  /** Group creations of this process, one at a time, so that the cap holds within it exactly. */
+  private creating: Promise<unknown> = Promise.resolve();
   private closed = false;
 
   constructor(
@@ -99,6 +122,7 @@ export class JetStreamPubSub implements PubSub {
       group: consumerName,
       acks: durable,
       keepAliveMs: Math.max(1_000, Math.floor(this.ackWaitMs / 3)),
+      deleted: () => this.isDeleted(consumerName),
       cleanup: async () => {
         unlisten();
         this.members.delete(member);
@@ -120,6 +144,20 @@ export class JetStreamPubSub implements PubSub {
     return { [Symbol.asyncIterator]: () => member };
   }
 
+  async deleteGroup(consumerName: string): Promise<void> {
+    this.checkOpen();
+    await guard("delete the consumer group", () =>
+      this.withStream(async (jsm) => {
+        // Private subscriptions' consumers have names too, but no durable name.
+        const info = await consumerInfo(jsm, this.stream, consumerName);
+        if (!info?.config.durable_name) throw groupNotFound(consumerName);
+        await jsm.consumers.delete(this.stream, consumerName).catch((error: unknown) => {
+          throw isConsumerMissing(error) ? groupNotFound(consumerName) : error;
+        });
+      }),
+    );
+  }
+
   async close(): Promise<void> {
     this.closed = true;
     await Promise.all([...this.members].map((m) => m.end()));
@@ -127,27 +165,63 @@ export class JetStreamPubSub implements PubSub {
 
   /** The group's durable consumer, created on first use from the messages published from then on. */
   private async group(jsm: JetStreamManager, name: string, filter: string): Promise<ConsumerInfo> {
-    const existing = await jsm.consumers.info(this.stream, name).catch((error: unknown) => {
-      if (error instanceof JetStreamApiError && error.code === JetStreamApiCodes.ConsumerNotFound) {
-        return undefined;
-      }
-      throw error;
-    });
-    if (existing === undefined) {
+    const existing = await consumerInfo(jsm, this.stream, name);
+    if (existing !== undefined) return this.joinable(jsm, existing, name, filter);
+    const creation = this.creating.then(async () => {
+      const raced = await consumerInfo(jsm, this.stream, name);
+      if (raced !== undefined) return this.joinable(jsm, raced, name, filter);
+      const max = this.options.maxGroups ?? DEFAULT_MAX_GROUPS;
+      if ((await this.countGroups(jsm)) >= max) throw tooManyGroups(max);
       return jsm.consumers.add(this.stream, {
         durable_name: name,
         ack_policy: AckPolicy.Explicit,
         deliver_policy: DeliverPolicy.New,
         filter_subject: filter,
         ack_wait: nanos(this.ackWaitMs),
+        inactive_threshold: this.groupExpiry(),
         // Members are fed one message at a time; room for many members pulling at once.
         max_waiting: 1024,
         max_ack_pending: -1,
       });
-    }
-    const current = existing.config.filter_subject ?? "";
+    });
+    this.creating = creation.catch(() => {});
+    return creation;
+  }
+
+  /** An existing group, for a member asking with `filter`; groups of older versions get the expiry. */
+  private async joinable(
+    jsm: JetStreamManager,
+    info: ConsumerInfo,
+    name: string,
+    filter: string,
+  ): Promise<ConsumerInfo> {
+    const current = info.config.filter_subject ?? "";
     if (current !== filter) throw subjectMismatch(name, current.slice(this.prefix.length + 1));
-    return existing;
+    const expiry = this.groupExpiry();
+    if (info.config.inactive_threshold === expiry) return info;
+    return jsm.consumers.update(this.stream, name, { inactive_threshold: expiry });
+  }
+
+  private groupExpiry(): number {
+    return nanos(this.options.groupExpiryMs ?? DEFAULT_GROUP_EXPIRY_MS);
+  }
+
+  private async countGroups(jsm: JetStreamManager): Promise<number> {
+    let n = 0;
+    for await (const info of jsm.consumers.list(this.stream)) if (info.config.durable_name) n++;
+    return n;
+  }
+
+  /** Whether a group whose members' pulls failed was deleted while its stream lives on. */
+  private async isDeleted(name: string): Promise<boolean> {
+    if (name === "" || this.manager === undefined) return false;
+    try {
+      await (await this.manager).consumers.info(this.stream, name);
+      return false;
+    } catch (error) {
+      // A deleted stream answers "stream not found": that is not the group's deletion.
+      return isConsumerMissing(error);
+    }
   }
 
   private privateConfig(filter: string): Partial<ConsumerConfig> {
@@ -235,6 +309,21 @@ export class JetStreamPubSub implements PubSub {
   }
 }
 
+async function consumerInfo(
+  jsm: JetStreamManager,
+  stream: string,
+  name: string,
+): Promise<ConsumerInfo | undefined> {
+  return jsm.consumers.info(stream, name).catch((error: unknown) => {
+    if (isConsumerMissing(error)) return undefined;
+    throw error;
+  });
+}
+
+function isConsumerMissing(error: unknown): boolean {
+  return error instanceof JetStreamApiError && error.code === JetStreamApiCodes.ConsumerNotFound;
+}
+
 /** A publish nobody stored (no stream listens), or an API call on a stream that is gone. */
 function isStreamMissing(error: unknown): boolean {
   if (error instanceof JetStreamApiError) return error.code === JetStreamApiCodes.StreamNotFound;
@@ -274,6 +363,8 @@ interface MemberOptions {
   /** False for private subscriptions, whose consumer needs no acknowledgements. */
   readonly acks: boolean;
   readonly keepAliveMs: number;
+  /** Asked when the pulls fail: whether the group was deleted (not the stream, nor NATS gone). */
+  readonly deleted: () => Promise<boolean>;
   readonly cleanup: () => Promise<void>;
 }
 
@@ -304,13 +395,13 @@ class JetStreamMember implements AsyncIterator<PubSubMessage> {
       result = await this.iterator.next();
     } catch (error) {
       await this.end();
-      throw this.gone(error);
+      throw await this.gone(error);
     }
     if (result.done) {
       // Not our own end: the connection closed for good.
       if (this.ending === undefined) {
         await this.end();
-        throw this.gone(undefined);
+        throw await this.gone(undefined);
       }
       // Ended by us: return once the consumer is cleaned up, so that the caller sees it gone.
       await this.ending;
@@ -363,7 +454,8 @@ class JetStreamMember implements AsyncIterator<PubSubMessage> {
     else m?.nak();
   }
 
-  private gone(cause: unknown): StoreError {
+  private async gone(cause: unknown): Promise<StoreError> {
+    if (await this.options.deleted()) return groupDeleted(this.options.group);
     const what =
       this.options.group === ""
         ? "the private subscription's consumer"

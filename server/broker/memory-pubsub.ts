@@ -1,10 +1,15 @@
 import { StoreError } from "../store/errors.js";
 import {
+  DEFAULT_GROUP_EXPIRY_MS,
+  DEFAULT_MAX_GROUPS,
+  groupDeleted,
+  groupNotFound,
   type PubSub,
   type PubSubMessage,
   type Subscription,
   subjectMatches,
   subjectMismatch,
+  tooManyGroups,
 } from "./pubsub.js";
 
 export interface MemoryPubSubOptions {
@@ -16,6 +21,10 @@ export interface MemoryPubSubOptions {
   readonly maxBufferedMessages?: number;
   /** Per group: beyond this many waiting bytes the oldest are dropped. Default 64 MiB. */
   readonly maxBufferedBytes?: number;
+  /** A named group without members for this long is deleted with its messages. Default 7 days. */
+  readonly groupExpiryMs?: number;
+  /** Most named groups at once; a new one beyond is StoreError "limit_reached". Default 1,000. */
+  readonly maxGroups?: number;
 }
 
 interface Entry {
@@ -31,7 +40,7 @@ interface Caps {
 
 /**
  * The embedded broker: the semantics of the JetStream one within a single process. A named group
- * lives (and buffers while it has no member) for the life of the process.
+ * buffers while it has no member, until it has had none for the expiry (or the process ends).
  */
 export class MemoryPubSub implements PubSub {
   private readonly groups = new Map<string, Group>();
@@ -75,16 +84,16 @@ export class MemoryPubSub implements PubSub {
       group = new Group(subject, false, this.caps);
       this.privates.add(group);
     } else {
-      const existing = this.groups.get(consumerName);
-      if (existing && existing.subject !== subject)
-        throw subjectMismatch(consumerName, existing.subject);
-      group = existing ?? new Group(subject, true, this.caps);
-      this.groups.set(consumerName, group);
+      group = this.namedGroup(consumerName, subject);
     }
     const member = new Member(group, () => {
       if (!group.durable) this.privates.delete(group);
+      else if (group.members.size === 0 && this.groups.get(consumerName) === group) {
+        this.expireLater(consumerName, group);
+      }
     });
     group.members.add(member);
+    clearTimeout(group.expiry);
     if (signal.aborted) member.end();
     else {
       const onAbort = () => member.end();
@@ -94,14 +103,60 @@ export class MemoryPubSub implements PubSub {
     return { [Symbol.asyncIterator]: () => member };
   }
 
+  async deleteGroup(consumerName: string): Promise<void> {
+    this.checkOpen();
+    const group = this.groups.get(consumerName);
+    if (group === undefined) throw groupNotFound(consumerName);
+    this.groups.delete(consumerName);
+    clearTimeout(group.expiry);
+    const error = groupDeleted(consumerName);
+    for (const member of [...group.members]) member.end(error);
+  }
+
+  /** The names of the named groups, in order of creation. */
+  groupNames(): string[] {
+    return [...this.groups.keys()];
+  }
+
   async close(): Promise<void> {
     this.closed = true;
-    for (const group of [...this.groups.values(), ...this.privates]) {
-      for (const member of [...group.members]) member.end();
-    }
+    const groups = [...this.groups.values(), ...this.privates];
     this.groups.clear();
     this.privates.clear();
+    for (const group of groups) {
+      clearTimeout(group.expiry);
+      for (const member of [...group.members]) member.end();
+    }
     this.seen.clear();
+  }
+
+  private namedGroup(name: string, subject: string): Group {
+    const existing = this.groups.get(name);
+    if (existing) {
+      if (existing.subject !== subject) throw subjectMismatch(name, existing.subject);
+      return existing;
+    }
+    const max = this.options.maxGroups ?? DEFAULT_MAX_GROUPS;
+    if (this.groups.size >= max) throw tooManyGroups(max);
+    const group = new Group(subject, true, this.caps);
+    this.groups.set(name, group);
+    return group;
+  }
+
+  /** Deletes the group once it has had no member for the expiry; a member joining stops that. */
+  private expireLater(name: string, group: Group): void {
+    const expiryMs = this.options.groupExpiryMs ?? DEFAULT_GROUP_EXPIRY_MS;
+    const deadline = Date.now() + expiryMs;
+    const check = () => {
+      const left = deadline - Date.now();
+      // Timers fire at most ~24.8 days ahead: a longer expiry takes several.
+      if (left > 0) group.expiry = setTimeout(check, Math.min(left, MAX_TIMER_MS)).unref();
+      else if (group.members.size === 0 && this.groups.get(name) === group) {
+        this.groups.delete(name);
+      }
+    };
+    clearTimeout(group.expiry);
+    group.expiry = setTimeout(check, Math.min(expiryMs, MAX_TIMER_MS)).unref();
   }
 
   private checkOpen(): void {
@@ -109,9 +164,14 @@ export class MemoryPubSub implements PubSub {
   }
 }
 
+/** The longest delay setTimeout takes (2^31 - 1 ms); longer ones fire at once. */
+const MAX_TIMER_MS = 2_147_483_647;
+
 /** A group's waiting messages and members; invariant: `queue` is empty or no member waits. */
 class Group {
   readonly members = new Set<Member>();
+  /** Runs while a named group has no member; it deletes the group at the expiry. */
+  expiry: NodeJS.Timeout | undefined;
   private readonly waiting: Member[] = [];
   /** Taken slots before `head` are cleared so that their messages can be collected. */
   private queue: (Entry | undefined)[] = [];
@@ -195,8 +255,15 @@ const DONE: IteratorResult<PubSubMessage> = { done: true, value: undefined };
 class Member implements AsyncIterator<PubSubMessage> {
   readonly onEnd: (() => void)[] = [];
   private unacked: Entry | undefined;
-  private wake: ((result: IteratorResult<PubSubMessage>) => void) | undefined;
+  private wake:
+    | {
+        resolve: (result: IteratorResult<PubSubMessage>) => void;
+        reject: (error: StoreError) => void;
+      }
+    | undefined;
   private ended = false;
+  /** Why the subscription ended, when not by its own choice. */
+  private failure: StoreError | undefined;
 
   constructor(
     private readonly group: Group,
@@ -207,14 +274,17 @@ class Member implements AsyncIterator<PubSubMessage> {
 
   async next(): Promise<IteratorResult<PubSubMessage>> {
     this.unacked = undefined;
-    if (this.ended) return DONE;
+    if (this.ended) {
+      if (this.failure) throw this.failure;
+      return DONE;
+    }
     const entry = this.group.take();
     if (entry) {
       this.unacked = entry;
       return { done: false, value: entry.message };
     }
-    return new Promise((resolve) => {
-      this.wake = resolve;
+    return new Promise((resolve, reject) => {
+      this.wake = { resolve, reject };
       this.group.wait(this);
     });
   }
@@ -228,17 +298,20 @@ class Member implements AsyncIterator<PubSubMessage> {
     const wake = this.wake;
     this.wake = undefined;
     this.unacked = entry;
-    wake?.({ done: false, value: entry.message });
+    wake?.resolve({ done: false, value: entry.message });
   }
 
-  end(): void {
+  /** Ends the subscription; with `failure`, its iteration throws that instead of finishing. */
+  end(failure?: StoreError): void {
     if (this.ended) return;
     this.ended = true;
+    this.failure = failure;
     this.group.leave(this);
     const unacked = this.unacked;
     this.unacked = undefined;
     if (unacked && this.group.durable) this.group.giveBack(unacked);
-    this.wake?.(DONE);
+    if (failure) this.wake?.reject(failure);
+    else this.wake?.resolve(DONE);
     this.wake = undefined;
     for (const f of this.onEnd) f();
   }

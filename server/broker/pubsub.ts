@@ -34,6 +34,11 @@ export interface PubSub {
    * The subscription ends when `signal` aborts or the broker closes.
    */
   subscribe(subject: string, consumerName: string, signal: AbortSignal): Promise<Subscription>;
+  /**
+   * Deletes the named group with the messages waiting for it; its members' subscriptions end
+   * with StoreError "not_found" (groupDeleted). An unknown name is StoreError "not_found".
+   */
+  deleteGroup(consumerName: string): Promise<void>;
   /** Ends every subscription; later calls fail with StoreError "unavailable". */
   close(): Promise<void>;
 }
@@ -128,6 +133,42 @@ export function validateMessageId(id: string, field = "id"): string {
   if (/\p{Cc}/u.test(id)) throw invalid(field, "must not contain control characters");
   if (id !== id.trim()) throw invalid(field, "must not start or end with whitespace");
   return id;
+}
+
+/** A group's name for DeleteGroup: a private subscription has none, so it must not be empty. */
+export function validateGroupName(name: string, field = "consumer_name"): string {
+  if (name === "") throw invalid(field, "must name a consumer group");
+  return validateConsumerName(name, field);
+}
+
+/** Durable groups kept per deployment unless configured otherwise (ORISUN_MAX_GROUPS). */
+export const DEFAULT_MAX_GROUPS = 1_000;
+/** How long a group without members is kept unless configured (ORISUN_PUBSUB_GROUP_EXPIRY). */
+export const DEFAULT_GROUP_EXPIRY_MS = 7 * 86_400_000;
+
+export function groupNotFound(name: string): StoreError {
+  return new StoreError(
+    "not_found",
+    `no consumer group "${name}" (never made, deleted, or expired after its last member left)`,
+    "consumer_name",
+  );
+}
+
+/** How a member's subscription ends when its group is deleted. */
+export function groupDeleted(name: string): StoreError {
+  return new StoreError(
+    "not_found",
+    `consumer group "${name}" was deleted; subscribing again makes a new, empty group`,
+    "consumer_name",
+  );
+}
+
+export function tooManyGroups(max: number): StoreError {
+  return new StoreError(
+    "limit_reached",
+    `the deployment has reached ORISUN_MAX_GROUPS (${max}) consumer groups; join an existing group, use a private subscription (empty consumer_name), or delete a group`,
+    "consumer_name",
+  );
 }
 
 /** The answer to a member asking for an existing group with another subject. */

@@ -8,6 +8,8 @@ export type StoreErrorKind =
   | "condition_failed" // a DCB condition found a matching event after its marker
   | "already_exists" // event ids already stored by another request, or a taken name
   | "unavailable" // a dependency (PostgreSQL, NATS) cannot be reached right now
+  | "not_found" // the named thing (a consumer group) does not exist, or no longer
+  | "limit_reached" // a resource cap set by an ORISUN_MAX_* setting; the message names it
   | "internal";
 
 export class StoreError extends Error {

@@ -1,5 +1,6 @@
 import { randomUUID } from "node:crypto";
 import { Appender, type CommitListener, type GroupCommitLimits } from "./append.js";
+import { BoundaryCap, DEFAULT_MAX_BOUNDARIES } from "./boundary-cap.js";
 import { CommitSignals } from "./commit-signals.js";
 import { type DatabaseOptions, type OpenDatabase, openDatabase } from "./database.js";
 import { databaseError } from "./database-errors.js";
@@ -16,6 +17,8 @@ export interface EventStoreOptions extends DatabaseOptions {
   readonly statistics?: StatisticsOptions;
   /** Errors of that background ANALYZE; the next append past the threshold retries. */
   readonly onStatisticsError?: (error: Error) => void;
+  /** Most boundaries the deployment may have (ORISUN_MAX_BOUNDARIES). Default 10,000. */
+  readonly maxBoundaries?: number;
 }
 
 /** The store's whole surface: append with DCB conditions, read, and hear about commits. */
@@ -23,6 +26,7 @@ export class EventStore {
   private readonly listeners = new Set<CommitListener>();
   private readonly appender: Appender;
   private readonly statistics: Statistics;
+  private readonly boundaries: BoundaryCap;
   /** Commits of every process, as hints for those who follow the log. */
   readonly signals: CommitSignals;
   /** Locks exclusive across every process on this database. */
@@ -46,6 +50,11 @@ export class EventStore {
       options.onStatisticsError ?? (() => {}),
       options.statistics,
     );
+    this.boundaries = new BoundaryCap(
+      database.db,
+      options.schema,
+      options.maxBoundaries ?? DEFAULT_MAX_BOUNDARIES,
+    );
     this.appender = new Appender(
       database.db,
       options.groupCommit,
@@ -67,6 +76,7 @@ export class EventStore {
 
   /** Appends atomically; resolves to the position of the last event written. */
   async append(request: AppendRequest): Promise<Position> {
+    await this.boundaries.admit(request.boundary);
     const position = await this.appender.append(request);
     this.statistics.grew(request.events.length);
     return position;

@@ -1,0 +1,22 @@
+import { create } from "@bufbuild/protobuf";
+import { EmptySchema } from "@bufbuild/protobuf/wkt";
+import type { ServiceImpl } from "@connectrpc/connect";
+import type { Admin, DeleteGroupRequest } from "../../gen/orisun/v1/admin_pb.js";
+import { type PubSub, validateGroupName } from "../broker/pubsub.js";
+
+export interface AdminDeps {
+  readonly pubsub: PubSub;
+}
+
+/**
+ * The Admin service. Open to every caller until authentication exists; from then on it needs
+ * the admin role (see API.md).
+ */
+export function adminHandlers(deps: AdminDeps): ServiceImpl<typeof Admin> {
+  return {
+    async deleteGroup(request: DeleteGroupRequest) {
+      await deps.pubsub.deleteGroup(validateGroupName(request.consumerName));
+      return create(EmptySchema);
+    },
+  };
+}

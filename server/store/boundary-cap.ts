@@ -1,0 +1,60 @@
+import { type Kysely, sql } from "kysely";
+import { databaseError } from "./database-errors.js";
+import { StoreError } from "./errors.js";
+import type { Database } from "./schema.js";
+
+/** Boundaries a deployment may have unless configured otherwise (ORISUN_MAX_BOUNDARIES). */
+export const DEFAULT_MAX_BOUNDARIES = 10_000;
+
+/**
+ * Holds the number of boundaries of a deployment to a cap. A boundary is made by its first
+ * write; before that write, this makes its row in a transaction of its own that counts the rows
+ * under an advisory lock, so that creations from every process on the database take turns and
+ * the cap holds exactly. Only creations pay for it: names seen to exist are remembered (at most
+ * the cap of them), so later writes cost nothing.
+ */
+export class BoundaryCap {
+  private readonly known = new Set<string>();
+
+  constructor(
+    private readonly db: Kysely<Database>,
+    private readonly schema: string,
+    private readonly max: number,
+  ) {}
+
+  /** Resolves once `boundary` exists; StoreError "limit_reached" when it would be one too many. */
+  async admit(boundary: string): Promise<void> {
+    if (this.known.has(boundary)) return;
+    try {
+      await this.db.transaction().execute(async (trx) => {
+        const existing = await trx
+          .selectFrom("orisun_boundaries")
+          .select("name")
+          .where("name", "=", boundary)
+          .executeTakeFirst();
+        if (existing) return;
+        await sql`SELECT pg_advisory_xact_lock(hashtext(${`orisun_boundaries:${this.schema}`}))`.execute(
+          trx,
+        );
+        // A statement of its own after the lock: its snapshot holds every earlier creation.
+        const { rows } = await sql<{ n: string; present: boolean | null }>`
+          SELECT count(*)::text AS n, bool_or(name = ${boundary}) AS present
+          FROM orisun_boundaries`.execute(trx);
+        const count = Number(rows[0]?.n ?? 0);
+        if (rows[0]?.present) return;
+        if (count >= this.max) {
+          throw new StoreError(
+            "limit_reached",
+            `"${boundary}" would be a new boundary, and the deployment has reached ORISUN_MAX_BOUNDARIES (${this.max}) boundaries; write to an existing boundary`,
+            "boundary",
+          );
+        }
+        await sql`INSERT INTO orisun_boundaries (name) VALUES (${boundary})
+          ON CONFLICT (name) DO NOTHING`.execute(trx);
+      });
+    } catch (error) {
+      throw databaseError(error);
+    }
+    this.known.add(boundary);
+  }
+}
