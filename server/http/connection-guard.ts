@@ -8,19 +8,35 @@ const TCP_KEEPALIVE_MS = 30_000;
 
 const WARN_EVERY_MS = 10_000;
 
-/** One warning per interval at most, carrying how many were held back: a flood must not flood the log. */
+/**
+ * One warning per interval at most: a flood must not flood the log. What was held back is
+ * counted in one line at the end of the interval.
+ */
 export function rateLimited(warn: Warn): Warn {
-  let last = 0;
+  let window: NodeJS.Timeout | undefined;
   let heldBack = 0;
-  return (fields, message) => {
-    const now = Date.now();
-    if (now - last < WARN_EVERY_MS) {
-      heldBack++;
+  let last: { fields: Record<string, unknown>; message: string } | undefined;
+  const close = () => {
+    if (heldBack === 0 || last === undefined) {
+      window = undefined;
       return;
     }
-    last = now;
-    warn({ ...fields, heldBack }, message);
+    warn({ ...last.fields, heldBack }, `${last.message} (and ${heldBack} more like it)`);
     heldBack = 0;
+    open();
+  };
+  const open = () => {
+    window = setTimeout(close, WARN_EVERY_MS);
+    window.unref();
+  };
+  return (fields, message) => {
+    if (window !== undefined) {
+      heldBack++;
+      last = { fields, message };
+      return;
+    }
+    warn(fields, message);
+    open();
   };
 }
 
