@@ -149,8 +149,8 @@ export function createOnePort(
   // closeIdleConnections only knows connections of a server that listens itself.)
   const h1Busy = new Map<Socket, number>();
   let draining = false;
-  // A quiet subscription must outlive any request timeout: the client cancels it. Node's
-  // requestTimeout would also cover a request whose body is still arriving, so it stays off.
+  // A quiet subscription must outlive any request timeout: the client cancels it. Idle means no
+  // request in flight, so the keep-alive timeout never cuts one.
   const h1 = http.createServer(
     {
       requestTimeout: 0,
