@@ -50,7 +50,9 @@ export async function startApp(config: Config): Promise<RunningApp> {
       return typeof given === "string" && /^[\w.-]{1,64}$/.test(given) ? given : randomUUID();
     },
     serverFactory: (handler) => {
-      onePort = createOnePort(handler, config.tls);
+      onePort = createOnePort(handler, config.tls, config.connections, (fields, message) =>
+        app.log.warn(fields, message),
+      );
       return onePort.server as unknown as import("node:http").Server;
     },
   });

@@ -28,6 +28,7 @@ export interface Config {
   readonly maxSubscriptions: number;
   readonly logLevel: string;
   readonly limits: Limits;
+  readonly connections: ConnectionLimits;
 }
 
 export interface Limits {
@@ -38,6 +39,19 @@ export interface Limits {
   readonly maxRequestBytes: number;
   readonly maxCriteria: number;
   readonly maxMessageBytes: number;
+}
+
+/** How long a client may hold a connection without using it, and how many it may hold. */
+export interface ConnectionLimits {
+  /** From accept to the first bytes routed (cleartext) or the TLS handshake done. */
+  readonly handshakeTimeoutMs: number;
+  /** From the first byte of an HTTP/1.1 request to the end of its headers. */
+  readonly headersTimeoutMs: number;
+  /** A connection with no request or stream in flight is closed after this. */
+  readonly idleTimeoutMs: number;
+  readonly maxStreamsPerConnection: number;
+  readonly maxConnectionsPerAddress: number;
+  readonly maxConnections: number;
 }
 
 export class ConfigError extends Error {
@@ -124,6 +138,13 @@ function duration(env: Source, name: string, fallback: number): number {
     throw new ConfigError(`${name}: must be a positive duration like 90s, 2m or 24h, got "${raw}"`);
   }
   return Number(match[1]) * unit;
+}
+
+/** A duration that Node's timers can hold: longer ones would fire at once. */
+function timeout(env: Source, name: string, fallback: number): number {
+  const ms = duration(env, name, fallback);
+  if (ms > 2_147_483_647) throw new ConfigError(`${name}: must be at most 24d, got "${env[name]}"`);
+  return ms;
 }
 
 function list(env: Source, name: string): string[] | undefined {
@@ -240,6 +261,22 @@ export function loadConfig(
       maxRequestBytes: integer(merged, "ORISUN_MAX_REQUEST_BYTES", 4 * MiB, 1024, 1024 * MiB),
       maxCriteria: integer(merged, "ORISUN_MAX_CRITERIA", 100, 1, 10_000),
       maxMessageBytes: integer(merged, "ORISUN_MAX_MESSAGE_BYTES", MiB, 1, 64 * MiB),
+    },
+    connections: {
+      handshakeTimeoutMs: timeout(merged, "ORISUN_HANDSHAKE_TIMEOUT", 10_000),
+      headersTimeoutMs: timeout(merged, "ORISUN_HEADERS_TIMEOUT", 15_000),
+      idleTimeoutMs: timeout(merged, "ORISUN_IDLE_TIMEOUT", 120_000),
+      maxStreamsPerConnection: integer(merged, "ORISUN_MAX_STREAMS_PER_CONNECTION", 100, 1, 10_000),
+      maxConnectionsPerAddress: integer(
+        merged,
+        "ORISUN_MAX_CONNECTIONS_PER_ADDRESS",
+        256,
+        1,
+        1_000_000,
+      ),
+      // Below the common soft limit of 1,024 descriptors, leaving room for the database pool,
+      // NATS and files: past the limit every accept and open fails, not only the extra clients.
+      maxConnections: integer(merged, "ORISUN_MAX_CONNECTIONS", 900, 1, 1_000_000),
     },
   };
 }

@@ -121,6 +121,36 @@ describe("loadConfig environment parsing", () => {
     );
     expect(c.tls).toEqual({ cert: "CERT", key: "KEY" });
   });
+
+  it("reads the connection limits, with their defaults", () => {
+    expect(loadConfig({}, []).connections).toEqual({
+      handshakeTimeoutMs: 10_000,
+      headersTimeoutMs: 15_000,
+      idleTimeoutMs: 120_000,
+      maxStreamsPerConnection: 100,
+      maxConnectionsPerAddress: 256,
+      maxConnections: 900,
+    });
+    const c = loadConfig(
+      {
+        ORISUN_HANDSHAKE_TIMEOUT: "3s",
+        ORISUN_HEADERS_TIMEOUT: "500ms",
+        ORISUN_IDLE_TIMEOUT: "5m",
+        ORISUN_MAX_STREAMS_PER_CONNECTION: "8",
+        ORISUN_MAX_CONNECTIONS_PER_ADDRESS: "16",
+        ORISUN_MAX_CONNECTIONS: "4000",
+      },
+      [],
+    );
+    expect(c.connections).toEqual({
+      handshakeTimeoutMs: 3_000,
+      headersTimeoutMs: 500,
+      idleTimeoutMs: 300_000,
+      maxStreamsPerConnection: 8,
+      maxConnectionsPerAddress: 16,
+      maxConnections: 4000,
+    });
+  });
 });
 
 describe("loadConfig rejects bad values naming the variable", () => {
@@ -153,6 +183,12 @@ describe("loadConfig rejects bad values naming the variable", () => {
     ["ORISUN_MAX_CRITERIA", "x"],
     ["ORISUN_MAX_MESSAGE_BYTES", "-5"],
     ["ORISUN_TLS_CERT", "/nonexistent/cert.pem"],
+    ["ORISUN_HANDSHAKE_TIMEOUT", "0s"],
+    ["ORISUN_HEADERS_TIMEOUT", "15"],
+    ["ORISUN_IDLE_TIMEOUT", "25d"],
+    ["ORISUN_MAX_STREAMS_PER_CONNECTION", "0"],
+    ["ORISUN_MAX_CONNECTIONS_PER_ADDRESS", "many"],
+    ["ORISUN_MAX_CONNECTIONS", "0"],
   ])("%s=%s", (name, value) => {
     const env: Record<string, string> = { [name]: value };
     if (name === "ORISUN_TLS_CERT") env.ORISUN_TLS_KEY = "/nonexistent/key.pem";

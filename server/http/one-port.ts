@@ -4,6 +4,8 @@ import type { Http2ServerRequest, Http2ServerResponse, Http2Session } from "node
 import * as http2 from "node:http2";
 import type { Socket } from "node:net";
 import * as net from "node:net";
+import type { ConnectionLimits } from "../config.js";
+import { ConnectionGuard, rateLimited, type Warn } from "./connection-guard.js";
 
 /** Fastify's request handler; it also serves HTTP/2 compat requests, which lack a few HTTP/1 fields. */
 type Handler = (req: IncomingMessage, res: ServerResponse) => void;
@@ -24,18 +26,40 @@ export interface OnePort {
 }
 
 /**
- * One listening port for every protocol. Without TLS, Node's h2c server cannot take HTTP/1.1, so
- * each new connection is routed by its first bytes: the HTTP/2 preface goes to an HTTP/2 server
- * (gRPC, Connect and gRPC-Web over h2c), anything else to an HTTP/1.1 server (curl, browsers).
- * With TLS, ALPN picks h2 or http/1.1 and Node's secure HTTP/2 server handles both.
+ * One listening port for every protocol. A plain TCP server accepts every connection and admits
+ * it (see ConnectionGuard) before handing it on. Without TLS, Node's h2c server cannot take
+ * HTTP/1.1, so each connection is routed by its first bytes: the HTTP/2 preface goes to an HTTP/2
+ * server (gRPC, Connect and gRPC-Web over h2c), anything else to an HTTP/1.1 server (curl,
+ * browsers). With TLS, ALPN picks h2 or http/1.1 and Node's secure HTTP/2 server handles both.
+ *
+ * Every connection is bounded in time: the handshake deadline until the protocol is known, then
+ * HTTP/1.1's headers timeout per request, and `idleTimeoutMs` while no request or HTTP/2 stream
+ * is in flight. A stream in flight (a subscription, however quiet) keeps its connection open.
  */
 export function createOnePort(
   handler: Handler,
   tls: { cert: string; key: string } | undefined,
+  limits: ConnectionLimits,
+  warn: Warn,
 ): OnePort {
+  const guard = new ConnectionGuard(limits, warn);
   const sessions = new Set<Http2Session>();
   const sockets = new Set<Socket>();
-  const track = (server: net.Server | http2.Http2Server | http2.Http2SecureServer) => {
+  const h2Options: http2.ServerOptions = {
+    // Bounds what one session can make the server hold: nghttp2 buffers (MB), header pairs and
+    // bytes, and streams at once; a stream over the cap is refused (REFUSED_STREAM or a stream
+    // error), the session goes on.
+    maxSessionMemory: 10,
+    maxHeaderListPairs: 128,
+    settings: {
+      maxConcurrentStreams: limits.maxStreamsPerConnection,
+      maxHeaderListSize: 64 * 1024,
+    },
+  };
+  // Node checks HTTP/1.1 headers timeouts on this interval (30 s by default): a short timeout
+  // needs a tighter check to mean anything.
+  const checkEveryMs = Math.max(50, Math.min(1_000, Math.floor(limits.headersTimeoutMs / 4)));
+  const track = (server: http2.Http2Server | http2.Http2SecureServer) => {
     server.on("session", (session: Http2Session) => {
       sessions.add(session);
       // A quiet subscription sends nothing for as long as nothing commits; pings keep NATs and
@@ -44,25 +68,72 @@ export function createOnePort(
         if (!session.closed && !session.destroyed) session.ping(() => {});
       }, KEEPALIVE_MS);
       ping.unref();
+      // Idle means no stream open, not no bytes: a subscription stream keeps its session.
+      let open = 0;
+      let idle: NodeJS.Timeout | undefined;
+      const arm = () => {
+        idle = setTimeout(() => session.close(), limits.idleTimeoutMs);
+        idle.unref();
+      };
+      arm();
+      session.on("stream", (stream: http2.ServerHttp2Stream) => {
+        open++;
+        clearTimeout(idle);
+        stream.once("close", () => {
+          open--;
+          if (open === 0 && !session.closed) arm();
+        });
+      });
       session.on("close", () => {
         clearInterval(ping);
+        clearTimeout(idle);
         sessions.delete(session);
       });
     });
   };
 
-  if (tls) {
-    const server = http2.createSecureServer(
-      { ...tls, allowHTTP1: true },
-      handler as unknown as Http2Handler,
-    );
-    track(server);
-    server.on("connection", (socket: Socket) => {
+  // The inner servers never listen themselves; connections reach them by "connection" events.
+  // Node only starts checking HTTP/1.1 headers timeouts when a server emits "listening".
+  const startHttp1Checks = (server: net.Server) => server.emit("listening");
+
+  // No Nagle, as Node's own HTTP servers default to: a small response (a unary answer, one
+  // streamed event) should leave at once rather than wait behind an unacknowledged segment.
+  const front = net.createServer({ noDelay: true });
+  front.maxConnections = limits.maxConnections;
+  const warnFull = rateLimited(warn);
+  front.on("drop", (data?: { remoteAddress?: string }) =>
+    warnFull(
+      { address: data?.remoteAddress, limit: limits.maxConnections },
+      "connection refused: the server holds ORISUN_MAX_CONNECTIONS connections",
+    ),
+  );
+  const accept = (onAdmitted: (socket: Socket) => void) =>
+    front.on("connection", (socket: Socket) => {
+      if (!guard.admit(socket)) return;
       sockets.add(socket);
       socket.on("close", () => sockets.delete(socket));
+      onAdmitted(socket);
     });
+
+  if (tls) {
+    const secure = http2.createSecureServer(
+      { ...tls, ...h2Options, allowHTTP1: true },
+      handler as unknown as Http2Handler,
+    );
+    // HTTP/1.1 over TLS is served by Node's HTTP/1 code inside the secure server, which reads
+    // these fields from it; Node's typings leave them out.
+    Object.assign(secure, {
+      headersTimeout: limits.headersTimeoutMs,
+      keepAliveTimeout: limits.idleTimeoutMs,
+      connectionsCheckingInterval: checkEveryMs,
+    });
+    startHttp1Checks(secure);
+    track(secure);
+    secure.on("secureConnection", (socket: Socket) => guard.handshakeDone(socket));
+    accept((socket) => secure.emit("connection", socket));
+    front.on("close", () => secure.close());
     return {
-      server,
+      server: front,
       drain: () => {
         for (const session of sessions) session.close();
       },
@@ -78,26 +149,36 @@ export function createOnePort(
   // closeIdleConnections only knows connections of a server that listens itself.)
   const h1Busy = new Map<Socket, number>();
   let draining = false;
-  // A quiet subscription must outlive any request or idle timeout: the client cancels it.
-  const h1 = http.createServer({ requestTimeout: 0, keepAliveTimeout: 65_000 }, (req, res) => {
-    const socket = req.socket;
-    h1Busy.set(socket, (h1Busy.get(socket) ?? 0) + 1);
-    if (draining) res.shouldKeepAlive = false;
-    res.once("close", () => {
-      const left = (h1Busy.get(socket) ?? 1) - 1;
-      h1Busy.set(socket, left);
-      if (draining && left === 0) socket.end();
-    });
-    handler(req, res);
-  });
-  const h2 = http2.createServer({}, handler as unknown as Http2Handler);
+  // A quiet subscription must outlive any request timeout: the client cancels it. Idle means no
+  // request in flight, so the keep-alive timeout never cuts one.
+  const h1 = http.createServer(
+    {
+      requestTimeout: 0,
+      headersTimeout: limits.headersTimeoutMs,
+      keepAliveTimeout: limits.idleTimeoutMs,
+      connectionsCheckingInterval: checkEveryMs,
+    },
+    (req, res) => {
+      const socket = req.socket;
+      h1Busy.set(socket, (h1Busy.get(socket) ?? 0) + 1);
+      if (draining) res.shouldKeepAlive = false;
+      res.once("close", () => {
+        const left = (h1Busy.get(socket) ?? 1) - 1;
+        h1Busy.set(socket, left);
+        if (draining && left === 0) socket.end();
+      });
+      handler(req, res);
+    },
+  );
+  startHttp1Checks(h1);
+  const h2 = http2.createServer(h2Options, handler as unknown as Http2Handler);
   track(h2);
+  front.on("close", () => {
+    h1.close();
+    h2.close();
+  });
 
-  // No Nagle, as Node's own HTTP servers default to: a small response (a unary answer, one
-  // streamed event) should leave at once rather than wait behind an unacknowledged segment.
-  const front = net.createServer({ noDelay: true }, (socket: Socket) => {
-    sockets.add(socket);
-    socket.on("close", () => sockets.delete(socket));
+  accept((socket: Socket) => {
     let head = Buffer.alloc(0);
     const sniff = (chunk: Buffer) => {
       head = Buffer.concat([head, chunk]);
@@ -105,6 +186,7 @@ export function createOnePort(
       const h2c = head.subarray(0, n).equals(PREFACE.subarray(0, n));
       if (h2c && head.length < PREFACE.length) return; // could still be the preface: wait
       socket.off("data", sniff);
+      guard.handshakeDone(socket);
       socket.pause();
       socket.unshift(head);
       if (h2c) {
