@@ -64,6 +64,8 @@ export async function startApp(config: Config): Promise<RunningApp> {
       maxEvents: config.limits.maxEventsPerSave,
       maxBytes: config.limits.maxRequestBytes * 2,
     },
+    recentCommitsBytes: config.recentCommitsBytes,
+    boundaryIdleMs: config.boundaryIdleMs,
   });
 
   // With NATS: committed events travel through JetStream (one elected publisher per boundary),
@@ -76,7 +78,14 @@ export async function startApp(config: Config): Promise<RunningApp> {
   };
   const nats = config.natsUrl ? await connectNats(config.natsUrl, app.log) : undefined;
   const publisher = nats
-    ? new JetStreamPublisher({ store, nc: nats, namespace, log: app.log })
+    ? new JetStreamPublisher({
+        store,
+        nc: nats,
+        namespace,
+        log: app.log,
+        idleMs: config.boundaryIdleMs,
+        sweepMs: config.publisherSweepMs,
+      })
     : undefined;
   await publisher?.start();
   const feeds = new LiveFeeds({

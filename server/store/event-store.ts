@@ -16,7 +16,13 @@ export interface EventStoreOptions extends DatabaseOptions {
   readonly statistics?: StatisticsOptions;
   /** Errors of that background ANALYZE; the next append past the threshold retries. */
   readonly onStatisticsError?: (error: Error) => void;
+  /** Estimated bytes the windows of condition checks in memory hold, all boundaries together. */
+  readonly recentCommitsBytes?: number;
+  /** After how long unused a boundary's window is dropped. */
+  readonly boundaryIdleMs?: number;
 }
+
+const MiB = 1024 * 1024;
 
 /** The store's whole surface: append with DCB conditions, read, and hear about commits. */
 export class EventStore {
@@ -54,11 +60,20 @@ export class EventStore {
         this.signals.emit(boundary);
       },
       instance,
+      {
+        maxBytes: options.recentCommitsBytes ?? 64 * MiB,
+        idleMs: options.boundaryIdleMs ?? 5 * 60_000,
+      },
     );
   }
 
   static async open(options: EventStoreOptions): Promise<EventStore> {
     return new EventStore(await openDatabase(options), options);
+  }
+
+  /** Estimated bytes held for condition checks in memory (for tests and metrics). */
+  get recentCommitsBytes(): number {
+    return this.appender.recent.bytes;
   }
 
   get embedded(): boolean {
