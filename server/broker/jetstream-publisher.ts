@@ -115,7 +115,7 @@ export class JetStreamPublisher {
     const { store, log } = this.options;
     try {
       // A held publisher lock shows in pg_locks as (classid, objid) = the key's high and low
-      // halves. Boundaries this process already follows are left out (PGlite's locks are in memory).
+      // halves. Boundaries this process follows are left out (PGlite's locks are in memory).
       const { rows } = await sql<{ name: string }>`
         SELECT name FROM orisun_boundaries b
         WHERE (last_commit, last_prepare) <> (published_commit, published_prepare)
@@ -228,16 +228,16 @@ export class JetStreamPublisher {
   }
 
   /**
-   * Publishes until `signal` aborts or the boundary is idle (a read finds nothing new, right after
-   * taking the lock or after `idleMs` without a commit signal). "yielded" when it gave up after
-   * repeated failures, so that a process cut off from NATS or the database lets a healthier one
-   * take the boundary.
+   * Publishes until `signal` aborts or the boundary is idle: a read finds nothing new after
+   * `idleMs` without a commit signal, or at once when no signal brought it (the sweep did).
+   * "yielded" when it gave up after repeated failures, so that a process cut off from NATS or the
+   * database lets a healthier one take the boundary.
    */
   private async publish(boundary: string, wake: Waker, signal: AbortSignal): Promise<PublishEnd> {
     const { store, log } = this.options;
     const idleMs = this.options.idleMs ?? IDLE_MS;
     let failures = 0;
-    let idle = true;
+    let idle = wake.last === 0;
     while (!signal.aborted) {
       try {
         let tail = await this.tail(boundary);
@@ -394,8 +394,8 @@ export function msgId(position: Position): string {
 class Waker {
   private pending = false;
   private waiting: (() => void) | undefined;
-  /** When the last wake came (Date.now()). */
-  last = Date.now();
+  /** When the last wake came (Date.now()); 0 while none came (the sweep took the boundary up). */
+  last = 0;
 
   wake(): void {
     this.pending = true;
