@@ -282,7 +282,7 @@ export class JetStreamPublisher {
     return "stopped";
   }
 
-  /** The durable progress: the stream's last event, or the store's head for an empty stream. */
+  /** The durable progress: the stream's last event, or for an empty stream its resumePoint. */
   private async tail(boundary: string): Promise<Tail> {
     const jsm = this.manager();
     const info = await ensureStream(jsm, this.options.namespace, boundary);
