@@ -70,6 +70,8 @@ export async function startApp(config: Config): Promise<RunningApp> {
       maxBytes: config.limits.maxRequestBytes * 2,
     },
     maxBoundaries: config.maxBoundaries,
+    recentCommitsBytes: config.recentCommitsBytes,
+    boundaryIdleMs: config.boundaryIdleMs,
   });
 
   // With NATS: committed events travel through JetStream (one elected publisher per boundary),
@@ -84,7 +86,14 @@ export async function startApp(config: Config): Promise<RunningApp> {
   };
   const nats = config.natsUrl ? await connectNats(config.natsUrl, app.log) : undefined;
   const publisher = nats
-    ? new JetStreamPublisher({ store, nc: nats, namespace, log: app.log })
+    ? new JetStreamPublisher({
+        store,
+        nc: nats,
+        namespace,
+        log: app.log,
+        idleMs: config.boundaryIdleMs,
+        sweepMs: config.publisherSweepMs,
+      })
     : undefined;
   await publisher?.start();
   const feeds = new LiveFeeds({

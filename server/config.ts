@@ -26,6 +26,12 @@ export interface Config {
   readonly maxGroups: number;
   readonly maxSubscriptionsPerConnection: number;
   readonly maxSubscriptions: number;
+  /** Estimated bytes of events kept for condition checks in memory, all boundaries together. */
+  readonly recentCommitsBytes: number;
+  /** After how long without a commit a boundary's publisher, lock and window are let go. */
+  readonly boundaryIdleMs: number;
+  /** How often the publisher looks for boundaries with commits nobody published. */
+  readonly publisherSweepMs: number;
   readonly logLevel: string;
   readonly limits: Limits;
   readonly connections: ConnectionLimits;
@@ -252,6 +258,15 @@ export function loadConfig(
       100_000,
     ),
     maxSubscriptions: integer(merged, "ORISUN_MAX_SUBSCRIPTIONS", 10_000, 1, 1_000_000),
+    recentCommitsBytes: integer(
+      merged,
+      "ORISUN_RECENT_COMMITS_BYTES",
+      64 * MiB,
+      0,
+      64 * 1024 * MiB,
+    ),
+    boundaryIdleMs: duration(merged, "ORISUN_BOUNDARY_IDLE", 120_000),
+    publisherSweepMs: duration(merged, "ORISUN_PUBLISHER_SWEEP", 5_000),
     logLevel,
     limits: {
       maxEventsPerSave: integer(merged, "ORISUN_MAX_EVENTS_PER_SAVE", 10_000, 1, 1_000_000),

@@ -328,3 +328,36 @@ describe("pub/sub expiry and resource caps", () => {
     rejects({ [name]: value }, name);
   });
 });
+
+describe("per-boundary bounds", () => {
+  it("default to a 64 MiB window budget, 2 minutes idle and a 5 s sweep", () => {
+    const c = loadConfig({}, []);
+    expect(c.recentCommitsBytes).toBe(64 * 1024 * 1024);
+    expect(c.boundaryIdleMs).toBe(120_000);
+    expect(c.publisherSweepMs).toBe(5_000);
+  });
+
+  it("are read from the environment", () => {
+    const c = loadConfig(
+      {
+        ORISUN_RECENT_COMMITS_BYTES: "0",
+        ORISUN_BOUNDARY_IDLE: "30s",
+        ORISUN_PUBLISHER_SWEEP: "500ms",
+      },
+      [],
+    );
+    expect(c.recentCommitsBytes).toBe(0);
+    expect(c.boundaryIdleMs).toBe(30_000);
+    expect(c.publisherSweepMs).toBe(500);
+  });
+
+  it.each([
+    ["ORISUN_RECENT_COMMITS_BYTES", "-1"],
+    ["ORISUN_RECENT_COMMITS_BYTES", "64MiB"],
+    ["ORISUN_BOUNDARY_IDLE", "0s"],
+    ["ORISUN_BOUNDARY_IDLE", "2"],
+    ["ORISUN_PUBLISHER_SWEEP", "soon"],
+  ])("rejects %s=%s, naming it", (name, value) => {
+    rejects({ [name]: value }, name);
+  });
+});

@@ -1,5 +1,6 @@
 import { type JetStreamManager, jetstreamManager, type PubAck } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
+import { sql } from "kysely";
 import type { EventStore } from "../store/event-store.js";
 import type { HeldLock } from "../store/session-locks.js";
 import type { Position, StoredEvent } from "../store/types.js";
@@ -20,9 +21,14 @@ export interface JetStreamPublisherOptions {
   readonly log: BrokerLog;
   /** How often a process that does not hold a boundary's publisher lock tries to take it. */
   readonly lockRetryMs?: number;
-  /** How often the holder reads the store without a commit signal, in case one was lost. */
-  readonly safetyPollMs?: number;
+  /** After how long without a commit a boundary is let go: its lock, loop and timers end. */
+  readonly idleMs?: number;
+  /** How often boundaries nobody publishes are checked for commits not yet published. */
+  readonly sweepMs?: number;
 }
+
+/** How a holder stopped publishing: idle (with how far the stream carries the boundary), or not. */
+type PublishEnd = { readonly idle: Position } | "yielded" | "stopped";
 
 /** Where the stream ends: the position of its last event and the stream sequence of it. */
 interface Tail {
@@ -44,6 +50,10 @@ const HEADER_ROOM = 1_024;
 /** Consecutive failures after which the holder hands the boundary to another process. */
 const YIELD_AFTER = 5;
 const SIT_OUT_MS = 5_000;
+const IDLE_MS = 2 * 60_000;
+const SWEEP_MS = 5_000;
+/** Boundaries one sweep takes up at most; the next sweep finds the rest. */
+const SWEEP_LIMIT = 100;
 
 /**
  * Copies each boundary's committed events, in position order, into its JetStream stream. One
@@ -52,13 +62,19 @@ const SIT_OUT_MS = 5_000;
  * carries its last event's position as Nats-Msg-Id and the stream sequence it expects to follow,
  * so JetStream itself refuses a duplicate or a message from a holder that lost its lock but still
  * had publishes buffered: the stream stays in position order whatever happens.
+ *
+ * A boundary costs nothing once idle: after `idleMs` without a commit its holder records how far
+ * it published (orisun_boundaries.published_*), releases the lock and forgets it; a process that
+ * stood by forgets it likewise. A commit signal (its own, or another process's NOTIFY) brings it
+ * back. What a lost signal or a dead holder leaves unpublished is found by one bounded sweep over
+ * orisun_boundaries: a head past what was published, on a boundary whose lock nobody holds.
  */
 export class JetStreamPublisher {
   private readonly boundaries = new Map<string, { wake: Waker; done: Promise<void> }>();
   private readonly closing = new AbortController();
   private jsm: JetStreamManager | undefined;
   private unsignal: (() => void) | undefined;
-  private rediscover: NodeJS.Timeout | undefined;
+  private sweeper: NodeJS.Timeout | undefined;
   private readonly held = new Set<string>();
 
   constructor(private readonly options: JetStreamPublisherOptions) {}
@@ -76,32 +92,49 @@ export class JetStreamPublisher {
         return;
       }
       for (const b of this.boundaries.values()) b.wake.wake();
-      void this.discover();
+      void this.sweep();
     });
-    await this.discover();
+    await this.sweep();
   }
 
   async close(): Promise<void> {
     this.closing.abort(new Error("closing"));
     this.unsignal?.();
-    clearTimeout(this.rediscover);
+    clearTimeout(this.sweeper);
     await Promise.all([...this.boundaries.values()].map((b) => b.done));
   }
 
-  /** Learns the boundaries committed to before this process started, or while it was deaf. */
-  private async discover(): Promise<void> {
-    clearTimeout(this.rediscover);
+  /**
+   * Takes up the boundaries that nobody publishes although their head is past what was published:
+   * commits made while no publisher ran (at start-up), or whose signal was lost (while deaf), or
+   * that a holder died with. One bounded query every `sweepMs`, instead of a poll per boundary.
+   */
+  private async sweep(): Promise<void> {
+    clearTimeout(this.sweeper);
+    if (this.closing.signal.aborted || this.storeClosed()) return;
+    const { store, log } = this.options;
     try {
-      const rows = await this.options.store.database.db
-        .selectFrom("orisun_boundaries")
-        .select("name")
-        .execute();
+      // A held publisher lock shows in pg_locks as (classid, objid) = the key's high and low
+      // halves. Boundaries this process follows are left out (PGlite's locks are in memory).
+      const { rows } = await sql<{ name: string }>`
+        SELECT name FROM orisun_boundaries b
+        WHERE (last_commit, last_prepare) <> (published_commit, published_prepare)
+          AND NOT (name = ANY(${[...this.boundaries.keys()]}::text[]))
+          AND NOT EXISTS (
+            SELECT 1 FROM pg_locks l
+            WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+              AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+              AND ((l.classid::int8 << 32) | l.objid::int8)
+                = hashtextextended(${store.locks.keyText(LOCK_PREFIX)} || b.name, 0))
+        LIMIT ${SWEEP_LIMIT}`.execute(store.database.db);
       for (const row of rows) this.know(row.name);
     } catch (error) {
-      if (this.closing.signal.aborted) return;
-      this.options.log.warn({ err: error }, "cannot list boundaries to publish; retrying");
-      this.rediscover = setTimeout(() => void this.discover(), 1_000);
+      if (!this.closing.signal.aborted) {
+        log.warn({ err: error }, "cannot look for boundaries to publish; retrying");
+      }
     }
+    if (this.closing.signal.aborted) return;
+    this.sweeper = setTimeout(() => void this.sweep(), this.options.sweepMs ?? SWEEP_MS);
   }
 
   private know(boundary: string): Waker | undefined {
@@ -114,15 +147,27 @@ export class JetStreamPublisher {
       return undefined; // not a boundary of ours: NOTIFY payloads come from anyone
     }
     const wake = new Waker();
-    this.boundaries.set(boundary, { wake, done: this.run(boundary, wake) });
+    const entry = {
+      wake,
+      done: this.run(boundary, wake).finally(() => this.forget(boundary, entry)),
+    };
+    this.boundaries.set(boundary, entry);
     return wake;
   }
 
-  /** Takes the boundary's lock whenever it is free and publishes while holding it. */
+  /** Its loop ended (idle or closing): drops the boundary, unless a commit came meanwhile. */
+  private forget(boundary: string, entry: { wake: Waker }): void {
+    if (this.boundaries.get(boundary) === entry) this.boundaries.delete(boundary);
+    if (entry.wake.take()) this.know(boundary);
+  }
+
+  /** Takes the boundary's lock whenever it is free and publishes while holding it, until idle. */
   private async run(boundary: string, wake: Waker): Promise<void> {
     const closing = this.closing.signal;
     const { store, log } = this.options;
     while (!closing.aborted && !this.storeClosed()) {
+      // This attempt answers every wake so far; later ones show in the holder's first wait.
+      wake.take();
       let lock: HeldLock | undefined;
       try {
         lock = await store.locks.tryAcquire(LOCK_PREFIX + boundary);
@@ -130,24 +175,29 @@ export class JetStreamPublisher {
         log.warn({ err: error, boundary }, "cannot try the publisher lock");
       }
       if (!lock) {
+        // Another process publishes it: stand by to take over while it has commits. A holder
+        // that dies once they stopped leaves what it did not publish to the sweep.
+        if (Date.now() - wake.last >= (this.options.idleMs ?? IDLE_MS)) return;
         await pause(this.options.lockRetryMs ?? 1_000, closing);
         continue;
       }
-      let yielded = false;
+      let end: PublishEnd = "stopped";
       this.held.add(boundary);
       log.info({ boundary }, "publishing the boundary to JetStream");
       try {
-        yielded = await this.publish(boundary, wake, AbortSignal.any([closing, lock.lost]));
+        end = await this.publish(boundary, wake, AbortSignal.any([closing, lock.lost]));
+        if (typeof end === "object") await this.markPublished(boundary, end.idle);
       } finally {
         this.held.delete(boundary);
         await lock.release();
       }
+      if (typeof end === "object") return;
       if (lock.lost.aborted && !closing.aborted) {
         log.warn({ err: lock.lost.reason, boundary }, "lost the publisher lock");
       }
       // Not at once after a loss: the session just died, or the store is closing, which shows in
       // storeClosed() only a moment later.
-      await pause(yielded ? SIT_OUT_MS : (this.options.lockRetryMs ?? 1_000), closing);
+      await pause(end === "yielded" ? SIT_OUT_MS : (this.options.lockRetryMs ?? 1_000), closing);
     }
   }
 
@@ -158,17 +208,41 @@ export class JetStreamPublisher {
   }
 
   /**
-   * Publishes until `signal` aborts; true when it gave up after repeated failures, so that a
-   * process cut off from NATS or the database lets a healthier one take the boundary.
+   * Where the holder writes how far it published before letting the boundary go, so that the
+   * sweep can tell a boundary with unpublished commits (and tail() an empty stream's start).
+   * Failing costs nothing but a visit by the sweep.
    */
-  private async publish(boundary: string, wake: Waker, signal: AbortSignal): Promise<boolean> {
+  private async markPublished(boundary: string, through: Position): Promise<void> {
+    try {
+      await this.options.store.database.db
+        .updateTable("orisun_boundaries")
+        .set({
+          published_commit: through.commit.toString(),
+          published_prepare: through.prepare.toString(),
+        })
+        .where("name", "=", boundary)
+        .execute();
+    } catch (error) {
+      this.options.log.warn({ err: error, boundary }, "cannot record what was published");
+    }
+  }
+
+  /**
+   * Publishes until `signal` aborts or the boundary is idle: a read finds nothing new after
+   * `idleMs` without a commit signal, or at once when no signal brought it (the sweep did).
+   * "yielded" when it gave up after repeated failures, so that a process cut off from NATS or the
+   * database lets a healthier one take the boundary.
+   */
+  private async publish(boundary: string, wake: Waker, signal: AbortSignal): Promise<PublishEnd> {
     const { store, log } = this.options;
+    const idleMs = this.options.idleMs ?? IDLE_MS;
     let failures = 0;
+    let idle = wake.last === 0;
     while (!signal.aborted) {
       try {
         let tail = await this.tail(boundary);
         for (;;) {
-          if (signal.aborted) return false;
+          if (signal.aborted) return "stopped";
           const events = await store.read({
             boundary,
             query: [],
@@ -180,34 +254,35 @@ export class JetStreamPublisher {
           });
           if (events.length === 0) {
             failures = 0;
-            await wake.wait(this.options.safetyPollMs ?? 5_000, signal);
+            if (idle) return { idle: tail.last };
+            idle = !(await wake.wait(idleMs, signal));
             continue;
           }
           tail = await this.publishPage(boundary, events, tail, signal);
           failures = 0;
           // A short page reached the head: the next read would find nothing unless something
           // committed meanwhile, and then a wake is pending (the waker latches it). Saves one
-          // read of the store per commit.
-          if (events.length < PAGE) await wake.wait(this.options.safetyPollMs ?? 5_000, signal);
+          // read of the store per commit. Without a wake for idleMs, the next read decides.
+          idle = events.length < PAGE && !(await wake.wait(idleMs, signal));
         }
       } catch (error) {
-        if (signal.aborted) return false;
+        if (signal.aborted) return "stopped";
         failures++;
         if (failures >= YIELD_AFTER) {
           log.error(
             { err: error, boundary },
             "publishing keeps failing; handing the boundary over",
           );
-          return true;
+          return "yielded";
         }
         log.warn({ err: error, boundary }, "publishing failed; resuming from the stream's end");
         await pause(Math.min(250 * 2 ** failures, 5_000), signal);
       }
     }
-    return false;
+    return "stopped";
   }
 
-  /** The durable progress: the stream's last event, or the store's head for an empty stream. */
+  /** The durable progress: the stream's last event, or for an empty stream its resumePoint. */
   private async tail(boundary: string): Promise<Tail> {
     const jsm = this.manager();
     const info = await ensureStream(jsm, this.options.namespace, boundary);
@@ -215,9 +290,24 @@ export class JetStreamPublisher {
     const last = seq > 0 ? await jsm.streams.getMessage(info.config.name, { seq }) : null;
     const lastEvent = last ? decodeEvents(last.data).at(-1) : undefined;
     if (lastEvent) return { last: lastEvent.position, seq };
-    // New, or everything aged out: history is served from the store; the stream carries what
-    // commits from now on.
-    return { last: await this.options.store.head(boundary), seq };
+    // Empty: it goes on from what was published before a holder let the boundary go. New (never
+    // published): history is served from the store; the stream carries what commits from now on.
+    return { last: await this.resumePoint(boundary), seq };
+  }
+
+  /** What was published when a holder last let the boundary go, else the store's head. */
+  private async resumePoint(boundary: string): Promise<Position> {
+    const row = await this.options.store.database.db
+      .selectFrom("orisun_boundaries")
+      .select(["published_commit", "published_prepare"])
+      .where("name", "=", boundary)
+      .executeTakeFirst();
+    const published = row && {
+      commit: BigInt(row.published_commit),
+      prepare: BigInt(row.published_prepare),
+    };
+    if (published && published.prepare > 0n) return published;
+    return await this.options.store.head(boundary);
   }
 
   /** Publishes in order with up to WINDOW acks pending; returns the new tail. */
@@ -304,24 +394,30 @@ export function msgId(position: Position): string {
 class Waker {
   private pending = false;
   private waiting: (() => void) | undefined;
+  /** When the last wake came (Date.now()); 0 while none came (the sweep took the boundary up). */
+  last = 0;
 
   wake(): void {
     this.pending = true;
+    this.last = Date.now();
     this.waiting?.();
   }
 
-  /** Resolves on a wake (also one since the last wait), after `ms`, or on abort. */
-  wait(ms: number, signal: AbortSignal): Promise<void> {
-    if (this.pending) {
-      this.pending = false;
-      return Promise.resolve();
-    }
-    return pause(ms, signal, (done) => {
+  /** Whether a wake came since the last wait or take; either way, none is pending after. */
+  take(): boolean {
+    const pending = this.pending;
+    this.pending = false;
+    return pending;
+  }
+
+  /** On a wake (also one since the last wait): true; after `ms` or on abort: false. */
+  async wait(ms: number, signal: AbortSignal): Promise<boolean> {
+    if (this.take()) return true;
+    await pause(ms, signal, (done) => {
       this.waiting = done;
-    }).finally(() => {
-      this.waiting = undefined;
-      this.pending = false;
     });
+    this.waiting = undefined;
+    return this.take();
   }
 }
 

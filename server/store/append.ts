@@ -4,7 +4,7 @@ import { databaseError } from "./database-errors.js";
 import { StoreError } from "./errors.js";
 import { matches } from "./matcher.js";
 import { selectConditionViolation, violatedConditions } from "./query-sql.js";
-import { RecentCommits, type RecentEvent } from "./recent-commits.js";
+import { RecentCommits, type RecentCommitsLimits, type RecentEvent } from "./recent-commits.js";
 import { type Database, encodeTag } from "./schema.js";
 import {
   type AppendRequest,
@@ -59,7 +59,8 @@ export type CommitListener = (boundary: string, head: Position) => void;
  */
 export class Appender {
   private readonly queues = new Map<string, Pending[]>();
-  private readonly recent = new RecentCommits(RECENT_EVENTS);
+  /** The windows of condition checks in memory (read for tests and metrics). */
+  readonly recent: RecentCommits;
 
   /** `instance` names this process in its commit NOTIFYs, so it can ignore its own echo. */
   constructor(
@@ -67,7 +68,10 @@ export class Appender {
     private readonly limits: GroupCommitLimits,
     private readonly onCommit: CommitListener,
     private readonly instance: string,
-  ) {}
+    recent: Omit<RecentCommitsLimits, "maxEvents">,
+  ) {
+    this.recent = new RecentCommits({ maxEvents: RECENT_EVENTS, ...recent });
+  }
 
   append(request: AppendRequest): Promise<Position> {
     return new Promise<Position>((resolve, reject) => {

@@ -19,7 +19,13 @@ export interface EventStoreOptions extends DatabaseOptions {
   readonly onStatisticsError?: (error: Error) => void;
   /** Most boundaries the deployment may have (ORISUN_MAX_BOUNDARIES). Default 10,000. */
   readonly maxBoundaries?: number;
+  /** Estimated bytes the windows of condition checks in memory hold, all boundaries together. */
+  readonly recentCommitsBytes?: number;
+  /** After how long unused a boundary's window is dropped. */
+  readonly boundaryIdleMs?: number;
 }
+
+const MiB = 1024 * 1024;
 
 /** The store's whole surface: append with DCB conditions, read, and hear about commits. */
 export class EventStore {
@@ -63,11 +69,20 @@ export class EventStore {
         this.signals.emit(boundary);
       },
       instance,
+      {
+        maxBytes: options.recentCommitsBytes ?? 64 * MiB,
+        idleMs: options.boundaryIdleMs ?? 5 * 60_000,
+      },
     );
   }
 
   static async open(options: EventStoreOptions): Promise<EventStore> {
     return new EventStore(await openDatabase(options), options);
+  }
+
+  /** Estimated bytes held for condition checks in memory (for tests and metrics). */
+  get recentCommitsBytes(): number {
+    return this.appender.recent.bytes;
   }
 
   get embedded(): boolean {

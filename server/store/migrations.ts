@@ -48,6 +48,17 @@ const migrations: Record<string, Migration> = {
         .execute();
     },
   },
+  // What the JetStream publisher last published of each boundary, written when it lets an idle
+  // boundary go: its sweep finds a boundary nobody publishes whose head is past this.
+  "2026-12-01-published": {
+    async up(db: Kysely<unknown>) {
+      await db.schema
+        .alterTable("orisun_boundaries")
+        .addColumn("published_commit", "int8", (c) => c.notNull().defaultTo(0))
+        .addColumn("published_prepare", "int8", (c) => c.notNull().defaultTo(0))
+        .execute();
+    },
+  },
 };
 
 /** Where applied migrations are recorded: Kysely's table and layout, which earlier builds used. */

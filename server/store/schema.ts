@@ -21,6 +21,9 @@ export interface BoundariesTable {
   /** The last commit_position and prepare_position handed out; the row lock serialises appends. */
   last_commit: Int8;
   last_prepare: Int8;
+  /** What the JetStream publisher had published when it last let the boundary go. */
+  published_commit: ColumnType<string, string | undefined, string>;
+  published_prepare: ColumnType<string, string | undefined, string>;
   created_at: Generated<Date>;
 }
 

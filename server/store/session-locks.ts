@@ -28,9 +28,17 @@ export class SessionLocks {
     private readonly namespace: string,
   ) {}
 
+  /**
+   * The text whose hashtextextended(text, 0) keys the lock on PostgreSQL (a session advisory lock
+   * as listed in pg_locks), for queries that must tell which locks are held.
+   */
+  keyText(lockName: string): string {
+    return `${this.namespace}:${lockName}`;
+  }
+
   /** The lock, or undefined when another holder has it. */
   async tryAcquire(lockName: string): Promise<HeldLock | undefined> {
-    const name = `${this.namespace}:${lockName}`;
+    const name = this.keyText(lockName);
     if (this.closed) throw new StoreError("unavailable", "the store is closing");
     if (this.held.has(name)) return undefined;
     const lost = new AbortController();
