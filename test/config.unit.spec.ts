@@ -1,4 +1,5 @@
-import { writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { describe, expect, it } from "vitest";
 import { ConfigError, configPathFromArgs, loadConfig } from "../server/config.js";
@@ -121,6 +122,20 @@ describe("loadConfig environment parsing", () => {
     );
     expect(c.tls).toEqual({ cert: "CERT", key: "KEY" });
   });
+
+  it("reads the NATS credentials file setting, refusing it next to credentials in the URL", () => {
+    const dir = mkdtempSync(join(tmpdir(), "orisun-creds-"));
+    try {
+      const file = join(dir, "orisun.creds");
+      writeFileSync(file, "creds");
+      const env = { ORISUN_NATS_URL: "nats://n:4222", ORISUN_NATS_CREDS: file };
+      expect(loadConfig(env, []).natsCredsFile).toBe(file);
+      const both = { ...env, ORISUN_NATS_URL: "nats://u:p@n:4222" };
+      rejects(both, "ORISUN_NATS_CREDS");
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });
 
 describe("loadConfig rejects bad values naming the variable", () => {
@@ -153,10 +168,19 @@ describe("loadConfig rejects bad values naming the variable", () => {
     ["ORISUN_MAX_CRITERIA", "x"],
     ["ORISUN_MAX_MESSAGE_BYTES", "-5"],
     ["ORISUN_TLS_CERT", "/nonexistent/cert.pem"],
+    ["ORISUN_NATS_CREDS", "/nonexistent/orisun.creds"],
   ])("%s=%s", (name, value) => {
     const env: Record<string, string> = { [name]: value };
     if (name === "ORISUN_TLS_CERT") env.ORISUN_TLS_KEY = "/nonexistent/key.pem";
     rejects(env, name);
+  });
+
+  it("a bad NATS URL is quoted without its password", () => {
+    const error = rejects(
+      { ORISUN_NATS_URL: "nats://user:s3cret@bad host:4222" },
+      "ORISUN_NATS_URL",
+    );
+    expect(error.message).not.toContain("s3cret");
   });
 
   it("TLS cert without key (and key without cert)", () => {

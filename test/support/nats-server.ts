@@ -11,20 +11,23 @@ import { freePort } from "./spawn-server.js";
  */
 export interface OwnNatsServer {
   readonly url: string;
+  /** Its JetStream folder, for the test to remove when done. */
+  readonly dir: string;
   stop(): Promise<void>;
   start(): Promise<void>;
 }
 
-export async function startOwnNatsServer(): Promise<OwnNatsServer> {
+/** `args` go to nats-server after the defaults, e.g. `["--user", "u", "--pass", "p"]`. */
+export async function startOwnNatsServer(args: readonly string[] = []): Promise<OwnNatsServer> {
   const port = await freePort();
   const dir = mkdtempSync(join(tmpdir(), "orisun-nats-"));
   let child: ChildProcess | undefined;
   const server: OwnNatsServer = {
     url: `nats://127.0.0.1:${port}`,
+    dir,
     async start() {
-      child = spawn("nats-server", ["-a", "127.0.0.1", "-p", String(port), "-js", "-sd", dir], {
-        stdio: "ignore",
-      });
+      const defaults = ["-a", "127.0.0.1", "-p", String(port), "-js", "-sd", dir];
+      child = spawn("nats-server", [...defaults, ...args], { stdio: "ignore" });
       const deadline = Date.now() + 10_000;
       while (!(await listening(port))) {
         if (Date.now() > deadline) throw new Error("nats-server did not start");
