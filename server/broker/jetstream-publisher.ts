@@ -276,7 +276,7 @@ export class JetStreamPublisher {
       const ack = js.publish(subject, payload, {
         msgID: id,
         expect: { lastSequence: expected },
-        headers: this.options.auth.headers(subject, id, payload),
+        headers: this.options.auth.headers(subject, id, payload, expected),
       });
       // Awaited in settle(); this only keeps a failure after an earlier one from going unhandled.
       ack.catch(() => {});

@@ -5,6 +5,8 @@ import { type MsgHdrs, headers as natsHeaders } from "@nats-io/transport-node";
 export const SIGNATURE_HEADER = "Orisun-Signature";
 /** JetStream's deduplication header, which also identifies the message to the signature. */
 const MSG_ID_HEADER = "Nats-Msg-Id";
+/** JetStream stores a message only right after this stream sequence (when the header is set). */
+const EXPECTED_SEQUENCE_HEADER = "Nats-Expected-Last-Sequence";
 /** Name what is signed, so that a signature made for one use never verifies for another. */
 const MESSAGE = "orisun-message-v1";
 const MESSAGE_ID = "orisun-message-id-v1";
@@ -12,17 +14,28 @@ const MESSAGE_ID = "orisun-message-id-v1";
 /**
  * Signs what a deployment publishes to NATS and checks what it reads back, with the deployment's
  * secret (only processes that can read its database know it). A message verifies only with the
- * subject, message id and payload it was signed with: it cannot be altered, moved to another
- * subject or boundary, or made up. It can still be copied as it is; JetStream's duplicate window,
- * and the feed's positions for events, drop such copies.
+ * subject, message id, expected stream sequence and payload it was signed with: it cannot be
+ * altered, moved to another subject or boundary, or made up. A copy published again as it is
+ * cannot land in an event stream (JetStream refuses it: its expected sequence is taken) and
+ * could not change anything there (the feed has delivered its positions). A pub/sub message has
+ * no expected sequence: a copy is dropped within the duplicate window, delivered again after it.
  */
 export class MessageAuth {
   constructor(private readonly secret: Uint8Array) {}
 
-  /** Headers for a publish: the signature (JetStream adds the message id header itself). */
-  headers(subject: string, msgId: string, data: Uint8Array): MsgHdrs {
+  /**
+   * Headers for a publish: the signature (JetStream adds the message id and expected sequence
+   * headers itself, from the same values).
+   */
+  headers(
+    subject: string,
+    msgId: string,
+    data: Uint8Array,
+    expectedLastSequence?: number,
+  ): MsgHdrs {
     const h = natsHeaders();
-    h.set(SIGNATURE_HEADER, this.sign(subject, msgId, data));
+    const expected = expectedLastSequence === undefined ? "" : String(expectedLastSequence);
+    h.set(SIGNATURE_HEADER, this.sign(subject, msgId, expected, data));
     return h;
   }
 
@@ -43,14 +56,15 @@ export class MessageAuth {
   }): boolean {
     const given = message.headers?.get(SIGNATURE_HEADER) ?? "";
     const msgId = message.headers?.get(MSG_ID_HEADER) ?? "";
-    const expected = Buffer.from(this.sign(message.subject, msgId, message.data));
+    const sequence = message.headers?.get(EXPECTED_SEQUENCE_HEADER) ?? "";
+    const expected = Buffer.from(this.sign(message.subject, msgId, sequence, message.data));
     const actual = Buffer.from(given);
     // timingSafeEqual needs equal lengths; the length of a valid signature is no secret.
     return actual.length === expected.length && timingSafeEqual(actual, expected);
   }
 
-  private sign(subject: string, msgId: string, data: Uint8Array): string {
-    return this.mac([MESSAGE, subject, msgId, data]).digest("base64url");
+  private sign(subject: string, msgId: string, sequence: string, data: Uint8Array): string {
+    return this.mac([MESSAGE, subject, msgId, sequence, data]).digest("base64url");
   }
 
   private mac(parts: readonly (string | Uint8Array)[]): Hmac {

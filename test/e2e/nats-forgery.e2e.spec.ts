@@ -2,7 +2,7 @@ import { randomBytes } from "node:crypto";
 import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { type JetStreamManager, jetstream, jetstreamManager } from "@nats-io/jetstream";
-import { connect, type NatsConnection } from "@nats-io/transport-node";
+import { connect, headers, type NatsConnection } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type Event, EventStore, type Message } from "../../gen/orisun/v1/eventstore_pb.js";
 import { dropSchema, freshSchema, NATS_URL, PG_URL, withPostgres } from "../support/databases.js";
@@ -113,6 +113,17 @@ describe("live messages forged on NATS", () => {
           },
         );
       }
+      // A genuine message's signature on another payload.
+      let streamName = "";
+      for await (const info of jsm.streams.list()) {
+        if (info.config.subjects?.includes(subject ?? "")) streamName = info.config.name;
+      }
+      const genuine = await jsm.streams.getMessage(streamName, { seq: 1 });
+      const stolen = headers();
+      stolen.set("Orisun-Signature", genuine?.header.get("Orisun-Signature") ?? "none");
+      await nc.publish(subject ?? "", `[${forgedEvent(boundary, commit + 2n, 3n)}]`, {
+        headers: stolen,
+      });
       await new Promise((r) => setTimeout(r, 500));
       for (let i = 2; i <= 6; i++) await save(i);
       await until(() => subscriber.got.length >= 6, "six events");
@@ -129,6 +140,8 @@ describe("live messages forged on NATS", () => {
         6n,
       ]);
       expect(server.output()).toContain("failed authentication");
+      // The publisher resumed after its own last message, not after a forged one.
+      expect(server.output()).not.toContain("publishing keeps failing");
       const secret = await withPostgres("test", async (c) => {
         const r = await c.query<{ secret: string }>(
           `SELECT secret FROM "${schema}".orisun_deployment`,
