@@ -60,7 +60,7 @@ describe("schema migrations at start-up", () => {
       async (client) =>
         (await client.query(`SELECT name FROM "${name}".kysely_migration ORDER BY name`)).rows,
     );
-    expect(applied).toEqual([{ name: "2026-11-28-events" }]);
+    expect(applied).toEqual([{ name: "2026-11-28-events" }, { name: "2026-12-01-deployment" }]);
     // And a restart applies nothing again (it would fail: the tables exist).
     const again = await openPostgresStore(name, 1);
     await again.close();
@@ -81,6 +81,6 @@ describe("schema migrations at start-up", () => {
       async (client) =>
         (await client.query(`SELECT count(*)::int AS n FROM "${name}".kysely_migration`)).rows[0],
     );
-    expect(count).toEqual({ n: 2 });
+    expect(count).toEqual({ n: 3 });
   }, 30_000);
 });

@@ -39,21 +39,31 @@ export async function withPostgres<T>(
   }
 }
 
+/** The id that names the JetStream streams of the deployment in `schema`; undefined if none. */
+export async function deploymentId(schema: string, url = PG_URL): Promise<string | undefined> {
+  const client = new pg.Client({ connectionString: url });
+  await client.connect();
+  try {
+    const { rows } = await client.query<{ id: string }>(
+      `SELECT id FROM "${schema}".orisun_deployment`,
+    );
+    return rows[0]?.id;
+  } catch {
+    return undefined; // no such schema or table: nothing was deployed there
+  } finally {
+    await client.end();
+  }
+}
+
 /**
  * Drops the schema, and the JetStream streams that servers on it made (named from the deployment
  * id stored in the schema), so that test runs do not pile streams up on the NATS server.
  */
 export async function dropSchema(schema: string, url = PG_URL): Promise<void> {
+  const deployment = await deploymentId(schema, url);
   const client = new pg.Client({ connectionString: url });
   await client.connect();
-  let deployment: string | undefined;
   try {
-    deployment = await client
-      .query<{ id: string }>(`SELECT id FROM "${schema}".orisun_deployment`)
-      .then(
-        (r) => r.rows[0]?.id,
-        () => undefined, // no such schema or table: nothing was deployed there
-      );
     await client.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
   } finally {
     await client.end();
