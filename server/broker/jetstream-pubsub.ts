@@ -311,11 +311,10 @@ class JetStreamMember implements AsyncIterator<PubSubMessage> {
   }
 
   async next(): Promise<IteratorResult<PubSubMessage>> {
-    for (;;) {
-      const result = await this.pull();
-      if (result === undefined) continue;
-      return result;
-    }
+    let result: IteratorResult<PubSubMessage> | undefined;
+    do result = await this.pull();
+    while (result === undefined);
+    return result;
   }
 
   /** The next message, DONE, or undefined for a forged message (acknowledged and skipped). */
