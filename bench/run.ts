@@ -169,13 +169,22 @@ async function machine(): Promise<string> {
   ].join("; ");
 }
 
-/** Deletes the JetStream streams a spawned server made for its schema. */
-async function deleteStreams(schema: string): Promise<void> {
+/** The deployment id that names a server's JetStream streams, stored in its schema. */
+async function deploymentId(schema: string): Promise<string> {
+  const { rows } = await sql(PG_URL, `SELECT id FROM "${schema}".orisun_deployment`);
+  return String(rows[0]?.id);
+}
+
+/** Deletes the JetStream streams a spawned server made (named from its deployment id). */
+async function deleteStreams(deployment: string): Promise<void> {
   const nc = await connect({ servers: NATS_URL });
   try {
     const jsm = await jetstreamManager(nc);
     for await (const name of jsm.streams.names()) {
-      if (name.startsWith(`ORISUN_EVENTS_${schema}_`) || name === `ORISUN_PUBSUB_${schema}`) {
+      if (
+        name.startsWith(`ORISUN_EVENTS_${deployment}_`) ||
+        name === `ORISUN_PUBSUB_${deployment}`
+      ) {
         await jsm.streams.delete(name);
       }
     }
@@ -199,7 +208,7 @@ async function publisherCatchUp(
     `SELECT last_prepare FROM "${schema}".orisun_boundaries WHERE name = '${boundary}'`,
   );
   const head = String(rows[0]?.last_prepare);
-  const stream = `ORISUN_EVENTS_${schema}_${boundary}`;
+  const stream = `ORISUN_EVENTS_${await deploymentId(schema)}_${boundary}`;
   const nc = await connect({ servers: NATS_URL });
   const started = performance.now();
   let messages = 0;
@@ -238,8 +247,9 @@ async function postgresServer(schema: string): Promise<Server> {
     async stop() {
       await server.stop();
       rmSync(dir, { recursive: true, force: true });
+      const deployment = await deploymentId(schema);
       await sql(PG_URL, `DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
-      await deleteStreams(schema);
+      await deleteStreams(deployment);
     },
   };
 }

@@ -18,9 +18,11 @@ import { JetStreamPublisher } from "./broker/jetstream-publisher.js";
 import { JetStreamPubSub } from "./broker/jetstream-pubsub.js";
 import { JetStreamSource } from "./broker/jetstream-source.js";
 import { MemoryPubSub } from "./broker/memory-pubsub.js";
+import { MessageAuth } from "./broker/message-auth.js";
 import type { Config } from "./config.js";
 import { registerConsole } from "./http/console.js";
 import { createOnePort, type OnePort } from "./http/one-port.js";
+import { loadDeployment } from "./store/deployment.js";
 import { EventStore as Store } from "./store/event-store.js";
 
 export interface RunningApp {
@@ -76,20 +78,33 @@ export async function startApp(config: Config): Promise<RunningApp> {
 
   // With NATS: committed events travel through JetStream (one elected publisher per boundary),
   // and pub/sub groups are JetStream consumers. Without: the same interfaces, in process.
-  // Stream names carry the schema, so deployments sharing one NATS stay apart.
-  const namespace = config.pgSchema;
+  // Names carry the deployment's id (stored in its database), so deployments sharing one NATS
+  // stay apart; messages carry a signature keyed by its secret, so nobody else can forge them.
+  const deployment = await loadDeployment(store.database.db);
+  const namespace = deployment.id;
+  const auth = new MessageAuth(deployment.secret);
+  app.log.info(
+    {
+      deployment: deployment.id,
+      streams: `ORISUN_EVENTS_${deployment.id}_<boundary>, ORISUN_PUBSUB_${deployment.id}`,
+    },
+    "deployment identity",
+  );
   const pubsubOptions = {
     retentionMs: config.pubsubRetentionMs,
     dedupeWindowMs: config.pubsubDedupeWindowMs,
     groupExpiryMs: config.pubsubGroupExpiryMs,
     maxGroups: config.maxGroups,
   };
-  const nats = config.natsUrl ? await connectNats(config.natsUrl, app.log) : undefined;
+  const nats = config.natsUrl
+    ? await connectNats(config.natsUrl, app.log, config.natsCredsFile)
+    : undefined;
   const publisher = nats
     ? new JetStreamPublisher({
         store,
         nc: nats,
         namespace,
+        auth,
         log: app.log,
         idleMs: config.boundaryIdleMs,
         sweepMs: config.publisherSweepMs,
@@ -98,11 +113,11 @@ export async function startApp(config: Config): Promise<RunningApp> {
   await publisher?.start();
   const feeds = new LiveFeeds({
     store,
-    source: nats ? new JetStreamSource({ nc: nats, namespace }) : undefined,
+    source: nats ? new JetStreamSource({ nc: nats, namespace, auth, log: app.log }) : undefined,
     log: app.log,
   });
   const pubsub = nats
-    ? new JetStreamPubSub(nats, { namespace, ...pubsubOptions })
+    ? new JetStreamPubSub(nats, { namespace, auth, log: app.log, ...pubsubOptions })
     : new MemoryPubSub(pubsubOptions);
 
   const shutdown = new AbortController();

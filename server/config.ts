@@ -12,6 +12,8 @@ export interface Config {
   readonly pgPoolSize: number;
   /** NATS URL; undefined: the in-process broker. */
   readonly natsUrl: string | undefined;
+  /** Path of a NATS `.creds` file (user JWT and NKey seed); undefined: none. */
+  readonly natsCredsFile: string | undefined;
   readonly dataDir: string;
   readonly tls: { readonly cert: string; readonly key: string } | undefined;
   /** Allowed boundaries; undefined: any valid name, created on first write. */
@@ -169,7 +171,9 @@ function url(env: Source, name: string, protocols: readonly string[]): string | 
   try {
     parsed = new URL(raw);
   } catch {
-    throw new ConfigError(`${name}: must be a URL like ${protocols[0]}//host:port, got "${raw}"`);
+    // Without the user part: it may hold a password.
+    const shown = raw.replace(/\/\/[^@/]*@/, "//…@");
+    throw new ConfigError(`${name}: must be a URL like ${protocols[0]}//host:port, got "${shown}"`);
   }
   if (!protocols.includes(parsed.protocol)) {
     throw new ConfigError(`${name}: must use ${protocols.join(" or ")}, got "${parsed.protocol}"`);
@@ -207,6 +211,15 @@ export function loadConfig(
       throw new ConfigError(`${name}: cannot read ${path}: ${(error as Error).message}`);
     }
   };
+  const natsCredsFile = merged.ORISUN_NATS_CREDS;
+  if (natsCredsFile !== undefined) {
+    readPem("ORISUN_NATS_CREDS", natsCredsFile);
+    if (/^[a-z]+:\/\/[^@/]*@/i.test(merged.ORISUN_NATS_URL ?? "")) {
+      throw new ConfigError(
+        "ORISUN_NATS_CREDS and credentials in ORISUN_NATS_URL: set one or the other",
+      );
+    }
+  }
   const logLevel = merged.ORISUN_LOG_LEVEL ?? "info";
   if (!["fatal", "error", "warn", "info", "debug", "trace", "silent"].includes(logLevel)) {
     throw new ConfigError(
@@ -238,6 +251,7 @@ export function loadConfig(
     pgSchema,
     pgPoolSize: integer(merged, "ORISUN_PG_POOL_SIZE", 10, 1, 1000),
     natsUrl: url(merged, "ORISUN_NATS_URL", ["nats:", "tls:", "ws:", "wss:"]),
+    natsCredsFile: natsCredsFile === undefined ? undefined : resolve(natsCredsFile),
     dataDir: resolve(merged.ORISUN_DATA_DIR ?? "./data"),
     tls:
       cert === undefined || key === undefined

@@ -1,4 +1,5 @@
-import { writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { describe, expect, it } from "vitest";
 import { ConfigError, configPathFromArgs, loadConfig } from "../server/config.js";
@@ -151,6 +152,20 @@ describe("loadConfig environment parsing", () => {
       maxConnections: 4000,
     });
   });
+
+  it("reads the NATS credentials file setting, refusing it next to credentials in the URL", () => {
+    const dir = mkdtempSync(join(tmpdir(), "orisun-creds-"));
+    try {
+      const file = join(dir, "orisun.creds");
+      writeFileSync(file, "creds");
+      const env = { ORISUN_NATS_URL: "nats://n:4222", ORISUN_NATS_CREDS: file };
+      expect(loadConfig(env, []).natsCredsFile).toBe(file);
+      const both = { ...env, ORISUN_NATS_URL: "nats://u:p@n:4222" };
+      rejects(both, "ORISUN_NATS_CREDS");
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });
 
 describe("loadConfig rejects bad values naming the variable", () => {
@@ -189,10 +204,19 @@ describe("loadConfig rejects bad values naming the variable", () => {
     ["ORISUN_MAX_STREAMS_PER_CONNECTION", "0"],
     ["ORISUN_MAX_CONNECTIONS_PER_ADDRESS", "many"],
     ["ORISUN_MAX_CONNECTIONS", "0"],
+    ["ORISUN_NATS_CREDS", "/nonexistent/orisun.creds"],
   ])("%s=%s", (name, value) => {
     const env: Record<string, string> = { [name]: value };
     if (name === "ORISUN_TLS_CERT") env.ORISUN_TLS_KEY = "/nonexistent/key.pem";
     rejects(env, name);
+  });
+
+  it("a bad NATS URL is quoted without its password", () => {
+    const error = rejects(
+      { ORISUN_NATS_URL: "nats://user:s3cret@bad host:4222" },
+      "ORISUN_NATS_URL",
+    );
+    expect(error.message).not.toContain("s3cret");
   });
 
   it("TLS cert without key (and key without cert)", () => {

@@ -1,4 +1,4 @@
-import { randomUUID } from "node:crypto";
+import { randomBytes, randomUUID } from "node:crypto";
 import { type JetStreamManager, jetstreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import pg from "pg";
@@ -7,6 +7,7 @@ import { LiveFeeds } from "../server/broker/feed.js";
 import { connectNats, decodeEvents, streamNames } from "../server/broker/jetstream.js";
 import { JetStreamPublisher } from "../server/broker/jetstream-publisher.js";
 import { JetStreamSource } from "../server/broker/jetstream-source.js";
+import { MessageAuth } from "../server/broker/message-auth.js";
 import type { EventStore } from "../server/store/event-store.js";
 import type { EventToAppend, Position } from "../server/store/types.js";
 import {
@@ -24,6 +25,7 @@ import {
  */
 
 const quiet = { info: () => {}, warn: () => {}, error: () => {} };
+const auth = new MessageAuth(randomBytes(32));
 const BOUNDARIES = Array.from({ length: 200 }, (_, i) => `idle_${i}`);
 
 let nc: NatsConnection;
@@ -140,6 +142,7 @@ describe("idle boundaries", () => {
         store,
         nc,
         namespace: schema,
+        auth,
         log: quiet,
         lockRetryMs: 200,
         idleMs: 1_000,
@@ -276,7 +279,7 @@ describe("idle boundaries", () => {
   it("close a boundary's live feed when its last subscriber leaves", async () => {
     const schema = freshSchema("idle");
     const store = await openPostgresStore(schema, 4);
-    const source = new JetStreamSource({ nc, namespace: schema });
+    const source = new JetStreamSource({ nc, namespace: schema, auth, log: quiet });
     const feeds = new LiveFeeds({ store, source, log: quiet });
     try {
       const leaves: (() => void)[] = [];

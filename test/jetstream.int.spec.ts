@@ -1,4 +1,4 @@
-import { randomUUID } from "node:crypto";
+import { randomBytes, randomUUID } from "node:crypto";
 import { type JetStreamManager, jetstreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
@@ -12,6 +12,7 @@ import {
 } from "../server/broker/jetstream.js";
 import { JetStreamPublisher, msgId } from "../server/broker/jetstream-publisher.js";
 import { JetStreamSource } from "../server/broker/jetstream-source.js";
+import { MessageAuth } from "../server/broker/message-auth.js";
 import type { EventStore } from "../server/store/event-store.js";
 import type { EventToAppend, Position, StoredEvent } from "../server/store/types.js";
 import { dropSchema, freshSchema, openPostgresStore } from "./support/databases.js";
@@ -21,6 +22,8 @@ import { dropSchema, freshSchema, openPostgresStore } from "./support/databases.
 const NATS_URL = process.env.ORISUN_TEST_NATS_URL ?? "nats://127.0.0.1:4222";
 const quiet = { info: () => {}, warn: () => {}, error: () => {} };
 const B = "orders";
+/** The key a deployment would keep in its database; here one for the whole file. */
+const auth = new MessageAuth(randomBytes(32));
 
 let nc: NatsConnection;
 let jsm: JetStreamManager;
@@ -63,7 +66,7 @@ async function openStore(schema: string): Promise<EventStore> {
 }
 
 async function startPublisher(store: EventStore, namespace: string): Promise<JetStreamPublisher> {
-  const publisher = new JetStreamPublisher({ store, nc, namespace, log: quiet });
+  const publisher = new JetStreamPublisher({ store, nc, namespace, auth, log: quiet });
   await publisher.start();
   cleanups.push(() => publisher.close());
   return publisher;
@@ -183,7 +186,9 @@ async function expectStreamMirrorsLog(store: EventStore, namespace: string, from
     const [a, b] = [entries[i - 1], entries[i]];
     expect(b?.seq).toBe((a?.seq ?? 0) + (a?.closing ? 1 : 0));
   }
-  for (const e of entries.filter((e) => e.closing)) expect(e.msgId).toBe(msgId(e.event.position));
+  for (const e of entries.filter((e) => e.closing)) {
+    expect(e.msgId).toBe(auth.messageId(msgId(e.event.position)));
+  }
   return entries;
 }
 
@@ -380,7 +385,7 @@ describe("JetStreamSource", () => {
     const store = await openStore(ns);
     await startPublisher(store, ns);
     const live = await untilLive(store, ns);
-    const source = new JetStreamSource({ nc, namespace: ns });
+    const source = new JetStreamSource({ nc, namespace: ns, auth, log: quiet });
     cleanups.push(() => source.close());
     const one = await collect(source);
     const two = await collect(source);
@@ -406,7 +411,7 @@ describe("JetStreamSource", () => {
     await ensureStream(jsm, ns, B);
     const js = jsm.jetstream();
     const { subject } = streamNames(ns, B);
-    const source = new JetStreamSource({ nc, namespace: ns });
+    const source = new JetStreamSource({ nc, namespace: ns, auth, log: quiet });
     cleanups.push(() => source.close());
     let prepare = 0n;
     const publish = () => {
@@ -421,8 +426,11 @@ describe("JetStreamSource", () => {
         position: { commit: prepare, prepare },
         createdAt: new Date(),
       };
-      return js.publish(subject, encodeEvents([wireText(event)]), {
-        msgID: msgId(event.position),
+      const payload = encodeEvents([wireText(event)]);
+      const id = msgId(event.position);
+      return js.publish(subject, payload, {
+        msgID: id,
+        headers: auth.headers(subject, id, payload),
       });
     };
     for (let round = 0; round < 20; round++) {
@@ -442,7 +450,13 @@ describe("JetStreamSource", () => {
     const store = await openStore(ns);
     await startPublisher(store, ns);
     const live = await untilLive(store, ns);
-    const source = new JetStreamSource({ nc, namespace: ns, pullExpiresMs: 2_000 });
+    const source = new JetStreamSource({
+      nc,
+      namespace: ns,
+      auth,
+      log: quiet,
+      pullExpiresMs: 2_000,
+    });
     cleanups.push(() => source.close());
     const { got, broken, following } = await collect(source);
     await append(store, 5);
@@ -463,7 +477,13 @@ describe("JetStreamSource", () => {
   it("reports a broken follow when the stream is deleted", async () => {
     const ns = freshNamespace();
     await ensureStream(jsm, ns, B);
-    const source = new JetStreamSource({ nc, namespace: ns, pullExpiresMs: 2_000 });
+    const source = new JetStreamSource({
+      nc,
+      namespace: ns,
+      auth,
+      log: quiet,
+      pullExpiresMs: 2_000,
+    });
     cleanups.push(() => source.close());
     const { broken } = await collect(source);
     await jsm.streams.delete(streamNames(ns, B).stream);

@@ -60,7 +60,11 @@ describe("schema migrations at start-up", () => {
       async (client) =>
         (await client.query(`SELECT name FROM "${name}".kysely_migration ORDER BY name`)).rows,
     );
-    expect(applied).toEqual([{ name: "2026-11-28-events" }, { name: "2026-12-01-published" }]);
+    expect(applied).toEqual([
+      { name: "2026-11-28-events" },
+      { name: "2026-12-01-deployment" },
+      { name: "2026-12-01-published" },
+    ]);
     // And a restart applies nothing again (it would fail: the tables exist).
     const again = await openPostgresStore(name, 1);
     await again.close();

@@ -1,8 +1,10 @@
+import { randomBytes } from "node:crypto";
 import { JetStreamApiCodes, JetStreamApiError, jetstreamManager } from "@nats-io/jetstream";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { afterAll, describe, expect, it } from "vitest";
 import { JetStreamPubSub, type JetStreamPubSubOptions } from "../server/broker/jetstream-pubsub.js";
 import { MemoryPubSub } from "../server/broker/memory-pubsub.js";
+import { MessageAuth } from "../server/broker/message-auth.js";
 import type { PubSub, PubSubMessage } from "../server/broker/pubsub.js";
 import { freshSchema, NATS_URL } from "./support/databases.js";
 
@@ -81,6 +83,8 @@ const targets: readonly Target[] = [
       const nc = await connect({ servers: NATS_URL });
       const config: JetStreamPubSubOptions = {
         namespace: freshSchema("psl"),
+        auth: new MessageAuth(randomBytes(32)),
+        log: { warn: () => {} },
         ...windows,
         ...options,
       };

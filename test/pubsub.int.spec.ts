@@ -1,3 +1,4 @@
+import { randomBytes } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
 import type { HandlerContext } from "@connectrpc/connect";
 import { jetstreamManager } from "@nats-io/jetstream";
@@ -12,6 +13,7 @@ import { pubsubHandler } from "../server/api/pubsub-handler.js";
 import type { ValidationContext } from "../server/api/validate.js";
 import { JetStreamPubSub } from "../server/broker/jetstream-pubsub.js";
 import { MemoryPubSub } from "../server/broker/memory-pubsub.js";
+import { MessageAuth } from "../server/broker/message-auth.js";
 import type { PubSub, PubSubMessage } from "../server/broker/pubsub.js";
 import { StoreError } from "../server/store/errors.js";
 import type { EventStore } from "../server/store/event-store.js";
@@ -20,6 +22,9 @@ import { startOwnNatsServer } from "./support/nats-server.js";
 
 const NATS_URL = process.env.ORISUN_TEST_NATS_URL ?? "nats://127.0.0.1:4222";
 const MINUTE = 60_000;
+/** The key a deployment would keep in its database; processes of one deployment share it. */
+const auth = new MessageAuth(randomBytes(32));
+const quiet = { warn: () => {} };
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -89,7 +94,12 @@ const targets: readonly Target[] = [
     name: "JetStream",
     async open() {
       const nc = await connect({ servers: NATS_URL });
-      const pubsub = new JetStreamPubSub(nc, { namespace: freshSchema("ps"), ...windows });
+      const pubsub = new JetStreamPubSub(nc, {
+        namespace: freshSchema("ps"),
+        auth,
+        log: quiet,
+        ...windows,
+      });
       streams.push({ nc, stream: pubsub.stream });
       return {
         pubsub,
@@ -391,7 +401,13 @@ describe("pub/sub on JetStream across processes", () => {
   const open = async (namespace: string, url = NATS_URL, requestTimeoutMs?: number) => {
     const nc = await connect({ servers: url, maxReconnectAttempts: -1, reconnectTimeWait: 200 });
     opened.push(nc);
-    const pubsub = new JetStreamPubSub(nc, { namespace, ...windows, requestTimeoutMs });
+    const pubsub = new JetStreamPubSub(nc, {
+      namespace,
+      auth,
+      log: quiet,
+      ...windows,
+      requestTimeoutMs,
+    });
     streams.push({ nc, stream: pubsub.stream });
     return { nc, pubsub };
   };

@@ -12,12 +12,15 @@ import {
   streamNames,
   wireText,
 } from "./jetstream.js";
+import type { MessageAuth } from "./message-auth.js";
 
 export interface JetStreamPublisherOptions {
   readonly store: EventStore;
   readonly nc: NatsConnection;
-  /** Must match the sources' (the app passes its PostgreSQL schema). */
+  /** Must match the sources' (the app passes its deployment id). */
   readonly namespace: string;
+  /** Signs each message, so that sources can tell it from one anybody else published. */
+  readonly auth: MessageAuth;
   readonly log: BrokerLog;
   /** How often a process that does not hold a boundary's publisher lock tries to take it. */
   readonly lockRetryMs?: number;
@@ -47,6 +50,8 @@ const WINDOW = 128;
 const MESSAGE_EVENTS = 256;
 /** Room for the headers next to the payload when checking the server's max_payload. */
 const HEADER_ROOM = 1_024;
+/** How far back from the stream's end to look for the last message this deployment signed. */
+const TAIL_SEARCH = 100;
 /** Consecutive failures after which the holder hands the boundary to another process. */
 const YIELD_AFTER = 5;
 const SIT_OUT_MS = 5_000;
@@ -59,9 +64,10 @@ const SWEEP_LIMIT = 100;
  * Copies each boundary's committed events, in position order, into its JetStream stream. One
  * process publishes a boundary at a time (a session lock per boundary); the others wait to take
  * over. A message holds consecutive events (up to MESSAGE_EVENTS, within max_payload). Each
- * carries its last event's position as Nats-Msg-Id and the stream sequence it expects to follow,
- * so JetStream itself refuses a duplicate or a message from a holder that lost its lock but still
- * had publishes buffered: the stream stays in position order whatever happens.
+ * carries its last event's position (with a keyed suffix, see MessageAuth) as Nats-Msg-Id and
+ * the stream sequence it expects to follow, so JetStream itself refuses a duplicate or a message
+ * from a holder that lost its lock but still had publishes buffered: the stream stays in position
+ * order whatever happens. Each is signed with the deployment's key.
  *
  * A boundary costs nothing once idle: after `idleMs` without a commit its holder records how far
  * it published (orisun_boundaries.published_*), releases the lock and forgets it; a process that
@@ -282,16 +288,29 @@ export class JetStreamPublisher {
     return "stopped";
   }
 
-  /** The durable progress: the stream's last event, or for an empty stream its resumePoint. */
+  /**
+   * The durable progress: the stream's last event this deployment signed, or for an empty stream
+   * its resumePoint. A message anybody else slipped in is passed over: its position must not make
+   * the publisher skip real events.
+   */
   private async tail(boundary: string): Promise<Tail> {
     const jsm = this.manager();
     const info = await ensureStream(jsm, this.options.namespace, boundary);
     const seq = info.state.last_seq;
-    const last = seq > 0 ? await jsm.streams.getMessage(info.config.name, { seq }) : null;
-    const lastEvent = last ? decodeEvents(last.data).at(-1) : undefined;
-    if (lastEvent) return { last: lastEvent.position, seq };
-    // Empty: it goes on from what was published before a holder let the boundary go. New (never
-    // published): history is served from the store; the stream carries what commits from now on.
+    const oldest = Math.max(info.state.first_seq, seq - TAIL_SEARCH + 1, 1);
+    for (let at = seq; at >= oldest; at--) {
+      // Null or a throw: removed meanwhile (aged out or deleted).
+      const m = await jsm.streams.getMessage(info.config.name, { seq: at }).catch(() => null);
+      if (!m) break;
+      if (!this.options.auth.verify({ subject: m.subject, headers: m.header, data: m.data })) {
+        continue;
+      }
+      const lastEvent = decodeEvents(m.data).at(-1);
+      if (lastEvent) return { last: lastEvent.position, seq };
+    }
+    // Empty (or nothing signed nearby): it goes on from what was published before a holder let
+    // the boundary go. New (never published): history is served from the store; the stream
+    // carries what commits from now on (a feed fills any gap this leaves from the store).
     return { last: await this.resumePoint(boundary), seq };
   }
 
@@ -343,9 +362,12 @@ export class JetStreamPublisher {
     let through: Position | undefined;
     const flush = async () => {
       if (!through) return;
-      const ack = js.publish(subject, encodeEvents(texts), {
-        msgID: msgId(through),
+      const payload = encodeEvents(texts);
+      const id = this.options.auth.messageId(msgId(through));
+      const ack = js.publish(subject, payload, {
+        msgID: id,
         expect: { lastSequence: expected },
+        headers: this.options.auth.headers(subject, id, payload, expected),
       });
       // Awaited in settle(); this only keeps a failure after an earlier one from going unhandled.
       ack.catch(() => {});

@@ -18,6 +18,8 @@ import {
 } from "@nats-io/jetstream";
 import { type NatsConnection, nanos, RequestError } from "@nats-io/transport-node";
 import { StoreError } from "../store/errors.js";
+import type { BrokerLog } from "./jetstream.js";
+import { type MessageAuth, RejectedMessages } from "./message-auth.js";
 import {
   DEFAULT_GROUP_EXPIRY_MS,
   DEFAULT_MAX_GROUPS,
@@ -31,8 +33,11 @@ import {
 } from "./pubsub.js";
 
 export interface JetStreamPubSubOptions {
-  /** Keeps deployments (and test runs) sharing one NATS apart; sanitised to [A-Za-z0-9_]. */
+  /** Keeps deployments sharing one NATS apart (the app passes its deployment id); sanitised to [A-Za-z0-9_]. */
   readonly namespace: string;
+  /** Signs what is published; members drop (and acknowledge) what this deployment did not sign. */
+  readonly auth: MessageAuth;
+  readonly log: Pick<BrokerLog, "warn">;
   /** How long a message waits in the stream for groups that have not taken it. */
   readonly retentionMs: number;
   /** A repeated id within this window is dropped (JetStream's duplicate window). */
@@ -73,6 +78,7 @@ export class JetStreamPubSub implements PubSub {
   private readonly members = new Set<JetStreamMember>();
   /** Group creations of this process, one at a time, so that the cap holds within it exactly. */
   private creating: Promise<unknown> = Promise.resolve();
+  private readonly rejected: RejectedMessages;
   private closed = false;
 
   constructor(
@@ -85,14 +91,17 @@ export class JetStreamPubSub implements PubSub {
     this.ackWaitMs = options.ackWaitMs ?? 30_000;
     this.timeout = options.requestTimeoutMs ?? 5_000;
     this.js = jetstream(nc, { timeout: this.timeout });
+    this.rejected = new RejectedMessages(options.log);
   }
 
   async publish(message: PubSubMessage): Promise<void> {
     this.checkOpen();
     this.checkPayload(message);
     const subject = `${this.prefix}.${message.subject}`;
+    const msgID = this.options.auth.messageId(message.id);
+    const headers = this.options.auth.headers(subject, msgID, message.data);
     const send = () =>
-      this.js.publish(subject, message.data, { msgID: message.id, timeout: this.timeout });
+      this.js.publish(subject, message.data, { msgID, headers, timeout: this.timeout });
     await guard("publish the message", () => this.withStream(send));
   }
 
@@ -123,6 +132,11 @@ export class JetStreamPubSub implements PubSub {
       acks: durable,
       keepAliveMs: Math.max(1_000, Math.floor(this.ackWaitMs / 3)),
       deleted: () => this.isDeleted(consumerName),
+      authentic: (m) => {
+        if (this.options.auth.verify(m)) return true;
+        this.rejected.reject({ stream: this.stream, seq: m.seq, subject: m.subject });
+        return false;
+      },
       cleanup: async () => {
         unlisten();
         this.members.delete(member);
@@ -294,7 +308,8 @@ export class JetStreamPubSub implements PubSub {
   /** NATS refuses messages above its max_payload (1 MiB by default), headers included. */
   private checkPayload(message: PubSubMessage): void {
     const max = this.nc.info?.max_payload;
-    const headers = 64 + Buffer.byteLength(message.id, "utf8");
+    // The message id (with its keyed suffix) and the signature travel as headers.
+    const headers = 160 + Buffer.byteLength(message.id, "utf8");
     if (max !== undefined && message.data.length + headers > max) {
       throw new StoreError(
         "too_large",
@@ -365,6 +380,8 @@ interface MemberOptions {
   readonly keepAliveMs: number;
   /** Asked when the pulls fail: whether the group was deleted (not the stream, nor NATS gone). */
   readonly deleted: () => Promise<boolean>;
+  /** False for a message this deployment did not sign (it is then skipped, and logged). */
+  readonly authentic: (m: JsMsg) => boolean;
   readonly cleanup: () => Promise<void>;
 }
 
@@ -385,6 +402,14 @@ class JetStreamMember implements AsyncIterator<PubSubMessage> {
   }
 
   async next(): Promise<IteratorResult<PubSubMessage>> {
+    let result: IteratorResult<PubSubMessage> | undefined;
+    do result = await this.pull();
+    while (result === undefined);
+    return result;
+  }
+
+  /** The next message, DONE, or undefined for a forged message (acknowledged and skipped). */
+  private async pull(): Promise<IteratorResult<PubSubMessage> | undefined> {
     this.settle("ack");
     if (this.ending) {
       await this.ending;
@@ -413,6 +438,11 @@ class JetStreamMember implements AsyncIterator<PubSubMessage> {
       await this.ending;
       return DONE;
     }
+    if (!this.options.authentic(m)) {
+      // Acknowledged, so that the group is not handed it again and again.
+      if (this.options.acks) m.ack();
+      return undefined;
+    }
     if (this.options.acks) {
       this.unacked = m;
       // A slow client must not have its message handed to another member meanwhile.
@@ -421,7 +451,7 @@ class JetStreamMember implements AsyncIterator<PubSubMessage> {
     return {
       done: false,
       value: {
-        id: m.headers?.get(PubHeaders.MsgIdHdr) ?? "",
+        id: publishedId(m.headers?.get(PubHeaders.MsgIdHdr) ?? ""),
         subject: m.subject.slice(this.options.prefixLength),
         data: m.data,
       },
@@ -467,4 +497,10 @@ class JetStreamMember implements AsyncIterator<PubSubMessage> {
       { cause },
     );
   }
+}
+
+/** The id the publisher was given: the JetStream id without MessageAuth's keyed suffix. */
+function publishedId(msgId: string): string {
+  const end = msgId.lastIndexOf(".");
+  return end < 0 ? msgId : msgId.slice(0, end);
 }

@@ -7,13 +7,17 @@ import {
 import { type NatsConnection, nuid } from "@nats-io/transport-node";
 import { StoreError } from "../store/errors.js";
 import type { StoredEvent } from "../store/types.js";
-import { decodeEvents, ensureStream, streamNames } from "./jetstream.js";
+import { type BrokerLog, decodeEvents, ensureStream, streamNames } from "./jetstream.js";
 import type { Following, LiveSource } from "./live-source.js";
+import { type MessageAuth, RejectedMessages } from "./message-auth.js";
 
 export interface JetStreamSourceOptions {
   readonly nc: NatsConnection;
-  /** Must match the publisher's (the app passes its PostgreSQL schema). */
+  /** Must match the publisher's (the app passes its deployment id). */
   readonly namespace: string;
+  /** Checks that each message was signed by this deployment; others are dropped. */
+  readonly auth: MessageAuth;
+  readonly log: Pick<BrokerLog, "warn">;
   /**
    * How long each pull request waits on the server; the consumer's heartbeat is half of it, and
    * two missed heartbeats make the client check (and recreate) a consumer lost on the server.
@@ -26,8 +30,11 @@ export class JetStreamSource implements LiveSource {
   private manager: Promise<JetStreamManager> | undefined;
   private readonly followings = new Set<Following>();
   private closed = false;
+  private readonly rejected: RejectedMessages;
 
-  constructor(private readonly options: JetStreamSourceOptions) {}
+  constructor(private readonly options: JetStreamSourceOptions) {
+    this.rejected = new RejectedMessages(options.log);
+  }
 
   async follow(
     boundary: string,
@@ -76,6 +83,12 @@ export class JetStreamSource implements LiveSource {
       expires: this.options.pullExpiresMs ?? 10_000,
       callback: (msg) => {
         if (stopped) return;
+        // Not delivered: the feed reads the real events at these positions from the store, when
+        // the next genuine message shows the gap or a commit signal goes unmatched.
+        if (!this.options.auth.verify(msg)) {
+          this.rejected.reject({ stream, seq: msg.seq, subject: msg.subject });
+          return;
+        }
         let events: StoredEvent[];
         try {
           events = decodeEvents(msg.data);

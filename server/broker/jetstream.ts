@@ -1,3 +1,4 @@
+import { readFileSync } from "node:fs";
 import {
   DiscardPolicy,
   JetStreamApiError,
@@ -6,7 +7,13 @@ import {
   StorageType,
   type StreamInfo,
 } from "@nats-io/jetstream";
-import { connect, type NatsConnection, nanos } from "@nats-io/transport-node";
+import {
+  type Authenticator,
+  connect,
+  credsAuthenticator,
+  type NatsConnection,
+  nanos,
+} from "@nats-io/transport-node";
 import type { StoredEvent } from "../store/types.js";
 
 /** Pino-style, so the app's logger fits as is. */
@@ -18,26 +25,56 @@ export interface BrokerLog {
 
 /**
  * Connects once and then reconnects forever: a NATS outage must degrade the live path (the feed
- * falls back to the store), never end it. The first connect fails fast so that a wrong URL is
- * reported at startup instead of hanging it.
+ * falls back to the store), never end it. The first connect fails fast so that a wrong URL or
+ * credentials are reported at startup instead of hanging it.
+ *
+ * Credentials come from the URL (`nats://user:password@host:4222`, or `nats://token@host:4222`;
+ * percent-encoded) or from a `.creds` file (JWT and NKey seed, read at each connect so that a
+ * renewed file is picked up). The client library (3.4) ignores credentials in a URL, and takes a
+ * numeric password for the port: they are taken out of the URL here and passed as options.
  */
 export async function connectNats(
   url: string,
   log: Pick<BrokerLog, "info" | "warn">,
+  credsFile?: string,
 ): Promise<NatsConnection> {
-  const nc = await connect({
-    servers: url,
-    name: "orisun",
-    maxReconnectAttempts: -1,
-    reconnectTimeWait: 1_000,
-    // Notice a silently dead TCP connection in ~30 s rather than the default ~4 min.
-    pingInterval: 15_000,
-    maxPingOut: 2,
-    // Every request (each JetStream publish awaits an ack) would otherwise build two Error
-    // objects up front to capture the caller's stack: 5% of the server's CPU while appending,
-    // 13% while bulk loading (profiled). Errors keep their own stacks.
-    noAsyncTraces: true,
-  });
+  const { server, user, pass, token } = splitCredentials(url);
+  const authenticator: Authenticator | undefined =
+    credsFile === undefined ? undefined : credsAuthenticator(() => readFileSync(credsFile));
+  let nc: NatsConnection;
+  try {
+    nc = await connect({
+      servers: server,
+      ...(user === undefined ? {} : { user, pass }),
+      ...(token === undefined ? {} : { token }),
+      ...(authenticator === undefined ? {} : { authenticator }),
+      name: "orisun",
+      maxReconnectAttempts: -1,
+      reconnectTimeWait: 1_000,
+      // Notice a silently dead TCP connection in ~30 s rather than the default ~4 min.
+      pingInterval: 15_000,
+      maxPingOut: 2,
+      // Every request (each JetStream publish awaits an ack) would otherwise build two Error
+      // objects up front to capture the caller's stack: 5% of the server's CPU while appending,
+      // 13% while bulk loading (profiled). Errors keep their own stacks.
+      noAsyncTraces: true,
+    });
+  } catch (error) {
+    const how =
+      credsFile !== undefined
+        ? `with the credentials file ${credsFile}`
+        : user !== undefined
+          ? `as user "${user}"`
+          : token !== undefined
+            ? "with a token"
+            : "without credentials";
+    const cause = (error as Error).cause;
+    const detail = cause instanceof Error ? ` (${cause.message})` : "";
+    throw new Error(
+      `cannot connect to NATS at ${server} ${how}: ${(error as Error).message}${detail}`,
+      { cause: error },
+    );
+  }
   void (async () => {
     for await (const status of nc.status()) {
       if (status.type === "disconnect") log.warn({ server: status.server }, "NATS disconnected");
@@ -46,6 +83,28 @@ export async function connectNats(
     }
   })();
   return nc;
+}
+
+/**
+ * The URL without its user part, and what that part held: `user:password` (either may be empty),
+ * or a lone token.
+ */
+export function splitCredentials(url: string): {
+  server: string;
+  user?: string;
+  pass?: string;
+  token?: string;
+} {
+  const userinfo = /^[a-z]+:\/\/([^@/]*)@/i.exec(url)?.[1];
+  if (userinfo === undefined) return { server: url };
+  const server = url.replace(`${userinfo}@`, "");
+  const colon = userinfo.indexOf(":");
+  if (colon < 0) return { server, token: decodeURIComponent(userinfo) };
+  return {
+    server,
+    user: decodeURIComponent(userinfo.slice(0, colon)),
+    pass: decodeURIComponent(userinfo.slice(colon + 1)),
+  };
 }
 
 const BOUNDARY = /^[a-z][a-z0-9_]{0,62}$/;

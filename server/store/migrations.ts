@@ -48,6 +48,21 @@ const migrations: Record<string, Migration> = {
         .execute();
     },
   },
+  "2026-12-01-deployment": {
+    async up(db: Kysely<unknown>) {
+      // One row (see deployment.ts): the identity that names this store's NATS streams and the
+      // key that signs its live messages.
+      await db.schema
+        .createTable("orisun_deployment")
+        .addColumn("singleton", "boolean", (c) =>
+          c.primaryKey().defaultTo(true).check(sql`singleton`),
+        )
+        .addColumn("id", "text", (c) => c.notNull())
+        .addColumn("secret", "text", (c) => c.notNull())
+        .addColumn("created_at", "timestamptz", (c) => c.notNull().defaultTo(sql`now()`))
+        .execute();
+    },
+  },
   // What the JetStream publisher last published of each boundary, written when it lets an idle
   // boundary go: its sweep finds a boundary nobody publishes whose head is past this.
   "2026-12-01-published": {

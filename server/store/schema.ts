@@ -27,9 +27,19 @@ export interface BoundariesTable {
   created_at: Generated<Date>;
 }
 
+/** One row: see deployment.ts. */
+export interface DeploymentTable {
+  singleton: Generated<boolean>;
+  id: string;
+  /** 32 random bytes as hex. */
+  secret: string;
+  created_at: Generated<Date>;
+}
+
 export interface Database {
   orisun_events: EventsTable;
   orisun_boundaries: BoundariesTable;
+  orisun_deployment: DeploymentTable;
 }
 
 /** A tag as one array element: JSON keeps any key/value pair unambiguous. */

@@ -6,7 +6,13 @@ import { jetstreamManager } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { EventStore, type Message } from "../../gen/orisun/v1/eventstore_pb.js";
-import { dropSchema, freshDataDir, freshSchema, PG_URL } from "../support/databases.js";
+import {
+  deploymentId,
+  dropSchema,
+  freshDataDir,
+  freshSchema,
+  PG_URL,
+} from "../support/databases.js";
 import { NATS_URL } from "../support/live.js";
 import { type SpawnedServer, spawnServer } from "../support/spawn-server.js";
 
@@ -54,10 +60,6 @@ describe("two server processes on one PostgreSQL and one NATS", () => {
   });
   afterAll(async () => {
     await Promise.all([a?.stop(), b?.stop()]);
-    const nc = await connect({ servers: NATS_URL });
-    const jsm = await jetstreamManager(nc);
-    await jsm.streams.delete(`ORISUN_PUBSUB_${schema}`).catch(() => {});
-    await nc.close();
     await dropSchema(schema);
   });
 
@@ -68,8 +70,9 @@ describe("two server processes on one PostgreSQL and one NATS", () => {
     // A group receives what is published from its creation on: wait until both exist.
     const nc = await connect({ servers: NATS_URL });
     const jsm = await jetstreamManager(nc);
+    const stream = `ORISUN_PUBSUB_${await deploymentId(schema)}`;
     const exists = (group: string) =>
-      jsm.consumers.info(`ORISUN_PUBSUB_${schema}`, group).then(
+      jsm.consumers.info(stream, group).then(
         () => true,
         () => false,
       );

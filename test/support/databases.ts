@@ -23,22 +23,55 @@ export function freshDataDir(): string {
 /** The NATS JetStream the tests use; CI starts it on 127.0.0.1:4222. */
 export const NATS_URL = process.env.ORISUN_TEST_NATS_URL ?? "nats://127.0.0.1:4222";
 
+/** Runs `work` on a connection to `database` of the test PostgreSQL (e.g. "postgres" to create one). */
+export async function withPostgres<T>(
+  database: string,
+  work: (client: pg.Client) => Promise<T>,
+): Promise<T> {
+  const url = new URL(PG_URL);
+  url.pathname = `/${database}`;
+  const client = new pg.Client({ connectionString: url.toString() });
+  await client.connect();
+  try {
+    return await work(client);
+  } finally {
+    await client.end();
+  }
+}
+
+/** The id that names the JetStream streams of the deployment in `schema`; undefined if none. */
+export async function deploymentId(schema: string, url = PG_URL): Promise<string | undefined> {
+  const client = new pg.Client({ connectionString: url });
+  await client.connect();
+  try {
+    const { rows } = await client.query<{ id: string }>(
+      `SELECT id FROM "${schema}".orisun_deployment`,
+    );
+    return rows[0]?.id;
+  } catch {
+    return undefined; // no such schema or table: nothing was deployed there
+  } finally {
+    await client.end();
+  }
+}
+
 /**
- * Drops the schema, and the JetStream streams that servers on it made (their namespace is the
- * schema), so that test runs do not pile streams up on the NATS server.
+ * Drops the schema, and the JetStream streams that servers on it made (named from the deployment
+ * id stored in the schema), so that test runs do not pile streams up on the NATS server.
  */
-export async function dropSchema(schema: string): Promise<void> {
-  const client = new pg.Client({ connectionString: PG_URL });
+export async function dropSchema(schema: string, url = PG_URL): Promise<void> {
+  const deployment = await deploymentId(schema, url);
+  const client = new pg.Client({ connectionString: url });
   await client.connect();
   try {
     await client.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
   } finally {
     await client.end();
   }
-  await deleteStreams(schema);
+  if (deployment !== undefined) await deleteStreams(deployment);
 }
 
-async function deleteStreams(namespace: string): Promise<void> {
+async function deleteStreams(deployment: string): Promise<void> {
   let nc: NatsConnection;
   try {
     nc = await connect({ servers: NATS_URL, timeout: 2_000, reconnect: false });
@@ -48,7 +81,10 @@ async function deleteStreams(namespace: string): Promise<void> {
   try {
     const jsm = await jetstreamManager(nc);
     for await (const name of jsm.streams.names()) {
-      if (name.startsWith(`ORISUN_EVENTS_${namespace}_`) || name === `ORISUN_PUBSUB_${namespace}`) {
+      if (
+        name.startsWith(`ORISUN_EVENTS_${deployment}_`) ||
+        name === `ORISUN_PUBSUB_${deployment}`
+      ) {
         await jsm.streams.delete(name).catch(() => {});
       }
     }

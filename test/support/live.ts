@@ -4,6 +4,8 @@ import { LiveFeeds } from "../../server/broker/feed.js";
 import { streamNames } from "../../server/broker/jetstream.js";
 import { JetStreamPublisher } from "../../server/broker/jetstream-publisher.js";
 import { JetStreamSource } from "../../server/broker/jetstream-source.js";
+import { MessageAuth } from "../../server/broker/message-auth.js";
+import { loadDeployment } from "../../server/store/deployment.js";
 import type { EventStore } from "../../server/store/event-store.js";
 import type { StoredEvent } from "../../server/store/types.js";
 import {
@@ -38,11 +40,15 @@ const jetstreamTarget: LiveTarget = {
     const store = await openPostgresStore(schema);
     const nc = await connect({ servers: NATS_URL });
     const jsm = await jetstreamManager(nc);
-    const publisher = new JetStreamPublisher({ store, nc, namespace: schema, log: quiet });
+    // As the app does: names and key from the identity stored in the schema.
+    const deployment = await loadDeployment(store.database.db);
+    const namespace = deployment.id;
+    const auth = new MessageAuth(deployment.secret);
+    const publisher = new JetStreamPublisher({ store, nc, namespace, auth, log: quiet });
     await publisher.start();
     const feeds = new LiveFeeds({
       store,
-      source: new JetStreamSource({ nc, namespace: schema }),
+      source: new JetStreamSource({ nc, namespace, auth, log: quiet }),
       log: quiet,
     });
     const boundaries = new Set<string>();
@@ -51,7 +57,7 @@ const jetstreamTarget: LiveTarget = {
       feeds,
       async consumers(boundary) {
         boundaries.add(boundary);
-        const { stream } = streamNames(schema, boundary);
+        const { stream } = streamNames(namespace, boundary);
         try {
           return (await jsm.consumers.list(stream).next()).length;
         } catch {
@@ -61,11 +67,6 @@ const jetstreamTarget: LiveTarget = {
       async close() {
         await feeds.close();
         await publisher.close();
-        for (const name of await jsm.streams.names().next()) {
-          if (name.startsWith(streamNames(schema, "x").stream.slice(0, -1))) {
-            await jsm.streams.delete(name).catch(() => {});
-          }
-        }
         await nc.close();
         await store.close();
         await dropSchema(schema);

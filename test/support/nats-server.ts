@@ -9,6 +9,8 @@ import { tempDir } from "./temp.js";
  */
 export interface OwnNatsServer {
   readonly url: string;
+  /** Its JetStream folder, for the test to remove when done. */
+  readonly dir: string;
   stop(): Promise<void>;
   start(): Promise<void>;
 }
@@ -19,16 +21,17 @@ process.once("exit", () => {
   for (const child of running) child.kill("SIGKILL");
 });
 
-export async function startOwnNatsServer(): Promise<OwnNatsServer> {
+/** `args` go to nats-server after the defaults, e.g. `["--user", "u", "--pass", "p"]`. */
+export async function startOwnNatsServer(args: readonly string[] = []): Promise<OwnNatsServer> {
   const port = await freePort();
   const dir = tempDir("orisun-nats-");
   let child: ChildProcess | undefined;
   const server: OwnNatsServer = {
     url: `nats://127.0.0.1:${port}`,
+    dir,
     async start() {
-      child = spawn("nats-server", ["-a", "127.0.0.1", "-p", String(port), "-js", "-sd", dir], {
-        stdio: "ignore",
-      });
+      const defaults = ["-a", "127.0.0.1", "-p", String(port), "-js", "-sd", dir];
+      child = spawn("nats-server", [...defaults, ...args], { stdio: "ignore" });
       const started = child;
       running.add(started);
       started.once("exit", () => running.delete(started));
