@@ -7,6 +7,7 @@ import { EventStore } from "../gen/orisun/v1/eventstore_pb.js";
 import type { ApiDeps } from "./api/deps.js";
 import { errorInterceptor, kRequestId, kRequestLog } from "./api/errors.js";
 import { pubsubHandler } from "./api/pubsub-handler.js";
+import { jsonOptions, requestGate } from "./api/request-decoding.js";
 import { storeHandlers } from "./api/store-handlers.js";
 import { subscribeHandler } from "./api/subscribe-handler.js";
 import { LiveFeeds } from "./broker/feed.js";
@@ -114,6 +115,8 @@ export async function startApp(config: Config): Promise<RunningApp> {
         ...pubsubHandler(pubsubDeps),
       }),
     interceptors: [errorInterceptor],
+    jsonOptions,
+    requestGate,
     readMaxBytes: config.limits.maxRequestBytes,
     contextValues: (req) =>
       createContextValues().set(kRequestLog, req.log).set(kRequestId, String(req.id)),

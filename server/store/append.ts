@@ -1,7 +1,7 @@
 import { type Kysely, sql, type Transaction } from "kysely";
 import { notifyPayload } from "./commit-signals.js";
 import { databaseError } from "./database-errors.js";
-import { StoreError } from "./errors.js";
+import { quote, StoreError } from "./errors.js";
 import { matches } from "./matcher.js";
 import { selectConditionViolation, violatedConditions } from "./query-sql.js";
 import { RecentCommits, type RecentEvent } from "./recent-commits.js";
@@ -366,7 +366,7 @@ function sameRequest(
   return {
     error: new StoreError(
       "already_exists",
-      `${taken.length} of ${ids.length} event ids are already stored by another request (first: "${taken[0]}")`,
+      `${taken.length} of ${ids.length} event ids are already stored by another request (first: ${quote(taken[0] ?? "")})`,
       "events.event_id",
     ),
   };

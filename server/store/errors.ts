@@ -21,3 +21,18 @@ export class StoreError extends Error {
     super(field === undefined ? message : `${field}: ${message}`, options);
   }
 }
+
+/** The most characters of client input that an error message repeats. */
+export const QUOTE_MAX_CHARS = 100;
+
+/**
+ * Client input as an error message shows it: JSON-quoted (control characters escaped) and cut
+ * after QUOTE_MAX_CHARS characters, so a 1 MiB name costs a short message, not a 1 MiB one.
+ */
+export function quote(value: string): string {
+  if (value.length <= QUOTE_MAX_CHARS) return JSON.stringify(value);
+  let head = value.slice(0, QUOTE_MAX_CHARS);
+  // Not half a surrogate pair: the message stays well-formed text.
+  if (/[\ud800-\udbff]$/.test(head)) head = head.slice(0, -1);
+  return `${JSON.stringify(head)}… (${value.length} characters)`;
+}
