@@ -198,6 +198,13 @@ export class Appender {
               "condition_failed",
               `an event matching the condition exists after position {${condition.after.commit}, ${condition.after.prepare}}`,
               "consistency_condition",
+              {
+                metadata: {
+                  boundary,
+                  marker_commit_position: String(condition.after.commit),
+                  marker_prepare_position: String(condition.after.prepare),
+                },
+              },
             ),
           });
           continue;

@@ -10,15 +10,22 @@ export type StoreErrorKind =
   | "unavailable" // a dependency (PostgreSQL, NATS) cannot be reached right now
   | "internal";
 
+export interface StoreErrorOptions extends ErrorOptions {
+  /** Facts a client can act on without parsing the message (e.g. the boundary). */
+  readonly metadata?: Readonly<Record<string, string>>;
+}
+
 export class StoreError extends Error {
   override readonly name = "StoreError";
+  readonly metadata: Readonly<Record<string, string>>;
   constructor(
     readonly kind: StoreErrorKind,
     message: string,
     readonly field?: string,
-    options?: ErrorOptions,
+    options?: StoreErrorOptions,
   ) {
     super(field === undefined ? message : `${field}: ${message}`, options);
+    this.metadata = options?.metadata ?? {};
   }
 }
 

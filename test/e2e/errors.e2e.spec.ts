@@ -1,8 +1,26 @@
 import { connect, createServer, type Server, type Socket } from "node:net";
-import { create, type MessageInitShape, toBinary } from "@bufbuild/protobuf";
+import {
+  create,
+  fromBinary,
+  type MessageInitShape,
+  toBinary,
+  toJsonString,
+} from "@bufbuild/protobuf";
+import { BinaryReader } from "@bufbuild/protobuf/wire";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
-import { createGrpcTransport } from "@connectrpc/connect-node";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import {
+  createConnectTransport,
+  createGrpcTransport,
+  createGrpcWebTransport,
+} from "@connectrpc/connect-node";
+import {
+  credentials,
+  Client as GrpcClient,
+  status as grpcStatus,
+  type ServiceError,
+} from "@grpc/grpc-js";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { type ErrorInfo, ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
 import {
   type Direction,
   EventStore,
@@ -29,6 +47,29 @@ const LIMITS = {
 
 const INT8_OVER = "18446744073709551615";
 const B = "errs";
+
+/** The Any details of a google.rpc.Status (code 1, message 2, details 3), read by hand. */
+function statusDetails(bin: Uint8Array): Array<{ typeUrl: string; value: Uint8Array }> {
+  const details: Array<{ typeUrl: string; value: Uint8Array }> = [];
+  const status = new BinaryReader(bin);
+  while (status.pos < status.len) {
+    const [no, wireType] = status.tag();
+    if (no !== 3) {
+      status.skip(wireType);
+      continue;
+    }
+    const any = new BinaryReader(status.bytes());
+    const detail: { typeUrl: string; value: Uint8Array } = { typeUrl: "", value: new Uint8Array() };
+    while (any.pos < any.len) {
+      const [n, w] = any.tag();
+      if (n === 1) detail.typeUrl = any.string();
+      else if (n === 2) detail.value = any.bytes();
+      else any.skip(w);
+    }
+    details.push(detail);
+  }
+  return details;
+}
 
 async function failure(promise: Promise<unknown>): Promise<ConnectError> {
   try {
@@ -809,6 +850,91 @@ describe("undecodable input, unknown names and extreme positions on every transp
     );
     expect(await ids()).toEqual([...before, "after-max"]);
   }, 60_000);
+
+  describe("a failed condition carries google.rpc.ErrorInfo on every transport", () => {
+    const K = "codes_cond";
+    const conflicting = () =>
+      create(SaveEventsRequestSchema, {
+        boundary: K,
+        consistencyCondition: {
+          consistencyMarker: { commitPosition: 0n, preparePosition: 0n },
+          criteria: { criteria: [{ eventTypes: ["Thing"] }] },
+        },
+        events: [ev("late")],
+      });
+    const kIds = async () =>
+      (await client.getEvents({ boundary: K }, { timeoutMs: 10_000 })).events.map((e) => e.eventId);
+    const expectInfo = (info: ErrorInfo | undefined) => {
+      expect(info?.reason).toBe("CONSISTENCY_CONDITION_FAILED");
+      expect(info?.domain).toBe("orisun");
+      expect(info?.metadata).toEqual({
+        boundary: K,
+        marker_commit_position: "0",
+        marker_prepare_position: "0",
+      });
+    };
+
+    beforeAll(async () => {
+      await client.saveEvents({ boundary: K, events: [ev("first")] }, { timeoutMs: 10_000 });
+    });
+    afterEach(async () => {
+      expect(await kIds()).toEqual(["first"]);
+    });
+
+    it("gRPC (@grpc/grpc-js): in grpc-status-details-bin", async () => {
+      const grpcClient = new GrpcClient(`127.0.0.1:${server.port}`, credentials.createInsecure());
+      try {
+        const error = await new Promise<ServiceError>((found, fail) => {
+          grpcClient.makeUnaryRequest(
+            "/orisun.v1.EventStore/SaveEvents",
+            (m: Uint8Array) => Buffer.from(m),
+            (b: Buffer) => b,
+            toBinary(SaveEventsRequestSchema, conflicting()),
+            (err) => (err ? found(err) : fail(new Error("the append succeeded"))),
+          );
+        });
+        expect(error.code).toBe(grpcStatus.ABORTED);
+        const [bin] = error.metadata.get("grpc-status-details-bin");
+        expect(bin).toBeInstanceOf(Buffer);
+        const details = statusDetails(bin as Buffer);
+        expect(details.map((d) => d.typeUrl)).toEqual(["type.googleapis.com/google.rpc.ErrorInfo"]);
+        expectInfo(fromBinary(ErrorInfoSchema, details[0]?.value ?? new Uint8Array()));
+      } finally {
+        grpcClient.close();
+      }
+    });
+
+    it.each([
+      ["Connect binary", () => createConnectTransport({ baseUrl: server.url, httpVersion: "1.1" })],
+      ["gRPC-Web", () => createGrpcWebTransport({ baseUrl: server.url, httpVersion: "1.1" })],
+    ])("%s: findDetails(ErrorInfoSchema)", async (_label, transport) => {
+      const other = createClient(EventStore, transport());
+      const error = await failure(other.saveEvents(conflicting(), { timeoutMs: 10_000 }));
+      expect(Code[error.code]).toBe(Code[Code.Aborted]);
+      const infos = error.findDetails(ErrorInfoSchema);
+      expect(infos).toHaveLength(1);
+      expectInfo(infos[0]);
+    });
+
+    it("Connect JSON: a details entry of type google.rpc.ErrorInfo", async () => {
+      const res = await fetch(`${server.url}/orisun.v1.EventStore/SaveEvents`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: toJsonString(SaveEventsRequestSchema, conflicting()),
+        signal: AbortSignal.timeout(15_000),
+      });
+      const body = (await res.json()) as {
+        code?: string;
+        details?: Array<{ type: string; value: string }>;
+      };
+      expect(res.status).toBe(409);
+      expect(body.code).toBe("aborted");
+      expect(body.details?.map((d) => d.type)).toEqual(["google.rpc.ErrorInfo"]);
+      expectInfo(
+        fromBinary(ErrorInfoSchema, Buffer.from(body.details?.[0]?.value ?? "", "base64")),
+      );
+    });
+  });
 
   it("error messages quote at most 100 characters of a 1 MiB input (256 in all)", async () => {
     const huge = `a${"A".repeat(1024 * 1024)}`;
