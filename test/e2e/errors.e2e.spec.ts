@@ -624,11 +624,7 @@ describe("undecodable input, unknown names and extreme positions on every transp
   const badWireType = new Uint8Array([0x0f, 0x01]); // field 1, wire type 7
 
   beforeAll(async () => {
-    server = await spawnServer({
-      ORISUN_PG_URL: PG_URL,
-      ORISUN_PG_SCHEMA: schema,
-      ORISUN_DATA_DIR: freshDataDir(),
-    });
+    server = await spawnServer({ ORISUN_PG_URL: PG_URL, ORISUN_PG_SCHEMA: schema });
     client = createClient(EventStore, createGrpcTransport({ baseUrl: server.url }));
     await client.saveEvents({ boundary: C, events: [ev("c1"), ev("c2")] }, { timeoutMs: 10_000 });
   }, 60_000);
