@@ -9,6 +9,7 @@ import { adminHandlers } from "./api/admin-handlers.js";
 import type { ApiDeps } from "./api/deps.js";
 import { errorInterceptor, kRequestId, kRequestLog } from "./api/errors.js";
 import { pubsubHandler } from "./api/pubsub-handler.js";
+import { jsonOptions, requestGate } from "./api/request-decoding.js";
 import { storeHandlers } from "./api/store-handlers.js";
 import { subscribeHandler } from "./api/subscribe-handler.js";
 import { connectionOf, kConnection, SubscriptionSlots } from "./api/subscription-slots.js";
@@ -152,6 +153,8 @@ export async function startApp(config: Config): Promise<RunningApp> {
       router.service(Admin, adminHandlers({ pubsub }));
     },
     interceptors: [errorInterceptor, subscriptionSlots.interceptor],
+    jsonOptions,
+    requestGate,
     readMaxBytes: config.limits.maxRequestBytes,
     contextValues: (req) =>
       createContextValues()

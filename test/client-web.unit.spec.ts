@@ -1,13 +1,21 @@
 import { existsSync, readFileSync } from "node:fs";
+import { type AddressInfo, createServer, type Socket } from "node:net";
 import { join } from "node:path";
-import { create } from "@bufbuild/protobuf";
+import { create, toBinary } from "@bufbuild/protobuf";
+import { createClient } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
+  CONDITION_FAILED_REASON,
   Code,
   ConnectError,
   codeName,
   comparePositions,
+  conditionFailure,
   createOrisunClient,
+  ERROR_DOMAIN,
+  ErrorInfoSchema,
+  EventStore,
   isConditionFailed,
   nextPosition,
   type OrisunClient,
@@ -98,9 +106,59 @@ describe("client helpers", () => {
     expect(codeName(Code.Aborted)).toBe("ABORTED");
     expect(codeName(Code.InvalidArgument)).toBe("INVALID_ARGUMENT");
     expect(codeName(Code.ResourceExhausted)).toBe("RESOURCE_EXHAUSTED");
-    expect(isConditionFailed(new ConnectError("condition failed", Code.Aborted))).toBe(true);
+    const info = {
+      reason: CONDITION_FAILED_REASON,
+      domain: ERROR_DOMAIN,
+      metadata: { boundary: "b" },
+    };
+    const refused = new ConnectError("condition failed", Code.Aborted, undefined, [
+      { desc: ErrorInfoSchema, value: info },
+    ]);
+    expect(isConditionFailed(refused)).toBe(true);
+    expect(conditionFailure(refused)?.metadata).toEqual({ boundary: "b" });
+    // As a client receives it: details travel as bytes and are decoded on demand.
+    const received = new ConnectError("condition failed", Code.Aborted);
+    received.details.push({
+      type: "google.rpc.ErrorInfo",
+      value: toBinary(ErrorInfoSchema, create(ErrorInfoSchema, info)),
+    });
+    expect(isConditionFailed(received)).toBe(true);
+    // ABORTED without the detail (a reset connection) or with another reason: outcome unknown.
+    expect(isConditionFailed(new ConnectError("condition failed", Code.Aborted))).toBe(false);
+    const other = new ConnectError("x", Code.Aborted, undefined, [
+      { desc: ErrorInfoSchema, value: { ...info, reason: "SOMETHING_ELSE" } },
+    ]);
+    expect(isConditionFailed(other)).toBe(false);
     expect(isConditionFailed(new ConnectError("bad", Code.InvalidArgument))).toBe(false);
     expect(isConditionFailed(new Error("aborted"))).toBe(false);
+  });
+
+  it("a connection reset seen by the Node Connect client is not a failed condition", async () => {
+    // Reads the request, then resets the connection: the append's outcome is unknown.
+    const sockets = new Set<Socket>();
+    const resetter = createServer((socket) => {
+      sockets.add(socket);
+      socket.on("error", () => {});
+      socket.once("data", () => socket.resetAndDestroy());
+    });
+    await new Promise<void>((ok) => resetter.listen(0, "127.0.0.1", ok));
+    try {
+      const { port } = resetter.address() as AddressInfo;
+      const client = createClient(
+        EventStore,
+        createConnectTransport({ baseUrl: `http://127.0.0.1:${port}`, httpVersion: "1.1" }),
+      );
+      const error = await client.saveEvents({ boundary: "b", events: [] }).then(
+        () => undefined,
+        (e: unknown) => ConnectError.from(e),
+      );
+      // The same code as a refused condition, which is why the code alone cannot decide.
+      expect(error && Code[error.code]).toBe(Code[Code.Aborted]);
+      expect(isConditionFailed(error)).toBe(false);
+    } finally {
+      for (const socket of sockets) socket.destroy();
+      await new Promise((done) => resetter.close(done));
+    }
   });
 });
 
@@ -242,6 +300,26 @@ describe("the client library in Node, against a spawned server", () => {
     for await (const page of client.pages({ direction: "backward", count: 100 }))
       backward.push(...page.map((e) => JSON.parse(e.data).i as number));
     expect(backward).toEqual(Array.from({ length: 250 }, (_, k) => 249 - k));
+  });
+
+  it("reports a refused condition as such, with the boundary and marker", async () => {
+    const error = await client
+      .save([{ type: "Numbered", data: { i: -1 } }], {
+        condition: {
+          query: { types: ["Numbered"] },
+          after: { commitPosition: 0, preparePosition: 0 },
+        },
+      })
+      .then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+    expect(isConditionFailed(error)).toBe(true);
+    expect(conditionFailure(error)?.metadata).toEqual({
+      boundary: "node_client",
+      marker_commit_position: "0",
+      marker_prepare_position: "0",
+    });
   });
 
   it("subscribes with a name: a second subscriber with the same name is refused at once", async () => {

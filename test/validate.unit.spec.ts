@@ -19,7 +19,8 @@ import {
   validateBoundary,
 } from "../server/api/validate.js";
 import type { Limits } from "../server/config.js";
-import { StoreError } from "../server/store/errors.js";
+import { quote, StoreError } from "../server/store/errors.js";
+import { MAX_POSITION_PART, positionAfter } from "../server/store/types.js";
 
 const limits: Limits = {
   maxEventsPerSave: 5,
@@ -360,5 +361,39 @@ describe("toReadRequest", () => {
       () => toReadRequest(read({ criteria: { criteria: [{}] } }), ctx),
       "criteria.criteria[0]",
     );
+  });
+});
+
+describe("quoting input and the positions at the end of the log", () => {
+  it("quotes at most 100 characters, escaped, never half a surrogate pair", () => {
+    expect(quote("orders")).toBe('"orders"');
+    expect(quote("a\nb")).toBe('"a\\nb"');
+    const long = "x".repeat(1_000_000);
+    expect(quote(long)).toBe(`"${"x".repeat(100)}"… (1000000 characters)`);
+    const emoji = `${"x".repeat(99)}😀tail`; // the pair straddles the cut
+    expect(quote(emoji)).toBe(`"${"x".repeat(99)}"… (${emoji.length} characters)`);
+    expect(() => validateBoundary(long, ctx)).toThrow(/^boundary: .{0,250}$/);
+  });
+
+  it("refuses text with a lone surrogate", () => {
+    invalid(
+      () => toAppendRequest(save({ boundary: "b", events: [ev({ eventType: "T\ud800" })] }), ctx),
+      "events[0].event_type",
+    );
+    invalid(
+      () => toAppendRequest(save({ boundary: "b", events: [ev({ data: '"\udc00"' })] }), ctx),
+      "events[0].data",
+    );
+  });
+
+  it("finds the position after any valid one, and none after the last", () => {
+    expect(positionAfter({ commit: 3n, prepare: 7n })).toEqual({ commit: 3n, prepare: 8n });
+    expect(positionAfter({ commit: 3n, prepare: MAX_POSITION_PART })).toEqual({
+      commit: 4n,
+      prepare: 0n,
+    });
+    expect(
+      positionAfter({ commit: MAX_POSITION_PART, prepare: MAX_POSITION_PART }),
+    ).toBeUndefined();
   });
 });

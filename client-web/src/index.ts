@@ -9,7 +9,18 @@ export {
   type SaveOptions,
   type SubscribeOptions,
 } from "./client.js";
-export { Code, ConnectError, codeName, isConditionFailed, isTransient } from "./errors.js";
+export {
+  CONDITION_FAILED_REASON,
+  Code,
+  ConnectError,
+  codeName,
+  conditionFailure,
+  ERROR_DOMAIN,
+  type ErrorInfo,
+  ErrorInfoSchema,
+  isConditionFailed,
+  isTransient,
+} from "./errors.js";
 export {
   type CriterionInput,
   comparePositions,

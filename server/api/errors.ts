@@ -1,10 +1,15 @@
 import { Code, ConnectError, createContextKey, type Interceptor } from "@connectrpc/connect";
 import type { FastifyBaseLogger } from "fastify";
+import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
 import { StoreError, type StoreErrorKind } from "../store/errors.js";
 
 /** The request's logger (bound to its request id), handed over from Fastify. */
 export const kRequestLog = createContextKey<FastifyBaseLogger | undefined>(undefined);
 export const kRequestId = createContextKey<string>("");
+
+/** The google.rpc.ErrorInfo on a failed DCB condition (client-web/src/errors.ts checks it). */
+export const ERROR_DOMAIN = "orisun";
+export const CONDITION_FAILED_REASON = "CONSISTENCY_CONDITION_FAILED";
 
 const CODES: Record<StoreErrorKind, Code> = {
   invalid: Code.InvalidArgument,
@@ -33,6 +38,18 @@ export function toConnectError(
       const level = error.kind === "internal" ? "error" : "warn";
       log?.[level]({ err: error.cause ?? error, rpc }, error.message);
       return new ConnectError(`${error.message} (request ${requestId})`, CODES[error.kind]);
+    }
+    if (error.kind === "condition_failed") {
+      // ABORTED alone is ambiguous: clients also report a reset connection as ABORTED, when the
+      // append may have committed. The detail is what says "refused, nothing written".
+      const info = {
+        reason: CONDITION_FAILED_REASON,
+        domain: ERROR_DOMAIN,
+        metadata: error.metadata,
+      };
+      return new ConnectError(error.message, Code.Aborted, undefined, [
+        { desc: ErrorInfoSchema, value: info },
+      ]);
     }
     return new ConnectError(error.message, CODES[error.kind]);
   }

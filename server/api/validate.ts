@@ -9,7 +9,7 @@ import type {
 } from "../../gen/orisun/v1/eventstore_pb.js";
 import { Direction } from "../../gen/orisun/v1/eventstore_pb.js";
 import type { Limits } from "../config.js";
-import { StoreError } from "../store/errors.js";
+import { quote, StoreError } from "../store/errors.js";
 import type {
   AppendRequest,
   EventToAppend,
@@ -18,14 +18,15 @@ import type {
   ReadRequest,
   Tag,
 } from "../store/types.js";
-import { START } from "../store/types.js";
+import { MAX_POSITION_PART, START } from "../store/types.js";
 import type { SubscribeRequest } from "../streaming/subscription.js";
 
 /** Turns requests into store requests, or throws StoreError naming the field and the rule. */
 
 const BOUNDARY = /^[a-z][a-z0-9_]{0,62}$/;
-const INT8_MAX = 9_223_372_036_854_775_807n;
 const MAX_NAME_BYTES = 256;
+/** In a `u` regex only an unpaired surrogate is a code point of category Cs. */
+const LONE_SURROGATE = /\p{Cs}/u;
 export const DEFAULT_COUNT = 100;
 export const MAX_COUNT = 10_000;
 
@@ -43,13 +44,13 @@ export function validateBoundary(boundary: string, ctx: ValidationContext): stri
   if (!BOUNDARY.test(boundary)) {
     throw invalid(
       "boundary",
-      `must match ${BOUNDARY.source} (lowercase letter first, then up to 62 of a-z 0-9 _), got "${boundary}"`,
+      `must match ${BOUNDARY.source} (lowercase letter first, then up to 62 of a-z 0-9 _), got ${quote(boundary)}`,
     );
   }
   if (ctx.boundaries !== undefined && !ctx.boundaries.includes(boundary)) {
     throw invalid(
       "boundary",
-      `"${boundary}" is not one of the configured boundaries (${ctx.boundaries.join(", ")})`,
+      `${quote(boundary)} is not one of the configured boundaries (${ctx.boundaries.join(", ")})`,
     );
   }
   return boundary;
@@ -58,6 +59,8 @@ export function validateBoundary(boundary: string, ctx: ValidationContext): stri
 function text(value: string, field: string, maxBytes: number, allowEmpty = false): string {
   if (!allowEmpty && value === "") throw invalid(field, "must not be empty");
   if (value.includes("\u0000")) throw invalid(field, "must not contain the NUL character");
+  if (LONE_SURROGATE.test(value))
+    throw invalid(field, "must be well-formed Unicode (no lone surrogate)");
   if (bytes(value) > maxBytes) throw tooLarge(field, `must be at most ${maxBytes} bytes of UTF-8`);
   return value;
 }
@@ -84,8 +87,12 @@ export function toPosition(
     ["commit_position", position.commitPosition],
     ["prepare_position", position.preparePosition],
   ] as const) {
-    if (value > INT8_MAX)
-      throw invalid(`${field}.${name}`, `must be at most ${INT8_MAX}, got ${value}`);
+    if (value > MAX_POSITION_PART) {
+      throw invalid(
+        `${field}.${name}`,
+        `must be at most ${MAX_POSITION_PART} (2^63-1, the largest position the log can hold), got ${value}`,
+      );
+    }
   }
   return { commit: position.commitPosition, prepare: position.preparePosition };
 }
@@ -129,6 +136,8 @@ function json(value: string, field: string, allowEmpty: boolean, maxBytes: numbe
     throw invalid(field, "must be non-empty JSON text");
   }
   if (bytes(value) > maxBytes) throw tooLarge(field, `must be at most ${maxBytes} bytes of UTF-8`);
+  if (LONE_SURROGATE.test(value))
+    throw invalid(field, "must be well-formed Unicode (no lone surrogate)");
   try {
     JSON.parse(value);
   } catch (error) {
@@ -176,7 +185,7 @@ export function toAppendRequest(request: SaveEventsRequest, ctx: ValidationConte
     const id = e.eventId === "" ? uuidv7() : text(e.eventId, `${at}.event_id`, MAX_NAME_BYTES);
     const first = seen.get(id);
     if (first !== undefined)
-      throw invalid(`${at}.event_id`, `duplicates events[${first}].event_id "${id}"`);
+      throw invalid(`${at}.event_id`, `duplicates events[${first}].event_id ${quote(id)}`);
     seen.set(id, i);
     return {
       id,
@@ -230,7 +239,7 @@ export function toSubscribeRequest(
   if (request.subscriberName !== "" && !SUBSCRIBER_NAME.test(request.subscriberName)) {
     throw invalid(
       "subscriber_name",
-      `must be empty or match ${SUBSCRIBER_NAME.source} (1 to 128 of A-Z a-z 0-9 _ . -), got "${request.subscriberName}"`,
+      `must be empty or match ${SUBSCRIBER_NAME.source} (1 to 128 of A-Z a-z 0-9 _ . -), got ${quote(request.subscriberName)}`,
     );
   }
   return {

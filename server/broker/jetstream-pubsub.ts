@@ -17,7 +17,7 @@ import {
   StorageType,
 } from "@nats-io/jetstream";
 import { type NatsConnection, nanos, RequestError } from "@nats-io/transport-node";
-import { StoreError } from "../store/errors.js";
+import { quote, StoreError } from "../store/errors.js";
 import type { BrokerLog } from "./jetstream.js";
 import { type MessageAuth, RejectedMessages } from "./message-auth.js";
 import {
@@ -489,7 +489,7 @@ class JetStreamMember implements AsyncIterator<PubSubMessage> {
     const what =
       this.options.group === ""
         ? "the private subscription's consumer"
-        : `consumer group "${this.options.group}"`;
+        : `consumer group ${quote(this.options.group)}`;
     return new StoreError(
       "unavailable",
       `${what} is gone from JetStream (deleted, or NATS closed the connection); subscribe again`,

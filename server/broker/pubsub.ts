@@ -1,4 +1,4 @@
-import { StoreError } from "../store/errors.js";
+import { quote, StoreError } from "../store/errors.js";
 
 /** A pub/sub message, as published and as delivered. */
 export interface PubSubMessage {
@@ -71,7 +71,7 @@ function subjectTokens(subject: string, field: string): string[] {
   if (tokens.includes("")) {
     throw invalid(
       field,
-      `must not have empty tokens (no leading, trailing or doubled "."), got "${subject}"`,
+      `must not have empty tokens (no leading, trailing or doubled "."), got ${quote(subject)}`,
     );
   }
   return tokens;
@@ -83,7 +83,7 @@ export function validatePublishSubject(subject: string, field = "subject"): stri
     if (token.includes("*") || token.includes(">")) {
       throw invalid(
         field,
-        `must not contain the wildcards "*" or ">" when publishing, got "${subject}"`,
+        `must not contain the wildcards "*" or ">" when publishing, got ${quote(subject)}`,
       );
     }
   }
@@ -97,11 +97,11 @@ export function validateSubscribeSubject(subject: string, field = "subject"): st
     if (token !== "*" && token !== ">" && (token.includes("*") || token.includes(">"))) {
       throw invalid(
         field,
-        `a wildcard must be a whole token ("a.*.c", not "a.b*.c"), got token "${token}"`,
+        `a wildcard must be a whole token ("a.*.c", not "a.b*.c"), got token ${quote(token)}`,
       );
     }
     if (token === ">" && i !== tokens.length - 1) {
-      throw invalid(field, `">" may only be the last token, got "${subject}"`);
+      throw invalid(field, `">" may only be the last token, got ${quote(subject)}`);
     }
   });
   return subject;
@@ -112,7 +112,7 @@ export function validateConsumerName(name: string, field = "consumer_name"): str
   if (name !== "" && !CONSUMER_NAME.test(name)) {
     throw invalid(
       field,
-      `must be empty (a private subscription) or match ${CONSUMER_NAME.source} (1 to 128 of A-Z a-z 0-9 _ -), got "${name}"`,
+      `must be empty (a private subscription) or match ${CONSUMER_NAME.source} (1 to 128 of A-Z a-z 0-9 _ -), got ${quote(name)}`,
     );
   }
   return name;
@@ -149,7 +149,7 @@ export const DEFAULT_GROUP_EXPIRY_MS = 7 * 86_400_000;
 export function groupNotFound(name: string): StoreError {
   return new StoreError(
     "not_found",
-    `no consumer group "${name}" (never made, deleted, or expired after its last member left)`,
+    `no consumer group ${quote(name)} (never made, deleted, or expired after its last member left)`,
     "consumer_name",
   );
 }
@@ -158,7 +158,7 @@ export function groupNotFound(name: string): StoreError {
 export function groupDeleted(name: string): StoreError {
   return new StoreError(
     "not_found",
-    `consumer group "${name}" was deleted; subscribing again makes a new, empty group`,
+    `consumer group ${quote(name)} was deleted; subscribing again makes a new, empty group`,
     "consumer_name",
   );
 }
@@ -175,7 +175,7 @@ export function tooManyGroups(max: number): StoreError {
 export function subjectMismatch(group: string, subject: string): StoreError {
   return new StoreError(
     "invalid",
-    `consumer group "${group}" exists with subject "${subject}"; its members must use that subject (or pick another consumer_name)`,
+    `consumer group ${quote(group)} exists with subject ${quote(subject)}; its members must use that subject (or pick another consumer_name)`,
     "subject",
   );
 }

@@ -1,7 +1,7 @@
 import { type Kysely, sql, type Transaction } from "kysely";
 import { notifyPayload } from "./commit-signals.js";
 import { databaseError } from "./database-errors.js";
-import { StoreError } from "./errors.js";
+import { quote, StoreError } from "./errors.js";
 import { matches } from "./matcher.js";
 import { selectConditionViolation, violatedConditions } from "./query-sql.js";
 import { RecentCommits, type RecentCommitsLimits, type RecentEvent } from "./recent-commits.js";
@@ -202,6 +202,13 @@ export class Appender {
               "condition_failed",
               `an event matching the condition exists after position {${condition.after.commit}, ${condition.after.prepare}}`,
               "consistency_condition",
+              {
+                metadata: {
+                  boundary,
+                  marker_commit_position: String(condition.after.commit),
+                  marker_prepare_position: String(condition.after.prepare),
+                },
+              },
             ),
           });
           continue;
@@ -370,7 +377,7 @@ function sameRequest(
   return {
     error: new StoreError(
       "already_exists",
-      `${taken.length} of ${ids.length} event ids are already stored by another request (first: "${taken[0]}")`,
+      `${taken.length} of ${ids.length} event ids are already stored by another request (first: ${quote(taken[0] ?? "")})`,
       "events.event_id",
     ),
   };

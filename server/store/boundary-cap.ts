@@ -1,6 +1,6 @@
 import { type Kysely, sql } from "kysely";
 import { databaseError } from "./database-errors.js";
-import { StoreError } from "./errors.js";
+import { quote, StoreError } from "./errors.js";
 import type { Database } from "./schema.js";
 
 /** Boundaries a deployment may have unless configured otherwise (ORISUN_MAX_BOUNDARIES). */
@@ -45,7 +45,7 @@ export class BoundaryCap {
         if (count >= this.max) {
           throw new StoreError(
             "limit_reached",
-            `"${boundary}" would be a new boundary, and the deployment has reached ORISUN_MAX_BOUNDARIES (${this.max}) boundaries; write to an existing boundary`,
+            `${quote(boundary)} would be a new boundary, and the deployment has reached ORISUN_MAX_BOUNDARIES (${this.max}) boundaries; write to an existing boundary`,
             "boundary",
           );
         }

@@ -12,14 +12,36 @@ export type StoreErrorKind =
   | "limit_reached" // a resource cap set by an ORISUN_MAX_* setting; the message names it
   | "internal";
 
+export interface StoreErrorOptions extends ErrorOptions {
+  /** Facts a client can act on without parsing the message (e.g. the boundary). */
+  readonly metadata?: Readonly<Record<string, string>>;
+}
+
 export class StoreError extends Error {
   override readonly name = "StoreError";
+  readonly metadata: Readonly<Record<string, string>>;
   constructor(
     readonly kind: StoreErrorKind,
     message: string,
     readonly field?: string,
-    options?: ErrorOptions,
+    options?: StoreErrorOptions,
   ) {
     super(field === undefined ? message : `${field}: ${message}`, options);
+    this.metadata = options?.metadata ?? {};
   }
+}
+
+/** The most characters of client input that an error message repeats. */
+export const QUOTE_MAX_CHARS = 100;
+
+/**
+ * Client input as an error message shows it: JSON-quoted (control characters escaped) and cut
+ * after QUOTE_MAX_CHARS characters, so a 1 MiB name costs a short message, not a 1 MiB one.
+ */
+export function quote(value: string): string {
+  if (value.length <= QUOTE_MAX_CHARS) return JSON.stringify(value);
+  let head = value.slice(0, QUOTE_MAX_CHARS);
+  // Not half a surrogate pair: the message stays well-formed text.
+  if (/[\ud800-\udbff]$/.test(head)) head = head.slice(0, -1);
+  return `${JSON.stringify(head)}… (${value.length} characters)`;
 }

@@ -6,6 +6,19 @@ export interface Position {
 
 export const START: Position = { commit: 0n, prepare: 0n };
 
+/** Both halves are PostgreSQL int8: the API's uint64 positions above this are refused. */
+export const MAX_POSITION_PART = 9_223_372_036_854_775_807n;
+
+/**
+ * The smallest position after `p`, or undefined when nothing can follow it: after
+ * {c, 2^63-1} comes {c+1, 0}, and after {2^63-1, 2^63-1} nothing ever.
+ */
+export function positionAfter(p: Position): Position | undefined {
+  if (p.prepare < MAX_POSITION_PART) return { commit: p.commit, prepare: p.prepare + 1n };
+  if (p.commit < MAX_POSITION_PART) return { commit: p.commit + 1n, prepare: 0n };
+  return undefined;
+}
+
 export interface Tag {
   readonly key: string;
   readonly value: string;

@@ -1,8 +1,14 @@
 import type { FeedMember, LiveFeeds } from "../broker/feed.js";
-import { StoreError } from "../store/errors.js";
+import { quote, StoreError } from "../store/errors.js";
 import type { EventStore } from "../store/event-store.js";
 import { matches } from "../store/matcher.js";
-import { comparePositions, type Position, type Query, type StoredEvent } from "../store/types.js";
+import {
+  comparePositions,
+  type Position,
+  positionAfter,
+  type Query,
+  type StoredEvent,
+} from "../store/types.js";
 
 export interface SubscribeRequest {
   readonly boundary: string;
@@ -49,7 +55,7 @@ export async function* subscribe(
   if (request.subscriberName && !lock) {
     throw new StoreError(
       "already_exists",
-      `"${request.subscriberName}" is already subscribed in boundary "${request.boundary}"`,
+      `${quote(request.subscriberName)} is already subscribed in boundary ${quote(request.boundary)}`,
       "subscriber_name",
     );
   }
@@ -60,14 +66,17 @@ export async function* subscribe(
       const buffer = new LiveBuffer(deps.limits, abort);
       const leave = await deps.feeds.join(request.boundary, buffer);
       try {
-        const readAfter = (after: Position) =>
-          deps.store.read({
+        const readAfter = async (after: Position): Promise<StoredEvent[]> => {
+          const from = positionAfter(after);
+          if (from === undefined) return [];
+          return deps.store.read({
             boundary: request.boundary,
             query: request.query,
-            from: { commit: after.commit, prepare: after.prepare + 1n },
+            from,
             count: deps.limits.pageSize,
             direction: "asc",
           });
+        };
         let next: Promise<StoredEvent[]> | undefined = readAfter(cursor);
         while (next) {
           const page: StoredEvent[] = await next;

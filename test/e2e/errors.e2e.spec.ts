@@ -1,16 +1,35 @@
 import { connect, createServer, type Server, type Socket } from "node:net";
-import type { MessageInitShape } from "@bufbuild/protobuf";
+import {
+  create,
+  fromBinary,
+  type MessageInitShape,
+  toBinary,
+  toJsonString,
+} from "@bufbuild/protobuf";
+import { BinaryReader } from "@bufbuild/protobuf/wire";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
-import { createGrpcTransport } from "@connectrpc/connect-node";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import {
+  createConnectTransport,
+  createGrpcTransport,
+  createGrpcWebTransport,
+} from "@connectrpc/connect-node";
+import {
+  credentials,
+  Client as GrpcClient,
+  status as grpcStatus,
+  type ServiceError,
+} from "@grpc/grpc-js";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { type ErrorInfo, ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
 import {
   type Direction,
   EventStore,
   type EventToSaveSchema,
-  type GetEventsRequestSchema,
-  type SaveEventsRequestSchema,
+  GetEventsRequestSchema,
+  SaveEventsRequestSchema,
 } from "../../gen/orisun/v1/eventstore_pb.js";
 import { dropSchema, freshDataDir, freshSchema, PG_URL } from "../support/databases.js";
+import { rawCall } from "../support/raw-rpc.js";
 import { freePort, type SpawnedServer, spawnServer } from "../support/spawn-server.js";
 
 type Client = ReturnType<typeof createClient<typeof EventStore>>;
@@ -28,6 +47,29 @@ const LIMITS = {
 
 const INT8_OVER = "18446744073709551615";
 const B = "errs";
+
+/** The Any details of a google.rpc.Status (code 1, message 2, details 3), read by hand. */
+function statusDetails(bin: Uint8Array): Array<{ typeUrl: string; value: Uint8Array }> {
+  const details: Array<{ typeUrl: string; value: Uint8Array }> = [];
+  const status = new BinaryReader(bin);
+  while (status.pos < status.len) {
+    const [no, wireType] = status.tag();
+    if (no !== 3) {
+      status.skip(wireType);
+      continue;
+    }
+    const any = new BinaryReader(status.bytes());
+    const detail: { typeUrl: string; value: Uint8Array } = { typeUrl: "", value: new Uint8Array() };
+    while (any.pos < any.len) {
+      const [n, w] = any.tag();
+      if (n === 1) detail.typeUrl = any.string();
+      else if (n === 2) detail.value = any.bytes();
+      else any.skip(w);
+    }
+    details.push(detail);
+  }
+  return details;
+}
 
 async function failure(promise: Promise<unknown>): Promise<ConnectError> {
   try {
@@ -532,5 +574,407 @@ describe("database down", () => {
     await client.saveEvents({ boundary: "db", events: [ev("after")] }, { timeoutMs: 10_000 });
     const all = await client.getEvents({ boundary: "db" }, { timeoutMs: 10_000 });
     expect(all.events.map((e) => e.eventId)).toEqual(["before", "after"]);
+  }, 60_000);
+});
+
+describe("undecodable input, unknown names and extreme positions on every transport", () => {
+  const schema = freshSchema("codes");
+  const C = "codes";
+  const MAX = 9_223_372_036_854_775_807n; // 2^63-1, the largest int8
+  const OVER = 18_446_744_073_709_551_615n; // 2^64-1, the largest uint64
+  let server: SpawnedServer;
+  let client: Client;
+  const enc = new TextEncoder();
+
+  const ids = async () =>
+    (await client.getEvents({ boundary: C, count: 10_000 }, { timeoutMs: 10_000 })).events.map(
+      (e) => e.eventId,
+    );
+
+  /** A SaveEvents body whose event_type holds the byte 0xFF: not UTF-8. */
+  function saveWithBadUtf8(): Uint8Array {
+    const bytes = toBinary(
+      SaveEventsRequestSchema,
+      create(SaveEventsRequestSchema, { boundary: C, events: [ev("utf8", { eventType: "T#T" })] }),
+    );
+    const at = Buffer.from(bytes).indexOf("T#T");
+    bytes[at + 1] = 0xff;
+    return bytes;
+  }
+  function getWithBadUtf8(): Uint8Array {
+    const bytes = toBinary(
+      GetEventsRequestSchema,
+      create(GetEventsRequestSchema, { boundary: "c#des" }),
+    );
+    bytes[Buffer.from(bytes).indexOf("c#des") + 1] = 0xff;
+    return bytes;
+  }
+  const truncated = (bytes: Uint8Array) => bytes.subarray(0, bytes.length - 3);
+  const saveBody = () =>
+    toBinary(
+      SaveEventsRequestSchema,
+      create(SaveEventsRequestSchema, { boundary: C, events: [ev("cut")] }),
+    );
+  const getBody = () =>
+    toBinary(
+      GetEventsRequestSchema,
+      create(GetEventsRequestSchema, { boundary: "codes_longer_name" }),
+    );
+  const garbage = new Uint8Array(12).fill(0xff); // a varint that never ends
+  const badWireType = new Uint8Array([0x0f, 0x01]); // field 1, wire type 7
+
+  beforeAll(async () => {
+    server = await spawnServer({ ORISUN_PG_URL: PG_URL, ORISUN_PG_SCHEMA: schema });
+    client = createClient(EventStore, createGrpcTransport({ baseUrl: server.url }));
+    await client.saveEvents({ boundary: C, events: [ev("c1"), ev("c2")] }, { timeoutMs: 10_000 });
+  }, 60_000);
+  afterAll(async () => {
+    await server?.stop();
+    await dropSchema(schema);
+  }, 30_000);
+
+  const transports = ["grpc", "grpc-web", "connect-proto"] as const;
+  const undecodable: Array<[string, string, () => Uint8Array]> = [
+    ["truncated SaveEvents", "SaveEvents", () => truncated(saveBody())],
+    ["garbage SaveEvents", "SaveEvents", () => garbage],
+    ["wire type 7 SaveEvents", "SaveEvents", () => badWireType],
+    ["invalid UTF-8 in SaveEvents event_type", "SaveEvents", saveWithBadUtf8],
+    ["truncated GetEvents", "GetEvents", () => truncated(getBody())],
+    ["garbage GetEvents", "GetEvents", () => garbage],
+    ["invalid UTF-8 in GetEvents boundary", "GetEvents", getWithBadUtf8],
+  ];
+  const cases = undecodable.flatMap(([label, method, body]) => [
+    ...transports.map((t) => [t, label, method, body] as const),
+    ...(method === "GetEvents" ? [["connect-get", label, method, body] as const] : []),
+  ]);
+
+  it.each(cases)(
+    "%s: %s gives INVALID_ARGUMENT and writes nothing",
+    async (transport, _l, method, body) => {
+      const before = await ids();
+      const status = await rawCall(server.url, transport, method, body());
+      expect(Code[status.code], status.message).toBe(Code[Code.InvalidArgument]);
+      if (transport.startsWith("connect")) expect(status.http).toBe(400);
+      expect(await ids()).toEqual(before);
+    },
+  );
+
+  it.each([
+    ["grpc", "SubscribeToEvents"],
+    ["grpc-web", "SubscribeToEvents"],
+    ["grpc", "SubscribeToPubSub"],
+    ["grpc", "PublishToPubSub"],
+  ] as const)("%s: garbage %s gives INVALID_ARGUMENT", async (transport, method) => {
+    const status = await rawCall(server.url, transport, method, garbage);
+    expect(Code[status.code], status.message).toBe(Code[Code.InvalidArgument]);
+  });
+
+  const json = (text: string) => enc.encode(text);
+  /** JSON text with a raw 0xFF byte where `#` is. */
+  const jsonWithRawByte = (text: string) => {
+    const bytes = enc.encode(text);
+    bytes[bytes.indexOf(0x23)] = 0xff;
+    return bytes;
+  };
+  it.each([
+    [
+      "raw invalid UTF-8 in event_type",
+      "SaveEvents",
+      jsonWithRawByte(
+        `{"boundary":"${C}","events":[{"event_id":"j1","event_type":"T#T","data":"{}"}]}`,
+      ),
+      /UTF-8|utf-8|encoded data/,
+    ],
+    [
+      "a lone surrogate escape in event_type",
+      "SaveEvents",
+      json(`{"boundary":"${C}","events":[{"event_id":"j2","event_type":"T\\ud800T","data":"{}"}]}`),
+      /event_type/,
+    ],
+    [
+      "an unknown field",
+      "SaveEvents",
+      json(
+        `{"boundary":"${C}","events":[{"event_id":"j3","event_type":"T","data":"{}"}],"bogus":1}`,
+      ),
+      /bogus/,
+    ],
+    [
+      "an unknown field in a nested message",
+      "SaveEvents",
+      json(
+        `{"boundary":"${C}","events":[{"event_id":"j4","event_type":"T","data":"{}","colour":"red"}]}`,
+      ),
+      /colour/,
+    ],
+    [
+      "an unknown enum name",
+      "GetEvents",
+      json(`{"boundary":"${C}","direction":"SIDEWAYS"}`),
+      /direction|SIDEWAYS/,
+    ],
+  ])(
+    "Connect JSON with %s gives INVALID_ARGUMENT (400) and writes nothing",
+    async (_l, method, body, message) => {
+      const before = await ids();
+      const status = await rawCall(server.url, "connect-json", method, body);
+      expect(Code[status.code], status.message).toBe(Code[Code.InvalidArgument]);
+      expect(status.http).toBe(400);
+      expect(status.message).toMatch(message);
+      expect(await ids()).toEqual(before);
+    },
+  );
+
+  it("Connect GET with JSON whose percent-encoding is not UTF-8 gives INVALID_ARGUMENT", async () => {
+    const res = await fetch(
+      `${server.url}/orisun.v1.EventStore/GetEvents?connect=v1&encoding=json&message=${encodeURIComponent(`{"boundary":"${C}"`)}%2C%22criteria%22%3A%7B%22criteria%22%3A%5B%7B%22event_types%22%3A%5B%22T%FFT%22%5D%7D%5D%7D%7D`,
+      { signal: AbortSignal.timeout(15_000) },
+    );
+    const body = (await res.json()) as { code?: string; message?: string };
+    expect(res.status, JSON.stringify(body)).toBe(400);
+    expect(body.code).toBe("invalid_argument");
+  });
+
+  const positionFields = [
+    ["commit_position", "commitPosition"],
+    ["prepare_position", "preparePosition"],
+  ] as const;
+  const at = (key: "commitPosition" | "preparePosition", value: bigint) => ({
+    commitPosition: 0n,
+    preparePosition: 0n,
+    [key]: value,
+  });
+
+  it.each(positionFields)(
+    "2^64-1 in %s of every position field: INVALID_ARGUMENT naming it",
+    async (name, key) => {
+      const before = await ids();
+      const calls: Array<[string, () => Promise<unknown>]> = [
+        [
+          "consistency_condition.consistency_marker",
+          () =>
+            client.saveEvents(
+              {
+                boundary: C,
+                consistencyCondition: {
+                  consistencyMarker: at(key, OVER),
+                  criteria: { criteria: [{ eventTypes: ["Thing"] }] },
+                },
+                events: [ev(`over-${name}`)],
+              },
+              { timeoutMs: 10_000 },
+            ),
+        ],
+        [
+          "from_position",
+          () =>
+            client.getEvents({ boundary: C, fromPosition: at(key, OVER) }, { timeoutMs: 10_000 }),
+        ],
+        [
+          "after_position",
+          async () => {
+            for await (const _ of client.subscribeToEvents(
+              { boundary: C, afterPosition: at(key, OVER) },
+              { timeoutMs: 10_000 },
+            ));
+          },
+        ],
+      ];
+      for (const [field, call] of calls) {
+        const error = await failure(call());
+        expect(Code[error.code], error.rawMessage).toBe(Code[Code.InvalidArgument]);
+        expect(error.rawMessage).toContain(`${field}.${name}`);
+        expect(error.rawMessage).toContain(String(MAX));
+      }
+      expect(await ids()).toEqual(before);
+    },
+  );
+
+  /** The first event a subscription delivers within `ms`, or undefined; the stream is closed after. */
+  async function firstWithin(
+    after: { commitPosition: bigint; preparePosition: bigint },
+    ms: number,
+  ) {
+    const control = new AbortController();
+    const stream = client.subscribeToEvents(
+      { boundary: C, afterPosition: after },
+      { signal: control.signal },
+    );
+    const it = stream[Symbol.asyncIterator]();
+    const timer = new Promise<"quiet">((r) => setTimeout(() => r("quiet"), ms));
+    try {
+      const got = await Promise.race([it.next(), timer]);
+      return got === "quiet" ? undefined : got.done ? "ended" : got.value.eventId;
+    } finally {
+      control.abort();
+      await it.return?.().catch(() => {});
+    }
+  }
+
+  it("2^63-1 is a valid position everywhere: after it lies nothing, before it everything", async () => {
+    const first = (await client.getEvents({ boundary: C }, { timeoutMs: 10_000 })).events[0];
+    expect(first?.position?.commitPosition).toBeGreaterThan(0n);
+    // Reads from the largest positions.
+    for (const key of ["commitPosition", "preparePosition"] as const) {
+      const asc = await client.getEvents({ boundary: C, fromPosition: at(key, MAX) });
+      expect(asc.events.length, key).toBe(key === "preparePosition" ? (await ids()).length : 0);
+    }
+    const desc = await client.getEvents({
+      boundary: C,
+      fromPosition: { commitPosition: MAX, preparePosition: MAX },
+      direction: 1,
+    });
+    expect(desc.events.map((e) => e.eventId)).toEqual((await ids()).reverse());
+    // After (0, MAX) comes commit 1; after (MAX, x) nothing ever, and no error either.
+    expect(await firstWithin({ commitPosition: 0n, preparePosition: MAX }, 10_000)).toBe(
+      first?.eventId,
+    );
+    expect(await firstWithin({ commitPosition: MAX, preparePosition: 0n }, 1_500)).toBeUndefined();
+    expect(await firstWithin({ commitPosition: MAX, preparePosition: MAX }, 1_500)).toBeUndefined();
+    // A condition with the largest marker has nothing after it: the append goes through.
+    const before = await ids();
+    await client.saveEvents(
+      {
+        boundary: C,
+        consistencyCondition: {
+          consistencyMarker: { commitPosition: MAX, preparePosition: MAX },
+          criteria: { criteria: [{ eventTypes: ["Thing"] }] },
+        },
+        events: [ev("after-max")],
+      },
+      { timeoutMs: 10_000 },
+    );
+    expect(await ids()).toEqual([...before, "after-max"]);
+  }, 60_000);
+
+  describe("a failed condition carries google.rpc.ErrorInfo on every transport", () => {
+    const K = "codes_cond";
+    const conflicting = () =>
+      create(SaveEventsRequestSchema, {
+        boundary: K,
+        consistencyCondition: {
+          consistencyMarker: { commitPosition: 0n, preparePosition: 0n },
+          criteria: { criteria: [{ eventTypes: ["Thing"] }] },
+        },
+        events: [ev("late")],
+      });
+    const kIds = async () =>
+      (await client.getEvents({ boundary: K }, { timeoutMs: 10_000 })).events.map((e) => e.eventId);
+    const expectInfo = (info: ErrorInfo | undefined) => {
+      expect(info?.reason).toBe("CONSISTENCY_CONDITION_FAILED");
+      expect(info?.domain).toBe("orisun");
+      expect(info?.metadata).toEqual({
+        boundary: K,
+        marker_commit_position: "0",
+        marker_prepare_position: "0",
+      });
+    };
+
+    beforeAll(async () => {
+      await client.saveEvents({ boundary: K, events: [ev("first")] }, { timeoutMs: 10_000 });
+    });
+    afterEach(async () => {
+      expect(await kIds()).toEqual(["first"]);
+    });
+
+    it("gRPC (@grpc/grpc-js): in grpc-status-details-bin", async () => {
+      const grpcClient = new GrpcClient(`127.0.0.1:${server.port}`, credentials.createInsecure());
+      try {
+        const error = await new Promise<ServiceError>((found, fail) => {
+          grpcClient.makeUnaryRequest(
+            "/orisun.v1.EventStore/SaveEvents",
+            (m: Uint8Array) => Buffer.from(m),
+            (b: Buffer) => b,
+            toBinary(SaveEventsRequestSchema, conflicting()),
+            (err) => (err ? found(err) : fail(new Error("the append succeeded"))),
+          );
+        });
+        expect(error.code).toBe(grpcStatus.ABORTED);
+        const [bin] = error.metadata.get("grpc-status-details-bin");
+        expect(bin).toBeInstanceOf(Buffer);
+        const details = statusDetails(bin as Buffer);
+        expect(details.map((d) => d.typeUrl)).toEqual(["type.googleapis.com/google.rpc.ErrorInfo"]);
+        expectInfo(fromBinary(ErrorInfoSchema, details[0]?.value ?? new Uint8Array()));
+      } finally {
+        grpcClient.close();
+      }
+    });
+
+    it.each([
+      ["Connect binary", () => createConnectTransport({ baseUrl: server.url, httpVersion: "1.1" })],
+      ["gRPC-Web", () => createGrpcWebTransport({ baseUrl: server.url, httpVersion: "1.1" })],
+    ])("%s: findDetails(ErrorInfoSchema)", async (_label, transport) => {
+      const other = createClient(EventStore, transport());
+      const error = await failure(other.saveEvents(conflicting(), { timeoutMs: 10_000 }));
+      expect(Code[error.code]).toBe(Code[Code.Aborted]);
+      const infos = error.findDetails(ErrorInfoSchema);
+      expect(infos).toHaveLength(1);
+      expectInfo(infos[0]);
+    });
+
+    it("Connect JSON: a details entry of type google.rpc.ErrorInfo", async () => {
+      const res = await fetch(`${server.url}/orisun.v1.EventStore/SaveEvents`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: toJsonString(SaveEventsRequestSchema, conflicting()),
+        signal: AbortSignal.timeout(15_000),
+      });
+      const body = (await res.json()) as {
+        code?: string;
+        details?: Array<{ type: string; value: string }>;
+      };
+      expect(res.status).toBe(409);
+      expect(body.code).toBe("aborted");
+      expect(body.details?.map((d) => d.type)).toEqual(["google.rpc.ErrorInfo"]);
+      expectInfo(
+        fromBinary(ErrorInfoSchema, Buffer.from(body.details?.[0]?.value ?? "", "base64")),
+      );
+    });
+  });
+
+  it("error messages quote at most 100 characters of a 1 MiB input (256 in all)", async () => {
+    const huge = `a${"A".repeat(1024 * 1024)}`;
+    const calls: Array<[string, () => Promise<unknown>]> = [
+      [
+        "boundary",
+        () => client.saveEvents({ boundary: huge, events: [ev("h1")] }, { timeoutMs: 20_000 }),
+      ],
+      ["boundary", () => client.getEvents({ boundary: huge }, { timeoutMs: 20_000 })],
+      [
+        "subscriber_name",
+        async () => {
+          for await (const _ of client.subscribeToEvents(
+            { boundary: C, subscriberName: huge },
+            { timeoutMs: 20_000 },
+          ));
+        },
+      ],
+      [
+        "consumer_name",
+        async () => {
+          for await (const _ of client.subscribeToPubSub(
+            { subject: "a.b", consumerName: huge },
+            { timeoutMs: 20_000 },
+          ));
+        },
+      ],
+    ];
+    for (const [field, call] of calls) {
+      const error = await failure(call());
+      expect(Code[error.code], field).toBe(Code[Code.InvalidArgument]);
+      expect(error.rawMessage).toContain(field);
+      expect(error.rawMessage.length, error.rawMessage.slice(0, 300)).toBeLessThanOrEqual(256);
+      // Quoted by the server's own rule, not cut by the last-resort limit.
+      expect(error.rawMessage).toContain(`… (${huge.length} characters)`);
+    }
+    const unknownKey = await rawCall(
+      server.url,
+      "connect-json",
+      "GetEvents",
+      json(`{"boundary":"${C}","${huge}":1}`),
+    );
+    expect(Code[unknownKey.code]).toBe(Code[Code.InvalidArgument]);
+    expect(unknownKey.message.length, unknownKey.message.slice(0, 300)).toBeLessThanOrEqual(256);
+    expect(await ids()).not.toContain("h1");
   }, 60_000);
 });

@@ -1,0 +1,85 @@
+import { Code, ConnectError, type HandlerContext } from "@connectrpc/connect";
+import { codeToString } from "@connectrpc/connect/protocol-connect";
+import { QUOTE_MAX_CHARS } from "../store/errors.js";
+
+/**
+ * How request bodies are decoded, and what a client learns when one cannot be: INVALID_ARGUMENT
+ * (HTTP 400 on Connect) on every transport, with a message of bounded length.
+ *
+ * JSON (Connect and gRPC+json): unknown fields and unknown enum names are refused rather than
+ * dropped, and bytes that are not UTF-8 are refused rather than read as U+FFFD. Binary protobuf
+ * strings are always checked (proto3 fields are `utf8_validation = VERIFY`).
+ */
+export const jsonOptions = {
+  ignoreUnknownFields: false,
+  // Read by Connect's JSON serialization (the option is typed on createJsonSerialization only).
+  textDecoder: new TextDecoder("utf-8", { fatal: true }),
+};
+
+/**
+ * Room for a rule and one quoted input (store/errors.ts `quote`); longer messages come from
+ * libraries that repeat input whole (protobuf's JSON reader names an unknown key in full).
+ */
+const MAX_MESSAGE_CHARS = 2 * QUOTE_MAX_CHARS + 56;
+const CUT = "… (cut)";
+
+/**
+ * Connect 2.2 turns a binary body that protobuf cannot parse (truncated, not protobuf, strings
+ * that are not UTF-8) into INTERNAL "parse binary: ...", and decodes a unary request before any
+ * interceptor runs, so errors.ts never sees it. Every protocol handler aborts the call's context
+ * with the error just before writing it: this gate, which runs first for every call, is the one
+ * place that sees them all. The error is corrected in place because the handler writes the very
+ * object it aborted with.
+ */
+export function requestGate(context: HandlerContext): void {
+  if (context.requestMethod === "GET") checkGetMessage(context.url);
+  context.signal.addEventListener(
+    "abort",
+    () => {
+      const error: unknown = context.signal.reason;
+      if (error instanceof ConnectError) correct(error);
+    },
+    { once: true },
+  );
+}
+
+function correct(error: ConnectError): void {
+  // Writable at run time; `readonly` only in the type. See requestGate for why in place.
+  const target = error as { -readonly [K in "code" | "rawMessage" | "message"]: ConnectError[K] };
+  if (error.code === Code.Internal && isDecodingFailure(error.rawMessage)) {
+    target.code = Code.InvalidArgument;
+    target.rawMessage = `the request body is not a valid message: ${error.rawMessage}`;
+  }
+  if (error.rawMessage.length > MAX_MESSAGE_CHARS) {
+    target.rawMessage = `${error.rawMessage.slice(0, MAX_MESSAGE_CHARS - CUT.length)}${CUT}`;
+  }
+  target.message = `[${codeToString(error.code)}] ${error.rawMessage}`;
+}
+
+/** Failures Connect raises as INTERNAL although the client's bytes are at fault. */
+function isDecodingFailure(message: string): boolean {
+  return (
+    message.startsWith("parse binary:") ||
+    message === "received compressed envelope, but do not know how to decompress"
+  );
+}
+
+/**
+ * A Connect GET carries the message in the query. Without `base64=1` it is percent-encoded text,
+ * which URLSearchParams decodes leniently (bad UTF-8 becomes U+FFFD); refuse it as JSON bodies are.
+ */
+function checkGetMessage(url: string): void {
+  const query = url.indexOf("?");
+  if (query < 0) return;
+  for (const pair of url.slice(query + 1).split("&")) {
+    if (!pair.startsWith("message=")) continue;
+    try {
+      decodeURIComponent(pair.slice("message=".length).replaceAll("+", " "));
+    } catch {
+      throw new ConnectError(
+        "message: the query parameter must be percent-encoded UTF-8",
+        Code.InvalidArgument,
+      );
+    }
+  }
+}
