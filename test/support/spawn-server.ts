@@ -24,10 +24,14 @@ export async function freePort(): Promise<number> {
   });
 }
 
-/** Starts dist/server/main.js (built by the global setup) and waits until it listens. */
+/**
+ * Starts dist/server/main.js (built by the global setup) and waits until it listens.
+ * `startTimeoutMs`: a first start on a new PGlite folder runs initdb, which a busy machine slows.
+ */
 export async function spawnServer(
   env: Record<string, string>,
   args: string[] = [],
+  startTimeoutMs = 30_000,
 ): Promise<SpawnedServer> {
   const port = env.ORISUN_PORT ? Number(env.ORISUN_PORT) : await freePort();
   const child = spawn(process.execPath, [resolve("dist/server/main.js"), ...args], {
@@ -48,10 +52,10 @@ export async function spawnServer(
   });
   const exited = new Promise<number | null>((done) => child.once("exit", (code) => done(code)));
   await new Promise<void>((ready, fail) => {
-    const timer = setTimeout(
-      () => fail(new Error(`server did not start in 30 s:\n${log}`)),
-      30_000,
-    );
+    const timer = setTimeout(() => {
+      child.kill("SIGKILL"); // or it would come up later and keep listening
+      fail(new Error(`server did not start in ${startTimeoutMs / 1000} s:\n${log}`));
+    }, startTimeoutMs);
     const check = () => {
       if (log.includes("Orisun listening")) {
         clearTimeout(timer);
