@@ -1,0 +1,93 @@
+import { closeSync, existsSync, fsyncSync, openSync, readdirSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { PGlite, type PGliteOptions } from "@electric-sql/pglite";
+import { NodeFS } from "@electric-sql/pglite/nodefs";
+
+/**
+ * Opens PGlite on a folder so that an acknowledged commit is on disk, as with PostgreSQL.
+ *
+ * As shipped, PGlite in Node writes but never syncs:
+ * - it starts PostgreSQL with `-F` (fsync=off), so PostgreSQL skips its durability points: the WAL
+ *   flush before a commit returns, and the data-file flush at a checkpoint;
+ * - below that, Emscripten's NODEFS implements neither: `fsync()` succeeds without a system call
+ *   (its file streams have no fsync operation) and `fdatasync()` is a stub returning 0.
+ * PGlite's `relaxedDurability` and `syncToFs` do not help: they govern when the browser file
+ *   systems (IndexedDB, OPFS) copy memory out, and do nothing on NODEFS.
+ *
+ * So PostgreSQL runs with fsync on, its `fsync()` of a file becomes a real fsync of the host file,
+ * and the WAL is flushed with `fsync` (`wal_sync_method=fsync`), the one method that reaches it:
+ * `fdatasync` cannot be hooked, `open_datasync` would only cover the WAL. A commit then returns
+ * after its WAL is on disk; a checkpoint (one runs on close) syncs the data files it wrote before
+ * it records itself; after a crash, PostgreSQL's own recovery syncs the whole folder before replay.
+ * Group commit makes one transaction, so one WAL sync, per batch of appends.
+ */
+export async function openDurablePGlite(dir: string, options: PGliteOptions): Promise<PGlite> {
+  const pglite = new PGlite({
+    ...options,
+    dataDir: dir,
+    fs: new SyncingNodeFS(dir),
+    startParams: [
+      ...PGlite.defaultStartParams.filter((p) => p !== "-F"),
+      ...["-c", "fsync=on", "-c", "wal_sync_method=fsync"],
+      ...["-c", "synchronous_commit=on", "-c", "full_page_writes=on"],
+    ],
+  });
+  await pglite.waitReady;
+  // PGlite runs initdb in memory and copies the result in without a sync, and earlier versions
+  // of this store never synced at all: sync the folder once, as initdb does, or a power cut could
+  // leave one PostgreSQL cannot start from. The marker says it was done.
+  const marker = `${dir}.synced`;
+  if (!existsSync(marker)) {
+    syncTree(dir);
+    closeSync(openSync(marker, "w"));
+    syncPath(marker);
+    syncPath(dirname(dir));
+  }
+  return pglite;
+}
+
+/** The parts of Emscripten's NODEFS this file uses (PGlite types it as a bare FileSystemType). */
+interface NodeFsInternals {
+  readonly stream_ops: { fsync?: (stream: { readonly nfd: number }) => number };
+  tryFSOperation<T>(operation: () => T): T;
+}
+
+type EmscriptenOptions = Parameters<NodeFS["init"]>[1];
+
+/** NODEFS whose fsync() reaches the disk; a failure is an I/O error PostgreSQL acts on. */
+class SyncingNodeFS extends NodeFS {
+  override async init(pg: PGlite, options: EmscriptenOptions) {
+    const { emscriptenOpts } = await super.init(pg, options);
+    const preRun = [
+      ...(emscriptenOpts.preRun ?? []),
+      (mod: { readonly NODEFS: unknown }) => {
+        const nodefs = mod.NODEFS as NodeFsInternals;
+        nodefs.stream_ops.fsync = (stream) =>
+          nodefs.tryFSOperation(() => {
+            fsyncSync(stream.nfd);
+            return 0;
+          });
+      },
+    ];
+    return { emscriptenOpts: { ...emscriptenOpts, preRun } };
+  }
+}
+
+/** fsyncs every file and folder under `dir`, children before their folder. */
+function syncTree(dir: string): void {
+  for (const entry of readdirSync(dir, { withFileTypes: true })) {
+    const path = join(dir, entry.name);
+    if (entry.isDirectory()) syncTree(path);
+    else if (entry.isFile()) syncPath(path);
+  }
+  syncPath(dir);
+}
+
+function syncPath(path: string): void {
+  const fd = openSync(path, "r");
+  try {
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
