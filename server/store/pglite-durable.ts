@@ -35,12 +35,13 @@ export async function openDurablePGlite(dir: string, options: PGliteOptions): Pr
   await pglite.waitReady;
   // PGlite runs initdb in memory and copies the result in without a sync, and earlier versions
   // of this store never synced at all: sync the folder once, as initdb does, or a power cut could
-  // leave one PostgreSQL cannot start from. The marker says it was done.
-  const marker = `${dir}.synced`;
+  // leave one PostgreSQL cannot start from. The marker, inside so that it goes with the folder,
+  // says it was done (PostgreSQL ignores files it does not know at the top of its folder).
+  const marker = join(dir, "orisun-synced");
   if (!existsSync(marker)) {
     syncTree(dir);
     closeSync(openSync(marker, "w"));
-    syncPath(marker);
+    syncPath(dir);
     syncPath(dirname(dir));
   }
   return pglite;
