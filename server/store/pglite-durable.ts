@@ -1,4 +1,5 @@
-import { closeSync, existsSync, fsyncSync, openSync, readdirSync } from "node:fs";
+import { existsSync, fsyncSync, readdirSync } from "node:fs";
+import { open, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { PGlite, type PGliteOptions } from "@electric-sql/pglite";
 import { NodeFS } from "@electric-sql/pglite/nodefs";
@@ -39,10 +40,10 @@ export async function openDurablePGlite(dir: string, options: PGliteOptions): Pr
   // says it was done (PostgreSQL ignores files it does not know at the top of its folder).
   const marker = join(dir, "orisun-synced");
   if (!existsSync(marker)) {
-    syncTree(dir);
-    closeSync(openSync(marker, "w"));
-    syncPath(dir);
-    syncPath(dirname(dir));
+    await syncTree(dir);
+    await writeFile(marker, "");
+    await syncPath(dir);
+    await syncPath(dirname(dir));
   }
   return pglite;
 }
@@ -74,21 +75,39 @@ class SyncingNodeFS extends NodeFS {
   }
 }
 
-/** fsyncs every file and folder under `dir`, children before their folder. */
-function syncTree(dir: string): void {
-  for (const entry of readdirSync(dir, { withFileTypes: true })) {
-    const path = join(dir, entry.name);
-    if (entry.isDirectory()) syncTree(path);
-    else if (entry.isFile()) syncPath(path);
-  }
-  syncPath(dir);
+/** Syncs in flight at once while syncing a folder: Node runs them on its 4 I/O threads. */
+const PARALLEL_SYNCS = 8;
+
+/**
+ * fsyncs every file under `dir` several at a time (about 1,000 files in a new folder: 5.5 s one by
+ * one on a slow disk), then every folder, deepest first, so that each one's entries are on disk
+ * before the entry that names it.
+ */
+async function syncTree(dir: string): Promise<void> {
+  const files: string[] = [];
+  const folders: string[] = [];
+  const walk = (folder: string) => {
+    for (const entry of readdirSync(folder, { withFileTypes: true })) {
+      const path = join(folder, entry.name);
+      if (entry.isDirectory()) walk(path);
+      else if (entry.isFile()) files.push(path);
+    }
+    folders.push(folder);
+  };
+  walk(dir);
+  let next = 0;
+  const worker = async () => {
+    while (next < files.length) await syncPath(files[next++] ?? "");
+  };
+  await Promise.all(Array.from({ length: PARALLEL_SYNCS }, worker));
+  for (const folder of folders) await syncPath(folder);
 }
 
-function syncPath(path: string): void {
-  const fd = openSync(path, "r");
+async function syncPath(path: string): Promise<void> {
+  const handle = await open(path, "r");
   try {
-    fsyncSync(fd);
+    await handle.sync();
   } finally {
-    closeSync(fd);
+    await handle.close();
   }
 }
