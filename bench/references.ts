@@ -4,7 +4,16 @@
  * peer event store, Emmett on PostgreSQL (bench/peers/emmett, installed apart from Orisun).
  */
 import { spawn, spawnSync } from "node:child_process";
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import {
+  closeSync,
+  existsSync,
+  fsyncSync,
+  mkdtempSync,
+  openSync,
+  rmSync,
+  writeFileSync,
+  writeSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import pg from "pg";
@@ -124,6 +133,32 @@ export async function copyRate(
     );
   });
   return rows / ((performance.now() - started) / 1_000);
+}
+
+/**
+ * Durable writes/s the disk under `dir` takes one at a time: an 8 kB write (a WAL page) then its
+ * fsync, over and over for `seconds`, as pg_test_fsync measures it. An embedded append waits for
+ * one such sync per group-commit batch, so this bounds one client's appends/s.
+ */
+export function diskSyncRate(dir: string, seconds: number): number {
+  const path = join(dir, "fsync-probe");
+  const page = Buffer.alloc(8192, 1);
+  const fd = openSync(path, "w");
+  try {
+    writeSync(fd, Buffer.alloc(1 << 20));
+    fsyncSync(fd);
+    const started = performance.now();
+    let syncs = 0;
+    while (performance.now() - started < seconds * 1_000) {
+      writeSync(fd, page, 0, page.length, (syncs % 128) * page.length);
+      fsyncSync(fd);
+      syncs++;
+    }
+    return syncs / ((performance.now() - started) / 1_000);
+  } finally {
+    closeSync(fd);
+    rmSync(path, { force: true });
+  }
 }
 
 const EMMETT = `${ROOT}bench/peers/emmett`;

@@ -18,8 +18,9 @@ import { join } from "node:path";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
 import { decodeEvents } from "../server/broker/jetstream.js";
+import { pgliteCommitCost } from "./pglite-commits.js";
 import { queryPlans } from "./plans.js";
-import { copyRate, Emmett, ensureEmmett, Pgbench, sql } from "./references.js";
+import { copyRate, diskSyncRate, Emmett, ensureEmmett, Pgbench, sql } from "./references.js";
 import { CORES, givenServer, type Server, startServer } from "./server.js";
 import { Workers } from "./workers.js";
 import {
@@ -151,6 +152,15 @@ const comparisons: Comparison[] = [
     key: `embedded${n}`,
     reference: { key: `cond${n}`, name: `on PostgreSQL, ${clientCount(n)}` },
   })),
+  // One client's appends each wait for a sync of their own; more clients share one per batch.
+  ...[1, 16, 64].map((n) => ({
+    key: `embedded${n}`,
+    reference: { key: "disksync", name: "fsyncs/s of the disk" },
+  })),
+  {
+    key: "pglite.durable",
+    reference: { key: "pglite.shipped", name: "as shipped, no sync" },
+  },
   {
     key: "rss.ratio",
     reference: { name: "flat", value: 1 },
@@ -413,9 +423,28 @@ async function embeddedGroup(workers: Workers, run: number): Promise<void> {
         cpu,
       );
     }
+    note(
+      "disksync",
+      REFERENCE,
+      "fsyncs/s of the embedded folder's disk, 8 kB write + fsync one at a time",
+      diskSyncRate(dir, SECONDS),
+    );
   } finally {
     await server.stop();
     rmSync(dir, { recursive: true, force: true });
+  }
+  const alone = mkdtempSync(join(tmpdir(), "orisun-bench-pglite-"));
+  try {
+    const cost = await pgliteCommitCost(alone, SECONDS);
+    note(
+      "pglite.shipped",
+      EMBEDDED,
+      "PGlite alone, 1-row commit, as shipped: no sync (ms)",
+      cost.shipped,
+    );
+    note("pglite.durable", EMBEDDED, "PGlite alone, 1-row commit, WAL fsynced (ms)", cost.durable);
+  } finally {
+    rmSync(alone, { recursive: true, force: true });
   }
 }
 

@@ -66,7 +66,8 @@ export async function givenServer(url: string): Promise<Server> {
 
 async function waitUntilServing(url: string, child?: ChildProcess): Promise<void> {
   const probe = createClient(EventStore, createGrpcTransport({ baseUrl: url }));
-  const deadline = Date.now() + 60_000;
+  // A first start on a new PGlite folder runs initdb: over a minute on a loaded machine.
+  const deadline = Date.now() + 180_000;
   for (;;) {
     try {
       await probe.getEvents({ boundary: "bench_probe", count: 1 });

@@ -1,9 +1,10 @@
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
-import { PGlite } from "@electric-sql/pglite";
+import type { PGlite } from "@electric-sql/pglite";
 import { Kysely, PostgresDialect } from "kysely";
 import pg from "pg";
 import { migrate } from "./migrations.js";
+import { openDurablePGlite } from "./pglite-durable.js";
 import { pglitePool } from "./pglite-pool.js";
 import type { Database } from "./schema.js";
 
@@ -34,7 +35,7 @@ export async function openDatabase(options: DatabaseOptions): Promise<OpenDataba
     const dir = join(options.dataDir, "pglite");
     mkdirSync(dir, { recursive: true });
     // int8 as decimal strings, like pg: positions exceed 2^53 long before they exceed int8.
-    const pglite = new PGlite(dir, {
+    const pglite = await openDurablePGlite(dir, {
       parsers: { [INT8]: (v: string) => v, [JSON_OID]: (v: string) => v },
     });
     await pglite.exec(

@@ -35,10 +35,14 @@ process.once("exit", () => {
   for (const child of running) child.kill("SIGKILL");
 });
 
-/** Starts dist/server/main.js (built by the global setup) and waits until it listens. */
+/**
+ * Starts dist/server/main.js (built by the global setup) and waits until it listens.
+ * `startTimeoutMs`: a first start on a new PGlite folder runs initdb, which a busy machine slows.
+ */
 export async function spawnServer(
   env: Record<string, string>,
   args: string[] = [],
+  startTimeoutMs = START_TIMEOUT_MS,
 ): Promise<SpawnedServer> {
   const port = env.ORISUN_PORT ? Number(env.ORISUN_PORT) : await freePort();
   const child = spawn(process.execPath, [resolve("dist/server/main.js"), ...args], {
@@ -64,8 +68,8 @@ export async function spawnServer(
     const timer = setTimeout(() => {
       // It may still come up later and keep the port: end it now.
       child.kill("SIGKILL");
-      fail(new Error(`server did not start in ${START_TIMEOUT_MS / 1000} s:\n${log}`));
-    }, START_TIMEOUT_MS);
+      fail(new Error(`server did not start in ${startTimeoutMs / 1000} s:\n${log}`));
+    }, startTimeoutMs);
     const check = () => {
       if (log.includes("Orisun listening")) {
         clearTimeout(timer);
