@@ -1,6 +1,6 @@
 import { execFile } from "node:child_process";
 import { promisify } from "node:util";
-import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { type Client, Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
@@ -17,8 +17,19 @@ import { NATS_URL } from "../support/live.js";
 import { type SpawnedServer, spawnServer } from "../support/spawn-server.js";
 
 const run = promisify(execFile);
-const client = (server: SpawnedServer) =>
-  createClient(EventStore, createGrpcTransport({ baseUrl: server.url }));
+/**
+ * One client (one HTTP/2 connection) per server, as an application keeps it: a transport per
+ * call would open a connection per call and soon meet ORISUN_MAX_CONNECTIONS_PER_ADDRESS.
+ */
+const clients = new WeakMap<SpawnedServer, Client<typeof EventStore>>();
+const client = (server: SpawnedServer) => {
+  let c = clients.get(server);
+  if (!c) {
+    c = createClient(EventStore, createGrpcTransport({ baseUrl: server.url }));
+    clients.set(server, c);
+  }
+  return c;
+};
 
 /** Collects a subscription's messages in the background until aborted. */
 function member(server: SpawnedServer, subject: string, consumerName: string) {
