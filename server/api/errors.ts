@@ -12,6 +12,7 @@ const CODES: Record<StoreErrorKind, Code> = {
   condition_failed: Code.Aborted,
   already_exists: Code.AlreadyExists,
   unavailable: Code.Unavailable,
+  deadline_exceeded: Code.DeadlineExceeded,
   internal: Code.Internal,
 };
 

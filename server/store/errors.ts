@@ -8,6 +8,7 @@ export type StoreErrorKind =
   | "condition_failed" // a DCB condition found a matching event after its marker
   | "already_exists" // event ids already stored by another request, or a taken name
   | "unavailable" // a dependency (PostgreSQL, NATS) cannot be reached right now
+  | "deadline_exceeded" // the caller's deadline passed (or it went away) before the work finished
   | "internal";
 
 export class StoreError extends Error {

@@ -3,12 +3,19 @@ import { selectEvents } from "./query-sql.js";
 import { type Database, decodeTag } from "./schema.js";
 import { type Position, type ReadRequest, START, type StoredEvent } from "./types.js";
 
-/** Matching events of a boundary in `direction` order, starting at `from` inclusive. */
+/**
+ * Matching events of a boundary in `direction` order, starting at `from` inclusive. When `signal`
+ * aborts, the read is dropped if it has not started, and cancelled on the server if it has.
+ */
 export async function readEvents(
   db: Kysely<Database>,
   request: ReadRequest,
+  signal?: AbortSignal,
 ): Promise<StoredEvent[]> {
-  const rows = await selectEvents(db, request).execute();
+  const rows = await selectEvents(db, request).execute({
+    signal,
+    inflightQueryAbortStrategy: "cancel query",
+  });
   return rows.map((row) => ({
     boundary: request.boundary,
     id: row.event_id,
