@@ -97,7 +97,7 @@ export class EventStore {
     const { signal } = options;
     const release = options.catchUp ? await this.catchUps.acquire(signal) : undefined;
     try {
-      return await readEvents(this.database.db, request, signal);
+      return await readEvents(this.database.db, request, signal, !this.database.embedded);
     } catch (error) {
       if (signal?.aborted) {
         throw new StoreError(

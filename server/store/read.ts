@@ -5,16 +5,18 @@ import { type Position, type ReadRequest, START, type StoredEvent } from "./type
 
 /**
  * Matching events of a boundary in `direction` order, starting at `from` inclusive. When `signal`
- * aborts, the read is dropped if it has not started, and cancelled on the server if it has.
+ * aborts, the read is dropped if it has not started; one in progress is cancelled on the server
+ * when `cancel` (PostgreSQL: PGlite has no second session to cancel from), else left to finish.
  */
 export async function readEvents(
   db: Kysely<Database>,
   request: ReadRequest,
   signal?: AbortSignal,
+  cancel = false,
 ): Promise<StoredEvent[]> {
   const rows = await selectEvents(db, request).execute({
     signal,
-    inflightQueryAbortStrategy: "cancel query",
+    inflightQueryAbortStrategy: cancel ? "cancel query" : "ignore query",
   });
   return rows.map((row) => ({
     boundary: request.boundary,
