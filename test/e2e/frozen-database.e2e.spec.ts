@@ -159,13 +159,13 @@ describe("a frozen PostgreSQL (the proxy stops forwarding, as under SIGSTOP)", (
         300,
       );
       expect(json.code, JSON.stringify(json)).toBe("deadline_exceeded");
-      expect(json.ms).toBeLessThan(3_000);
+      expect(json.ms).toBeLessThan(4_000);
       const read300 = await connectJson(server.url, "GetEvents", { boundary: "before" }, 300);
       expect(read300.code, JSON.stringify(read300)).toBe("deadline_exceeded");
-      expect(read300.ms).toBeLessThan(3_000);
+      expect(read300.ms).toBeLessThan(4_000);
       const grpcRaw = await rawGrpcSave(server.port, "deadline", "d2", "300m");
       expect(grpcRaw.status, JSON.stringify(grpcRaw)).toBe(String(Code.DeadlineExceeded));
-      expect(grpcRaw.ms).toBeLessThan(3_000);
+      expect(grpcRaw.ms).toBeLessThan(4_000);
       console.log(`deadline 300 ms: JSON ${json.ms}/${read300.ms} ms, gRPC ${grpcRaw.ms} ms`);
       failed.set("d1", "deadline");
       failed.set("d2", "deadline");
