@@ -64,6 +64,13 @@ export async function startApp(config: Config): Promise<RunningApp> {
     url: config.pgUrl,
     schema: config.pgSchema,
     poolSize: config.pgPoolSize,
+    timeouts: {
+      statementMs: config.pgStatementTimeoutMs,
+      lockMs: config.pgLockTimeoutMs,
+      idleInTransactionMs: config.pgIdleInTransactionTimeoutMs,
+      connectMs: config.pgConnectTimeoutMs,
+    },
+    catchUpConnections: config.catchUpConnections,
     dataDir: config.dataDir,
     onIdleError: (err) => app.log.warn({ err }, "idle database connection failed"),
     onSignalError: (err) => app.log.warn({ err }, "LISTEN connection failed; reconnecting"),

@@ -10,6 +10,14 @@ export interface Config {
   readonly pgUrl: string | undefined;
   readonly pgSchema: string;
   readonly pgPoolSize: number;
+  /** Server-side statement_timeout; the client gives up on an unanswered statement shortly after. */
+  readonly pgStatementTimeoutMs: number;
+  readonly pgLockTimeoutMs: number;
+  readonly pgIdleInTransactionTimeoutMs: number;
+  /** Opening a connection, and waiting for a free one of the pool. */
+  readonly pgConnectTimeoutMs: number;
+  /** Connections catch-up reads of subscriptions may use at once (PGlite: always one). */
+  readonly catchUpConnections: number;
   /** NATS URL; undefined: the in-process broker. */
   readonly natsUrl: string | undefined;
   /** Path of a NATS `.creds` file (user JWT and NKey seed); undefined: none. */
@@ -244,12 +252,31 @@ export function loadConfig(
       `ORISUN_PUBSUB_GROUP_EXPIRY: must be at least ORISUN_PUBSUB_RETENTION (${pubsubRetentionMs} ms), got "${merged.ORISUN_PUBSUB_GROUP_EXPIRY}"`,
     );
   }
+  const pgPoolSize = integer(merged, "ORISUN_PG_POOL_SIZE", 10, 1, 1000);
+  // Half the pool by default: the other half stays free for appends and GetEvents.
+  const catchUpConnections = integer(
+    merged,
+    "ORISUN_CATCHUP_CONNECTIONS",
+    Math.max(1, Math.floor(pgPoolSize / 2)),
+    1,
+    1000,
+  );
+  if (catchUpConnections > pgPoolSize) {
+    throw new ConfigError(
+      `ORISUN_CATCHUP_CONNECTIONS: must be at most ORISUN_PG_POOL_SIZE (${pgPoolSize}), got ${catchUpConnections}`,
+    );
+  }
   return {
     port: integer(merged, "ORISUN_PORT", 50051, 0, 65535),
     host: merged.ORISUN_HOST ?? "0.0.0.0",
     pgUrl: url(merged, "ORISUN_PG_URL", ["postgres:", "postgresql:"]),
     pgSchema,
-    pgPoolSize: integer(merged, "ORISUN_PG_POOL_SIZE", 10, 1, 1000),
+    pgPoolSize,
+    pgStatementTimeoutMs: duration(merged, "ORISUN_PG_STATEMENT_TIMEOUT", 10_000),
+    pgLockTimeoutMs: duration(merged, "ORISUN_PG_LOCK_TIMEOUT", 5_000),
+    pgIdleInTransactionTimeoutMs: duration(merged, "ORISUN_PG_IDLE_IN_TRANSACTION_TIMEOUT", 60_000),
+    pgConnectTimeoutMs: duration(merged, "ORISUN_PG_CONNECT_TIMEOUT", 5_000),
+    catchUpConnections,
     natsUrl: url(merged, "ORISUN_NATS_URL", ["nats:", "tls:", "ws:", "wss:"]),
     natsCredsFile: natsCredsFile === undefined ? undefined : resolve(natsCredsFile),
     dataDir: resolve(merged.ORISUN_DATA_DIR ?? "./data"),

@@ -225,6 +225,54 @@ describe("loadConfig rejects bad values naming the variable", () => {
   });
 });
 
+describe("database timeouts and the catch-up share", () => {
+  it("have sane defaults and follow the pool size", () => {
+    const c = loadConfig({}, []);
+    expect(c.pgStatementTimeoutMs).toBe(10_000);
+    expect(c.pgLockTimeoutMs).toBe(5_000);
+    expect(c.pgIdleInTransactionTimeoutMs).toBe(60_000);
+    expect(c.pgConnectTimeoutMs).toBe(5_000);
+    expect(c.catchUpConnections).toBe(5);
+    expect(loadConfig({ ORISUN_PG_POOL_SIZE: "1" }, []).catchUpConnections).toBe(1);
+  });
+
+  it("reads each variable", () => {
+    const c = loadConfig(
+      {
+        ORISUN_PG_STATEMENT_TIMEOUT: "2s",
+        ORISUN_PG_LOCK_TIMEOUT: "500ms",
+        ORISUN_PG_IDLE_IN_TRANSACTION_TIMEOUT: "2m",
+        ORISUN_PG_CONNECT_TIMEOUT: "3s",
+        ORISUN_CATCHUP_CONNECTIONS: "3",
+      },
+      [],
+    );
+    expect(c.pgStatementTimeoutMs).toBe(2_000);
+    expect(c.pgLockTimeoutMs).toBe(500);
+    expect(c.pgIdleInTransactionTimeoutMs).toBe(120_000);
+    expect(c.pgConnectTimeoutMs).toBe(3_000);
+    expect(c.catchUpConnections).toBe(3);
+  });
+
+  it.each([
+    ["ORISUN_PG_STATEMENT_TIMEOUT", "10"],
+    ["ORISUN_PG_LOCK_TIMEOUT", "0s"],
+    ["ORISUN_PG_IDLE_IN_TRANSACTION_TIMEOUT", "soon"],
+    ["ORISUN_PG_CONNECT_TIMEOUT", "-1s"],
+    ["ORISUN_CATCHUP_CONNECTIONS", "0"],
+  ])("%s=%s", (name, value) => {
+    rejects({ [name]: value }, name);
+  });
+
+  it("refuses a catch-up share larger than the pool", () => {
+    const e = rejects(
+      { ORISUN_PG_POOL_SIZE: "4", ORISUN_CATCHUP_CONNECTIONS: "5" },
+      "ORISUN_CATCHUP_CONNECTIONS",
+    );
+    expect(e.message).toContain("ORISUN_PG_POOL_SIZE (4)");
+  });
+});
+
 describe("YAML file", () => {
   const layout = (schema: string, port: number) =>
     yamlFile(

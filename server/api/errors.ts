@@ -19,6 +19,7 @@ const CODES: Record<StoreErrorKind, Code> = {
   unavailable: Code.Unavailable,
   not_found: Code.NotFound,
   limit_reached: Code.ResourceExhausted,
+  deadline_exceeded: Code.DeadlineExceeded,
   internal: Code.Internal,
 };
 

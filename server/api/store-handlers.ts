@@ -14,12 +14,18 @@ export function storeHandlers(
   deps: ApiDeps,
 ): Pick<ServiceImpl<typeof EventStore>, "saveEvents" | "getEvents"> {
   return {
-    async saveEvents(request) {
-      const position = await deps.store.append(toAppendRequest(request, deps.validation));
+    // ctx.signal aborts on the client's deadline (grpc-timeout, connect-timeout-ms) or when it
+    // goes away; Connect itself would wait for the handler, so the store must let go.
+    async saveEvents(request, ctx) {
+      const position = await deps.store.append(toAppendRequest(request, deps.validation), {
+        signal: ctx.signal,
+      });
       return create(WriteResultSchema, { logPosition: toProtoPosition(position) });
     },
-    async getEvents(request) {
-      const events = await deps.store.read(toReadRequest(request, deps.validation));
+    async getEvents(request, ctx) {
+      const events = await deps.store.read(toReadRequest(request, deps.validation), {
+        signal: ctx.signal,
+      });
       return create(GetEventsResponseSchema, { events: events.map(toProtoEvent) });
     },
   };

@@ -26,7 +26,37 @@ interface Pending {
   readonly bytes: number;
   readonly resolve: (position: Position) => void;
   readonly reject: (error: unknown) => void;
+  /** The caller's deadline or cancel. */
+  readonly signal: AbortSignal | undefined;
+  /** Its transaction has begun to write it: from then on, aborting cannot take it back. */
+  sent: boolean;
 }
+
+/** Dropped before anything was written. */
+const notStarted = () =>
+  new StoreError(
+    "deadline_exceeded",
+    "the request ended (its deadline passed or it was cancelled) before the append started; nothing was written",
+  );
+
+const RETRY_SAME_IDS =
+  "retry with the same event ids: if it was stored, the retry answers its position and stores nothing twice";
+
+/** Given up while its transaction was in flight: it may still commit. */
+const inFlight = () =>
+  new StoreError(
+    "deadline_exceeded",
+    `the request ended (its deadline passed or it was cancelled) while the append was being written, so it may or may not be stored; ${RETRY_SAME_IDS}`,
+  );
+
+/** The COMMIT was sent and no answer came. */
+const unknownOutcome = (cause: unknown) =>
+  new StoreError(
+    "unavailable",
+    `the database did not confirm the commit, so the append may or may not be stored; ${RETRY_SAME_IDS}`,
+    undefined,
+    { cause },
+  );
 
 interface PositionedEvent extends EventToAppend {
   readonly position: Position;
@@ -73,11 +103,41 @@ export class Appender {
     this.recent = new RecentCommits({ maxEvents: RECENT_EVENTS, ...recent });
   }
 
-  append(request: AppendRequest): Promise<Position> {
+  /**
+   * When `signal` aborts, a request still waiting for its transaction is dropped; one whose
+   * transaction already runs is answered at once but may still commit.
+   */
+  append(request: AppendRequest, signal?: AbortSignal): Promise<Position> {
+    if (signal?.aborted) return Promise.reject(notStarted());
     return new Promise<Position>((resolve, reject) => {
       const bytes = request.events.reduce((n, e) => n + e.data.length + e.metadata.length, 0);
+      const onAbort = () => {
+        if (pending.sent) {
+          reject(inFlight());
+          return;
+        }
+        const queue = this.queues.get(request.boundary);
+        const i = queue?.indexOf(pending) ?? -1;
+        if (i >= 0) queue?.splice(i, 1);
+        reject(notStarted());
+      };
+      const settled = () => signal?.removeEventListener("abort", onAbort);
+      const pending: Pending = {
+        request,
+        bytes,
+        resolve: (position) => {
+          settled();
+          resolve(position);
+        },
+        reject: (error) => {
+          settled();
+          reject(error);
+        },
+        signal,
+        sent: false,
+      };
+      signal?.addEventListener("abort", onAbort, { once: true });
       const queue = this.queues.get(request.boundary);
-      const pending = { request, bytes, resolve, reject };
       if (queue) {
         queue.push(pending);
         return;
@@ -108,18 +168,30 @@ export class Appender {
       } else {
         for (const pending of batch) pending.reject(failure);
       }
+      if (failure.kind === "unavailable") {
+        // The database is out of reach: those waiting behind would each wait as long to learn it.
+        for (const pending of queue.splice(0)) pending.reject(failure);
+      }
     }
   }
 
   /** One transaction for the batch; settles every request unless it returns the failure. */
   private async run(boundary: string, batch: readonly Pending[]): Promise<StoreError | undefined> {
-    let result: Awaited<ReturnType<Appender["commitBatch"]>>;
+    type Result = Awaited<ReturnType<Appender["commitBatch"]>>;
+    // Set once the transaction wrote its events: its COMMIT is sent next.
+    const written: { result?: Result } = {};
+    let result: Result;
     try {
-      result = await this.db.transaction().execute((trx) => this.commitBatch(trx, boundary, batch));
+      result = await this.db.transaction().execute(async (trx) => {
+        written.result = await this.commitBatch(trx, boundary, batch);
+        return written.result;
+      });
     } catch (error) {
       // Committed or not, the held stretch can no longer be trusted to end at the head.
       this.recent.forget(boundary);
-      return databaseError(error);
+      const failure = databaseError(error);
+      const committing = written.result?.head !== undefined;
+      return committing && failure.kind === "unavailable" ? unknownOutcome(error) : failure;
     }
     if (result.head) this.recent.committed(boundary, result.before, result.head, result.appended);
     batch.forEach((pending, i) => {
@@ -155,6 +227,13 @@ export class Appender {
     head: Position | undefined;
     appended: RecentEvent[];
   }> {
+    // Requests whose caller gave up while they waited for the connection are left out; the rest
+    // are written from here on, whatever their callers do.
+    const dropped = new Set<number>();
+    for (const [index, pending] of batch.entries()) {
+      if (pending.signal?.aborted) dropped.add(index);
+      else pending.sent = true;
+    }
     // Creates the boundary on its first write and, either way, locks its row until commit.
     const lock = await sql<{ last_commit: string; last_prepare: string }>`
       INSERT INTO orisun_boundaries (name) VALUES (${boundary})
@@ -183,6 +262,10 @@ export class Appender {
     const accepted: Accepted[] = [];
     const outcomes: Outcome[] = [];
     for (const [index, { request }] of batch.entries()) {
+      if (dropped.has(index)) {
+        outcomes.push({ error: notStarted() });
+        continue;
+      }
       const ids = request.events.map((e) => e.id);
       const retry = sameRequest(ids, stored, accepted);
       if (retry !== undefined) {

@@ -39,7 +39,13 @@ export class CommitSignals {
   }
 
   private async listen(): Promise<void> {
-    const client = new pg.Client({ connectionString: this.url, connectionTimeoutMillis: 5_000 });
+    // Its own connection, so no statement or idle timeout of the pool ends it; keepalive notices
+    // a dead network under a connection that only ever waits.
+    const client = new pg.Client({
+      connectionString: this.url,
+      connectionTimeoutMillis: 5_000,
+      keepAlive: true,
+    });
     const lost = (error: Error) => {
       if (this.client !== client) return;
       this.client = undefined;

@@ -10,6 +10,27 @@ const NETWORK_CODES = new Set([
 ]);
 // 57P01-57P03: shutdown / restart in progress; 53300: too many connections.
 const UNAVAILABLE_SQLSTATES = new Set(["57P01", "57P02", "57P03", "53300"]);
+// 57014: statement_timeout (or a cancel); 55P03: lock_timeout; 25P03: idle in transaction too long.
+const TIMEOUT_SQLSTATES = new Set(["57014", "55P03", "25P03"]);
+
+/** pg's messages for a socket that failed or a statement the server never answered. */
+const LOST =
+  /Connection terminated|timeout exceeded when trying to connect|Client has encountered a connection error|not queryable|Query read timeout|Connection has been discarded/i;
+
+const codeOf = (error: unknown) => (error as { code?: unknown } | null)?.code;
+const messageOf = (error: unknown) => (error instanceof Error ? error.message : String(error));
+
+/**
+ * The connection can no longer be trusted: its socket failed, or a statement got no answer in
+ * time (a frozen or unreachable server), so the server may still be working on it.
+ */
+export function isConnectionLost(error: unknown): boolean {
+  const code = codeOf(error);
+  return (
+    (typeof code === "string" && (NETWORK_CODES.has(code) || code.startsWith("08"))) ||
+    LOST.test(messageOf(error))
+  );
+}
 
 /**
  * Turns a driver error into the store's error. The SQL and the driver's message stay in `cause`
@@ -17,14 +38,19 @@ const UNAVAILABLE_SQLSTATES = new Set(["57P01", "57P02", "57P03", "53300"]);
  */
 export function databaseError(error: unknown): StoreError {
   if (error instanceof StoreError) return error;
-  const code = (error as { code?: unknown } | null)?.code;
-  const message = error instanceof Error ? error.message : String(error);
-  const unreachable =
-    (typeof code === "string" &&
-      (NETWORK_CODES.has(code) || UNAVAILABLE_SQLSTATES.has(code) || code.startsWith("08"))) ||
-    /Connection terminated|timeout exceeded when trying to connect|Client has encountered a connection error|not queryable/i.test(
-      message,
+  const code = codeOf(error);
+  if (typeof code === "string" && TIMEOUT_SQLSTATES.has(code)) {
+    return new StoreError(
+      "unavailable",
+      "the database did not finish in time; retry later",
+      undefined,
+      {
+        cause: error,
+      },
     );
+  }
+  const unreachable =
+    isConnectionLost(error) || (typeof code === "string" && UNAVAILABLE_SQLSTATES.has(code));
   return unreachable
     ? new StoreError("unavailable", "the database is unavailable; retry later", undefined, {
         cause: error,

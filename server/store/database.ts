@@ -4,6 +4,7 @@ import type { PGlite } from "@electric-sql/pglite";
 import { Kysely, PostgresDialect } from "kysely";
 import pg from "pg";
 import { migrate } from "./migrations.js";
+import { guardedPool } from "./pg-pool.js";
 import { openDurablePGlite } from "./pglite-durable.js";
 import { pglitePool } from "./pglite-pool.js";
 import type { Database } from "./schema.js";
@@ -16,7 +17,31 @@ export interface DatabaseOptions {
   readonly dataDir: string;
   /** Called for errors of idle pooled connections, which would otherwise crash the process. */
   readonly onIdleError: (error: Error) => void;
+  /** PostgreSQL only; defaults to DEFAULT_TIMEOUTS. */
+  readonly timeouts?: DatabaseTimeouts;
 }
+
+/** Bounds on every pooled PostgreSQL connection, so that a frozen or lost server fails callers. */
+export interface DatabaseTimeouts {
+  /** statement_timeout on the server; the client gives up a little later (a frozen server never times out). */
+  readonly statementMs: number;
+  readonly lockMs: number;
+  readonly idleInTransactionMs: number;
+  /** Opening a connection, and waiting for a free one. */
+  readonly connectMs: number;
+}
+
+export const DEFAULT_TIMEOUTS: DatabaseTimeouts = {
+  statementMs: 10_000,
+  lockMs: 5_000,
+  idleInTransactionMs: 60_000,
+  connectMs: 5_000,
+};
+
+/** How long after statement_timeout the client stops waiting: the server's own answer comes first. */
+const CLIENT_MARGIN_MS = 1_000;
+/** First TCP keepalive probe of an idle connection, so that a dead network is noticed. */
+const KEEPALIVE_MS = 10_000;
 
 export interface OpenDatabase {
   readonly db: Kysely<Database>;
@@ -46,25 +71,50 @@ export async function openDatabase(options: DatabaseOptions): Promise<OpenDataba
     return { db, embedded: true, pool: undefined, pglite };
   }
 
-  await ensureSchema(options.url, options.schema);
+  const timeouts = options.timeouts ?? DEFAULT_TIMEOUTS;
+  await ensureSchema(options.url, options.schema, timeouts.connectMs);
+  // Migrations may rewrite a large table: they run on a connection of their own, without the
+  // statement timeout meant for requests.
+  const migrator = new Kysely<unknown>({
+    dialect: new PostgresDialect({
+      pool: new pg.Pool({
+        connectionString: options.url,
+        max: 1,
+        options: `-c search_path="${options.schema}"`,
+        connectionTimeoutMillis: timeouts.connectMs,
+      }),
+    }),
+  });
+  try {
+    await migrate(migrator, options.schema);
+  } finally {
+    await migrator.destroy();
+  }
   const pool = new pg.Pool({
     connectionString: options.url,
     max: options.poolSize,
-    options: `-c search_path="${options.schema}"`,
-    connectionTimeoutMillis: 5_000,
+    options: [
+      `-c search_path="${options.schema}"`,
+      `-c statement_timeout=${timeouts.statementMs}`,
+      `-c lock_timeout=${timeouts.lockMs}`,
+      `-c idle_in_transaction_session_timeout=${timeouts.idleInTransactionMs}`,
+    ].join(" "),
+    connectionTimeoutMillis: timeouts.connectMs,
+    query_timeout: timeouts.statementMs + CLIENT_MARGIN_MS,
+    keepAlive: true,
+    keepAliveInitialDelayMillis: KEEPALIVE_MS,
   });
   pool.on("error", options.onIdleError);
   // pg-pool listens for errors only on idle clients; one that dies while checked out (between
   // the queries of a transaction) would emit an unhandled 'error' and crash the process. Its
   // query fails on its own, and the pool discards the client when it comes back.
   pool.on("connect", (client) => client.on("error", options.onIdleError));
-  const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
-  await migrate(db as Kysely<unknown>, options.schema);
+  const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool: guardedPool(pool) }) });
   return { db, embedded: false, pool, pglite: undefined };
 }
 
-async function ensureSchema(url: string, schema: string): Promise<void> {
-  const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 5_000 });
+async function ensureSchema(url: string, schema: string, connectMs: number): Promise<void> {
+  const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: connectMs });
   await client.connect();
   try {
     // Serialise concurrent starts: CREATE SCHEMA IF NOT EXISTS itself can race.

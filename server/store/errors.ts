@@ -10,6 +10,7 @@ export type StoreErrorKind =
   | "unavailable" // a dependency (PostgreSQL, NATS) cannot be reached right now
   | "not_found" // the named thing (a consumer group) does not exist, or no longer
   | "limit_reached" // a resource cap set by an ORISUN_MAX_* setting; the message names it
+  | "deadline_exceeded" // the caller's deadline passed (or it went away) before the work finished
   | "internal";
 
 export interface StoreErrorOptions extends ErrorOptions {

@@ -4,6 +4,8 @@ import { BoundaryCap, DEFAULT_MAX_BOUNDARIES } from "./boundary-cap.js";
 import { CommitSignals } from "./commit-signals.js";
 import { type DatabaseOptions, type OpenDatabase, openDatabase } from "./database.js";
 import { databaseError } from "./database-errors.js";
+import { StoreError } from "./errors.js";
+import { FairGate } from "./fair-gate.js";
 import { headPosition, readEvents } from "./read.js";
 import { SessionLocks } from "./session-locks.js";
 import { Statistics, type StatisticsOptions } from "./statistics.js";
@@ -23,6 +25,18 @@ export interface EventStoreOptions extends DatabaseOptions {
   readonly recentCommitsBytes?: number;
   /** After how long unused a boundary's window is dropped. */
   readonly boundaryIdleMs?: number;
+  /** Connections catch-up reads may use at once; default half the pool. PGlite: always one. */
+  readonly catchUpConnections?: number;
+}
+
+export interface CallOptions {
+  /** The caller's deadline or cancel: work not yet started is dropped, a read in progress cancelled. */
+  readonly signal?: AbortSignal;
+}
+
+export interface ReadOptions extends CallOptions {
+  /** A subscription catching up: waits its turn for the catch-up share of the connections. */
+  readonly catchUp?: boolean;
 }
 
 const MiB = 1024 * 1024;
@@ -33,6 +47,8 @@ export class EventStore {
   private readonly appender: Appender;
   private readonly statistics: Statistics;
   private readonly boundaries: BoundaryCap;
+  /** Catch-up reads queue here, so that a storm of them leaves the rest of the pool to others. */
+  private readonly catchUps: FairGate;
   /** Commits of every process, as hints for those who follow the log. */
   readonly signals: CommitSignals;
   /** Locks exclusive across every process on this database. */
@@ -51,6 +67,11 @@ export class EventStore {
       options.onSignalError ?? (() => {}),
     );
     this.locks = new SessionLocks(options.url, options.schema);
+    this.catchUps = new FairGate(
+      database.embedded
+        ? 1
+        : (options.catchUpConnections ?? Math.max(1, Math.floor(options.poolSize / 2))),
+    );
     this.statistics = new Statistics(
       database.db,
       options.onStatisticsError ?? (() => {}),
@@ -90,19 +111,36 @@ export class EventStore {
   }
 
   /** Appends atomically; resolves to the position of the last event written. */
-  async append(request: AppendRequest): Promise<Position> {
+  async append(request: AppendRequest, options: CallOptions = {}): Promise<Position> {
     await this.boundaries.admit(request.boundary);
-    const position = await this.appender.append(request);
+    const position = await this.appender.append(request, options.signal);
     this.statistics.grew(request.events.length);
     return position;
   }
 
-  async read(request: ReadRequest): Promise<StoredEvent[]> {
+  async read(request: ReadRequest, options: ReadOptions = {}): Promise<StoredEvent[]> {
+    const { signal } = options;
+    const release = options.catchUp ? await this.catchUps.acquire(signal) : undefined;
     try {
-      return await readEvents(this.database.db, request);
+      return await readEvents(this.database.db, request, signal, !this.database.embedded);
     } catch (error) {
+      if (signal?.aborted) {
+        throw new StoreError(
+          "deadline_exceeded",
+          "the request ended (its deadline passed or it was cancelled) before its read finished",
+          undefined,
+          { cause: error },
+        );
+      }
       throw databaseError(error);
+    } finally {
+      release?.();
     }
+  }
+
+  /** A catch-up read would start at once: reading ahead then takes nobody's turn. */
+  get catchUpIdle(): boolean {
+    return this.catchUps.idle;
   }
 
   async head(boundary: string): Promise<Position> {

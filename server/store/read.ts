@@ -3,12 +3,21 @@ import { selectEvents } from "./query-sql.js";
 import { type Database, decodeTag } from "./schema.js";
 import { type Position, type ReadRequest, START, type StoredEvent } from "./types.js";
 
-/** Matching events of a boundary in `direction` order, starting at `from` inclusive. */
+/**
+ * Matching events of a boundary in `direction` order, starting at `from` inclusive. When `signal`
+ * aborts, the read is dropped if it has not started; one in progress is cancelled on the server
+ * when `cancel` (PostgreSQL: PGlite has no second session to cancel from), else left to finish.
+ */
 export async function readEvents(
   db: Kysely<Database>,
   request: ReadRequest,
+  signal?: AbortSignal,
+  cancel = false,
 ): Promise<StoredEvent[]> {
-  const rows = await selectEvents(db, request).execute();
+  const rows = await selectEvents(db, request).execute({
+    signal,
+    inflightQueryAbortStrategy: cancel ? "cancel query" : "ignore query",
+  });
   return rows.map((row) => ({
     boundary: request.boundary,
     id: row.event_id,

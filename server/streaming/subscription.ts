@@ -66,24 +66,36 @@ export async function* subscribe(
       const buffer = new LiveBuffer(deps.limits, abort);
       const leave = await deps.feeds.join(request.boundary, buffer);
       try {
+        // Catch-up reads take turns for their share of the connections (see EventStore.read):
+        // a subscription waits as long as it must, until its own client gives up.
         const readAfter = async (after: Position): Promise<StoredEvent[]> => {
           const from = positionAfter(after);
           if (from === undefined) return [];
-          return deps.store.read({
-            boundary: request.boundary,
-            query: request.query,
-            from,
-            count: deps.limits.pageSize,
-            direction: "asc",
-          });
+          return deps.store.read(
+            {
+              boundary: request.boundary,
+              query: request.query,
+              from,
+              count: deps.limits.pageSize,
+              direction: "asc",
+            },
+            { signal: abort, catchUp: true },
+          );
         };
         let next: Promise<StoredEvent[]> | undefined = readAfter(cursor);
         while (next) {
-          const page: StoredEvent[] = await next;
+          let page: StoredEvent[];
+          try {
+            page = await next;
+          } catch (error) {
+            if (abort.aborted) return;
+            throw error;
+          }
           const last = page.at(-1);
-          // The next page is read while this one is sent; in turn, each waited for the other.
-          next =
-            page.length === deps.limits.pageSize && last ? readAfter(last.position) : undefined;
+          const more = page.length === deps.limits.pageSize && last !== undefined;
+          // The next page is read while this one is sent, but only when that takes nobody's
+          // turn: so the pages held in memory stay bounded by the catch-up connections.
+          next = more && deps.store.catchUpIdle ? readAfter(last.position) : undefined;
           // Observed by the await above; one abandoned on abort must not be an unhandled rejection.
           next?.catch(() => {});
           for (const event of page) {
@@ -91,6 +103,7 @@ export async function* subscribe(
             yield event;
             cursor = event.position;
           }
+          if (more) next ??= readAfter(cursor);
         }
         for (;;) {
           const event = await buffer.next();

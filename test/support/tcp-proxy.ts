@@ -10,6 +10,13 @@ export interface TcpProxy {
   readonly port: number;
   cut(): void;
   restore(): void;
+  /**
+   * Stops forwarding in both directions but keeps every socket open and accepts new ones, as a
+   * SIGSTOPped server does (its kernel still accepts and acknowledges); `thaw()` delivers what
+   * was held, in order.
+   */
+  freeze(): void;
+  thaw(): void;
   close(): Promise<void>;
 }
 
@@ -17,6 +24,13 @@ export async function startTcpProxy(targetHost: string, targetPort: number): Pro
   const port = await freePort();
   const sockets = new Set<Socket>();
   let open = true;
+  let frozen = false;
+  const held: (() => void)[] = [];
+  const whenThawed = (action: () => void) => (frozen ? held.push(action) : action());
+  const forward = (from: Socket, to: Socket) => {
+    from.on("data", (chunk: Buffer) => whenThawed(() => to.write(chunk)));
+    from.on("end", () => whenThawed(() => to.end()));
+  };
   const server: Server = createServer((client) => {
     if (!open) {
       client.destroy();
@@ -31,8 +45,8 @@ export async function startTcpProxy(targetHost: string, targetPort: number): Pro
         upstream.destroy();
       });
     }
-    client.pipe(upstream);
-    upstream.pipe(client);
+    forward(client, upstream);
+    forward(upstream, client);
   });
   await new Promise<void>((resolve) => server.listen(port, "127.0.0.1", resolve));
   return {
@@ -43,6 +57,13 @@ export async function startTcpProxy(targetHost: string, targetPort: number): Pro
     },
     restore() {
       open = true;
+    },
+    freeze() {
+      frozen = true;
+    },
+    thaw() {
+      frozen = false;
+      for (const write of held.splice(0)) write();
     },
     async close() {
       open = false;
