@@ -22,9 +22,29 @@ export class BoundaryCap {
     private readonly max: number,
   ) {}
 
-  /** Resolves once `boundary` exists; StoreError "limit_reached" when it would be one too many. */
-  async admit(boundary: string): Promise<void> {
+  /**
+   * Resolves once `boundary` exists; StoreError "limit_reached" when it would be one too many, and
+   * "deadline_exceeded" as soon as `signal` aborts first (no event is written then; the row may
+   * still be made, which leaves an empty boundary).
+   */
+  async admit(boundary: string, signal?: AbortSignal): Promise<void> {
     if (this.known.has(boundary)) return;
+    if (signal?.aborted) throw abandoned();
+    let stopWaiting = () => {};
+    const aborted = new Promise<never>((_, reject) => {
+      const onAbort = () => reject(abandoned());
+      signal?.addEventListener("abort", onAbort, { once: true });
+      stopWaiting = () => signal?.removeEventListener("abort", onAbort);
+    });
+    try {
+      await Promise.race([this.create(boundary), aborted]);
+    } finally {
+      stopWaiting();
+    }
+    this.known.add(boundary);
+  }
+
+  private async create(boundary: string): Promise<void> {
     try {
       await this.db.transaction().execute(async (trx) => {
         const existing = await trx
@@ -55,6 +75,12 @@ export class BoundaryCap {
     } catch (error) {
       throw databaseError(error);
     }
-    this.known.add(boundary);
   }
+}
+
+function abandoned(): StoreError {
+  return new StoreError(
+    "deadline_exceeded",
+    "the request ended (its deadline passed or it was cancelled) before the append started; nothing was written",
+  );
 }

@@ -112,7 +112,7 @@ export class EventStore {
 
   /** Appends atomically; resolves to the position of the last event written. */
   async append(request: AppendRequest, options: CallOptions = {}): Promise<Position> {
-    await this.boundaries.admit(request.boundary);
+    await this.boundaries.admit(request.boundary, options.signal);
     const position = await this.appender.append(request, options.signal);
     this.statistics.grew(request.events.length);
     return position;

@@ -7,7 +7,14 @@ import { connect } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Admin } from "../../gen/orisun/v1/admin_pb.js";
 import { EventStore, type SubscribeResponse } from "../../gen/orisun/v1/eventstore_pb.js";
-import { dropSchema, freshDataDir, freshSchema, NATS_URL, PG_URL } from "../support/databases.js";
+import {
+  deploymentId,
+  dropSchema,
+  freshDataDir,
+  freshSchema,
+  NATS_URL,
+  PG_URL,
+} from "../support/databases.js";
 import { type SpawnedServer, spawnServer } from "../support/spawn-server.js";
 
 const encoder = new TextEncoder();
@@ -58,17 +65,18 @@ async function cleanUp(server: SpawnedServer | undefined, env: Record<string, st
   if (env.ORISUN_DATA_DIR) rmSync(env.ORISUN_DATA_DIR, { recursive: true, force: true });
 }
 
-/** Durable consumers on the NATS server whose name contains `group`, in any Orisun stream. */
-async function consumersNamed(group: string): Promise<string[]> {
+/**
+ * Durable consumers whose name contains `group` on the pub/sub stream of the deployment in
+ * `schema` (only that one: other test files delete their own streams meanwhile).
+ */
+async function consumersNamed(schema: string, group: string): Promise<string[]> {
   const nc = await connect({ servers: NATS_URL });
   try {
     const jsm = await jetstreamManager(nc);
     const found: string[] = [];
-    for await (const stream of jsm.streams.names()) {
-      if (!stream.startsWith("ORISUN_")) continue;
-      for await (const info of jsm.consumers.list(stream)) {
-        if (info.config.durable_name?.includes(group)) found.push(info.name);
-      }
+    const stream = `ORISUN_PUBSUB_${await deploymentId(schema)}`;
+    for await (const info of jsm.consumers.list(stream)) {
+      if (info.config.durable_name?.includes(group)) found.push(info.name);
     }
     return found;
   } finally {
@@ -130,12 +138,14 @@ describe.each(targets)("DeleteGroup on $name", (target) => {
     const admin = createClient(Admin, grpc);
     const stream = await member(grpc, publisher, "del.grpc", group);
     const ended = failure(stream.next());
-    if (env.ORISUN_NATS_URL) expect(await consumersNamed(group)).toHaveLength(1);
+    if (env.ORISUN_NATS_URL)
+      expect(await consumersNamed(env.ORISUN_PG_SCHEMA ?? "", group)).toHaveLength(1);
     await admin.deleteGroup({ consumerName: group });
     const error = await ended;
     expect(Code[error.code]).toBe("NotFound");
     expect(error.rawMessage).toMatch(new RegExp(`consumer group "${group}" was deleted`));
-    if (env.ORISUN_NATS_URL) expect(await consumersNamed(group)).toEqual([]);
+    if (env.ORISUN_NATS_URL)
+      expect(await consumersNamed(env.ORISUN_PG_SCHEMA ?? "", group)).toEqual([]);
     const again = await failure(admin.deleteGroup({ consumerName: group }));
     expect(Code[again.code]).toBe("NotFound");
     expect(again.rawMessage).toContain("consumer_name");
