@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { SessionLocks } from "../server/store/session-locks.js";
-import { PG_URL } from "./support/databases.js";
+import { PG_HOST, PG_PORT, PG_URL, pgUrlVia } from "./support/databases.js";
 import { startTcpProxy, type TcpProxy } from "./support/tcp-proxy.js";
 
 async function eventually(condition: () => boolean | Promise<boolean>, timeoutMs = 10_000) {
@@ -14,7 +14,7 @@ async function eventually(condition: () => boolean | Promise<boolean>, timeoutMs
 describe("session locks on PostgreSQL", () => {
   let proxy: TcpProxy;
   beforeAll(async () => {
-    proxy = await startTcpProxy("127.0.0.1", 5432);
+    proxy = await startTcpProxy(PG_HOST, PG_PORT);
   });
   afterAll(() => proxy.close());
 
@@ -50,7 +50,7 @@ describe("session locks on PostgreSQL", () => {
   });
 
   it("tell their holders when the session dies, and work again once the database is back", async () => {
-    const url = `postgres://postgres@127.0.0.1:${proxy.port}/test`;
+    const url = pgUrlVia(proxy.port);
     const locks = new SessionLocks(url, "locks_a");
     const other = new SessionLocks(PG_URL, "locks_a");
     const name = `lock-${Date.now()}-lost`;

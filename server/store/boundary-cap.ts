@@ -15,6 +15,11 @@ export const DEFAULT_MAX_BOUNDARIES = 10_000;
  */
 export class BoundaryCap {
   private readonly known = new Set<string>();
+  /**
+   * Creations under way: concurrent first writes to one boundary wait for the same one, so they
+   * reach the appender in the order they arrived (and make one transaction, not one each).
+   */
+  private readonly creating = new Map<string, Promise<void>>();
 
   constructor(
     private readonly db: Kysely<Database>,
@@ -36,12 +41,16 @@ export class BoundaryCap {
       signal?.addEventListener("abort", onAbort, { once: true });
       stopWaiting = () => signal?.removeEventListener("abort", onAbort);
     });
+    let creation = this.creating.get(boundary);
+    if (!creation) {
+      creation = this.create(boundary).finally(() => this.creating.delete(boundary));
+      this.creating.set(boundary, creation);
+    }
     try {
-      await Promise.race([this.create(boundary), aborted]);
+      await Promise.race([creation, aborted]);
     } finally {
       stopWaiting();
     }
-    this.known.add(boundary);
   }
 
   private async create(boundary: string): Promise<void> {
@@ -75,6 +84,7 @@ export class BoundaryCap {
     } catch (error) {
       throw databaseError(error);
     }
+    this.known.add(boundary);
   }
 }
 

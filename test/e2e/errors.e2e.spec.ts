@@ -28,7 +28,15 @@ import {
   GetEventsRequestSchema,
   SaveEventsRequestSchema,
 } from "../../gen/orisun/v1/eventstore_pb.js";
-import { dropSchema, freshDataDir, freshSchema, PG_URL } from "../support/databases.js";
+import {
+  dropSchema,
+  freshDataDir,
+  freshSchema,
+  PG_HOST,
+  PG_PORT,
+  PG_URL,
+  pgUrlVia,
+} from "../support/databases.js";
 import { rawCall } from "../support/raw-rpc.js";
 import { freePort, type SpawnedServer, spawnServer } from "../support/spawn-server.js";
 
@@ -488,7 +496,7 @@ class PgProxy {
 
   async start(): Promise<void> {
     const server = createServer((client) => {
-      const upstream = connect(5432, "127.0.0.1");
+      const upstream = connect(PG_PORT, PG_HOST);
       this.sockets.add(client);
       this.sockets.add(upstream);
       const drop = () => {
@@ -527,7 +535,7 @@ describe("database down", () => {
     proxy = new PgProxy(await freePort());
     await proxy.start();
     server = await spawnServer({
-      ORISUN_PG_URL: `postgres://postgres@127.0.0.1:${proxy.port}/test`,
+      ORISUN_PG_URL: pgUrlVia(proxy.port),
       ORISUN_PG_SCHEMA: schema,
       ORISUN_DATA_DIR: freshDataDir(),
     });

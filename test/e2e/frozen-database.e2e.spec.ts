@@ -4,7 +4,14 @@ import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { EventStore, SaveEventsRequestSchema } from "../../gen/orisun/v1/eventstore_pb.js";
-import { dropSchema, freshDataDir, freshSchema } from "../support/databases.js";
+import {
+  dropSchema,
+  freshDataDir,
+  freshSchema,
+  PG_HOST,
+  PG_PORT,
+  pgUrlVia,
+} from "../support/databases.js";
 import { type SpawnedServer, spawnServer } from "../support/spawn-server.js";
 import { startTcpProxy, type TcpProxy } from "../support/tcp-proxy.js";
 
@@ -90,9 +97,9 @@ describe("a frozen PostgreSQL (the proxy stops forwarding, as under SIGSTOP)", (
   let client: Client;
 
   beforeAll(async () => {
-    proxy = await startTcpProxy("127.0.0.1", 5432);
+    proxy = await startTcpProxy(PG_HOST, PG_PORT);
     server = await spawnServer({
-      ORISUN_PG_URL: `postgres://postgres@127.0.0.1:${proxy.port}/test`,
+      ORISUN_PG_URL: pgUrlVia(proxy.port),
       ORISUN_PG_SCHEMA: schema,
       ORISUN_DATA_DIR: freshDataDir(),
       ORISUN_PG_STATEMENT_TIMEOUT: "2s",

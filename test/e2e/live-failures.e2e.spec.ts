@@ -8,7 +8,14 @@ import {
   type Position,
   SaveEventsRequestSchema,
 } from "../../gen/orisun/v1/eventstore_pb.js";
-import { dropSchema, freshDataDir, freshSchema } from "../support/databases.js";
+import {
+  dropSchema,
+  freshDataDir,
+  freshSchema,
+  PG_HOST,
+  PG_PORT,
+  pgUrlVia,
+} from "../support/databases.js";
 import { type OwnNatsServer, startOwnNatsServer } from "../support/nats-server.js";
 import { type SpawnedServer, spawnServer } from "../support/spawn-server.js";
 import { startTcpProxy, type TcpProxy } from "../support/tcp-proxy.js";
@@ -68,9 +75,9 @@ describe("live subscriptions through failures (two servers, PostgreSQL and NATS)
 
   beforeAll(async () => {
     nats = await startOwnNatsServer();
-    pgProxy = await startTcpProxy("127.0.0.1", 5432);
+    pgProxy = await startTcpProxy(PG_HOST, PG_PORT);
     const env = {
-      ORISUN_PG_URL: `postgres://postgres@127.0.0.1:${pgProxy.port}/test`,
+      ORISUN_PG_URL: pgUrlVia(pgProxy.port),
       ORISUN_PG_SCHEMA: schema,
       ORISUN_NATS_URL: nats.url,
     };

@@ -5,28 +5,16 @@ import { type JetStreamManager, jetstream, jetstreamManager } from "@nats-io/jet
 import { connect, headers, type NatsConnection } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type Event, EventStore, type Message } from "../../gen/orisun/v1/eventstore_pb.js";
-import { dropSchema, freshSchema, NATS_URL, PG_URL, withPostgres } from "../support/databases.js";
+import {
+  dropSchema,
+  freshSchema,
+  NATS_URL,
+  PG_URL,
+  TEST_DATABASE,
+  withPostgres,
+} from "../support/databases.js";
 import { type SpawnedServer, spawnServer } from "../support/spawn-server.js";
-
-/** Collects a stream's items in the background until stopped. */
-function collect<T>(open: (signal: AbortSignal) => AsyncIterable<T>) {
-  const abort = new AbortController();
-  const got: T[] = [];
-  const done = (async () => {
-    try {
-      for await (const item of open(abort.signal)) got.push(item);
-    } catch (error) {
-      if (!abort.signal.aborted) throw error;
-    }
-  })();
-  return {
-    got,
-    async stop() {
-      abort.abort();
-      await done;
-    },
-  };
-}
+import { collect } from "../support/streams.js";
 
 async function until(condition: () => Promise<boolean> | boolean, what: string, ms = 15_000) {
   const deadline = Date.now() + ms;
@@ -142,7 +130,7 @@ describe("live messages forged on NATS", () => {
       expect(server.output()).toContain("failed authentication");
       // The publisher resumed after its own last message, not after a forged one.
       expect(server.output()).not.toContain("publishing keeps failing");
-      const secret = await withPostgres("test", async (c) => {
+      const secret = await withPostgres(TEST_DATABASE, async (c) => {
         const r = await c.query<{ secret: string }>(
           `SELECT secret FROM "${schema}".orisun_deployment`,
         );

@@ -5,29 +5,10 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type Event, EventStore, type Message } from "../../gen/orisun/v1/eventstore_pb.js";
 import { dropSchema, NATS_URL, PG_URL, withPostgres } from "../support/databases.js";
 import { type SpawnedServer, spawnServer } from "../support/spawn-server.js";
+import { collect } from "../support/streams.js";
 
 const client = (server: SpawnedServer) =>
   createClient(EventStore, createGrpcTransport({ baseUrl: server.url }));
-
-/** Collects a stream's items in the background until stopped. */
-function collect<T>(open: (signal: AbortSignal) => AsyncIterable<T>) {
-  const abort = new AbortController();
-  const got: T[] = [];
-  const done = (async () => {
-    try {
-      for await (const item of open(abort.signal)) got.push(item);
-    } catch (error) {
-      if (!abort.signal.aborted) throw error;
-    }
-  })();
-  return {
-    got,
-    async stop() {
-      abort.abort();
-      await done;
-    },
-  };
-}
 
 async function until(condition: () => boolean, what: string, timeoutMs = 15_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;

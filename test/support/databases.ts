@@ -6,6 +6,19 @@ import { noteSchema, tempDir } from "./temp.js";
 
 /** The PostgreSQL the tests use; CI starts it on 127.0.0.1:5432 with trust auth. */
 export const PG_URL = process.env.ORISUN_TEST_PG_URL ?? "postgres://postgres@127.0.0.1:5432/test";
+/** The database PG_URL names (`test` unless ORISUN_TEST_PG_URL says otherwise). */
+/** Where PG_URL's server listens, for tests that put a proxy in front of it. */
+export const PG_HOST = new URL(PG_URL).hostname;
+export const PG_PORT = Number(new URL(PG_URL).port || 5432);
+/** PG_URL as seen through a proxy listening on 127.0.0.1:`port`. */
+export function pgUrlVia(port: number): string {
+  const url = new URL(PG_URL);
+  url.hostname = "127.0.0.1";
+  url.port = String(port);
+  return url.toString();
+}
+
+export const TEST_DATABASE = decodeURIComponent(new URL(PG_URL).pathname.slice(1));
 
 let counter = 0;
 /** A schema name no other test run or file uses. */
