@@ -81,10 +81,12 @@ export async function dropSchema(schema: string, url = PG_URL): Promise<void> {
   } finally {
     await client.end();
   }
-  if (deployment !== undefined) await deleteStreams(deployment);
+  // Servers name streams after the deployment; tests that build publishers, sources or pub/sub
+  // themselves name them after the schema.
+  await deleteStreams(deployment === undefined ? [schema] : [deployment, schema]);
 }
 
-async function deleteStreams(deployment: string): Promise<void> {
+export async function deleteStreams(namespaces: readonly string[]): Promise<void> {
   let nc: NatsConnection;
   try {
     nc = await connect({ servers: NATS_URL, timeout: 2_000, reconnect: false });
@@ -94,10 +96,10 @@ async function deleteStreams(deployment: string): Promise<void> {
   try {
     const jsm = await jetstreamManager(nc);
     for await (const name of jsm.streams.names()) {
-      if (
-        name.startsWith(`ORISUN_EVENTS_${deployment}_`) ||
-        name === `ORISUN_PUBSUB_${deployment}`
-      ) {
+      const ours = namespaces.some(
+        (ns) => name.startsWith(`ORISUN_EVENTS_${ns}_`) || name === `ORISUN_PUBSUB_${ns}`,
+      );
+      if (ours) {
         await jsm.streams.delete(name).catch(() => {});
       }
     }

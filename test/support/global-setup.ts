@@ -4,7 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import pg from "pg";
 import type { TestProject } from "vitest/node";
-import { dropSchema, PG_URL } from "./databases.js";
+import { deleteStreams, dropSchema, PG_URL } from "./databases.js";
 import { schemaLedger } from "./temp.js";
 
 /**
@@ -20,9 +20,13 @@ export default async function setup(project: TestProject): Promise<() => Promise
   return async () => {
     const ledger = schemaLedger(root);
     const schemas = existsSync(ledger) ? readFileSync(ledger, "utf8").split("\n") : [];
-    for (const schema of await existingSchemas(schemas.filter((s) => s !== ""))) {
+    const made = schemas.filter((s) => s !== "");
+    for (const schema of await existingSchemas(made)) {
       await dropSchema(schema).catch(() => {});
     }
+    // Tests that build publishers or pub/sub themselves name streams after a fresh schema name
+    // that may never have become a schema.
+    await deleteStreams(made);
     rmSync(root, { recursive: true, force: true });
   };
 }
