@@ -1,13 +1,12 @@
 import { create } from "@bufbuild/protobuf";
-import { type Client, Code, ConnectError, createClient } from "@connectrpc/connect";
-import { createGrpcTransport } from "@connectrpc/connect-node";
+import { Code, ConnectError } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   type Event,
-  EventStore,
   type Position,
   SaveEventsRequestSchema,
 } from "../../gen/orisun/v1/eventstore_pb.js";
+import { eventStoreClient } from "../support/clients.js";
 import {
   dropSchema,
   freshDataDir,
@@ -20,19 +19,7 @@ import { type OwnNatsServer, startOwnNatsServer } from "../support/nats-server.j
 import { type SpawnedServer, spawnServer } from "../support/spawn-server.js";
 import { startTcpProxy, type TcpProxy } from "../support/tcp-proxy.js";
 
-/**
- * One client (one HTTP/2 connection) per server, as an application keeps it: a transport per
- * call would open a connection per call and soon meet ORISUN_MAX_CONNECTIONS_PER_ADDRESS.
- */
-const clients = new WeakMap<SpawnedServer, Client<typeof EventStore>>();
-const client = (server: SpawnedServer) => {
-  let c = clients.get(server);
-  if (!c) {
-    c = createClient(EventStore, createGrpcTransport({ baseUrl: server.url }));
-    clients.set(server, c);
-  }
-  return c;
-};
+const client = eventStoreClient;
 
 /**
  * Follows a boundary through whatever goes wrong, as a careful client does: when its stream

@@ -1,11 +1,11 @@
 import { execFile } from "node:child_process";
 import { promisify } from "node:util";
-import { type Client, Code, ConnectError, createClient } from "@connectrpc/connect";
-import { createGrpcTransport } from "@connectrpc/connect-node";
+import { Code, ConnectError } from "@connectrpc/connect";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { EventStore, type Message } from "../../gen/orisun/v1/eventstore_pb.js";
+import type { Message } from "../../gen/orisun/v1/eventstore_pb.js";
+import { eventStoreClient } from "../support/clients.js";
 import {
   deploymentId,
   dropSchema,
@@ -17,19 +17,7 @@ import { NATS_URL } from "../support/live.js";
 import { type SpawnedServer, spawnServer } from "../support/spawn-server.js";
 
 const run = promisify(execFile);
-/**
- * One client (one HTTP/2 connection) per server, as an application keeps it: a transport per
- * call would open a connection per call and soon meet ORISUN_MAX_CONNECTIONS_PER_ADDRESS.
- */
-const clients = new WeakMap<SpawnedServer, Client<typeof EventStore>>();
-const client = (server: SpawnedServer) => {
-  let c = clients.get(server);
-  if (!c) {
-    c = createClient(EventStore, createGrpcTransport({ baseUrl: server.url }));
-    clients.set(server, c);
-  }
-  return c;
-};
+const client = eventStoreClient;
 
 /** Collects a subscription's messages in the background until aborted. */
 function member(server: SpawnedServer, subject: string, consumerName: string) {
