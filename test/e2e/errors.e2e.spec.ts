@@ -7,7 +7,7 @@ import {
   toJsonString,
 } from "@bufbuild/protobuf";
 import { BinaryReader } from "@bufbuild/protobuf/wire";
-import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { Code, type ConnectError, createClient } from "@connectrpc/connect";
 import {
   createConnectTransport,
   createGrpcTransport,
@@ -28,6 +28,7 @@ import {
   GetEventsRequestSchema,
   SaveEventsRequestSchema,
 } from "../../gen/orisun/v1/eventstore_pb.js";
+import { failure } from "../support/clients.js";
 import {
   dropSchema,
   freshDataDir,
@@ -77,15 +78,6 @@ function statusDetails(bin: Uint8Array): Array<{ typeUrl: string; value: Uint8Ar
     details.push(detail);
   }
   return details;
-}
-
-async function failure(promise: Promise<unknown>): Promise<ConnectError> {
-  try {
-    await promise;
-  } catch (error) {
-    return ConnectError.from(error);
-  }
-  throw new Error("expected the call to fail, it succeeded");
 }
 
 function ev(id: string, extra: EventInit = {}) {

@@ -1,12 +1,13 @@
 import { randomBytes } from "node:crypto";
 import { rmSync } from "node:fs";
-import { Code, ConnectError, createClient, type Transport } from "@connectrpc/connect";
+import { Code, type ConnectError, createClient, type Transport } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Admin } from "../../gen/orisun/v1/admin_pb.js";
 import { EventStore, type SubscribeResponse } from "../../gen/orisun/v1/eventstore_pb.js";
+import { failure } from "../support/clients.js";
 import {
   deploymentId,
   dropSchema,
@@ -21,15 +22,6 @@ const encoder = new TextEncoder();
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 /** For a stream that must be refused: one that is not ends with DEADLINE_EXCEEDED instead. */
 const BOUNDED = { timeoutMs: 15_000 };
-
-async function failure(promise: Promise<unknown>): Promise<ConnectError> {
-  try {
-    await promise;
-  } catch (error) {
-    return ConnectError.from(error);
-  }
-  throw new Error("expected the call to fail, it succeeded");
-}
 
 /** The error a server stream ends with (it must end with one). */
 async function streamError(stream: AsyncIterable<unknown>): Promise<ConnectError> {

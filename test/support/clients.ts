@@ -1,4 +1,4 @@
-import { type Client, createClient } from "@connectrpc/connect";
+import { type Client, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { EventStore } from "../../gen/orisun/v1/eventstore_pb.js";
 import type { SpawnedServer } from "./spawn-server.js";
@@ -16,4 +16,14 @@ export function eventStoreClient(server: SpawnedServer): Client<typeof EventStor
     clients.set(server, client);
   }
   return client;
+}
+
+/** The ConnectError a call that must fail failed with; throws if it succeeded. */
+export async function failure(promise: Promise<unknown>): Promise<ConnectError> {
+  try {
+    await promise;
+  } catch (error) {
+    return ConnectError.from(error);
+  }
+  throw new Error("expected the call to fail, it succeeded");
 }
