@@ -12,7 +12,7 @@ export interface AdminDeps {
  * The Admin service. Open to every caller until authentication exists; from then on it needs
  * the admin role (see API.md).
  */
-export function adminHandlers(deps: AdminDeps): ServiceImpl<typeof Admin> {
+export function adminHandlers(deps: AdminDeps): Partial<ServiceImpl<typeof Admin>> {
   return {
     async deleteGroup(request: DeleteGroupRequest) {
       await deps.pubsub.deleteGroup(validateGroupName(request.consumerName));

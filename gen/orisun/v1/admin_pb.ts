@@ -4,15 +4,555 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { EmptySchema } from "@bufbuild/protobuf/wkt";
-import { file_google_protobuf_empty } from "@bufbuild/protobuf/wkt";
+import type { EmptySchema, Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_empty, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { Event, Position } from "./eventstore_pb.js";
+import { file_orisun_v1_eventstore } from "./eventstore_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file orisun/v1/admin.proto.
  */
 export const file_orisun_v1_admin: GenFile = /*@__PURE__*/
-  fileDesc("ChVvcmlzdW4vdjEvYWRtaW4ucHJvdG8SCW9yaXN1bi52MSIrChJEZWxldGVHcm91cFJlcXVlc3QSFQoNY29uc3VtZXJfbmFtZRgBIAEoCTJNCgVBZG1pbhJECgtEZWxldGVHcm91cBIdLm9yaXN1bi52MS5EZWxldGVHcm91cFJlcXVlc3QaFi5nb29nbGUucHJvdG9idWYuRW1wdHliBnByb3RvMw", [file_google_protobuf_empty]);
+  fileDesc("ChVvcmlzdW4vdjEvYWRtaW4ucHJvdG8SCW9yaXN1bi52MSIXChVMaXN0Qm91bmRhcmllc1JlcXVlc3QihAEKDEJvdW5kYXJ5SW5mbxIMCgRuYW1lGAEgASgJEiEKBGhlYWQYAiABKAsyEy5vcmlzdW4udjEuUG9zaXRpb24SEwoLZXZlbnRfY291bnQYAyABKAQSLgoKY3JlYXRlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiRQoWTGlzdEJvdW5kYXJpZXNSZXNwb25zZRIrCgpib3VuZGFyaWVzGAEgAygLMhcub3Jpc3VuLnYxLkJvdW5kYXJ5SW5mbyIWChRHZXRTZXJ2ZXJJbmZvUmVxdWVzdCJSCgpTZXJ2ZXJJbmZvEg8KB3ZlcnNpb24YASABKAkSDQoFc3RvcmUYAiABKAkSDgoGYnJva2VyGAMgASgJEhQKDGF1dGhfZW5hYmxlZBgEIAEoCCI6CgVHcmFudBIQCghib3VuZGFyeRgBIAEoCRIPCgdzdWJqZWN0GAIgASgJEg4KBmFjY2VzcxgDIAEoCSIPCg1XaG9BbUlSZXF1ZXN0InkKDldob0FtSVJlc3BvbnNlEgwKBHVzZXIYASABKAkSEgoKYXBpX2tleV9pZBgCIAEoCRINCgVhZG1pbhgDIAEoCBIgCgZncmFudHMYBCADKAsyEC5vcmlzdW4udjEuR3JhbnQSFAoMYXV0aF9lbmFibGVkGAUgASgIImQKEUNyZWF0ZVVzZXJSZXF1ZXN0EgwKBG5hbWUYASABKAkSEAoIcGFzc3dvcmQYAiABKAkSDQoFYWRtaW4YAyABKAgSIAoGZ3JhbnRzGAQgAygLMhAub3Jpc3VuLnYxLkdyYW50InUKBFVzZXISDAoEbmFtZRgBIAEoCRINCgVhZG1pbhgCIAEoCBIgCgZncmFudHMYAyADKAsyEC5vcmlzdW4udjEuR3JhbnQSLgoKY3JlYXRlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiIQoRRGVsZXRlVXNlclJlcXVlc3QSDAoEbmFtZRgBIAEoCSISChBMaXN0VXNlcnNSZXF1ZXN0IjMKEUxpc3RVc2Vyc1Jlc3BvbnNlEh4KBXVzZXJzGAEgAygLMg8ub3Jpc3VuLnYxLlVzZXIiUQoVQ2hhbmdlUGFzc3dvcmRSZXF1ZXN0EgwKBG5hbWUYASABKAkSFAoMb2xkX3Bhc3N3b3JkGAIgASgJEhQKDG5ld19wYXNzd29yZBgDIAEoCSJTChNDcmVhdGVBcGlLZXlSZXF1ZXN0EgwKBHVzZXIYASABKAkSDAoEbmFtZRgCIAEoCRIgCgZncmFudHMYAyADKAsyEC5vcmlzdW4udjEuR3JhbnQiggEKBkFwaUtleRIKCgJpZBgBIAEoCRIMCgR1c2VyGAIgASgJEgwKBG5hbWUYAyABKAkSIAoGZ3JhbnRzGAQgAygLMhAub3Jpc3VuLnYxLkdyYW50Ei4KCmNyZWF0ZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIkYKFENyZWF0ZUFwaUtleVJlc3BvbnNlEh4KA2tleRgBIAEoCzIRLm9yaXN1bi52MS5BcGlLZXkSDgoGc2VjcmV0GAIgASgJIiEKE1Jldm9rZUFwaUtleVJlcXVlc3QSCgoCaWQYASABKAkiIgoSTGlzdEFwaUtleXNSZXF1ZXN0EgwKBHVzZXIYASABKAkiNgoTTGlzdEFwaUtleXNSZXNwb25zZRIfCgRrZXlzGAEgAygLMhEub3Jpc3VuLnYxLkFwaUtleSJJChNJbXBvcnRFdmVudHNSZXF1ZXN0EhAKCGJvdW5kYXJ5GAEgASgJEiAKBmV2ZW50cxgCIAMoCzIQLm9yaXN1bi52MS5FdmVudCJLChRJbXBvcnRFdmVudHNSZXNwb25zZRIhCgRoZWFkGAEgASgLMhMub3Jpc3VuLnYxLlBvc2l0aW9uEhAKCGltcG9ydGVkGAIgASgEIisKEkRlbGV0ZUdyb3VwUmVxdWVzdBIVCg1jb25zdW1lcl9uYW1lGAEgASgJMpIHCgVBZG1pbhJaCg5MaXN0Qm91bmRhcmllcxIgLm9yaXN1bi52MS5MaXN0Qm91bmRhcmllc1JlcXVlc3QaIS5vcmlzdW4udjEuTGlzdEJvdW5kYXJpZXNSZXNwb25zZSIDkAIBEkwKDUdldFNlcnZlckluZm8SHy5vcmlzdW4udjEuR2V0U2VydmVySW5mb1JlcXVlc3QaFS5vcmlzdW4udjEuU2VydmVySW5mbyIDkAIBEkIKBldob0FtSRIYLm9yaXN1bi52MS5XaG9BbUlSZXF1ZXN0Ghkub3Jpc3VuLnYxLldob0FtSVJlc3BvbnNlIgOQAgESOwoKQ3JlYXRlVXNlchIcLm9yaXN1bi52MS5DcmVhdGVVc2VyUmVxdWVzdBoPLm9yaXN1bi52MS5Vc2VyEkIKCkRlbGV0ZVVzZXISHC5vcmlzdW4udjEuRGVsZXRlVXNlclJlcXVlc3QaFi5nb29nbGUucHJvdG9idWYuRW1wdHkSSwoJTGlzdFVzZXJzEhsub3Jpc3VuLnYxLkxpc3RVc2Vyc1JlcXVlc3QaHC5vcmlzdW4udjEuTGlzdFVzZXJzUmVzcG9uc2UiA5ACARJKCg5DaGFuZ2VQYXNzd29yZBIgLm9yaXN1bi52MS5DaGFuZ2VQYXNzd29yZFJlcXVlc3QaFi5nb29nbGUucHJvdG9idWYuRW1wdHkSTwoMQ3JlYXRlQXBpS2V5Eh4ub3Jpc3VuLnYxLkNyZWF0ZUFwaUtleVJlcXVlc3QaHy5vcmlzdW4udjEuQ3JlYXRlQXBpS2V5UmVzcG9uc2USRgoMUmV2b2tlQXBpS2V5Eh4ub3Jpc3VuLnYxLlJldm9rZUFwaUtleVJlcXVlc3QaFi5nb29nbGUucHJvdG9idWYuRW1wdHkSUQoLTGlzdEFwaUtleXMSHS5vcmlzdW4udjEuTGlzdEFwaUtleXNSZXF1ZXN0Gh4ub3Jpc3VuLnYxLkxpc3RBcGlLZXlzUmVzcG9uc2UiA5ACARJPCgxJbXBvcnRFdmVudHMSHi5vcmlzdW4udjEuSW1wb3J0RXZlbnRzUmVxdWVzdBofLm9yaXN1bi52MS5JbXBvcnRFdmVudHNSZXNwb25zZRJECgtEZWxldGVHcm91cBIdLm9yaXN1bi52MS5EZWxldGVHcm91cFJlcXVlc3QaFi5nb29nbGUucHJvdG9idWYuRW1wdHliBnByb3RvMw", [file_google_protobuf_empty, file_google_protobuf_timestamp, file_orisun_v1_eventstore]);
+
+/**
+ * @generated from message orisun.v1.ListBoundariesRequest
+ */
+export type ListBoundariesRequest = Message<"orisun.v1.ListBoundariesRequest"> & {
+};
+
+/**
+ * Describes the message orisun.v1.ListBoundariesRequest.
+ * Use `create(ListBoundariesRequestSchema)` to create a new message.
+ */
+export const ListBoundariesRequestSchema: GenMessage<ListBoundariesRequest> = /*@__PURE__*/
+  messageDesc(file_orisun_v1_admin, 0);
+
+/**
+ * @generated from message orisun.v1.BoundaryInfo
+ */
+export type BoundaryInfo = Message<"orisun.v1.BoundaryInfo"> & {
+  /**
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * The position of the boundary's last event.
+   *
+   * @generated from field: orisun.v1.Position head = 2;
+   */
+  head?: Position | undefined;
+
+  /**
+   * @generated from field: uint64 event_count = 3;
+   */
+  eventCount: bigint;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp created_at = 4;
+   */
+  createdAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message orisun.v1.BoundaryInfo.
+ * Use `create(BoundaryInfoSchema)` to create a new message.
+ */
+export const BoundaryInfoSchema: GenMessage<BoundaryInfo> = /*@__PURE__*/
+  messageDesc(file_orisun_v1_admin, 1);
+
+/**
+ * @generated from message orisun.v1.ListBoundariesResponse
+ */
+export type ListBoundariesResponse = Message<"orisun.v1.ListBoundariesResponse"> & {
+  /**
+   * By name.
+   *
+   * @generated from field: repeated orisun.v1.BoundaryInfo boundaries = 1;
+   */
+  boundaries: BoundaryInfo[];
+};
+
+/**
+ * Describes the message orisun.v1.ListBoundariesResponse.
+ * Use `create(ListBoundariesResponseSchema)` to create a new message.
+ */
+export const ListBoundariesResponseSchema: GenMessage<ListBoundariesResponse> = /*@__PURE__*/
+  messageDesc(file_orisun_v1_admin, 2);
+
+/**
+ * @generated from message orisun.v1.GetServerInfoRequest
+ */
+export type GetServerInfoRequest = Message<"orisun.v1.GetServerInfoRequest"> & {
+};
+
+/**
+ * Describes the message orisun.v1.GetServerInfoRequest.
+ * Use `create(GetServerInfoRequestSchema)` to create a new message.
+ */
+export const GetServerInfoRequestSchema: GenMessage<GetServerInfoRequest> = /*@__PURE__*/
+  messageDesc(file_orisun_v1_admin, 3);
+
+/**
+ * @generated from message orisun.v1.ServerInfo
+ */
+export type ServerInfo = Message<"orisun.v1.ServerInfo"> & {
+  /**
+   * @generated from field: string version = 1;
+   */
+  version: string;
+
+  /**
+   * "postgres" or "pglite".
+   *
+   * @generated from field: string store = 2;
+   */
+  store: string;
+
+  /**
+   * "jetstream" or "memory".
+   *
+   * @generated from field: string broker = 3;
+   */
+  broker: string;
+
+  /**
+   * @generated from field: bool auth_enabled = 4;
+   */
+  authEnabled: boolean;
+};
+
+/**
+ * Describes the message orisun.v1.ServerInfo.
+ * Use `create(ServerInfoSchema)` to create a new message.
+ */
+export const ServerInfoSchema: GenMessage<ServerInfo> = /*@__PURE__*/
+  messageDesc(file_orisun_v1_admin, 4);
+
+/**
+ * One permission. Exactly one of boundary and subject is set: a boundary
+ * pattern (a name, `*`, or a prefix ending in `*`) with access `read` or
+ * `append`, or a NATS subject pattern with access `publish` or `subscribe`.
+ *
+ * @generated from message orisun.v1.Grant
+ */
+export type Grant = Message<"orisun.v1.Grant"> & {
+  /**
+   * @generated from field: string boundary = 1;
+   */
+  boundary: string;
+
+  /**
+   * @generated from field: string subject = 2;
+   */
+  subject: string;
+
+  /**
+   * @generated from field: string access = 3;
+   */
+  access: string;
+};
+
+/**
+ * Describes the message orisun.v1.Grant.
+ * Use `create(GrantSchema)` to create a new message.
+ */
+export const GrantSchema: GenMessage<Grant> = /*@__PURE__*/
+  messageDesc(file_orisun_v1_admin, 5);
+
+/**
+ * @generated from message orisun.v1.WhoAmIRequest
+ */
+export type WhoAmIRequest = Message<"orisun.v1.WhoAmIRequest"> & {
+};
+
+/**
+ * Describes the message orisun.v1.WhoAmIRequest.
+ * Use `create(WhoAmIRequestSchema)` to create a new message.
+ */
+export const WhoAmIRequestSchema: GenMessage<WhoAmIRequest> = /*@__PURE__*/
+  messageDesc(file_orisun_v1_admin, 6);
+
+/**
+ * @generated from message orisun.v1.WhoAmIResponse
+ */
+export type WhoAmIResponse = Message<"orisun.v1.WhoAmIResponse"> & {
+  /**
+   * The user's name; empty with authentication off.
+   *
+   * @generated from field: string user = 1;
+   */
+  user: string;
+
+  /**
+   * Set when the caller authenticated with an API key: its id.
+   *
+   * @generated from field: string api_key_id = 2;
+   */
+  apiKeyId: string;
+
+  /**
+   * @generated from field: bool admin = 3;
+   */
+  admin: boolean;
+
+  /**
+   * What the caller may do: for an API key, its grants as limited by its user.
+   *
+   * @generated from field: repeated orisun.v1.Grant grants = 4;
+   */
+  grants: Grant[];
+
+  /**
+   * @generated from field: bool auth_enabled = 5;
+   */
+  authEnabled: boolean;
+};
+
+/**
+ * Describes the message orisun.v1.WhoAmIResponse.
+ * Use `create(WhoAmIResponseSchema)` to create a new message.
+ */
+export const WhoAmIResponseSchema: GenMessage<WhoAmIResponse> = /*@__PURE__*/
+  messageDesc(file_orisun_v1_admin, 7);
+
+/**
+ * @generated from message orisun.v1.CreateUserRequest
+ */
+export type CreateUserRequest = Message<"orisun.v1.CreateUserRequest"> & {
+  /**
+   * ^[a-zA-Z0-9_.@-]{1,64}$
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * At least 8 characters.
+   *
+   * @generated from field: string password = 2;
+   */
+  password: string;
+
+  /**
+   * @generated from field: bool admin = 3;
+   */
+  admin: boolean;
+
+  /**
+   * @generated from field: repeated orisun.v1.Grant grants = 4;
+   */
+  grants: Grant[];
+};
+
+/**
+ * Describes the message orisun.v1.CreateUserRequest.
+ * Use `create(CreateUserRequestSchema)` to create a new message.
+ */
+export const CreateUserRequestSchema: GenMessage<CreateUserRequest> = /*@__PURE__*/
+  messageDesc(file_orisun_v1_admin, 8);
+
+/**
+ * @generated from message orisun.v1.User
+ */
+export type User = Message<"orisun.v1.User"> & {
+  /**
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * @generated from field: bool admin = 2;
+   */
+  admin: boolean;
+
+  /**
+   * @generated from field: repeated orisun.v1.Grant grants = 3;
+   */
+  grants: Grant[];
+
+  /**
+   * @generated from field: google.protobuf.Timestamp created_at = 4;
+   */
+  createdAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message orisun.v1.User.
+ * Use `create(UserSchema)` to create a new message.
+ */
+export const UserSchema: GenMessage<User> = /*@__PURE__*/
+  messageDesc(file_orisun_v1_admin, 9);
+
+/**
+ * @generated from message orisun.v1.DeleteUserRequest
+ */
+export type DeleteUserRequest = Message<"orisun.v1.DeleteUserRequest"> & {
+  /**
+   * @generated from field: string name = 1;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message orisun.v1.DeleteUserRequest.
+ * Use `create(DeleteUserRequestSchema)` to create a new message.
+ */
+export const DeleteUserRequestSchema: GenMessage<DeleteUserRequest> = /*@__PURE__*/
+  messageDesc(file_orisun_v1_admin, 10);
+
+/**
+ * @generated from message orisun.v1.ListUsersRequest
+ */
+export type ListUsersRequest = Message<"orisun.v1.ListUsersRequest"> & {
+};
+
+/**
+ * Describes the message orisun.v1.ListUsersRequest.
+ * Use `create(ListUsersRequestSchema)` to create a new message.
+ */
+export const ListUsersRequestSchema: GenMessage<ListUsersRequest> = /*@__PURE__*/
+  messageDesc(file_orisun_v1_admin, 11);
+
+/**
+ * @generated from message orisun.v1.ListUsersResponse
+ */
+export type ListUsersResponse = Message<"orisun.v1.ListUsersResponse"> & {
+  /**
+   * @generated from field: repeated orisun.v1.User users = 1;
+   */
+  users: User[];
+};
+
+/**
+ * Describes the message orisun.v1.ListUsersResponse.
+ * Use `create(ListUsersResponseSchema)` to create a new message.
+ */
+export const ListUsersResponseSchema: GenMessage<ListUsersResponse> = /*@__PURE__*/
+  messageDesc(file_orisun_v1_admin, 12);
+
+/**
+ * @generated from message orisun.v1.ChangePasswordRequest
+ */
+export type ChangePasswordRequest = Message<"orisun.v1.ChangePasswordRequest"> & {
+  /**
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * Required unless an admin changes another user's password.
+   *
+   * @generated from field: string old_password = 2;
+   */
+  oldPassword: string;
+
+  /**
+   * @generated from field: string new_password = 3;
+   */
+  newPassword: string;
+};
+
+/**
+ * Describes the message orisun.v1.ChangePasswordRequest.
+ * Use `create(ChangePasswordRequestSchema)` to create a new message.
+ */
+export const ChangePasswordRequestSchema: GenMessage<ChangePasswordRequest> = /*@__PURE__*/
+  messageDesc(file_orisun_v1_admin, 13);
+
+/**
+ * @generated from message orisun.v1.CreateApiKeyRequest
+ */
+export type CreateApiKeyRequest = Message<"orisun.v1.CreateApiKeyRequest"> & {
+  /**
+   * @generated from field: string user = 1;
+   */
+  user: string;
+
+  /**
+   * @generated from field: string name = 2;
+   */
+  name: string;
+
+  /**
+   * Empty: all of the user's permissions, now and as they change.
+   *
+   * @generated from field: repeated orisun.v1.Grant grants = 3;
+   */
+  grants: Grant[];
+};
+
+/**
+ * Describes the message orisun.v1.CreateApiKeyRequest.
+ * Use `create(CreateApiKeyRequestSchema)` to create a new message.
+ */
+export const CreateApiKeyRequestSchema: GenMessage<CreateApiKeyRequest> = /*@__PURE__*/
+  messageDesc(file_orisun_v1_admin, 14);
+
+/**
+ * @generated from message orisun.v1.ApiKey
+ */
+export type ApiKey = Message<"orisun.v1.ApiKey"> & {
+  /**
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * @generated from field: string user = 2;
+   */
+  user: string;
+
+  /**
+   * @generated from field: string name = 3;
+   */
+  name: string;
+
+  /**
+   * @generated from field: repeated orisun.v1.Grant grants = 4;
+   */
+  grants: Grant[];
+
+  /**
+   * @generated from field: google.protobuf.Timestamp created_at = 5;
+   */
+  createdAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message orisun.v1.ApiKey.
+ * Use `create(ApiKeySchema)` to create a new message.
+ */
+export const ApiKeySchema: GenMessage<ApiKey> = /*@__PURE__*/
+  messageDesc(file_orisun_v1_admin, 15);
+
+/**
+ * @generated from message orisun.v1.CreateApiKeyResponse
+ */
+export type CreateApiKeyResponse = Message<"orisun.v1.CreateApiKeyResponse"> & {
+  /**
+   * @generated from field: orisun.v1.ApiKey key = 1;
+   */
+  key?: ApiKey | undefined;
+
+  /**
+   * The bearer token. Shown only here.
+   *
+   * @generated from field: string secret = 2;
+   */
+  secret: string;
+};
+
+/**
+ * Describes the message orisun.v1.CreateApiKeyResponse.
+ * Use `create(CreateApiKeyResponseSchema)` to create a new message.
+ */
+export const CreateApiKeyResponseSchema: GenMessage<CreateApiKeyResponse> = /*@__PURE__*/
+  messageDesc(file_orisun_v1_admin, 16);
+
+/**
+ * @generated from message orisun.v1.RevokeApiKeyRequest
+ */
+export type RevokeApiKeyRequest = Message<"orisun.v1.RevokeApiKeyRequest"> & {
+  /**
+   * @generated from field: string id = 1;
+   */
+  id: string;
+};
+
+/**
+ * Describes the message orisun.v1.RevokeApiKeyRequest.
+ * Use `create(RevokeApiKeyRequestSchema)` to create a new message.
+ */
+export const RevokeApiKeyRequestSchema: GenMessage<RevokeApiKeyRequest> = /*@__PURE__*/
+  messageDesc(file_orisun_v1_admin, 17);
+
+/**
+ * @generated from message orisun.v1.ListApiKeysRequest
+ */
+export type ListApiKeysRequest = Message<"orisun.v1.ListApiKeysRequest"> & {
+  /**
+   * Empty: all users.
+   *
+   * @generated from field: string user = 1;
+   */
+  user: string;
+};
+
+/**
+ * Describes the message orisun.v1.ListApiKeysRequest.
+ * Use `create(ListApiKeysRequestSchema)` to create a new message.
+ */
+export const ListApiKeysRequestSchema: GenMessage<ListApiKeysRequest> = /*@__PURE__*/
+  messageDesc(file_orisun_v1_admin, 18);
+
+/**
+ * @generated from message orisun.v1.ListApiKeysResponse
+ */
+export type ListApiKeysResponse = Message<"orisun.v1.ListApiKeysResponse"> & {
+  /**
+   * @generated from field: repeated orisun.v1.ApiKey keys = 1;
+   */
+  keys: ApiKey[];
+};
+
+/**
+ * Describes the message orisun.v1.ListApiKeysResponse.
+ * Use `create(ListApiKeysResponseSchema)` to create a new message.
+ */
+export const ListApiKeysResponseSchema: GenMessage<ListApiKeysResponse> = /*@__PURE__*/
+  messageDesc(file_orisun_v1_admin, 19);
+
+/**
+ * @generated from message orisun.v1.ImportEventsRequest
+ */
+export type ImportEventsRequest = Message<"orisun.v1.ImportEventsRequest"> & {
+  /**
+   * @generated from field: string boundary = 1;
+   */
+  boundary: string;
+
+  /**
+   * In position order, each with its event_id, position and date_created;
+   * the first position above the boundary's head.
+   *
+   * @generated from field: repeated orisun.v1.Event events = 2;
+   */
+  events: Event[];
+};
+
+/**
+ * Describes the message orisun.v1.ImportEventsRequest.
+ * Use `create(ImportEventsRequestSchema)` to create a new message.
+ */
+export const ImportEventsRequestSchema: GenMessage<ImportEventsRequest> = /*@__PURE__*/
+  messageDesc(file_orisun_v1_admin, 20);
+
+/**
+ * @generated from message orisun.v1.ImportEventsResponse
+ */
+export type ImportEventsResponse = Message<"orisun.v1.ImportEventsResponse"> & {
+  /**
+   * The boundary's head after the import.
+   *
+   * @generated from field: orisun.v1.Position head = 1;
+   */
+  head?: Position | undefined;
+
+  /**
+   * @generated from field: uint64 imported = 2;
+   */
+  imported: bigint;
+};
+
+/**
+ * Describes the message orisun.v1.ImportEventsResponse.
+ * Use `create(ImportEventsResponseSchema)` to create a new message.
+ */
+export const ImportEventsResponseSchema: GenMessage<ImportEventsResponse> = /*@__PURE__*/
+  messageDesc(file_orisun_v1_admin, 21);
 
 /**
  * Names the group to delete: the consumer_name its members subscribe with.
@@ -31,15 +571,134 @@ export type DeleteGroupRequest = Message<"orisun.v1.DeleteGroupRequest"> & {
  * Use `create(DeleteGroupRequestSchema)` to create a new message.
  */
 export const DeleteGroupRequestSchema: GenMessage<DeleteGroupRequest> = /*@__PURE__*/
-  messageDesc(file_orisun_v1_admin, 0);
+  messageDesc(file_orisun_v1_admin, 22);
 
 /**
- * Admin manages what the EventStore service creates on demand. It needs the
- * admin role once authentication is on; until then every call is allowed.
+ * Admin manages the deployment: its boundaries, principals and pub/sub groups.
+ * With authentication on, every call needs the admin role, except
+ * ChangePassword on oneself; with it off, every call is allowed.
  *
  * @generated from service orisun.v1.Admin
  */
 export const Admin: GenService<{
+  /**
+   * Every boundary with its head, event count and creation date, by name.
+   *
+   * @generated from rpc orisun.v1.Admin.ListBoundaries
+   */
+  listBoundaries: {
+    methodKind: "unary";
+    input: typeof ListBoundariesRequestSchema;
+    output: typeof ListBoundariesResponseSchema;
+  },
+  /**
+   * What this server runs on.
+   *
+   * @generated from rpc orisun.v1.Admin.GetServerInfo
+   */
+  getServerInfo: {
+    methodKind: "unary";
+    input: typeof GetServerInfoRequestSchema;
+    output: typeof ServerInfoSchema;
+  },
+  /**
+   * Who the caller is and what they may do. Open to every authenticated
+   * caller (with authentication off: an anonymous admin), so that clients such
+   * as the console can show it and grey out what is not allowed.
+   *
+   * @generated from rpc orisun.v1.Admin.WhoAmI
+   */
+  whoAmI: {
+    methodKind: "unary";
+    input: typeof WhoAmIRequestSchema;
+    output: typeof WhoAmIResponseSchema;
+  },
+  /**
+   * Creates a user. An existing name is ALREADY_EXISTS.
+   *
+   * @generated from rpc orisun.v1.Admin.CreateUser
+   */
+  createUser: {
+    methodKind: "unary";
+    input: typeof CreateUserRequestSchema;
+    output: typeof UserSchema;
+  },
+  /**
+   * Deletes a user and revokes its API keys. An unknown name is NOT_FOUND;
+   * the last admin is FAILED_PRECONDITION.
+   *
+   * @generated from rpc orisun.v1.Admin.DeleteUser
+   */
+  deleteUser: {
+    methodKind: "unary";
+    input: typeof DeleteUserRequestSchema;
+    output: typeof EmptySchema;
+  },
+  /**
+   * Every user, by name, never with a secret.
+   *
+   * @generated from rpc orisun.v1.Admin.ListUsers
+   */
+  listUsers: {
+    methodKind: "unary";
+    input: typeof ListUsersRequestSchema;
+    output: typeof ListUsersResponseSchema;
+  },
+  /**
+   * Sets a user's password. A user may change their own with old_password; an
+   * admin may change anyone's and leave old_password empty for another user.
+   *
+   * @generated from rpc orisun.v1.Admin.ChangePassword
+   */
+  changePassword: {
+    methodKind: "unary";
+    input: typeof ChangePasswordRequestSchema;
+    output: typeof EmptySchema;
+  },
+  /**
+   * Makes an API key for a user, holding at most that user's permissions. The
+   * secret is in the response and nowhere else, ever.
+   *
+   * @generated from rpc orisun.v1.Admin.CreateApiKey
+   */
+  createApiKey: {
+    methodKind: "unary";
+    input: typeof CreateApiKeyRequestSchema;
+    output: typeof CreateApiKeyResponseSchema;
+  },
+  /**
+   * Revokes an API key on every server process within a second. An unknown id
+   * is NOT_FOUND.
+   *
+   * @generated from rpc orisun.v1.Admin.RevokeApiKey
+   */
+  revokeApiKey: {
+    methodKind: "unary";
+    input: typeof RevokeApiKeyRequestSchema;
+    output: typeof EmptySchema;
+  },
+  /**
+   * API keys of one user or of all users, never with a secret.
+   *
+   * @generated from rpc orisun.v1.Admin.ListApiKeys
+   */
+  listApiKeys: {
+    methodKind: "unary";
+    input: typeof ListApiKeysRequestSchema;
+    output: typeof ListApiKeysResponseSchema;
+  },
+  /**
+   * Writes events exactly as given (ids, positions, dates), for restoring a
+   * backup. Positions must increase and lie above the boundary's head, or the
+   * whole request is FAILED_PRECONDITION and nothing is written.
+   *
+   * @generated from rpc orisun.v1.Admin.ImportEvents
+   */
+  importEvents: {
+    methodKind: "unary";
+    input: typeof ImportEventsRequestSchema;
+    output: typeof ImportEventsResponseSchema;
+  },
   /**
    * Deletes a durable pub/sub consumer group with the messages waiting for
    * it. Its connected members' streams end with NOT_FOUND. An unknown group is

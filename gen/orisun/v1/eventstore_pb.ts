@@ -12,7 +12,7 @@ import type { Message as Message$1 } from "@bufbuild/protobuf";
  * Describes the file orisun/v1/eventstore.proto.
  */
 export const file_orisun_v1_eventstore: GenFile = /*@__PURE__*/
-  fileDesc("ChpvcmlzdW4vdjEvZXZlbnRzdG9yZS5wcm90bxIJb3Jpc3VuLnYxIj0KCFBvc2l0aW9uEhcKD2NvbW1pdF9wb3NpdGlvbhgBIAEoBBIYChBwcmVwYXJlX3Bvc2l0aW9uGAIgASgEIiEKA1RhZxILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAkiPgoJQ3JpdGVyaW9uEhwKBHRhZ3MYASADKAsyDi5vcmlzdW4udjEuVGFnEhMKC2V2ZW50X3R5cGVzGAIgAygJIi8KBVF1ZXJ5EiYKCGNyaXRlcmlhGAEgAygLMhQub3Jpc3VuLnYxLkNyaXRlcmlvbiJrChRDb25zaXN0ZW5jeUNvbmRpdGlvbhIvChJjb25zaXN0ZW5jeV9tYXJrZXIYASABKAsyEy5vcmlzdW4udjEuUG9zaXRpb24SIgoIY3JpdGVyaWEYAiABKAsyEC5vcmlzdW4udjEuUXVlcnkicQoLRXZlbnRUb1NhdmUSEAoIZXZlbnRfaWQYASABKAkSEgoKZXZlbnRfdHlwZRgCIAEoCRIcCgR0YWdzGAMgAygLMg4ub3Jpc3VuLnYxLlRhZxIMCgRkYXRhGAQgASgJEhAKCG1ldGFkYXRhGAUgASgJIo0BChFTYXZlRXZlbnRzUmVxdWVzdBI+ChVjb25zaXN0ZW5jeV9jb25kaXRpb24YASABKAsyHy5vcmlzdW4udjEuQ29uc2lzdGVuY3lDb25kaXRpb24SJgoGZXZlbnRzGAIgAygLMhYub3Jpc3VuLnYxLkV2ZW50VG9TYXZlEhAKCGJvdW5kYXJ5GAMgASgJIjgKC1dyaXRlUmVzdWx0EikKDGxvZ19wb3NpdGlvbhgBIAEoCzITLm9yaXN1bi52MS5Qb3NpdGlvbiLWAQoFRXZlbnQSEAoIZXZlbnRfaWQYASABKAkSEgoKZXZlbnRfdHlwZRgCIAEoCRIcCgR0YWdzGAMgAygLMg4ub3Jpc3VuLnYxLlRhZxIMCgRkYXRhGAQgASgJEhAKCG1ldGFkYXRhGAUgASgJEiUKCHBvc2l0aW9uGAYgASgLMhMub3Jpc3VuLnYxLlBvc2l0aW9uEjAKDGRhdGVfY3JlYXRlZBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIYm91bmRhcnkYCCABKAkirAEKEEdldEV2ZW50c1JlcXVlc3QSIgoIY3JpdGVyaWEYASABKAsyEC5vcmlzdW4udjEuUXVlcnkSKgoNZnJvbV9wb3NpdGlvbhgCIAEoCzITLm9yaXN1bi52MS5Qb3NpdGlvbhINCgVjb3VudBgDIAEoDRInCglkaXJlY3Rpb24YBCABKA4yFC5vcmlzdW4udjEuRGlyZWN0aW9uEhAKCGJvdW5kYXJ5GAUgASgJIjUKEUdldEV2ZW50c1Jlc3BvbnNlEiAKBmV2ZW50cxgBIAMoCzIQLm9yaXN1bi52MS5FdmVudCKaAQocU3Vic2NyaWJlVG9FdmVudFN0b3JlUmVxdWVzdBIrCg5hZnRlcl9wb3NpdGlvbhgBIAEoCzITLm9yaXN1bi52MS5Qb3NpdGlvbhIiCghjcml0ZXJpYRgCIAEoCzIQLm9yaXN1bi52MS5RdWVyeRIXCg9zdWJzY3JpYmVyX25hbWUYAyABKAkSEAoIYm91bmRhcnkYBCABKAkiOwoOUHVibGlzaFJlcXVlc3QSCgoCaWQYASABKAkSDwoHc3ViamVjdBgCIAEoCRIMCgRkYXRhGAMgASgMIjoKEFN1YnNjcmliZVJlcXVlc3QSDwoHc3ViamVjdBgBIAEoCRIVCg1jb25zdW1lcl9uYW1lGAIgASgJIjQKB01lc3NhZ2USCgoCaWQYASABKAkSDwoHc3ViamVjdBgCIAEoCRIMCgRkYXRhGAMgASgMIjgKEVN1YnNjcmliZVJlc3BvbnNlEiMKB21lc3NhZ2UYASABKAsyEi5vcmlzdW4udjEuTWVzc2FnZSoeCglEaXJlY3Rpb24SBwoDQVNDEAASCAoEREVTQxABMocDCgpFdmVudFN0b3JlEkIKClNhdmVFdmVudHMSHC5vcmlzdW4udjEuU2F2ZUV2ZW50c1JlcXVlc3QaFi5vcmlzdW4udjEuV3JpdGVSZXN1bHQSSwoJR2V0RXZlbnRzEhsub3Jpc3VuLnYxLkdldEV2ZW50c1JlcXVlc3QaHC5vcmlzdW4udjEuR2V0RXZlbnRzUmVzcG9uc2UiA5ACARJQChFTdWJzY3JpYmVUb0V2ZW50cxInLm9yaXN1bi52MS5TdWJzY3JpYmVUb0V2ZW50U3RvcmVSZXF1ZXN0GhAub3Jpc3VuLnYxLkV2ZW50MAESRAoPUHVibGlzaFRvUHViU3ViEhkub3Jpc3VuLnYxLlB1Ymxpc2hSZXF1ZXN0GhYuZ29vZ2xlLnByb3RvYnVmLkVtcHR5ElAKEVN1YnNjcmliZVRvUHViU3ViEhsub3Jpc3VuLnYxLlN1YnNjcmliZVJlcXVlc3QaHC5vcmlzdW4udjEuU3Vic2NyaWJlUmVzcG9uc2UwAWIGcHJvdG8z", [file_google_protobuf_empty, file_google_protobuf_timestamp]);
+  fileDesc("ChpvcmlzdW4vdjEvZXZlbnRzdG9yZS5wcm90bxIJb3Jpc3VuLnYxIj0KCFBvc2l0aW9uEhcKD2NvbW1pdF9wb3NpdGlvbhgBIAEoBBIYChBwcmVwYXJlX3Bvc2l0aW9uGAIgASgEIiEKA1RhZxILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAkiPgoJQ3JpdGVyaW9uEhwKBHRhZ3MYASADKAsyDi5vcmlzdW4udjEuVGFnEhMKC2V2ZW50X3R5cGVzGAIgAygJIi8KBVF1ZXJ5EiYKCGNyaXRlcmlhGAEgAygLMhQub3Jpc3VuLnYxLkNyaXRlcmlvbiJrChRDb25zaXN0ZW5jeUNvbmRpdGlvbhIvChJjb25zaXN0ZW5jeV9tYXJrZXIYASABKAsyEy5vcmlzdW4udjEuUG9zaXRpb24SIgoIY3JpdGVyaWEYAiABKAsyEC5vcmlzdW4udjEuUXVlcnkicQoLRXZlbnRUb1NhdmUSEAoIZXZlbnRfaWQYASABKAkSEgoKZXZlbnRfdHlwZRgCIAEoCRIcCgR0YWdzGAMgAygLMg4ub3Jpc3VuLnYxLlRhZxIMCgRkYXRhGAQgASgJEhAKCG1ldGFkYXRhGAUgASgJIo0BChFTYXZlRXZlbnRzUmVxdWVzdBI+ChVjb25zaXN0ZW5jeV9jb25kaXRpb24YASABKAsyHy5vcmlzdW4udjEuQ29uc2lzdGVuY3lDb25kaXRpb24SJgoGZXZlbnRzGAIgAygLMhYub3Jpc3VuLnYxLkV2ZW50VG9TYXZlEhAKCGJvdW5kYXJ5GAMgASgJIjgKC1dyaXRlUmVzdWx0EikKDGxvZ19wb3NpdGlvbhgBIAEoCzITLm9yaXN1bi52MS5Qb3NpdGlvbiLWAQoFRXZlbnQSEAoIZXZlbnRfaWQYASABKAkSEgoKZXZlbnRfdHlwZRgCIAEoCRIcCgR0YWdzGAMgAygLMg4ub3Jpc3VuLnYxLlRhZxIMCgRkYXRhGAQgASgJEhAKCG1ldGFkYXRhGAUgASgJEiUKCHBvc2l0aW9uGAYgASgLMhMub3Jpc3VuLnYxLlBvc2l0aW9uEjAKDGRhdGVfY3JlYXRlZBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIYm91bmRhcnkYCCABKAkirAEKEEdldEV2ZW50c1JlcXVlc3QSIgoIY3JpdGVyaWEYASABKAsyEC5vcmlzdW4udjEuUXVlcnkSKgoNZnJvbV9wb3NpdGlvbhgCIAEoCzITLm9yaXN1bi52MS5Qb3NpdGlvbhINCgVjb3VudBgDIAEoDRInCglkaXJlY3Rpb24YBCABKA4yFC5vcmlzdW4udjEuRGlyZWN0aW9uEhAKCGJvdW5kYXJ5GAUgASgJIlgKEUdldEV2ZW50c1Jlc3BvbnNlEiAKBmV2ZW50cxgBIAMoCzIQLm9yaXN1bi52MS5FdmVudBIhCgRoZWFkGAIgASgLMhMub3Jpc3VuLnYxLlBvc2l0aW9uIm8KDURlY2lzaW9uUXVlcnkSIgoIY3JpdGVyaWEYASABKAsyEC5vcmlzdW4udjEuUXVlcnkSKwoOYWZ0ZXJfcG9zaXRpb24YAiABKAsyEy5vcmlzdW4udjEuUG9zaXRpb24SDQoFY291bnQYAyABKA0idgoWUmVhZEZvckRlY2lzaW9uUmVxdWVzdBIQCghib3VuZGFyeRgBIAEoCRIpCgdxdWVyaWVzGAIgAygLMhgub3Jpc3VuLnYxLkRlY2lzaW9uUXVlcnkSHwoCYXQYAyABKAsyEy5vcmlzdW4udjEuUG9zaXRpb24iSQoTRGVjaXNpb25RdWVyeVJlc3VsdBIgCgZldmVudHMYASADKAsyEC5vcmlzdW4udjEuRXZlbnQSEAoIaGFzX21vcmUYAiABKAgibQoXUmVhZEZvckRlY2lzaW9uUmVzcG9uc2USLwoHcmVzdWx0cxgBIAMoCzIeLm9yaXN1bi52MS5EZWNpc2lvblF1ZXJ5UmVzdWx0EiEKBGhlYWQYAiABKAsyEy5vcmlzdW4udjEuUG9zaXRpb24imgEKHFN1YnNjcmliZVRvRXZlbnRTdG9yZVJlcXVlc3QSKwoOYWZ0ZXJfcG9zaXRpb24YASABKAsyEy5vcmlzdW4udjEuUG9zaXRpb24SIgoIY3JpdGVyaWEYAiABKAsyEC5vcmlzdW4udjEuUXVlcnkSFwoPc3Vic2NyaWJlcl9uYW1lGAMgASgJEhAKCGJvdW5kYXJ5GAQgASgJIjsKDlB1Ymxpc2hSZXF1ZXN0EgoKAmlkGAEgASgJEg8KB3N1YmplY3QYAiABKAkSDAoEZGF0YRgDIAEoDCI6ChBTdWJzY3JpYmVSZXF1ZXN0Eg8KB3N1YmplY3QYASABKAkSFQoNY29uc3VtZXJfbmFtZRgCIAEoCSI0CgdNZXNzYWdlEgoKAmlkGAEgASgJEg8KB3N1YmplY3QYAiABKAkSDAoEZGF0YRgDIAEoDCI4ChFTdWJzY3JpYmVSZXNwb25zZRIjCgdtZXNzYWdlGAEgASgLMhIub3Jpc3VuLnYxLk1lc3NhZ2UqHgoJRGlyZWN0aW9uEgcKA0FTQxAAEggKBERFU0MQATLmAwoKRXZlbnRTdG9yZRJCCgpTYXZlRXZlbnRzEhwub3Jpc3VuLnYxLlNhdmVFdmVudHNSZXF1ZXN0GhYub3Jpc3VuLnYxLldyaXRlUmVzdWx0EksKCUdldEV2ZW50cxIbLm9yaXN1bi52MS5HZXRFdmVudHNSZXF1ZXN0Ghwub3Jpc3VuLnYxLkdldEV2ZW50c1Jlc3BvbnNlIgOQAgESXQoPUmVhZEZvckRlY2lzaW9uEiEub3Jpc3VuLnYxLlJlYWRGb3JEZWNpc2lvblJlcXVlc3QaIi5vcmlzdW4udjEuUmVhZEZvckRlY2lzaW9uUmVzcG9uc2UiA5ACARJQChFTdWJzY3JpYmVUb0V2ZW50cxInLm9yaXN1bi52MS5TdWJzY3JpYmVUb0V2ZW50U3RvcmVSZXF1ZXN0GhAub3Jpc3VuLnYxLkV2ZW50MAESRAoPUHVibGlzaFRvUHViU3ViEhkub3Jpc3VuLnYxLlB1Ymxpc2hSZXF1ZXN0GhYuZ29vZ2xlLnByb3RvYnVmLkVtcHR5ElAKEVN1YnNjcmliZVRvUHViU3ViEhsub3Jpc3VuLnYxLlN1YnNjcmliZVJlcXVlc3QaHC5vcmlzdW4udjEuU3Vic2NyaWJlUmVzcG9uc2UwAWIGcHJvdG8z", [file_google_protobuf_empty, file_google_protobuf_timestamp]);
 
 /**
  * A point in a boundary's log. Events are ordered by the pair
@@ -326,6 +326,16 @@ export type GetEventsResponse = Message$1<"orisun.v1.GetEventsResponse"> & {
    * @generated from field: repeated orisun.v1.Event events = 1;
    */
   events: Event[];
+
+  /**
+   * The boundary's last position in the snapshot this read used, whatever the
+   * query, count, direction or from_position and whether or not anything
+   * matched; {0,0} for an empty boundary. Use it as the consistency_marker of
+   * an append that depends on this read, with the same query as criteria.
+   *
+   * @generated from field: orisun.v1.Position head = 2;
+   */
+  head?: Position | undefined;
 };
 
 /**
@@ -334,6 +344,124 @@ export type GetEventsResponse = Message$1<"orisun.v1.GetEventsResponse"> & {
  */
 export const GetEventsResponseSchema: GenMessage<GetEventsResponse> = /*@__PURE__*/
   messageDesc(file_orisun_v1_eventstore, 10);
+
+/**
+ * One query of a decision read. Events come in ascending position order.
+ *
+ * @generated from message orisun.v1.DecisionQuery
+ */
+export type DecisionQuery = Message$1<"orisun.v1.DecisionQuery"> & {
+  /**
+   * @generated from field: orisun.v1.Query criteria = 1;
+   */
+  criteria?: Query | undefined;
+
+  /**
+   * Exclusive: for the next page of this query. Absent: from the first event.
+   *
+   * @generated from field: orisun.v1.Position after_position = 2;
+   */
+  afterPosition?: Position | undefined;
+
+  /**
+   * 0 means 100; above 10,000 is clamped to 10,000.
+   *
+   * @generated from field: uint32 count = 3;
+   */
+  count: number;
+};
+
+/**
+ * Describes the message orisun.v1.DecisionQuery.
+ * Use `create(DecisionQuerySchema)` to create a new message.
+ */
+export const DecisionQuerySchema: GenMessage<DecisionQuery> = /*@__PURE__*/
+  messageDesc(file_orisun_v1_eventstore, 11);
+
+/**
+ * @generated from message orisun.v1.ReadForDecisionRequest
+ */
+export type ReadForDecisionRequest = Message$1<"orisun.v1.ReadForDecisionRequest"> & {
+  /**
+   * @generated from field: string boundary = 1;
+   */
+  boundary: string;
+
+  /**
+   * At least one; each one's result comes at the same index.
+   *
+   * @generated from field: repeated orisun.v1.DecisionQuery queries = 2;
+   */
+  queries: DecisionQuery[];
+
+  /**
+   * Absent: read at the boundary's current head. Set (to a head an earlier
+   * page returned): read the log as it was at that position, so later pages
+   * of a decision share the first page's snapshot.
+   *
+   * @generated from field: orisun.v1.Position at = 3;
+   */
+  at?: Position | undefined;
+};
+
+/**
+ * Describes the message orisun.v1.ReadForDecisionRequest.
+ * Use `create(ReadForDecisionRequestSchema)` to create a new message.
+ */
+export const ReadForDecisionRequestSchema: GenMessage<ReadForDecisionRequest> = /*@__PURE__*/
+  messageDesc(file_orisun_v1_eventstore, 12);
+
+/**
+ * @generated from message orisun.v1.DecisionQueryResult
+ */
+export type DecisionQueryResult = Message$1<"orisun.v1.DecisionQueryResult"> & {
+  /**
+   * @generated from field: repeated orisun.v1.Event events = 1;
+   */
+  events: Event[];
+
+  /**
+   * More events match at or below head: ask again with after_position set
+   * to the last event's position.
+   *
+   * @generated from field: bool has_more = 2;
+   */
+  hasMore: boolean;
+};
+
+/**
+ * Describes the message orisun.v1.DecisionQueryResult.
+ * Use `create(DecisionQueryResultSchema)` to create a new message.
+ */
+export const DecisionQueryResultSchema: GenMessage<DecisionQueryResult> = /*@__PURE__*/
+  messageDesc(file_orisun_v1_eventstore, 13);
+
+/**
+ * @generated from message orisun.v1.ReadForDecisionResponse
+ */
+export type ReadForDecisionResponse = Message$1<"orisun.v1.ReadForDecisionResponse"> & {
+  /**
+   * Per query, in the order of the request.
+   *
+   * @generated from field: repeated orisun.v1.DecisionQueryResult results = 1;
+   */
+  results: DecisionQueryResult[];
+
+  /**
+   * The snapshot every result was read from. Use it as the consistency_marker
+   * of the append, with the queries' criteria combined as its criteria.
+   *
+   * @generated from field: orisun.v1.Position head = 2;
+   */
+  head?: Position | undefined;
+};
+
+/**
+ * Describes the message orisun.v1.ReadForDecisionResponse.
+ * Use `create(ReadForDecisionResponseSchema)` to create a new message.
+ */
+export const ReadForDecisionResponseSchema: GenMessage<ReadForDecisionResponse> = /*@__PURE__*/
+  messageDesc(file_orisun_v1_eventstore, 14);
 
 /**
  * @generated from message orisun.v1.SubscribeToEventStoreRequest
@@ -369,7 +497,7 @@ export type SubscribeToEventStoreRequest = Message$1<"orisun.v1.SubscribeToEvent
  * Use `create(SubscribeToEventStoreRequestSchema)` to create a new message.
  */
 export const SubscribeToEventStoreRequestSchema: GenMessage<SubscribeToEventStoreRequest> = /*@__PURE__*/
-  messageDesc(file_orisun_v1_eventstore, 11);
+  messageDesc(file_orisun_v1_eventstore, 15);
 
 /**
  * @generated from message orisun.v1.PublishRequest
@@ -401,7 +529,7 @@ export type PublishRequest = Message$1<"orisun.v1.PublishRequest"> & {
  * Use `create(PublishRequestSchema)` to create a new message.
  */
 export const PublishRequestSchema: GenMessage<PublishRequest> = /*@__PURE__*/
-  messageDesc(file_orisun_v1_eventstore, 12);
+  messageDesc(file_orisun_v1_eventstore, 16);
 
 /**
  * @generated from message orisun.v1.SubscribeRequest
@@ -428,7 +556,7 @@ export type SubscribeRequest = Message$1<"orisun.v1.SubscribeRequest"> & {
  * Use `create(SubscribeRequestSchema)` to create a new message.
  */
 export const SubscribeRequestSchema: GenMessage<SubscribeRequest> = /*@__PURE__*/
-  messageDesc(file_orisun_v1_eventstore, 13);
+  messageDesc(file_orisun_v1_eventstore, 17);
 
 /**
  * @generated from message orisun.v1.Message
@@ -455,7 +583,7 @@ export type Message = Message$1<"orisun.v1.Message"> & {
  * Use `create(MessageSchema)` to create a new message.
  */
 export const MessageSchema: GenMessage<Message> = /*@__PURE__*/
-  messageDesc(file_orisun_v1_eventstore, 14);
+  messageDesc(file_orisun_v1_eventstore, 18);
 
 /**
  * @generated from message orisun.v1.SubscribeResponse
@@ -472,7 +600,7 @@ export type SubscribeResponse = Message$1<"orisun.v1.SubscribeResponse"> & {
  * Use `create(SubscribeResponseSchema)` to create a new message.
  */
 export const SubscribeResponseSchema: GenMessage<SubscribeResponse> = /*@__PURE__*/
-  messageDesc(file_orisun_v1_eventstore, 15);
+  messageDesc(file_orisun_v1_eventstore, 19);
 
 /**
  * @generated from enum orisun.v1.Direction
@@ -525,6 +653,17 @@ export const EventStore: GenService<{
     methodKind: "unary";
     input: typeof GetEventsRequestSchema;
     output: typeof GetEventsResponseSchema;
+  },
+  /**
+   * Reads several queries from one snapshot for one decision; all results
+   * share one head. Safe to call with Connect GET.
+   *
+   * @generated from rpc orisun.v1.EventStore.ReadForDecision
+   */
+  readForDecision: {
+    methodKind: "unary";
+    input: typeof ReadForDecisionRequestSchema;
+    output: typeof ReadForDecisionResponseSchema;
   },
   /**
    * Streams every matching event after after_position: history first, then
