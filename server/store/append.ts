@@ -332,7 +332,8 @@ export class Appender {
           AS x(c int8, p int8, id text, type text, tags text[], data text, meta text)
       ), advanced AS (
         UPDATE orisun_boundaries
-        SET last_commit = ${commit.toString()}::int8, last_prepare = ${prepare.toString()}::int8
+        SET last_commit = ${commit.toString()}::int8, last_prepare = ${prepare.toString()}::int8,
+          event_count = event_count + ${rows.length}
         WHERE name = ${boundary}
       )
       SELECT pg_notify('orisun_commits', ${notifyPayload(boundary, this.instance)})`.execute(trx);

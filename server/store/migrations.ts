@@ -74,6 +74,20 @@ const migrations: Record<string, Migration> = {
         .execute();
     },
   },
+  // Events in each boundary, advanced with its head by every append, so that an overview of the
+  // boundaries never counts the log.
+  "2026-12-02-event-count": {
+    async up(db: Kysely<unknown>) {
+      await db.schema
+        .alterTable("orisun_boundaries")
+        .addColumn("event_count", "int8", (c) => c.notNull().defaultTo(0))
+        .execute();
+      await sql`UPDATE orisun_boundaries b
+        SET event_count = (SELECT count(*) FROM orisun_events e WHERE e.boundary = b.name)`.execute(
+        db,
+      );
+    },
+  },
 };
 
 /** Where applied migrations are recorded: Kysely's table and layout, which earlier builds used. */

@@ -24,6 +24,8 @@ export interface BoundariesTable {
   /** What the JetStream publisher had published when it last let the boundary go. */
   published_commit: ColumnType<string, string | undefined, string>;
   published_prepare: ColumnType<string, string | undefined, string>;
+  /** Events in the boundary, advanced with the head. */
+  event_count: ColumnType<string, string | undefined, string>;
   created_at: Generated<Date>;
 }
 
