@@ -14,7 +14,7 @@ import {
   writeFileSync,
   writeSync,
 } from "node:fs";
-import { tmpdir } from "node:os";
+import { cpus, tmpdir } from "node:os";
 import { join } from "node:path";
 import pg from "pg";
 import { ROOT } from "./server.js";
@@ -50,8 +50,40 @@ export async function sql(url: string, text: string): Promise<pg.QueryResult> {
 }
 
 /**
- * pgbench against a table shaped like an event log (its own schema, made here and dropped by
- * `drop`): each transaction inserts `rows` events in one statement.
+ * Waits until PostgreSQL is quiet before a timed run: a CHECKPOINT first, since the WAL of earlier
+ * work (the million-event load writes gigabytes) otherwise triggers one mid-run, and every page's
+ * first change after it writes a full-page image (the pgbench reference measured 5,911 and 3,646
+ * rows/s at 16 and 64 clients so, against 10,731 and 12,670 alone); then until no autovacuum
+ * worker runs, for at most `maxMs`.
+ */
+export async function quiesce(url: string, maxMs = 30_000): Promise<void> {
+  const client = new pg.Client({ connectionString: url });
+  await client.connect();
+  try {
+    await client.query("CHECKPOINT");
+    const until = performance.now() + maxMs;
+    while (performance.now() < until) {
+      const { rows } = await client.query(
+        "SELECT count(*)::int AS n FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'",
+      );
+      if (rows[0]?.n === 0) return;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  } finally {
+    await client.end();
+  }
+}
+
+/** The reference tables: `lean` is the best case, `orisun` has Orisun's columns and indexes. */
+export type PgbenchTable = "lean" | "orisun";
+
+/**
+ * pgbench against tables shaped like an event log (its own schema, made here and dropped by
+ * `drop`): each transaction inserts `rows` events in one statement. Two tables, so that the
+ * reference is both the best this PostgreSQL does and a like-for-like twin of Orisun's log:
+ * - `lean`: a bigserial primary key and a unique uuid, no other index (jsonb tags and data);
+ * - `orisun`: orisun_events' columns and its four indexes: primary key (boundary, commit,
+ *   prepare), unique (boundary, event_id), (boundary, type, commit, prepare), GIN on tags.
  */
 export class Pgbench {
   private readonly dir = mkdtempSync(join(tmpdir(), "orisun-pgbench-"));
@@ -72,22 +104,49 @@ export class Pgbench {
          tags jsonb NOT NULL,
          data jsonb NOT NULL,
          date_created timestamptz NOT NULL DEFAULT now()
-       )`,
+       );
+       CREATE SEQUENCE "${schema}".positions;
+       CREATE TABLE "${schema}".orisun_events (
+         boundary text NOT NULL,
+         commit_position int8 NOT NULL,
+         prepare_position int8 NOT NULL,
+         event_id text NOT NULL,
+         event_type text NOT NULL,
+         tags text[] NOT NULL,
+         data json NOT NULL,
+         metadata json,
+         date_created timestamptz NOT NULL DEFAULT now(),
+         PRIMARY KEY (boundary, commit_position, prepare_position),
+         UNIQUE (boundary, event_id)
+       );
+       CREATE INDEX ON "${schema}".orisun_events
+         (boundary, event_type, commit_position, prepare_position);
+       CREATE INDEX ON "${schema}".orisun_events USING gin (tags);`,
     );
     return new Pgbench(url, schema);
   }
 
-  /** Rows per second with `clients` connections, each inserting `rows` rows per transaction. */
-  async rowsPerSecond(clients: number, rows: number, seconds: number): Promise<number> {
-    const values = `gen_random_uuid(), 'Deposited', jsonb_build_array(jsonb_build_object('key', 'account', 'value', 'c' || :client_id)), '{"amount": 1}'`;
-    const insert = `INSERT INTO "${this.schema}".events (id, type, tags, data)`;
-    const script = join(this.dir, `${rows}.sql`);
-    writeFileSync(
-      script,
-      rows === 1
-        ? `${insert} VALUES (${values});\n`
-        : `${insert} SELECT ${values} FROM generate_series(1, ${rows});\n`,
-    );
+  /**
+   * Rows per second with `clients` connections, each inserting `rows` rows per transaction, after
+   * quiesce(). pgbench runs min(clients, cores) threads: more threads than cores measured slower
+   * (16 clients: 10,731 rows/s with -j 2, 8,283 with -j 16; 64: 12,670 and 11,058).
+   */
+  async rowsPerSecond(
+    clients: number,
+    rows: number,
+    seconds: number,
+    table: PgbenchTable = "lean",
+  ): Promise<number> {
+    const s = `"${this.schema}"`;
+    const script = join(this.dir, `${table}-${rows}.sql`);
+    const series = `generate_series(1, ${rows})`;
+    const lean = `gen_random_uuid(), 'Deposited', jsonb_build_array(jsonb_build_object('key', 'account', 'value', 'c' || :client_id)), '{"amount": 1}'`;
+    const text =
+      table === "lean"
+        ? `INSERT INTO ${s}.events (id, type, tags, data) ${rows === 1 ? `VALUES (${lean})` : `SELECT ${lean} FROM ${series}`};\n`
+        : `INSERT INTO ${s}.orisun_events (boundary, commit_position, prepare_position, event_id, event_type, tags, data) SELECT 'b', p, p, gen_random_uuid()::text, 'Deposited', ARRAY['["account","c' || :client_id || '"]'], '{"amount": 1}' FROM (SELECT nextval('${s}.positions') AS p FROM ${series}) AS x;\n`;
+    writeFileSync(script, text);
+    await quiesce(this.url);
     const out = await run("pgbench", [
       "-n",
       "-f",
@@ -95,7 +154,7 @@ export class Pgbench {
       "-c",
       String(clients),
       "-j",
-      "2",
+      String(Math.min(clients, cpus().length)),
       "-T",
       String(seconds),
       this.url,

@@ -20,7 +20,15 @@ import { connect } from "@nats-io/transport-node";
 import { decodeEvents } from "../server/broker/jetstream.js";
 import { pgliteCommitCost } from "./pglite-commits.js";
 import { queryPlans } from "./plans.js";
-import { copyRate, diskSyncRate, Emmett, ensureEmmett, Pgbench, sql } from "./references.js";
+import {
+  copyRate,
+  diskSyncRate,
+  Emmett,
+  ensureEmmett,
+  Pgbench,
+  quiesce,
+  sql,
+} from "./references.js";
 import { CORES, givenServer, type Server, startServer } from "./server.js";
 import { Workers } from "./workers.js";
 import {
@@ -119,6 +127,13 @@ const comparisons: Comparison[] = [
       key: `cond${n}`,
       reference: { key: `pgbench1x${n}`, name: `pgbench 1 row/tx, ${clientCount(n)}` },
       target: n === 64 ? { op: ">=", ratio: 1.5, text: "≥ 1.5×" } : undefined,
+    },
+    {
+      key: `cond${n}`,
+      reference: {
+        key: `pgbench1x${n}.orisun`,
+        name: `pgbench 1 row/tx into orisun_events' twin, ${clientCount(n)}`,
+      },
     },
     {
       key: `cond${n}`,
@@ -269,6 +284,8 @@ const boundary = (name: string) => (GIVEN_URL ? `b${ID}_${name}` : name);
 
 async function appendGroup(workers: Workers, server: Server, run: number): Promise<void> {
   const timed = async (key: string, label: string, o: Parameters<typeof appends>[2]) => {
+    // The references are measured on a quiet database: so are the appends compared with them.
+    if (!GIVEN_URL) await quiesce(PG_URL);
     const { result, cpu } = await measure(workers, server.pid, () =>
       appends(workers, server.url, o),
     );
@@ -465,7 +482,19 @@ async function pgbenchGroup(workers: Workers, run: number): Promise<void> {
       note(
         `pgbench${rows}x${clients}`,
         REFERENCE,
-        `pgbench, ${what}, ${clientCount(clients)} (rows/s)`,
+        `pgbench, ${what}, ${clientCount(clients)}, lean table: bigserial key + unique uuid (rows/s)`,
+        result,
+        { ...cpu, generator: undefined },
+      );
+    }
+    for (const clients of [1, 16, 64]) {
+      const { result, cpu } = await measure(workers, undefined, () =>
+        bench.rowsPerSecond(clients, 1, SECONDS, "orisun"),
+      );
+      note(
+        `pgbench1x${clients}.orisun`,
+        REFERENCE,
+        `pgbench, 1 row per transaction, ${clientCount(clients)}, orisun_events' columns and 4 indexes (rows/s)`,
         result,
         { ...cpu, generator: undefined },
       );
