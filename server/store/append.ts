@@ -1,6 +1,12 @@
 import { type Kysely, sql, type Transaction } from "kysely";
+import {
+  callAppend,
+  type FunctionCheck,
+  type FunctionEvent,
+  type FunctionOutcome,
+} from "./append-function.js";
 import { notifyPayload } from "./commit-signals.js";
-import { databaseError } from "./database-errors.js";
+import { databaseError, isConnectionLost } from "./database-errors.js";
 import { quote, StoreError } from "./errors.js";
 import { matches } from "./matcher.js";
 import { selectConditionViolation, violatedConditions } from "./query-sql.js";
@@ -12,6 +18,7 @@ import {
   comparePositions,
   type EventToAppend,
   type Position,
+  START,
 } from "./types.js";
 
 export interface GroupCommitLimits {
@@ -69,6 +76,18 @@ interface Accepted {
 }
 
 type Outcome = { readonly ok: Position } | { readonly error: StoreError };
+
+interface BatchResult {
+  readonly outcomes: Outcome[];
+  /** The boundary's head before this transaction, and after it when it appended anything. */
+  readonly before: Position;
+  readonly head: Position | undefined;
+  readonly appended: RecentEvent[];
+}
+
+/** The log already holds one of the event ids (orisun_events_event_id_key). */
+const isDuplicateEventId = (error: unknown) =>
+  (error as { code?: unknown; constraint?: unknown } | null)?.code === "23505";
 
 /**
  * Events per boundary kept for condition checks in memory (type, tags and position only). A
@@ -177,12 +196,18 @@ export class Appender {
 
   /** One transaction for the batch; settles every request unless it returns the failure. */
   private async run(boundary: string, batch: readonly Pending[]): Promise<StoreError | undefined> {
-    type Result = Awaited<ReturnType<Appender["commitBatch"]>>;
     // Set once the transaction wrote its events: its COMMIT is sent next.
-    const written: { result?: Result } = {};
-    let result: Result;
+    const written: { result?: BatchResult } = {};
+    let result: BatchResult | undefined;
     try {
-      result = await this.db.transaction().execute(async (trx) => {
+      result = await this.commitAtOnce(boundary, batch);
+    } catch (error) {
+      this.recent.forget(boundary);
+      // The call is its own transaction: a lost connection leaves its outcome unknown.
+      return isConnectionLost(error) ? unknownOutcome(error) : databaseError(error);
+    }
+    try {
+      result ??= await this.db.transaction().execute(async (trx) => {
         written.result = await this.commitBatch(trx, boundary, batch);
         return written.result;
       });
@@ -216,24 +241,134 @@ export class Appender {
     return queue.splice(0, n);
   }
 
-  private async commitBatch(
-    trx: Transaction<Database>,
+  /**
+   * The batch in one round trip (orisun_append, see append-function.ts) when nothing calls for the
+   * full transaction; undefined, having written nothing, when something does: a request this
+   * process finds rejected (a condition violated in memory or by an earlier request of the batch,
+   * an id repeated in the batch), or one the function finds so (a violated condition, a stored id,
+   * a marker after the head). The full path then decides everything again under its lock, exactly
+   * retries included.
+   */
+  private async commitAtOnce(
     boundary: string,
     batch: readonly Pending[],
-  ): Promise<{
-    outcomes: Outcome[];
-    /** The boundary's head before this transaction, and after it when it appended anything. */
-    before: Position;
-    head: Position | undefined;
-    appended: RecentEvent[];
-  }> {
-    // Requests whose caller gave up while they waited for the connection are left out; the rest
-    // are written from here on, whatever their callers do.
+  ): Promise<BatchResult | undefined> {
+    const dropped = this.markSent(batch);
+    const expected = this.recent.head(boundary);
+    let decidedAny = false;
+    let marker: Position | undefined;
+    const checks: FunctionCheck[] = [];
+    const accepted: { request: AppendRequest; commits: bigint; prepares: bigint }[] = [];
+    const ids = new Set<string>();
+    const rows: FunctionEvent[] = [];
+    let prepares = 0n;
+    for (const [index, { request }] of batch.entries()) {
+      if (dropped.has(index)) continue;
+      for (const e of request.events) {
+        if (ids.has(e.id)) return undefined;
+        ids.add(e.id);
+      }
+      const condition = request.condition;
+      if (condition) {
+        const inMemory =
+          expected && this.recent.violated(boundary, expected, condition.after, condition.query);
+        if (inMemory === true) return undefined;
+        decidedAny ||= inMemory === false;
+        // The function answers 'stale' unless every marker is at or before the head, so every
+        // event of the batch lies after every marker: an earlier request's match conflicts.
+        const seenInBatch = accepted.some((a) =>
+          a.request.events.some((e) => matches(e, condition.query)),
+        );
+        if (seenInBatch) return undefined;
+        checks.push({
+          after: condition.after,
+          query: condition.query,
+          decided: inMemory === false,
+        });
+        if (!marker || comparePositions(condition.after, marker) > 0) marker = condition.after;
+      }
+      const commits = BigInt(accepted.length + 1);
+      for (const e of request.events) {
+        prepares += 1n;
+        rows.push({
+          commits,
+          prepares,
+          id: e.id,
+          type: e.type,
+          tags: [...new Set(e.tags.map(encodeTag))],
+          data: e.data,
+          metadata: e.metadata,
+        });
+      }
+      accepted.push({ request, commits, prepares });
+    }
+    if (accepted.length === 0) {
+      // Every caller gave up before anything was sent: nothing to write, no round trip.
+      const outcomes = batch.map(() => ({ error: notStarted() }));
+      return { outcomes, before: expected ?? START, head: undefined, appended: [] };
+    }
+    let called: FunctionOutcome;
+    try {
+      called = await callAppend(
+        this.db,
+        boundary,
+        decidedAny ? expected : undefined,
+        marker,
+        checks,
+        rows,
+        accepted.length,
+        notifyPayload(boundary, this.instance),
+      );
+    } catch (error) {
+      if (isDuplicateEventId(error)) return undefined;
+      throw error;
+    }
+    if (called.outcome !== "ok") return undefined;
+    const before = called.before;
+    const at = (commits: bigint, prepares: bigint) => ({
+      commit: before.commit + commits,
+      prepare: before.prepare + prepares,
+    });
+    const outcomes: Outcome[] = [];
+    let next = 0;
+    for (const index of batch.keys()) {
+      if (dropped.has(index)) outcomes.push({ error: notStarted() });
+      else {
+        const a = accepted[next++] as (typeof accepted)[number];
+        outcomes.push({ ok: at(a.commits, a.prepares) });
+      }
+    }
+    const appended: RecentEvent[] = [];
+    let r = 0;
+    for (const a of accepted) {
+      for (const e of a.request.events) {
+        const row = rows[r++] as FunctionEvent;
+        appended.push({ position: at(row.commits, row.prepares), type: e.type, tags: e.tags });
+      }
+    }
+    const last = accepted.at(-1) as (typeof accepted)[number];
+    return { outcomes, before, head: at(last.commits, last.prepares), appended };
+  }
+
+  /**
+   * Requests whose caller gave up while they waited for the connection are left out (their
+   * indexes); the rest are written from here on, whatever their callers do.
+   */
+  private markSent(batch: readonly Pending[]): Set<number> {
     const dropped = new Set<number>();
     for (const [index, pending] of batch.entries()) {
       if (pending.signal?.aborted) dropped.add(index);
       else pending.sent = true;
     }
+    return dropped;
+  }
+
+  private async commitBatch(
+    trx: Transaction<Database>,
+    boundary: string,
+    batch: readonly Pending[],
+  ): Promise<BatchResult> {
+    const dropped = this.markSent(batch);
     // Creates the boundary on its first write and, either way, locks its row until commit.
     const lock = await sql<{ last_commit: string; last_prepare: string }>`
       INSERT INTO orisun_boundaries (name) VALUES (${boundary})

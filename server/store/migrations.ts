@@ -1,4 +1,5 @@
 import { type Kysely, sql } from "kysely";
+import { APPEND_FUNCTION } from "./append-function.js";
 
 interface Migration {
   up(db: Kysely<unknown>): Promise<void>;
@@ -86,6 +87,13 @@ const migrations: Record<string, Migration> = {
         SET event_count = (SELECT count(*) FROM orisun_events e WHERE e.boundary = b.name)`.execute(
         db,
       );
+    },
+  },
+  // The one-round-trip append: see append-function.ts. It sorts before event-count, whose column
+  // it uses: plpgsql resolves names when the function runs, not when it is created.
+  "2026-12-02-append-function": {
+    async up(db: Kysely<unknown>) {
+      await sql.raw(APPEND_FUNCTION).execute(db);
     },
   },
 };

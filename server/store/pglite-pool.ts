@@ -1,5 +1,6 @@
 import type { PGlite } from "@electric-sql/pglite";
 import type { PostgresPool, PostgresPoolClient } from "kysely";
+import { CALL_APPEND } from "./append-function.js";
 
 /**
  * Event-loop turns a transaction waits before BEGIN. PGlite runs in this thread and its queries
@@ -9,6 +10,7 @@ import type { PostgresPool, PostgresPoolClient } from "kysely";
  * WAL sync, of its own: 208 syncs for 208 appends by 1, 8 and 64 clients (strace). A few turns let
  * the requests already received reach the queue, so the next batch takes them together: 16
  * clients' 160 appends then made 28 syncs, and one client's appends took as long as before.
+ * The one-statement append (CALL_APPEND) is a transaction of its own and waits likewise.
  */
 const TURNS_BEFORE_BEGIN = 4;
 
@@ -34,7 +36,7 @@ export function pglitePool(db: PGlite): PostgresPool {
       let released = false;
       const client = {
         async query(sql: string, parameters: readonly unknown[]) {
-          if (/^\s*begin\b/i.test(sql)) {
+          if (/^\s*begin\b/i.test(sql) || sql.startsWith(CALL_APPEND)) {
             for (let i = 0; i < TURNS_BEFORE_BEGIN; i++) await nextTurn();
           }
           const result = await db.query<Record<string, unknown>>(sql, parameters as unknown[]);

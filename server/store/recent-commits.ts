@@ -78,6 +78,11 @@ export class RecentCommits {
     return this.windows.size;
   }
 
+  /** The head the boundary's window ends at: the head to expect if nobody else committed. */
+  head(boundary: string): Position | undefined {
+    return this.windows.get(boundary)?.head;
+  }
+
   /**
    * Whether an event matching `query` lies after `after`, if this process holds every event of
    * the boundary after `after` up to `head` (the head read under the boundary's lock); undefined

@@ -1,0 +1,224 @@
+import { PGlite } from "@electric-sql/pglite";
+import { Kysely, PostgresDialect, type PostgresPool, type PostgresPoolClient } from "kysely";
+import pg from "pg";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { Appender } from "../server/store/append.js";
+import { CALL_APPEND } from "../server/store/append-function.js";
+import { StoreError } from "../server/store/errors.js";
+import { migrate } from "../server/store/migrations.js";
+import { guardedPool } from "../server/store/pg-pool.js";
+import { pglitePool } from "../server/store/pglite-pool.js";
+import type { Database } from "../server/store/schema.js";
+import type { AppendRequest, Position } from "../server/store/types.js";
+import { dropSchema, freshSchema, PG_URL } from "./support/databases.js";
+
+/** A pool whose every statement is recorded: the round trips an append makes. */
+function counting(pool: PostgresPool, statements: string[]): PostgresPool {
+  return {
+    ...pool,
+    async connect(): Promise<PostgresPoolClient> {
+      const client = await pool.connect();
+      return {
+        ...client,
+        query: (text: string, parameters: readonly unknown[]) => {
+          statements.push(text);
+          return client.query(text, parameters);
+        },
+        release: () => client.release(),
+      } as unknown as PostgresPoolClient;
+    },
+    end: () => pool.end(),
+  };
+}
+
+interface Target {
+  readonly name: string;
+  /** A migrated database and a way to open a pool on it (two: two processes' worth). */
+  setUp(): Promise<{ pool: () => PostgresPool; cleanup: () => Promise<void> }>;
+}
+
+const targets: Target[] = [
+  {
+    name: "postgres",
+    async setUp() {
+      const schema = freshSchema("fn");
+      const setup = new pg.Client({ connectionString: PG_URL });
+      await setup.connect();
+      await setup.query(`CREATE SCHEMA "${schema}"`);
+      await setup.end();
+      const pools: pg.Pool[] = [];
+      const pool = () => {
+        const p = new pg.Pool({
+          connectionString: PG_URL,
+          max: 4,
+          options: `-c search_path="${schema}"`,
+        });
+        pools.push(p);
+        return guardedPool(p);
+      };
+      const migrator = new Kysely<unknown>({ dialect: new PostgresDialect({ pool: pool() }) });
+      await migrate(migrator, schema);
+      return {
+        pool,
+        cleanup: async () => {
+          await Promise.all(pools.map((p) => p.end().catch(() => {})));
+          await dropSchema(schema);
+        },
+      };
+    },
+  },
+  {
+    name: "pglite",
+    async setUp() {
+      const db = new PGlite({ parsers: { 20: (v: string) => v, 114: (v: string) => v } });
+      // One session: every "process" shares the pool, as every transaction does in PGlite.
+      const shared = pglitePool(db);
+      await migrate(
+        new Kysely<unknown>({ dialect: new PostgresDialect({ pool: shared }) }),
+        "public",
+      );
+      return { pool: () => shared, cleanup: () => db.close() };
+    },
+  },
+];
+
+const limits = { maxEvents: 10_000, maxBytes: 8 * 1024 * 1024 };
+const tag = [{ key: "user", value: "ada" }];
+const query = [{ types: [], tags: tag }];
+
+describe.each(targets)("one-round-trip append on $name", (target) => {
+  let setUp: Awaited<ReturnType<Target["setUp"]>>;
+  beforeAll(async () => {
+    setUp = await target.setUp();
+  });
+  afterAll(() => setUp.cleanup());
+
+  /** An appender, as one process has, whose statements are recorded. */
+  function appender() {
+    const statements: string[] = [];
+    const db = new Kysely<Database>({
+      dialect: new PostgresDialect({ pool: counting(setUp.pool(), statements) }),
+    });
+    const a = new Appender(db, limits, () => {}, "test", { maxBytes: 1 << 20, idleMs: 60_000 });
+    return { a, statements, db };
+  }
+
+  const event = (id: string, tags = tag) => ({
+    id,
+    type: "Registered",
+    tags,
+    data: `{"id":"${id}"}`,
+    metadata: "",
+  });
+  const request = (
+    boundary: string,
+    ids: string[],
+    after?: Position,
+    tags = tag,
+  ): AppendRequest => ({
+    boundary,
+    events: ids.map((id) => event(id, tags)),
+    condition: after ? { after, query } : undefined,
+  });
+
+  it("a lone append is one statement, the function, whether its condition is decided in memory or not", async () => {
+    const { a, statements } = appender();
+    // No window yet: the function checks the condition.
+    const first = await a.append(request("lone", ["e1"], { commit: 0n, prepare: 0n }));
+    expect(first).toEqual({ commit: 1n, prepare: 1n });
+    expect(statements).toHaveLength(1);
+    expect(statements[0]?.startsWith(CALL_APPEND)).toBe(true);
+    // The window now holds {1,1}: decided in memory.
+    const second = await a.append(request("lone", ["e2", "e3"], first));
+    expect(second).toEqual({ commit: 2n, prepare: 3n });
+    expect(statements).toHaveLength(2);
+    expect(statements[1]?.startsWith(CALL_APPEND)).toBe(true);
+  });
+
+  it("a condition another process violated is caught although this process's window says it holds", async () => {
+    const one = appender();
+    const two = appender();
+    const head = await one.a.append(request("two", ["a1"], { commit: 0n, prepare: 0n }));
+    // Another process appends a matching event: one's window still ends at `head`.
+    await two.a.append(request("two", ["b1"]));
+    expect(one.a.recent.violated("two", head, head, query)).toBe(false);
+    const failed = await one.a.append(request("two", ["a2"], head)).catch((e: unknown) => e);
+    expect(failed).toBeInstanceOf(StoreError);
+    expect((failed as StoreError).kind).toBe("condition_failed");
+    // And a condition that still holds commits after the other's head, in one statement.
+    const before = one.statements.length;
+    const ok = await one.a.append(request("two", ["a3"], { commit: 2n, prepare: 2n }));
+    expect(ok).toEqual({ commit: 3n, prepare: 3n });
+    expect(one.statements.slice(before)).toHaveLength(1);
+  });
+
+  it("client ids: an exact retry answers the original position, a mixed one ALREADY_EXISTS, nothing is written twice", async () => {
+    const { a, statements, db } = appender();
+    const original = await a.append(request("ids", ["x1", "x2"], { commit: 0n, prepare: 0n }));
+    // Its condition now fails (its own events match it, as this process's window tells at
+    // once): the full path looks for the ids first and answers.
+    const retry = await a.append(request("ids", ["x1", "x2"], { commit: 0n, prepare: 0n }));
+    expect(retry).toEqual(original);
+    // Without a condition, the function is tried, refuses (a stored id), and the full path
+    // answers the same.
+    const before = statements.length;
+    const unconditional = await a.append(request("ids", ["x1", "x2"]));
+    expect(unconditional).toEqual(original);
+    expect(statements[before]?.startsWith(CALL_APPEND)).toBe(true);
+    expect(statements.length - before).toBeGreaterThan(1);
+    const mixed = await a.append(request("ids", ["x2", "x3"])).catch((e: unknown) => e);
+    expect((mixed as StoreError).kind).toBe("already_exists");
+    const { rows } = await db
+      .selectFrom("orisun_events")
+      .select("event_id")
+      .where("boundary", "=", "ids")
+      .execute()
+      .then((r) => ({ rows: r }));
+    expect(rows.map((r) => r.event_id).sort()).toEqual(["x1", "x2"]);
+    const boundary = await db
+      .selectFrom("orisun_boundaries")
+      .select(["last_commit", "last_prepare", "event_count"])
+      .where("name", "=", "ids")
+      .executeTakeFirstOrThrow();
+    expect(boundary).toEqual({ last_commit: "1", last_prepare: "2", event_count: "2" });
+  });
+
+  it("a batch commits in one statement: positions in arrival order, the head and count advanced", async () => {
+    const { a, statements, db } = appender();
+    // A large first append holds the boundary, so that the next ones queue and go together.
+    const big = a.append(
+      request(
+        "batch",
+        Array.from({ length: 500 }, (_, i) => `big${i}`),
+        undefined,
+        [],
+      ),
+    );
+    const small = Array.from({ length: 5 }, (_, i) =>
+      a.append(request("batch", [`s${i}`], undefined, [{ key: "n", value: String(i) }])),
+    );
+    expect(await big).toEqual({ commit: 1n, prepare: 500n });
+    const positions = await Promise.all(small);
+    expect(positions).toEqual(
+      Array.from({ length: 5 }, (_, i) => ({ commit: BigInt(2 + i), prepare: BigInt(501 + i) })),
+    );
+    expect(statements.every((s) => s.startsWith(CALL_APPEND))).toBe(true);
+    expect(statements).toHaveLength(2);
+    const boundary = await db
+      .selectFrom("orisun_boundaries")
+      .select(["last_commit", "last_prepare", "event_count"])
+      .where("name", "=", "batch")
+      .executeTakeFirstOrThrow();
+    expect(boundary).toEqual({ last_commit: "6", last_prepare: "505", event_count: "505" });
+  });
+
+  it("a marker after the head writes nothing in the function and gets the full path's answer", async () => {
+    const { a, statements } = appender();
+    await a.append(request("ahead", ["m1"]));
+    const before = statements.length;
+    const position = await a.append(request("ahead", ["m2"], { commit: 9n, prepare: 9n }));
+    expect(position).toEqual({ commit: 2n, prepare: 2n });
+    expect(statements[before]?.startsWith(CALL_APPEND)).toBe(true);
+    expect(statements.length - before).toBeGreaterThan(1);
+  });
+});
