@@ -484,6 +484,31 @@ describe.each(storeTargets)("DCB store contract on $name", (target) => {
       const stored = await readAll(boundary, [{ types: [], tags: [tag('q"', 'v",')] }]);
       expect(stored.map((e) => e.tags)).toEqual([[tag('q"', 'v",')]]);
     });
+
+    it("tags, JSON and the date read back exactly as written", async () => {
+      const boundary = freshBoundary("readback");
+      const tags = [
+        tag("k", ""),
+        tag("", "v"),
+        tag("{a,b}", '\\"x\\'),
+        tag("é 😀", "[1,2]"),
+        tag("null", "NULL"),
+      ];
+      const written = { ...event("T", tags), data: '{"a": [1, 2.50], "b": "\\u00e9"}' };
+      const before = Date.now();
+      await store.append({ boundary, events: [written, event("U", [])] });
+      const after = Date.now();
+      const [first, second] = await readAll(boundary, []);
+      expect(first?.tags).toEqual(tags);
+      expect(first?.data).toBe(written.data);
+      expect(second?.tags).toEqual([]);
+      for (const e of [first, second]) {
+        const ms = e?.createdAt.getTime() ?? Number.NaN;
+        expect(Number.isInteger(ms)).toBe(true);
+        expect(ms).toBeGreaterThanOrEqual(before - 1_000);
+        expect(ms).toBeLessThanOrEqual(after + 1_000);
+      }
+    });
   });
 
   describe("event ids", () => {

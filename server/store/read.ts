@@ -1,6 +1,6 @@
 import type { Kysely } from "kysely";
 import { selectEvents } from "./query-sql.js";
-import { type Database, decodeTag } from "./schema.js";
+import type { Database } from "./schema.js";
 import { type Position, type ReadRequest, START, type StoredEvent } from "./types.js";
 
 /**
@@ -18,15 +18,18 @@ export async function readEvents(
     signal,
     inflightQueryAbortStrategy: cancel ? "cancel query" : "ignore query",
   });
+  // One JSON.parse per row for its tags, where pg's array parser (a loop in JS over the escaped
+  // quotes) and a JSON.parse per tag cost more; a number for the date instead of pg's
+  // timestamp parser.
   return rows.map((row) => ({
     boundary: request.boundary,
     id: row.event_id,
     type: row.event_type,
-    tags: row.tags.map(decodeTag),
+    tags: (JSON.parse(row.tags) as [string, string][]).map(([key, value]) => ({ key, value })),
     data: row.data,
     metadata: row.metadata ?? "",
     position: { commit: BigInt(row.commit_position), prepare: BigInt(row.prepare_position) },
-    createdAt: row.date_created,
+    createdAt: new Date(Number(row.created_ms)),
   }));
 }
 
