@@ -1,5 +1,6 @@
 import type { PostgresPool, PostgresPoolClient } from "kysely";
 import pg from "pg";
+import { CALL_APPEND } from "./append-function.js";
 import { isConnectionLost } from "./database-errors.js";
 
 /**
@@ -24,7 +25,12 @@ export function guardedPool(pool: pg.Pool): PostgresPool {
         async query(text: string, parameters: readonly unknown[]) {
           if (broken) throw broken;
           try {
-            return await client.query(text, parameters as unknown[]);
+            // The hot statement is prepared once per connection (named), then only bound and
+            // run: a lone append measured 5-14% faster at p50 so. Its text never varies.
+            const values = parameters as unknown[];
+            return await (text.startsWith(CALL_APPEND)
+              ? client.query({ name: "orisun_append", text, values })
+              : client.query(text, values));
           } catch (error) {
             if (isConnectionLost(error)) broken = error as Error;
             throw error;
