@@ -85,9 +85,12 @@ interface BatchResult {
   readonly appended: RecentEvent[];
 }
 
-/** The log already holds one of the event ids (orisun_events_event_id_key). */
+/**
+ * unique_violation: the log already holds one of the event ids (orisun_events_event_id_key; the
+ * primary key cannot clash, positions being handed out under the boundary's lock).
+ */
 const isDuplicateEventId = (error: unknown) =>
-  (error as { code?: unknown; constraint?: unknown } | null)?.code === "23505";
+  (error as { code?: unknown } | null)?.code === "23505";
 
 /**
  * Events per boundary kept for condition checks in memory (type, tags and position only). A
