@@ -142,9 +142,12 @@ describe.each(targets)("one-round-trip append on $name", (target) => {
     // Another process appends a matching event: one's window still ends at `head`.
     await two.a.append(request("two", ["b1"]));
     expect(one.a.recent.violated("two", head, head, query)).toBe(false);
+    const sent = one.statements.length;
     const failed = await one.a.append(request("two", ["a2"], head)).catch((e: unknown) => e);
     expect(failed).toBeInstanceOf(StoreError);
     expect((failed as StoreError).kind).toBe("condition_failed");
+    // None of its ids stored, so not a retry: the function's answer is final, one round trip.
+    expect(one.statements.slice(sent)).toHaveLength(1);
     // And a condition that still holds commits after the other's head, in one statement.
     const before = one.statements.length;
     const ok = await one.a.append(request("two", ["a3"], { commit: 2n, prepare: 2n }));
@@ -181,6 +184,24 @@ describe.each(targets)("one-round-trip append on $name", (target) => {
       .where("name", "=", "ids")
       .executeTakeFirstOrThrow();
     expect(boundary).toEqual({ last_commit: "1", last_prepare: "2", event_count: "2" });
+  });
+
+  it("an exact retry of a conditional append by another process answers its position", async () => {
+    const one = appender();
+    const original = await one.a.append(
+      request("retry2", ["r1", "r2"], { commit: 0n, prepare: 0n }),
+    );
+    // Another process, without a window: the function finds the condition violated and the ids
+    // stored, and the full path answers the original position.
+    const two = appender();
+    const retry = await two.a.append(request("retry2", ["r1", "r2"], { commit: 0n, prepare: 0n }));
+    expect(retry).toEqual(original);
+    expect(two.statements[0]?.startsWith(CALL_APPEND)).toBe(true);
+    expect(two.statements.length).toBeGreaterThan(1);
+    const fresh = await two.a
+      .append(request("retry2", ["r3"], { commit: 0n, prepare: 0n }))
+      .catch((e: unknown) => e);
+    expect((fresh as StoreError).kind).toBe("condition_failed");
   });
 
   it("a batch commits in one statement: positions in arrival order, the head and count advanced", async () => {

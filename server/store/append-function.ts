@@ -11,9 +11,11 @@ import type { Position, Query } from "./types.js";
  * nothing. It writes nothing and answers
  * - 'stale' when a condition's marker lies after the head: the caller's in-batch checks assumed
  *   every new event lies after every marker;
- * - 'violated' when an event matching a condition exists after its marker: the caller takes the
- *   full path, which first looks for an exact retry (a conditional append retried after it was
- *   stored violates its own condition) and which rejects only the violating requests.
+ * - 'violated' when an event matching a condition exists after its marker and the log holds one
+ *   of the batch's event ids: the caller takes the full path, which first looks for an exact
+ *   retry (a conditional append retried after it was stored violates its own condition);
+ * - 'failed' when a condition is violated and no event id is stored: a lone request has failed
+ *   its condition, and a batch takes the full path, which rejects only the violating requests.
  * A duplicate event id raises unique_violation (23505), and the caller takes the full path too.
  *
  * Each statement of a volatile plpgsql function takes a new snapshot, so the checks after the
@@ -71,7 +73,9 @@ BEGIN
       INTO v_found
       USING p_boundary, (v_check->>'c')::int8, (v_check->>'p')::int8;
     IF v_found THEN
-      outcome := 'violated';
+      outcome := CASE WHEN EXISTS (SELECT 1 FROM orisun_events WHERE boundary = p_boundary
+          AND event_id IN (SELECT x.id FROM json_to_recordset(p_events) AS x(id text)))
+        THEN 'violated' ELSE 'failed' END;
       RETURN NEXT;
       RETURN;
     END IF;
@@ -116,7 +120,7 @@ export interface FunctionEvent {
 
 export type FunctionOutcome =
   | { readonly outcome: "ok"; readonly before: Position }
-  | { readonly outcome: "stale" | "violated" };
+  | { readonly outcome: "stale" | "violated" | "failed" };
 
 /** One call of orisun_append (see APPEND_FUNCTION), outside any transaction. */
 export async function callAppend(
@@ -154,7 +158,7 @@ export async function callAppend(
   const position = (p: Position | undefined, part: "commit" | "prepare") =>
     p === undefined ? null : p[part].toString();
   const { rows } = await sql<{
-    outcome: "ok" | "stale" | "violated";
+    outcome: "ok" | "stale" | "violated" | "failed";
     before_commit: string;
     before_prepare: string;
   }>`${sql.raw(CALL_APPEND)}${boundary}, ${position(expected, "commit")}::int8, ${position(expected, "prepare")}::int8, ${position(marker, "commit")}::int8, ${position(marker, "prepare")}::int8, ${checksJson}::json, ${eventsJson}::json, ${commits}::int8, ${payload})`.execute(

@@ -85,6 +85,20 @@ interface BatchResult {
   readonly appended: RecentEvent[];
 }
 
+const conditionFailed = (boundary: string, condition: Condition) =>
+  new StoreError(
+    "condition_failed",
+    `an event matching the condition exists after position {${condition.after.commit}, ${condition.after.prepare}}`,
+    "consistency_condition",
+    {
+      metadata: {
+        boundary,
+        marker_commit_position: String(condition.after.commit),
+        marker_prepare_position: String(condition.after.prepare),
+      },
+    },
+  );
+
 /**
  * unique_violation: the log already holds one of the event ids (orisun_events_event_id_key; the
  * primary key cannot clash, positions being handed out under the boundary's lock).
@@ -326,6 +340,21 @@ export class Appender {
       if (isDuplicateEventId(error)) return undefined;
       throw error;
     }
+    const lone = accepted.length === 1 ? accepted[0]?.request : undefined;
+    if (called.outcome === "failed" && lone?.condition) {
+      // A lone request whose condition the function found violated, none of its ids stored (so
+      // not a retry): the answer the full path would give, without its round trips.
+      return {
+        outcomes: batch.map((_, i) =>
+          dropped.has(i)
+            ? { error: notStarted() }
+            : { error: conditionFailed(boundary, lone.condition as Condition) },
+        ),
+        before: expected ?? START,
+        head: undefined,
+        appended: [],
+      };
+    }
     if (called.outcome !== "ok") return undefined;
     const before = called.before;
     const at = (commits: bigint, prepares: bigint) => ({
@@ -418,20 +447,7 @@ export class Appender {
           ),
         );
         if (seenInBatch || violated.has(index)) {
-          outcomes.push({
-            error: new StoreError(
-              "condition_failed",
-              `an event matching the condition exists after position {${condition.after.commit}, ${condition.after.prepare}}`,
-              "consistency_condition",
-              {
-                metadata: {
-                  boundary,
-                  marker_commit_position: String(condition.after.commit),
-                  marker_prepare_position: String(condition.after.prepare),
-                },
-              },
-            ),
-          });
+          outcomes.push({ error: conditionFailed(boundary, condition) });
           continue;
         }
       }
