@@ -1,5 +1,5 @@
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
-import { createConnectTransport } from "@connectrpc/connect-node";
+import { createConnectTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -171,6 +171,12 @@ describe("gRPC health with PostgreSQL and NATS that go away and come back", () =
     expect((err as ConnectError).code).toBe(Code.NotFound);
     // Hostile names are not echoed whole.
     expect((err as ConnectError).rawMessage.length).toBeLessThan(400);
+    // gRPC-Web (browsers), the same service.
+    const web = createClient(
+      Health,
+      createGrpcWebTransport({ baseUrl: server.url, httpVersion: "1.1" }),
+    );
+    expect((await web.check({ service: "orisun.v1.EventStore" })).status).toBe(Status.SERVING);
     expect(await readyz(server)).toEqual({ code: 200, body: { status: "ready" } });
   });
 
