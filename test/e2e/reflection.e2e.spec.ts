@@ -333,21 +333,28 @@ describe("gRPC server reflection (v1 and v1alpha)", () => {
   });
 });
 
-describe("gRPC server reflection: an idle stream", () => {
-  const schema = freshSchema("reflect_idle");
+describe("on the embedded store (PGlite): an idle reflection stream, and health", () => {
   let server: SpawnedServer;
 
   beforeAll(async () => {
-    server = await spawnServer({
-      ORISUN_PG_URL: PG_URL,
-      ORISUN_PG_SCHEMA: schema,
-      ORISUN_DATA_DIR: freshDataDir(),
-      ORISUN_IDLE_TIMEOUT: "2s",
-    });
+    server = await spawnServer({ ORISUN_DATA_DIR: freshDataDir(), ORISUN_IDLE_TIMEOUT: "2s" });
   });
   afterAll(async () => {
     await server?.stop("SIGKILL");
-    await dropSchema(schema);
+  });
+
+  it("probes PGlite like PostgreSQL: SERVING, /readyz ready", async () => {
+    const { stdout } = await run(resolve("node_modules/.bin/buf"), [
+      "curl",
+      "--protocol",
+      "connect",
+      "-d",
+      '{"service":"orisun.v1.EventStore"}',
+      `${server.url}/grpc.health.v1.Health/Check`,
+    ]);
+    expect(JSON.parse(stdout)).toEqual({ status: "SERVING" });
+    const ready = await fetch(`${server.url}/readyz`);
+    expect(ready.status).toBe(200);
   });
 
   it("ends DEADLINE_EXCEEDED after ORISUN_IDLE_TIMEOUT without a request", async () => {
