@@ -106,7 +106,8 @@ export class HealthMonitor {
   private async probe(dependency: Dependency): Promise<string | undefined> {
     let running = this.pending.get(dependency.name);
     if (running === undefined) {
-      running = dependency.probe();
+      // A probe that throws instead of rejecting fails the same way.
+      running = Promise.resolve().then(() => dependency.probe());
       this.pending.set(dependency.name, running);
       const started = running;
       const done = () => {
