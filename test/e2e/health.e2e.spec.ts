@@ -286,6 +286,27 @@ describe("gRPC health with PostgreSQL and NATS that go away and come back", () =
     }
   });
 
+  it("a frozen PostgreSQL (no answer, no error) is NOT_SERVING after the probe timeout, SERVING once it thaws", async () => {
+    const watcher = watch(grpcHealthClient(server, true), "");
+    try {
+      await watcher.until("SERVING", 5_000);
+      pgProxy.freeze();
+      const t0 = Date.now();
+      await watcher.until("NOT_SERVING", 10_000);
+      // Nothing failed: only the probe's timeout (3 s by default) can have said so.
+      expect(Date.now() - t0).toBeGreaterThanOrEqual(2_500);
+      expect(await readyz(server)).toEqual({
+        code: 503,
+        body: { status: "unavailable", failing: ["database"] },
+      });
+      pgProxy.thaw();
+      await watcher.until("SERVING", 10_000);
+    } finally {
+      pgProxy.thaw();
+      watcher.cancel();
+    }
+  });
+
   it("Watch of an unknown service says SERVICE_UNKNOWN and stays open; Watches are bounded per connection", async () => {
     const own = grpcHealthClient(server, true);
     try {
