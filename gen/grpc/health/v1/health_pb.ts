@@ -12,7 +12,7 @@
 // See the License for the specific language governing permissions and
 // limitations under the License.
 
-// Vendored unchanged from github.com/grpc/grpc-proto (grpc/health/v1/health.proto, commit 99135b191895):
+// Vendored from github.com/grpc/grpc-proto (grpc/health/v1/health.proto, commit 99135b191895), unchanged but for this note:
 // clients (grpcurl, grpc_health_probe, Kubernetes) look for these exact names.
 
 // The canonical version of this proto can be found at

@@ -12,8 +12,8 @@
 // See the License for the specific language governing permissions and
 // limitations under the License.
 
-// Vendored unchanged from github.com/grpc/grpc-proto (grpc/reflection/v1/reflection.proto, commit 99135b191895):
-// clients (grpcurl, grpc_health_probe, Kubernetes) look for these exact names.
+// Vendored from github.com/grpc/grpc-proto (grpc/reflection/v1/reflection.proto, commit 99135b191895), unchanged but for this note:
+// clients (grpcurl, Postman, Kreya) look for these exact names.
 
 // Service exported by server reflection.  A more complete description of how
 // server reflection works can be found at

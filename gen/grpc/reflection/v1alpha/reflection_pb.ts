@@ -13,8 +13,8 @@
 // limitations under the License.
 // Service exported by server reflection
 
-// Vendored unchanged from github.com/grpc/grpc-proto (grpc/reflection/v1alpha/reflection.proto, commit 99135b191895):
-// clients (grpcurl, grpc_health_probe, Kubernetes) look for these exact names.
+// Vendored from github.com/grpc/grpc-proto (grpc/reflection/v1alpha/reflection.proto, commit 99135b191895), unchanged but for this note:
+// clients (grpcurl, Postman, Kreya) look for these exact names.
 
 // Warning: this entire file is deprecated. Use this instead:
 // https://github.com/grpc/grpc-proto/blob/master/grpc/reflection/v1/reflection.proto
