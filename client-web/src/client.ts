@@ -7,6 +7,7 @@ import {
   type Transport,
 } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcWebTransport } from "@connectrpc/connect-web";
+import { Admin } from "../../gen/orisun/v1/admin_pb.js";
 import {
   Direction,
   type Event,
@@ -37,11 +38,17 @@ export interface OrisunClientOptions {
   readonly format?: "binary" | "json";
   /** The boundary used when a call names none. */
   readonly boundary?: string;
-  /** Headers sent with every call (e.g. `authorization`). */
+  /** Headers sent with every call. */
   readonly headers?: Readonly<Record<string, string>>;
+  /**
+   * The `authorization` header of every call: a fixed value (see `basicAuth` and `bearer`), or a
+   * function asked before each call, so that a sign-in or a rotated key applies to the next call
+   * without a new client. A function returning undefined sends none.
+   */
+  readonly credentials?: string | (() => string | undefined | Promise<string | undefined>);
   /** A fetch to use instead of the global one. */
   readonly fetch?: typeof globalThis.fetch;
-  /** A ready transport; overrides protocol, format, headers and fetch. */
+  /** A ready transport; overrides protocol, format, headers, credentials and fetch. */
   readonly transport?: Transport;
 }
 
@@ -82,6 +89,8 @@ export interface PubSubOptions extends ResumeOptions {
 export interface OrisunClient {
   /** The generated client, for anything the helpers do not cover. */
   readonly rpc: Client<typeof EventStore>;
+  /** The Admin service: boundaries, server info, users, API keys, groups, who am I. */
+  readonly admin: Client<typeof Admin>;
   /** Appends events atomically; resolves to the position of the last one. */
   save(events: readonly EventInput[], options?: SaveOptions): Promise<Position>;
   /** One page of events. */
@@ -103,6 +112,7 @@ export interface OrisunClient {
 export function createOrisunClient(options: OrisunClientOptions): OrisunClient {
   const transport = options.transport ?? makeTransport(options);
   const rpc = createClient(EventStore, transport);
+  const admin = createClient(Admin, transport);
   const boundaryOf = (given: string | undefined) => given ?? options.boundary ?? "";
   const call = (input: CallInput | undefined): CallOptions => ({
     signal: input?.signal,
@@ -125,6 +135,7 @@ export function createOrisunClient(options: OrisunClientOptions): OrisunClient {
 
   return {
     rpc,
+    admin,
     async save(events, input = {}) {
       const result = await rpc.saveEvents(
         {
@@ -213,12 +224,15 @@ export function createOrisunClient(options: OrisunClientOptions): OrisunClient {
 }
 
 function makeTransport(options: OrisunClientOptions): Transport {
-  const headers = options.headers;
+  const { headers, credentials } = options;
+  const interceptors: Interceptor[] = [];
+  if (headers) interceptors.push(withHeaders(headers));
+  if (credentials !== undefined) interceptors.push(withCredentials(credentials));
   const settings = {
     baseUrl: options.baseUrl.replace(/\/+$/, ""),
     useBinaryFormat: options.format !== "json",
     fetch: options.fetch,
-    interceptors: headers ? [withHeaders(headers)] : [],
+    interceptors,
   };
   return options.protocol === "grpc-web"
     ? createGrpcWebTransport(settings)
@@ -230,6 +244,29 @@ function withHeaders(headers: Readonly<Record<string, string>>): Interceptor {
     for (const [key, value] of Object.entries(headers)) req.header.set(key, value);
     return next(req);
   };
+}
+
+function withCredentials(
+  credentials: NonNullable<OrisunClientOptions["credentials"]>,
+): Interceptor {
+  return (next) => async (req) => {
+    const value = typeof credentials === "string" ? credentials : await credentials();
+    if (value !== undefined && value !== "") req.header.set("authorization", value);
+    return next(req);
+  };
+}
+
+/** The `authorization` value for a user's name and password (HTTP Basic, UTF-8). */
+export function basicAuth(user: string, password: string): string {
+  const bytes = new TextEncoder().encode(`${user}:${password}`);
+  let binary = "";
+  for (const byte of bytes) binary += String.fromCharCode(byte);
+  return `Basic ${btoa(binary)}`;
+}
+
+/** The `authorization` value for an API key. */
+export function bearer(apiKey: string): string {
+  return `Bearer ${apiKey}`;
 }
 
 /**

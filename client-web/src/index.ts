@@ -1,5 +1,8 @@
+export * from "../../gen/orisun/v1/admin_pb.js";
 export * from "../../gen/orisun/v1/eventstore_pb.js";
 export {
+  basicAuth,
+  bearer,
   createOrisunClient,
   nextPosition,
   type OrisunClient,
