@@ -6,6 +6,7 @@ import Fastify, { type FastifyBaseLogger } from "fastify";
 import { Admin } from "../gen/orisun/v1/admin_pb.js";
 import { EventStore } from "../gen/orisun/v1/eventstore_pb.js";
 import { adminHandlers } from "./api/admin-handlers.js";
+import { decisionHandler } from "./api/decision-handler.js";
 import type { ApiDeps } from "./api/deps.js";
 import { errorInterceptor, kRequestId, kRequestLog } from "./api/errors.js";
 import { pubsubHandler } from "./api/pubsub-handler.js";
@@ -154,6 +155,7 @@ export async function startApp(config: Config): Promise<RunningApp> {
     routes: (router) => {
       router.service(EventStore, {
         ...storeHandlers(deps),
+        ...decisionHandler(deps),
         ...subscribeHandler(subscribeDeps),
         ...pubsubHandler(pubsubDeps),
       });
