@@ -140,7 +140,7 @@ describe("head and ReadForDecision over gRPC, gRPC-Web, Connect binary, JSON and
     expect(decision.status).toBe(200);
     expect(decision.body.head).toEqual(posted.head);
     const results = decision.body.results as Json[];
-    expect((results[0]?.events as Json[]).length).toBe(2);
+    expect(results[0]?.events).toHaveLength(2);
     // JSON omits a false has_more.
     expect(results[0]?.hasMore).toBeUndefined();
   });
