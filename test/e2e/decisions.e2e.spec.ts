@@ -1,3 +1,4 @@
+import { createGrpcTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   defineCourse,
@@ -17,6 +18,7 @@ import {
 import { dropSchema, freshDataDir, freshSchema, PG_URL } from "../support/databases.js";
 import { NATS_URL } from "../support/live.js";
 import { prng } from "../support/prng.js";
+import { startResponseCutter } from "../support/response-cutter.js";
 import { type SpawnedServer, spawnServer } from "../support/spawn-server.js";
 
 /**
@@ -209,6 +211,47 @@ describe("decide() and the DCB examples under 16 concurrent clients", () => {
     expect(stored).toHaveLength(1);
     expect(stored[0]?.position).toEqual(decided.position);
     expect(stored[0]?.eventId).toBe(decided.events[0]?.id);
+  });
+
+  it("is idempotent across a real connection reset after the append committed (gRPC)", async () => {
+    const cutter = await startResponseCutter("127.0.0.1", server.port);
+    const observer = clientIn("resets_grpc");
+    const client = createOrisunClient({
+      baseUrl: server.url,
+      boundary: "resets_grpc",
+      transport: createGrpcTransport({ baseUrl: `http://127.0.0.1:${cutter.port}` }),
+    });
+    const already = projection<boolean>({
+      initial: false,
+      query: { types: ["Paid"], tags: { order: "o-2" } },
+      fold: () => true,
+    });
+    let calls = 0;
+    let cutting: Promise<void> | undefined;
+    try {
+      const decided = await client.decide(compose({ already }), ({ already: paid }) => {
+        calls++;
+        if (paid) return undefined;
+        // From now on the server's answers are held back; once the append is stored (seen by
+        // another client), the connection is reset: the commit happened, its answer is lost.
+        cutter.hold();
+        cutting = (async () => {
+          while ((await observer.read({ query: { types: ["Paid"] } })).length === 0) {
+            await new Promise((r) => setTimeout(r, 10));
+          }
+          cutter.cut();
+        })();
+        return [{ type: "Paid", tags: { order: "o-2" }, data: { cents: 700 } }];
+      });
+      await cutting;
+      expect(calls).toBe(1);
+      expect(decided.attempts).toBe(2);
+      const stored = await observer.read({ query: { types: ["Paid"] } });
+      expect(stored.map((e) => e.eventId)).toEqual([decided.events[0]?.id]);
+      expect(stored[0]?.position).toEqual(decided.position);
+    } finally {
+      await cutter.close();
+    }
   });
 
   it("reads every page of a large projection at the first page's head", async () => {
