@@ -204,7 +204,7 @@ async function readModel<S extends object>(
     }
     pending = next;
   }
-  if (!head) throw new Error("ReadForDecision answered without a head");
+  if (!head) throw new Error("model: must have at least one projection");
   return { state, head };
 }
 
@@ -243,7 +243,6 @@ function outcomeUnknown(error: unknown): boolean {
     code === Code.Unknown ||
     code === Code.Internal ||
     code === Code.DeadlineExceeded ||
-    code === Code.ResourceExhausted ||
     // A reset connection, as the Node gRPC client reports it (a refused condition was ruled out).
     code === Code.Aborted
   );
