@@ -55,6 +55,7 @@ interface Query {
 interface DecisionRecord {
   kind: "decision";
   queries: Query[];
+  at: Position | undefined;
   /** The highest position an append had returned before this read was sent. */
   floor: Position | undefined;
   head: Position | undefined;
@@ -138,8 +139,12 @@ describe("decision reads racing appends on two server processes", () => {
             after: random() < 0.5 || seen.length === 0 ? undefined : pick(seen),
             count: 1 + Math.floor(random() * 40),
           }));
+          // Sometimes a later page of an earlier decision: read at that decision's head.
+          const earlier = records.filter((x) => x.kind === "decision");
+          const at = earlier.length > 0 && random() < 0.3 ? pick(earlier).head : undefined;
           const response = await rpc.readForDecision({
             boundary,
+            at,
             queries: queries.map((q) => ({
               criteria: toProto(q.criteria),
               afterPosition: q.after,
@@ -149,7 +154,9 @@ describe("decision reads racing appends on two server processes", () => {
           records.push({
             kind: "decision",
             queries,
-            floor: sentAfter,
+            at,
+            // A read at an older head owes nothing newer than that head.
+            floor: at ?? sentAfter,
             head: response.head,
             results: response.results.map((x) => ({ events: x.events, hasMore: x.hasMore })),
           });
@@ -196,6 +203,7 @@ describe("decision reads racing appends on two server processes", () => {
     const ids = (events: readonly Event[]) => events.map((e) => e.eventId);
 
     let decisions = 0;
+    let pagesAt = 0;
     let nonEmpty = 0;
     for (const record of records) {
       // Positions only: whole events would bury the difference in the failure message.
@@ -210,6 +218,10 @@ describe("decision reads racing appends on two server processes", () => {
       const atOrBelow = log.filter((e) => cmp(e.position, record.head) <= 0);
       if (record.kind === "decision") {
         decisions++;
+        if (record.at) {
+          pagesAt++;
+          expect(show(record.head), context).toBe(show(record.at));
+        }
         for (const [i, q] of record.queries.entries()) {
           const expected = atOrBelow.filter(
             (e) => cmp(e.position, q.after) > 0 && matches(e, q.criteria),
@@ -227,6 +239,7 @@ describe("decision reads racing appends on two server processes", () => {
     }
     // The race must have happened: many reads, most of them finding something.
     expect(decisions).toBeGreaterThan(20);
+    expect(pagesAt).toBeGreaterThan(3);
     expect(nonEmpty).toBeGreaterThan(decisions / 2);
     expect(new Set(records.map((r) => show(r.head))).size).toBeGreaterThan(10);
   });
