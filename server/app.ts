@@ -9,6 +9,7 @@ import { ServerReflection as ReflectionV1alpha } from "../gen/grpc/reflection/v1
 import { Admin } from "../gen/orisun/v1/admin_pb.js";
 import { EventStore } from "../gen/orisun/v1/eventstore_pb.js";
 import { adminHandlers } from "./api/admin-handlers.js";
+import { decisionHandler } from "./api/decision-handler.js";
 import type { ApiDeps } from "./api/deps.js";
 import { DescriptorIndex } from "./api/descriptor-index.js";
 import { errorInterceptor, kRequestId, kRequestLog } from "./api/errors.js";
@@ -173,6 +174,7 @@ export async function startApp(config: Config): Promise<RunningApp> {
     routes: (router) => {
       router.service(EventStore, {
         ...storeHandlers(deps),
+        ...decisionHandler(deps),
         ...subscribeHandler(subscribeDeps),
         ...pubsubHandler(pubsubDeps),
       });

@@ -5,7 +5,6 @@ import {
   Code,
   ConnectError,
   codeName,
-  comparePositions,
   createOrisunClient,
   type Event,
   formatPosition,
@@ -154,13 +153,17 @@ interface Shown {
   direction: "forward" | "backward";
   count: number;
   next: Position | undefined;
-  /** The newest position among the events shown: the DCB condition's "after". */
-  lastSeen: Position | undefined;
+  /**
+   * The boundary's head in the snapshot the query's first page was read from: the DCB condition's
+   * marker, so "append if nothing matching changed since" means since this query ran, whether or
+   * not it matched anything (later pages and live events do not move it).
+   */
+  head: Position | undefined;
   keys: Set<string>;
 }
 let shown: Shown | undefined;
 
-function readQueryForm(): Omit<Shown, "next" | "lastSeen" | "keys"> {
+function readQueryForm(): Omit<Shown, "next" | "head" | "keys"> {
   const count = Number($<HTMLInputElement>("q-count").value);
   if (!Number.isInteger(count) || count < 1 || count > 10_000)
     throw new InputError("Page size: must be a whole number from 1 to 10,000");
@@ -238,15 +241,20 @@ function addEvents(events: readonly Event[], live: boolean) {
     // Live events are the newest: at the bottom oldest-first, at the top newest-first.
     if (live && shown.direction === "backward") list.prepend(item);
     else list.append(item);
-    if (event.position && (!shown.lastSeen || comparePositions(event.position, shown.lastSeen) > 0))
-      shown.lastSeen = event.position;
   }
   $("events-empty").hidden = shown.keys.size > 0;
   $("events-empty").textContent = "No events match.";
   $("event-count").textContent = `(${shown.keys.size.toLocaleString()} shown)`;
-  $("a-after").textContent = shown.lastSeen
-    ? `position ${formatPosition(shown.lastSeen)}`
-    : "the start (no matching events seen)";
+}
+
+/** Where the query read: shown with the results and named by the append's condition. */
+function showHead(view: Shown) {
+  const at = view.head ? formatPosition(view.head) : "";
+  $("query-head").hidden = view.head === undefined;
+  $("head-position").textContent = at;
+  $("a-after").textContent = view.head
+    ? `head ${at}, where the query read`
+    : "the query's read (run a query first)";
 }
 
 /** The query being run; a newer one makes an older one's answer stale. */
@@ -259,22 +267,24 @@ async function runQuery() {
     const view: Shown = {
       ...readQueryForm(),
       next: undefined,
-      lastSeen: undefined,
+      head: undefined,
       keys: new Set(),
     };
     pending = view;
-    const page = await readPage(view);
+    const { events: page, head } = await readPage(view);
     if (pending !== view) return; // a newer query replaced this one meanwhile
     stopFollowing();
     shown = view;
+    view.head = head;
     list.replaceChildren();
     showPage(view, page);
+    showHead(view);
   } catch (error) {
     queryError.textContent = describe(error);
   }
 }
-function readPage(view: Shown): Promise<Event[]> {
-  return client.read({
+function readPage(view: Shown): Promise<{ events: Event[]; head: Position }> {
+  return client.readAt({
     boundary: view.boundary,
     query: view.query,
     direction: view.direction,
@@ -299,7 +309,7 @@ moreButton.addEventListener("click", async () => {
   const view = shown;
   moreButton.disabled = true;
   try {
-    const page = await readPage(view);
+    const { events: page } = await readPage(view);
     if (view === shown) showPage(view, page);
   } catch (error) {
     queryError.textContent = describe(error);
@@ -458,14 +468,14 @@ formAction(
       ],
       {
         boundary: conditional && shown ? shown.boundary : boundary(),
-        condition: conditional && shown ? { query: shown.query, after: shown.lastSeen } : undefined,
+        condition: conditional && shown ? { query: shown.query, after: shown.head } : undefined,
       },
     );
     return `Appended ${type} at position ${formatPosition(position)}`;
   },
   (error) =>
     isConditionFailed(error)
-      ? `Conflict: an event matching the query was appended after ${formatPosition(shown?.lastSeen)}. Nothing was written; run the query again and decide anew. (${describe(error)})`
+      ? `Conflict: an event matching the query was appended after head ${formatPosition(shown?.head)}, where the query read. Nothing was written; run the query again and decide anew. (${describe(error)})`
       : describe(error),
 );
 

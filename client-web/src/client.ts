@@ -17,6 +17,13 @@ import {
   PositionSchema,
   type Query,
 } from "../../gen/orisun/v1/eventstore_pb.js";
+import {
+  type Decided,
+  type DecideOptions,
+  type DecisionModel,
+  decide,
+  type Verdict,
+} from "./decision.js";
 import { Code, ConnectError, isTransient } from "./errors.js";
 import {
   type EventInput,
@@ -95,6 +102,17 @@ export interface OrisunClient {
   save(events: readonly EventInput[], options?: SaveOptions): Promise<Position>;
   /** One page of events. */
   read(options?: ReadOptions): Promise<Event[]>;
+  /** One page of events and the head the read used: the marker for an append that depends on it. */
+  readAt(options?: ReadOptions): Promise<{ events: Event[]; head: Position }>;
+  /**
+   * A DCB command handler: reads the model at one head, folds it, appends what `handler` returns
+   * on the condition that nothing the model reads changed since; retries refusals (decision.ts).
+   */
+  decide<S extends object>(
+    model: DecisionModel<S>,
+    handler: (state: S) => Verdict | Promise<Verdict>,
+    options?: DecideOptions,
+  ): Promise<Decided<S>>;
   /** Pages through every matching event, `count` at a time, in the given direction. */
   pages(options?: ReadOptions): AsyncGenerator<Event[]>;
   /** History from `after`, then live events; reopens after a dropped connection. */
@@ -119,7 +137,7 @@ export function createOrisunClient(options: OrisunClientOptions): OrisunClient {
     timeoutMs: input?.timeoutMs,
   });
 
-  const read = async (input: ReadOptions = {}) => {
+  const readAt = async (input: ReadOptions = {}) => {
     const response = await rpc.getEvents(
       {
         boundary: boundaryOf(input.boundary),
@@ -130,8 +148,10 @@ export function createOrisunClient(options: OrisunClientOptions): OrisunClient {
       },
       call(input),
     );
-    return response.events;
+    if (!response.head) throw new Error("GetEvents answered without a head");
+    return { events: response.events, head: response.head };
   };
+  const read = async (input: ReadOptions = {}) => (await readAt(input)).events;
 
   return {
     rpc,
@@ -151,6 +171,9 @@ export function createOrisunClient(options: OrisunClientOptions): OrisunClient {
       return result.logPosition;
     },
     read,
+    readAt,
+    decide: (model, handler, input = {}) =>
+      decide(rpc, boundaryOf(input.boundary), model, handler, input),
     async *pages(input = {}) {
       const count = input.count ?? 100;
       let from = input.from === undefined ? undefined : toPosition(input.from);

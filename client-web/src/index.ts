@@ -13,6 +13,18 @@ export {
   type SubscribeOptions,
 } from "./client.js";
 export {
+  compose,
+  type Decided,
+  type DecideOptions,
+  type DecisionEvent,
+  type DecisionModel,
+  decide,
+  type Projection,
+  projection,
+  type StateOf,
+  type Verdict,
+} from "./decision.js";
+export {
   CONDITION_FAILED_REASON,
   Code,
   ConnectError,
@@ -40,3 +52,4 @@ export {
   toTags,
 } from "./query.js";
 export type { ResumeOptions, StreamState } from "./resume.js";
+export { uuidv7 } from "./uuid.js";
