@@ -116,6 +116,7 @@ export async function startApp(config: Config): Promise<RunningApp> {
         log: app.log,
         idleMs: config.boundaryIdleMs,
         sweepMs: config.publisherSweepMs,
+        handOverBytes: config.publishBufferBytes,
       })
     : undefined;
   await publisher?.start();

@@ -42,6 +42,8 @@ export interface Config {
   readonly boundaryIdleMs: number;
   /** How often the publisher looks for boundaries with commits nobody published. */
   readonly publisherSweepMs: number;
+  /** Estimated bytes of its own commits a publisher holds to publish from memory, all boundaries. */
+  readonly publishBufferBytes: number;
   readonly logLevel: string;
   readonly limits: Limits;
   readonly connections: ConnectionLimits;
@@ -308,6 +310,13 @@ export function loadConfig(
     ),
     boundaryIdleMs: duration(merged, "ORISUN_BOUNDARY_IDLE", 120_000),
     publisherSweepMs: duration(merged, "ORISUN_PUBLISHER_SWEEP", 5_000),
+    publishBufferBytes: integer(
+      merged,
+      "ORISUN_PUBLISH_BUFFER_BYTES",
+      64 * MiB,
+      0,
+      64 * 1024 * MiB,
+    ),
     logLevel,
     limits: {
       maxEventsPerSave: integer(merged, "ORISUN_MAX_EVENTS_PER_SAVE", 10_000, 1, 1_000_000),
