@@ -8,6 +8,7 @@ import { EventStore } from "../gen/orisun/v1/eventstore_pb.js";
 import { adminHandlers } from "./api/admin-handlers.js";
 import type { ApiDeps } from "./api/deps.js";
 import { errorInterceptor, kRequestId, kRequestLog } from "./api/errors.js";
+import { LiveEncodings } from "./api/live-encoding.js";
 import { pubsubHandler } from "./api/pubsub-handler.js";
 import { jsonOptions, requestGate } from "./api/request-decoding.js";
 import { storeHandlers } from "./api/store-handlers.js";
@@ -32,6 +33,8 @@ export interface RunningApp {
   readonly port: number;
   readonly store: Store;
   readonly log: FastifyBaseLogger;
+  /** How often live events were converted and serialised (for tests and metrics). */
+  readonly encodings: LiveEncodings;
   /** Stops accepting, lets in-flight calls finish (up to `graceMs`), ends streams, closes pools. */
   close(graceMs?: number): Promise<void>;
 }
@@ -135,7 +138,8 @@ export async function startApp(config: Config): Promise<RunningApp> {
     validation: { limits: config.limits, boundaries: config.boundaries },
     shutdown: shutdown.signal,
   };
-  const subscribeDeps = { ...deps, feeds, subscription: SUBSCRIPTION_LIMITS };
+  const encodings = new LiveEncodings();
+  const subscribeDeps = { ...deps, feeds, subscription: SUBSCRIPTION_LIMITS, encodings };
   const pubsubDeps = { ...deps, pubsub, maxMessageBytes: config.limits.maxMessageBytes };
   const subscriptionSlots = new SubscriptionSlots({
     perConnection: config.maxSubscriptionsPerConnection,
@@ -193,6 +197,7 @@ export async function startApp(config: Config): Promise<RunningApp> {
     port,
     store,
     log: app.log,
+    encodings,
     close(graceMs = 10_000) {
       closing ??= (async () => {
         shutdown.abort(new Error("server is shutting down"));
