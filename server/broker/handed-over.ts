@@ -43,8 +43,11 @@ export class HandedOver {
     let bytes = 0;
     for (const event of events) bytes += size(event);
     if (this.bytes + bytes > this.maxBytes) {
+      // The log is read from the tail on (see take), which covers what this boundary holds too:
+      // letting it go now makes room for the commits after.
       queue.dropped = true;
-      return;
+      this.release(queue, queue.events.length);
+      if (this.bytes + bytes > this.maxBytes) return;
     }
     this.bytes += bytes;
     queue.events.push(...events);

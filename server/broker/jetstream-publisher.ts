@@ -305,6 +305,8 @@ export class JetStreamPublisher {
               count: PAGE,
               direction: "asc",
             });
+            // A full page may not reach the head: memory holds only what comes after it.
+            if (events.length === PAGE) mustRead = true;
           } else {
             this.counts.fromMemory += events.length;
           }
