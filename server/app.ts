@@ -14,6 +14,7 @@ import type { ApiDeps } from "./api/deps.js";
 import { DescriptorIndex } from "./api/descriptor-index.js";
 import { errorInterceptor, kRequestId, kRequestLog } from "./api/errors.js";
 import { healthHandler } from "./api/health-handler.js";
+import { LiveEncodings } from "./api/live-encoding.js";
 import { pubsubHandler } from "./api/pubsub-handler.js";
 import { reflectionHandlers } from "./api/reflection-handler.js";
 import { jsonOptions, requestGate } from "./api/request-decoding.js";
@@ -41,6 +42,8 @@ export interface RunningApp {
   readonly port: number;
   readonly store: Store;
   readonly log: FastifyBaseLogger;
+  /** How often live events were converted and serialised (for tests and metrics). */
+  readonly encodings: LiveEncodings;
   /** Stops accepting, lets in-flight calls finish (up to `graceMs`), ends streams, closes pools. */
   close(graceMs?: number): Promise<void>;
 }
@@ -125,6 +128,7 @@ export async function startApp(config: Config): Promise<RunningApp> {
         log: app.log,
         idleMs: config.boundaryIdleMs,
         sweepMs: config.publisherSweepMs,
+        handOverBytes: config.publishBufferBytes,
       })
     : undefined;
   await publisher?.start();
@@ -154,7 +158,8 @@ export async function startApp(config: Config): Promise<RunningApp> {
     validation: { limits: config.limits, boundaries: config.boundaries },
     shutdown: shutdown.signal,
   };
-  const subscribeDeps = { ...deps, feeds, subscription: SUBSCRIPTION_LIMITS };
+  const encodings = new LiveEncodings();
+  const subscribeDeps = { ...deps, feeds, subscription: SUBSCRIPTION_LIMITS, encodings };
   const pubsubDeps = { ...deps, pubsub, maxMessageBytes: config.limits.maxMessageBytes };
   const subscriptionSlots = new SubscriptionSlots({
     perConnection: config.maxSubscriptionsPerConnection,
@@ -220,6 +225,7 @@ export async function startApp(config: Config): Promise<RunningApp> {
     port,
     store,
     log: app.log,
+    encodings,
     close(graceMs = 10_000) {
       closing ??= (async () => {
         // NOT_SERVING first, so that watchers hear it before their streams end.

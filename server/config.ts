@@ -42,6 +42,8 @@ export interface Config {
   readonly boundaryIdleMs: number;
   /** How often the publisher looks for boundaries with commits nobody published. */
   readonly publisherSweepMs: number;
+  /** Estimated bytes of its own commits a publisher holds to publish from memory, all boundaries. */
+  readonly publishBufferBytes: number;
   readonly logLevel: string;
   /** Probes of the store and NATS behind gRPC health and /readyz. */
   readonly health: HealthSettings;
@@ -319,6 +321,13 @@ export function loadConfig(
     ),
     boundaryIdleMs: duration(merged, "ORISUN_BOUNDARY_IDLE", 120_000),
     publisherSweepMs: duration(merged, "ORISUN_PUBLISHER_SWEEP", 5_000),
+    publishBufferBytes: integer(
+      merged,
+      "ORISUN_PUBLISH_BUFFER_BYTES",
+      64 * MiB,
+      0,
+      64 * 1024 * MiB,
+    ),
     logLevel,
     health: health(merged),
     reflectionMaxRequests: integer(merged, "ORISUN_REFLECTION_MAX_REQUESTS", 1_000, 1, 1_000_000),

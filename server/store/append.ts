@@ -12,6 +12,8 @@ import {
   comparePositions,
   type EventToAppend,
   type Position,
+  type StoredEvent,
+  type Tag,
 } from "./types.js";
 
 export interface GroupCommitLimits {
@@ -76,8 +78,15 @@ type Outcome = { readonly ok: Position } | { readonly error: StoreError };
  */
 const RECENT_EVENTS = 10_000;
 
-/** Notified after a transaction committed, with the boundary's new last position. */
-export type CommitListener = (boundary: string, head: Position) => void;
+/**
+ * Notified after a transaction committed, with the boundary's new last position and the events it
+ * wrote, exactly as the log now holds them (so the live path need not read them back).
+ */
+export type CommitListener = (
+  boundary: string,
+  head: Position,
+  events: readonly StoredEvent[],
+) => void;
 
 /**
  * The write path. Appends to one boundary are serialised by a row lock on its orisun_boundaries
@@ -199,7 +208,7 @@ export class Appender {
       if (outcome && "ok" in outcome) pending.resolve(outcome.ok);
       else pending.reject(outcome?.error ?? new StoreError("internal", "no outcome"));
     });
-    if (result.head) this.onCommit(boundary, result.head);
+    if (result.head) this.onCommit(boundary, result.head, result.committed);
     return undefined;
   }
 
@@ -226,6 +235,7 @@ export class Appender {
     before: Position;
     head: Position | undefined;
     appended: RecentEvent[];
+    committed: StoredEvent[];
   }> {
     // Requests whose caller gave up while they waited for the connection are left out; the rest
     // are written from here on, whatever their callers do.
@@ -307,7 +317,9 @@ export class Appender {
       outcomes.push({ ok: last });
     }
 
-    if (accepted.length === 0) return { outcomes, before, head: undefined, appended: [] };
+    if (accepted.length === 0) {
+      return { outcomes, before, head: undefined, appended: [], committed: [] };
+    }
     const rows = accepted.flatMap((a) =>
       a.events.map((e) => ({
         c: e.position.commit.toString(),
@@ -322,8 +334,9 @@ export class Appender {
     // One statement, so one round trip: the events, the boundary's new head, and the NOTIFY
     // (delivered at commit) that wakes the live publishers of every process. The payload carries
     // the schema (the search_path of every pooled connection), so deployments sharing the
-    // database do not wake each other. A data-modifying WITH runs once, read or not.
-    await sql`
+    // database do not wake each other. A data-modifying WITH runs once, read or not. now() is the
+    // transaction's timestamp, which date_created defaults to: the live path hands it over.
+    const written = await sql<{ created: Date }>`
       WITH appended AS (
         INSERT INTO orisun_events
           (boundary, commit_position, prepare_position, event_id, event_type, tags, data, metadata)
@@ -336,12 +349,55 @@ export class Appender {
           event_count = event_count + ${rows.length}
         WHERE name = ${boundary}
       )
-      SELECT pg_notify('orisun_commits', ${notifyPayload(boundary, this.instance)})`.execute(trx);
+      SELECT pg_notify('orisun_commits', ${notifyPayload(boundary, this.instance)}),
+        now() AS created`.execute(trx);
+    const createdAt = written.rows[0]?.created;
+    if (!createdAt) throw new StoreError("internal", "the commit's timestamp was not returned");
     const appended = accepted.flatMap((a) =>
       a.events.map(({ position, type, tags }) => ({ position, type, tags })),
     );
-    return { outcomes, before, head: { commit, prepare }, appended };
+    return {
+      outcomes,
+      before,
+      head: { commit, prepare },
+      appended,
+      committed: committedEvents(boundary, accepted, createdAt),
+    };
   }
+}
+
+/**
+ * The accepted events as a read of the log returns them: tags deduplicated in the order they were
+ * stored, metadata "" for none, data as the text that was stored (json keeps its input text).
+ */
+function committedEvents(
+  boundary: string,
+  accepted: readonly Accepted[],
+  createdAt: Date,
+): StoredEvent[] {
+  return accepted.flatMap((a) =>
+    a.events.map((e) => ({
+      boundary,
+      id: e.id,
+      type: e.type,
+      tags: distinctTags(e.tags),
+      data: e.data,
+      metadata: e.metadata,
+      position: e.position,
+      createdAt,
+    })),
+  );
+}
+
+function distinctTags(tags: readonly Tag[]): Tag[] {
+  if (tags.length < 2) return [...tags];
+  const seen = new Set<string>();
+  return tags.filter((t) => {
+    const key = encodeTag(t);
+    if (seen.has(key)) return false;
+    seen.add(key);
+    return true;
+  });
 }
 
 interface StoredCommits {

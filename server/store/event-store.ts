@@ -85,9 +85,9 @@ export class EventStore {
     this.appender = new Appender(
       database.db,
       options.groupCommit,
-      (boundary, head) => {
-        for (const listener of this.listeners) listener(boundary, head);
-        this.signals.emit(boundary);
+      (boundary, head, events) => {
+        for (const listener of this.listeners) listener(boundary, head, events);
+        this.signals.emit(boundary, true);
       },
       instance,
       {
@@ -167,7 +167,10 @@ export class EventStore {
     }
   }
 
-  /** Called after each commit of this process; other processes' commits arrive by NOTIFY orisun_commits. */
+  /**
+   * Called after each commit of this process, with what it wrote, in commit order per boundary;
+   * other processes' commits arrive by NOTIFY orisun_commits (signals, without their events).
+   */
   onCommit(listener: CommitListener): () => void {
     this.listeners.add(listener);
     return () => this.listeners.delete(listener);

@@ -34,6 +34,12 @@ export interface SubscriptionDeps {
   readonly limits: SubscriptionLimits;
 }
 
+/** Set by subscribe() to say where the event it yields comes from. */
+export interface SubscriptionPhase {
+  /** From the boundary's live feed: the same object goes to every subscriber it matches. */
+  live: boolean;
+}
+
 /**
  * The events of a subscription, in position order, until `signal` aborts: the history from the
  * store in pages, then the boundary's live feed. Joining the feed before reading the history
@@ -46,6 +52,7 @@ export async function* subscribe(
   deps: SubscriptionDeps,
   request: SubscribeRequest,
   signal: AbortSignal,
+  phase: SubscriptionPhase = { live: false },
 ): AsyncGenerator<StoredEvent> {
   const lock = request.subscriberName
     ? await deps.store.locks.tryAcquire(
@@ -65,6 +72,7 @@ export async function* subscribe(
     while (!abort.aborted) {
       const buffer = new LiveBuffer(deps.limits, abort);
       const leave = await deps.feeds.join(request.boundary, buffer);
+      phase.live = false;
       try {
         // Catch-up reads take turns for their share of the connections (see EventStore.read):
         // a subscription waits as long as it must, until its own client gives up.
@@ -105,6 +113,7 @@ export async function* subscribe(
           }
           if (more) next ??= readAfter(cursor);
         }
+        phase.live = true;
         for (;;) {
           const event = await buffer.next();
           if (event === undefined) break; // overflowed or aborted
