@@ -22,7 +22,9 @@ import { MemoryPubSub } from "./broker/memory-pubsub.js";
 import { MessageAuth } from "./broker/message-auth.js";
 import type { Config } from "./config.js";
 import { registerConsole } from "./http/console.js";
+import { registerMetricsRoute } from "./http/metrics-route.js";
 import { createOnePort, type OnePort } from "./http/one-port.js";
+import { startObservability } from "./observability/observability.js";
 import { loadDeployment } from "./store/deployment.js";
 import { EventStore as Store } from "./store/event-store.js";
 
@@ -60,6 +62,7 @@ export async function startApp(config: Config): Promise<RunningApp> {
     },
   });
 
+  const observability = await startObservability(config.observability);
   const store = await Store.open({
     url: config.pgUrl,
     schema: config.pgSchema,
@@ -82,6 +85,7 @@ export async function startApp(config: Config): Promise<RunningApp> {
     maxBoundaries: config.maxBoundaries,
     recentCommitsBytes: config.recentCommitsBytes,
     boundaryIdleMs: config.boundaryIdleMs,
+    observer: observability.appends,
   });
 
   // With NATS: committed events travel through JetStream (one elected publisher per boundary),
@@ -116,6 +120,7 @@ export async function startApp(config: Config): Promise<RunningApp> {
         log: app.log,
         idleMs: config.boundaryIdleMs,
         sweepMs: config.publisherSweepMs,
+        observer: observability.metrics?.publisher,
       })
     : undefined;
   await publisher?.start();
@@ -124,6 +129,7 @@ export async function startApp(config: Config): Promise<RunningApp> {
     source: nats ? new JetStreamSource({ nc: nats, namespace, auth, log: app.log }) : undefined,
     log: app.log,
   });
+  observability.attach(store, (boundary) => feeds.delivered(boundary));
   const pubsub = nats
     ? new JetStreamPubSub(nats, { namespace, auth, log: app.log, ...pubsubOptions })
     : new MemoryPubSub(pubsubOptions);
@@ -134,8 +140,18 @@ export async function startApp(config: Config): Promise<RunningApp> {
     validation: { limits: config.limits, boundaries: config.boundaries },
     shutdown: shutdown.signal,
   };
-  const subscribeDeps = { ...deps, feeds, subscription: SUBSCRIPTION_LIMITS };
-  const pubsubDeps = { ...deps, pubsub, maxMessageBytes: config.limits.maxMessageBytes };
+  const subscribeDeps = {
+    ...deps,
+    feeds,
+    subscription: SUBSCRIPTION_LIMITS,
+    observer: observability.metrics?.subscriptions,
+  };
+  const pubsubDeps = {
+    ...deps,
+    pubsub,
+    maxMessageBytes: config.limits.maxMessageBytes,
+    observer: observability.metrics?.pubsub,
+  };
   const subscriptionSlots = new SubscriptionSlots({
     perConnection: config.maxSubscriptionsPerConnection,
     total: config.maxSubscriptions,
@@ -159,7 +175,11 @@ export async function startApp(config: Config): Promise<RunningApp> {
       });
       router.service(Admin, adminHandlers({ pubsub }));
     },
-    interceptors: [errorInterceptor, subscriptionSlots.interceptor],
+    interceptors: [
+      ...(observability.interceptor ? [observability.interceptor] : []),
+      errorInterceptor,
+      subscriptionSlots.interceptor,
+    ],
     jsonOptions,
     requestGate,
     readMaxBytes: config.limits.maxRequestBytes,
@@ -170,6 +190,14 @@ export async function startApp(config: Config): Promise<RunningApp> {
         .set(kConnection, connectionOf(req.raw)),
   });
   await registerConsole(app, { boundaries: config.boundaries });
+  if (observability.metrics) {
+    await registerMetricsRoute(app, {
+      scrape: () => observability.scrape(),
+      contentType: observability.metrics.registry.contentType,
+      // With auth on, require an admin's credentials here (API.md, Operations).
+      authorize: async () => true,
+    });
+  }
   app.get("/healthz", async () => ({ status: "ok" }));
   app.get("/readyz", async (_req, reply) => {
     try {
@@ -206,6 +234,7 @@ export async function startApp(config: Config): Promise<RunningApp> {
           await publisher?.close();
           await nats?.drain().catch(() => {});
           await store.close();
+          await observability.close();
         }
       })();
       return closing;

@@ -5,7 +5,11 @@ import type {
 } from "../../gen/orisun/v1/eventstore_pb.js";
 import type { LiveFeeds } from "../broker/feed.js";
 import { StoreError } from "../store/errors.js";
-import { type SubscriptionLimits, subscribe } from "../streaming/subscription.js";
+import {
+  type SubscriptionLimits,
+  type SubscriptionObserver,
+  subscribe,
+} from "../streaming/subscription.js";
 import { toProtoEvent } from "./convert.js";
 import type { ApiDeps } from "./deps.js";
 import { toSubscribeRequest } from "./validate.js";
@@ -13,6 +17,7 @@ import { toSubscribeRequest } from "./validate.js";
 export interface SubscribeDeps extends ApiDeps {
   readonly feeds: LiveFeeds;
   readonly subscription: SubscriptionLimits;
+  readonly observer?: SubscriptionObserver;
 }
 
 /** SubscribeToEvents: validate, then stream until the client cancels or the server stops. */
@@ -24,7 +29,12 @@ export function subscribeHandler(
       const parsed = toSubscribeRequest(request, deps.validation);
       const signal = AbortSignal.any([ctx.signal, deps.shutdown]);
       const events = subscribe(
-        { store: deps.store, feeds: deps.feeds, limits: deps.subscription },
+        {
+          store: deps.store,
+          feeds: deps.feeds,
+          limits: deps.subscription,
+          observer: deps.observer,
+        },
         parsed,
         signal,
       );

@@ -28,6 +28,16 @@ export interface JetStreamPublisherOptions {
   readonly idleMs?: number;
   /** How often boundaries nobody publishes are checked for commits not yet published. */
   readonly sweepMs?: number;
+  /** Metrics of how far each boundary is published (server/observability). */
+  readonly observer?: PublisherObserver;
+}
+
+/** Hears how far the boundaries this process publishes are in their streams. */
+export interface PublisherObserver {
+  /** The stream holds the boundary's events through `position`. */
+  published(boundary: string, position: Position): void;
+  /** This process no longer publishes the boundary. */
+  released(boundary: string): void;
 }
 
 /** How a holder stopped publishing: idle (with how far the stream carries the boundary), or not. */
@@ -195,6 +205,7 @@ export class JetStreamPublisher {
         if (typeof end === "object") await this.markPublished(boundary, end.idle);
       } finally {
         this.held.delete(boundary);
+        this.options.observer?.released(boundary);
         await lock.release();
       }
       if (typeof end === "object") return;
@@ -247,6 +258,7 @@ export class JetStreamPublisher {
     while (!signal.aborted) {
       try {
         let tail = await this.tail(boundary);
+        this.options.observer?.published(boundary, tail.last);
         for (;;) {
           if (signal.aborted) return "stopped";
           const events = await store.read({
@@ -265,6 +277,7 @@ export class JetStreamPublisher {
             continue;
           }
           tail = await this.publishPage(boundary, events, tail, signal);
+          this.options.observer?.published(boundary, tail.last);
           failures = 0;
           // A short page reached the head: the next read would find nothing unless something
           // committed meanwhile, and then a wake is pending (the waker latches it). Saves one

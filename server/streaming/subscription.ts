@@ -32,6 +32,19 @@ export interface SubscriptionDeps {
   readonly store: EventStore;
   readonly feeds: LiveFeeds;
   readonly limits: SubscriptionLimits;
+  /** Metrics of open subscriptions (server/observability); none: nothing is measured. */
+  readonly observer?: SubscriptionObserver;
+}
+
+/** Hears of each subscription opened, so that metrics can count them and tell their lag. */
+export interface SubscriptionObserver {
+  opened(boundary: string, after: Position): SubscriptionProbe;
+}
+
+export interface SubscriptionProbe {
+  /** The subscription sent the event at `position`. */
+  sent(position: Position): void;
+  closed(): void;
 }
 
 /**
@@ -61,6 +74,7 @@ export async function* subscribe(
   }
   const abort = lock ? AbortSignal.any([signal, lock.lost]) : signal;
   let cursor = request.after;
+  const probe = deps.observer?.opened(request.boundary, cursor);
   try {
     while (!abort.aborted) {
       const buffer = new LiveBuffer(deps.limits, abort);
@@ -102,6 +116,7 @@ export async function* subscribe(
             if (abort.aborted) return;
             yield event;
             cursor = event.position;
+            probe?.sent(cursor);
           }
           if (more) next ??= readAfter(cursor);
         }
@@ -112,6 +127,7 @@ export async function* subscribe(
           if (!matches(event, request.query)) continue;
           yield event;
           cursor = event.position;
+          probe?.sent(cursor);
         }
       } finally {
         leave();
@@ -125,6 +141,7 @@ export async function* subscribe(
       );
     }
   } finally {
+    probe?.closed();
     await lock?.release();
   }
 }
