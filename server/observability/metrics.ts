@@ -203,14 +203,25 @@ export class Metrics {
           this.set({ boundary: label }, lag);
       },
     });
+  }
+
+  /**
+   * Connects the scrape-time collectors to the running store, feeds and pool. The pool's gauges
+   * exist only with PostgreSQL: PGlite is one session in this process, with nothing to wait for
+   * but the queue of transactions, whose effect shows in the append latencies.
+   */
+  attach(sources: MetricSources): void {
+    if (this.sources) throw new Error("Metrics.attach: already attached");
+    this.sources = sources;
+    const pool = sources.pool;
+    if (!pool) return;
+    const registers = [this.registry];
     new Gauge({
       name: "orisun_pg_pool_connections",
       help: "PostgreSQL connections of the pool, by state (in_use, idle)",
       labelNames: ["state"],
       registers,
       collect() {
-        const pool = metrics.sources?.pool;
-        if (!pool) return;
         this.set({ state: "in_use" }, pool.totalCount - pool.idleCount);
         this.set({ state: "idle" }, pool.idleCount);
       },
@@ -220,8 +231,7 @@ export class Metrics {
       help: "Queries waiting for a free PostgreSQL connection of the pool",
       registers,
       collect() {
-        const pool = metrics.sources?.pool;
-        if (pool) this.set(pool.waitingCount);
+        this.set(pool.waitingCount);
       },
     });
     new Gauge({
@@ -229,18 +239,12 @@ export class Metrics {
       help: "Most connections the PostgreSQL pool opens (ORISUN_PG_POOL_SIZE)",
       registers,
       collect() {
-        const max = metrics.sources?.pool?.options.max;
-        if (max !== undefined) this.set(max);
+        this.set(pool.options.max);
       },
     });
   }
 
-  /** Connects the scrape-time collectors to the running store, feeds and pool. */
-  attach(sources: MetricSources): void {
-    this.sources = sources;
-  }
-
-  /** The append path's counters and histograms (the trace span is added by tracing.ts). */
+  /** The append path's counters and histograms, after each transaction (observe-appends.ts). */
   recordBatch(boundary: string, outcome: BatchOutcome): void {
     this.batchRequests.observe(outcome.requests);
     this.batchEvents.observe(outcome.events);
