@@ -1,7 +1,7 @@
 import { spawn } from "node:child_process";
 import { resolve } from "node:path";
 import { describe, expect, it } from "vitest";
-import { parseExposition, valueOf } from "./support/exposition.js";
+import { parseExposition, sampleValue } from "./support/exposition.js";
 
 /** Runs the fixture's cluster (built dist/, as the server runs) and returns worker 1's scrape. */
 async function clusterScrape(args: string[] = []): Promise<{ text?: string; error?: string }> {
@@ -22,11 +22,11 @@ describe("metrics of a node:cluster on one port", () => {
     const { text, error } = await clusterScrape();
     expect(error).toBeUndefined();
     const samples = parseExposition(text ?? "");
-    expect(valueOf(samples, "orisun_events_appended_total", { boundary: "orders" })).toBe(30);
-    expect(valueOf(samples, "orisun_appended_bytes_total", { boundary: "orders" })).toBe(3);
-    expect(valueOf(samples, "orisun_append_batch_requests_count")).toBe(2);
-    expect(valueOf(samples, "orisun_subscriptions_open")).toBe(2);
-    expect(valueOf(samples, "orisun_subscription_lag_events", { boundary: "orders" })).toBe(7);
+    expect(sampleValue(samples, "orisun_events_appended_total", { boundary: "orders" })).toBe(30);
+    expect(sampleValue(samples, "orisun_appended_bytes_total", { boundary: "orders" })).toBe(3);
+    expect(sampleValue(samples, "orisun_append_batch_requests_count")).toBe(2);
+    expect(sampleValue(samples, "orisun_subscriptions_open")).toBe(2);
+    expect(sampleValue(samples, "orisun_subscription_lag_events", { boundary: "orders" })).toBe(7);
   });
 
   it("fails the scrape, saying why, when the primary does not serve the cluster's metrics", async () => {

@@ -2,7 +2,7 @@ import type pg from "pg";
 import { describe, expect, it } from "vitest";
 import { BoundaryLabels, Metrics, OTHER_BOUNDARIES } from "../server/observability/metrics.js";
 import type { Position } from "../server/store/types.js";
-import { has, parseExposition, valueOf } from "./support/exposition.js";
+import { has, parseExposition, sampleValue } from "./support/exposition.js";
 
 const at = (prepare: number): Position => ({ commit: BigInt(prepare), prepare: BigInt(prepare) });
 
@@ -47,16 +47,18 @@ describe("Metrics", () => {
     metrics.recordBatch("users", { requests: 1, events: 2, bytes: 30, conditionFailures: 0 });
     metrics.recordBatch("carts", { requests: 2, events: 0, bytes: 0, conditionFailures: 2 });
     const s = await scrape(metrics);
-    expect(valueOf(s, "orisun_events_appended_total", { boundary: "orders" })).toBe(5);
-    expect(valueOf(s, "orisun_events_appended_total", { boundary: OTHER_BOUNDARIES })).toBe(2);
-    expect(valueOf(s, "orisun_appended_bytes_total", { boundary: "orders" })).toBe(120);
-    expect(valueOf(s, "orisun_appended_bytes_total", { boundary: OTHER_BOUNDARIES })).toBe(30);
-    expect(valueOf(s, "orisun_condition_failures_total", { boundary: "orders" })).toBe(1);
-    expect(valueOf(s, "orisun_condition_failures_total", { boundary: OTHER_BOUNDARIES })).toBe(2);
-    expect(valueOf(s, "orisun_append_batch_requests_count")).toBe(3);
-    expect(valueOf(s, "orisun_append_batch_requests_sum")).toBe(6);
-    expect(valueOf(s, "orisun_append_batch_events_sum")).toBe(7);
-    expect(valueOf(s, "orisun_append_batch_events_bucket", { le: "1" })).toBe(1);
+    expect(sampleValue(s, "orisun_events_appended_total", { boundary: "orders" })).toBe(5);
+    expect(sampleValue(s, "orisun_events_appended_total", { boundary: OTHER_BOUNDARIES })).toBe(2);
+    expect(sampleValue(s, "orisun_appended_bytes_total", { boundary: "orders" })).toBe(120);
+    expect(sampleValue(s, "orisun_appended_bytes_total", { boundary: OTHER_BOUNDARIES })).toBe(30);
+    expect(sampleValue(s, "orisun_condition_failures_total", { boundary: "orders" })).toBe(1);
+    expect(sampleValue(s, "orisun_condition_failures_total", { boundary: OTHER_BOUNDARIES })).toBe(
+      2,
+    );
+    expect(sampleValue(s, "orisun_append_batch_requests_count")).toBe(3);
+    expect(sampleValue(s, "orisun_append_batch_requests_sum")).toBe(6);
+    expect(sampleValue(s, "orisun_append_batch_events_sum")).toBe(7);
+    expect(sampleValue(s, "orisun_append_batch_events_bucket", { le: "1" })).toBe(1);
     expect(has(s, "orisun_events_appended_total", { boundary: "users" })).toBe(false);
   });
 
@@ -67,19 +69,19 @@ describe("Metrics", () => {
     const second = metrics.subscriptions.opened("b", at(6));
     const third = metrics.subscriptions.opened("c", at(9));
     let s = await scrape(metrics);
-    expect(valueOf(s, "orisun_subscriptions_open")).toBe(3);
-    expect(valueOf(s, "orisun_subscription_lag_events", { boundary: "b" })).toBe(10);
+    expect(sampleValue(s, "orisun_subscriptions_open")).toBe(3);
+    expect(sampleValue(s, "orisun_subscription_lag_events", { boundary: "b" })).toBe(10);
     // Ahead of what the feed delivered (a client's own position): no negative lag.
-    expect(valueOf(s, "orisun_subscription_lag_events", { boundary: "c" })).toBe(0);
+    expect(sampleValue(s, "orisun_subscription_lag_events", { boundary: "c" })).toBe(0);
     first.sent(at(8));
     feed.b = 12;
     s = await scrape(metrics);
-    expect(valueOf(s, "orisun_subscription_lag_events", { boundary: "b" })).toBe(6);
+    expect(sampleValue(s, "orisun_subscription_lag_events", { boundary: "b" })).toBe(6);
     first.closed();
     second.closed();
     third.closed();
     s = await scrape(metrics);
-    expect(valueOf(s, "orisun_subscriptions_open")).toBe(0);
+    expect(sampleValue(s, "orisun_subscriptions_open")).toBe(0);
     expect(has(s, "orisun_subscription_lag_events")).toBe(false);
   });
 
@@ -96,11 +98,11 @@ describe("Metrics", () => {
     expect(has(s, "orisun_publisher_lag_events")).toBe(false);
     metrics.publisher.published("b", at(15));
     s = await scrape(metrics);
-    expect(valueOf(s, "orisun_publisher_boundaries")).toBe(1);
-    expect(valueOf(s, "orisun_publisher_lag_events", { boundary: "b" })).toBe(5);
+    expect(sampleValue(s, "orisun_publisher_boundaries")).toBe(1);
+    expect(sampleValue(s, "orisun_publisher_lag_events", { boundary: "b" })).toBe(5);
     heads = new Map([["b", 15n]]);
     s = await scrape(metrics);
-    expect(valueOf(s, "orisun_publisher_lag_events", { boundary: "b" })).toBe(0);
+    expect(sampleValue(s, "orisun_publisher_lag_events", { boundary: "b" })).toBe(0);
     hang = true;
     const started = Date.now();
     s = await scrape(metrics);
@@ -111,9 +113,9 @@ describe("Metrics", () => {
     s = await scrape(metrics);
     // Counters are read while the gauges collect: the failure shows from the next scrape on.
     expect(
-      valueOf(s, "orisun_metrics_collect_failures_total", { collector: "publisher_lag" }),
+      sampleValue(s, "orisun_metrics_collect_failures_total", { collector: "publisher_lag" }),
     ).toBe(1);
-    expect(valueOf(s, "orisun_publisher_boundaries")).toBe(0);
+    expect(sampleValue(s, "orisun_publisher_boundaries")).toBe(0);
     expect(has(s, "orisun_publisher_lag_events")).toBe(false);
   });
 
@@ -124,9 +126,9 @@ describe("Metrics", () => {
     metrics.pubsub.delivered(false);
     metrics.pubsub.delivered(true);
     const s = await scrape(metrics);
-    expect(valueOf(s, "orisun_pubsub_published_total")).toBe(2);
-    expect(valueOf(s, "orisun_pubsub_delivered_total")).toBe(2);
-    expect(valueOf(s, "orisun_pubsub_redelivered_total")).toBe(1);
+    expect(sampleValue(s, "orisun_pubsub_published_total")).toBe(2);
+    expect(sampleValue(s, "orisun_pubsub_delivered_total")).toBe(2);
+    expect(sampleValue(s, "orisun_pubsub_redelivered_total")).toBe(1);
   });
 
   it("has pool gauges only with a PostgreSQL pool, read from it at scrape time", async () => {
@@ -137,14 +139,14 @@ describe("Metrics", () => {
       pool: pool as unknown as pg.Pool,
     });
     let s = await scrape(metrics);
-    expect(valueOf(s, "orisun_pg_pool_connections", { state: "in_use" })).toBe(2);
-    expect(valueOf(s, "orisun_pg_pool_connections", { state: "idle" })).toBe(1);
-    expect(valueOf(s, "orisun_pg_pool_max")).toBe(10);
+    expect(sampleValue(s, "orisun_pg_pool_connections", { state: "in_use" })).toBe(2);
+    expect(sampleValue(s, "orisun_pg_pool_connections", { state: "idle" })).toBe(1);
+    expect(sampleValue(s, "orisun_pg_pool_max")).toBe(10);
     pool.waitingCount = 4;
     pool.idleCount = 0;
     s = await scrape(metrics);
-    expect(valueOf(s, "orisun_pg_pool_waiting")).toBe(4);
-    expect(valueOf(s, "orisun_pg_pool_connections", { state: "in_use" })).toBe(3);
+    expect(sampleValue(s, "orisun_pg_pool_waiting")).toBe(4);
+    expect(sampleValue(s, "orisun_pg_pool_connections", { state: "in_use" })).toBe(3);
   });
 
   it("includes the process metrics and the event-loop lag, in a registry of its own", async () => {
@@ -161,7 +163,7 @@ describe("Metrics", () => {
     ]) {
       expect(has(s, name), name).toBe(true);
     }
-    expect(valueOf(await scrape(b), "orisun_pubsub_published_total")).toBe(0);
+    expect(sampleValue(await scrape(b), "orisun_pubsub_published_total")).toBe(0);
   });
 });
 

@@ -10,7 +10,7 @@ import {
 } from "../../gen/orisun/v1/eventstore_pb.js";
 import { failure } from "../support/clients.js";
 import { dropSchema, freshDataDir, freshSchema, NATS_URL, PG_URL } from "../support/databases.js";
-import { parseExposition, type Sample, valueOf } from "../support/exposition.js";
+import { parseExposition, type Sample, sampleValue } from "../support/exposition.js";
 import { type SpawnedServer, spawnServer } from "../support/spawn-server.js";
 import { collect } from "../support/streams.js";
 
@@ -100,7 +100,7 @@ describe.each(targets)("GET /metrics on $name", (target) => {
     });
     const after = await scrape();
     const delta = (name: string, labels: Record<string, string> = {}) =>
-      valueOf(after, name, labels) - valueOf(before, name, labels);
+      sampleValue(after, name, labels) - sampleValue(before, name, labels);
 
     expect(delta("orisun_events_appended_total", { boundary: "m_one" })).toBe(10);
     expect(delta("orisun_appended_bytes_total", { boundary: "m_one" })).toBe(bytes);
@@ -110,21 +110,21 @@ describe.each(targets)("GET /metrics on $name", (target) => {
     expect(after.some((s) => s.labels.boundary === "m_three")).toBe(false);
     expect(delta("orisun_rpc_duration_seconds_count", { ...SAVE, code: "ok" })).toBe(7);
     expect(delta("orisun_rpc_duration_seconds_count", { ...SAVE, code: "aborted" })).toBe(1);
-    expect(valueOf(after, "orisun_rpc_in_flight", SAVE)).toBe(0);
+    expect(sampleValue(after, "orisun_rpc_in_flight", SAVE)).toBe(0);
     // One client awaiting each append: every request is a transaction of its own.
     expect(delta("orisun_append_batch_requests_count")).toBe(8);
     expect(delta("orisun_append_batch_requests_sum")).toBe(8);
     expect(delta("orisun_append_batch_events_sum")).toBe(12);
     expect(delta("orisun_append_transaction_duration_seconds_count")).toBe(8);
     if (target.postgres) {
-      expect(valueOf(after, "orisun_pg_pool_max")).toBe(10);
+      expect(sampleValue(after, "orisun_pg_pool_max")).toBe(10);
       expect(after.some((s) => s.name === "orisun_pg_pool_connections")).toBe(true);
       expect(after.some((s) => s.name === "orisun_pg_pool_waiting")).toBe(true);
       // The publisher carries the boundaries to JetStream, then has nothing left to publish.
       await until(async () => {
         const s = await scrape();
         return (
-          valueOf(s, "orisun_publisher_boundaries") >= 1 &&
+          sampleValue(s, "orisun_publisher_boundaries") >= 1 &&
           s.some(
             (x) => x.name === "orisun_publisher_lag_events" && x.labels.boundary === "m_one",
           ) &&
@@ -134,8 +134,8 @@ describe.each(targets)("GET /metrics on $name", (target) => {
     } else {
       expect(after.some((s) => s.name.startsWith("orisun_pg_pool"))).toBe(false);
     }
-    expect(valueOf(after, "nodejs_eventloop_lag_seconds")).toBeGreaterThanOrEqual(0);
-    expect(valueOf(after, "process_cpu_seconds_total")).toBeGreaterThan(0);
+    expect(sampleValue(after, "nodejs_eventloop_lag_seconds")).toBeGreaterThanOrEqual(0);
+    expect(sampleValue(after, "process_cpu_seconds_total")).toBeGreaterThan(0);
   });
 
   it("counts a subscription while it is open, with its lag, and its end as canceled", async () => {
@@ -152,8 +152,8 @@ describe.each(targets)("GET /metrics on $name", (target) => {
       await until(async () => {
         const s = await scrape();
         return (
-          valueOf(s, "orisun_subscriptions_open") === 1 &&
-          valueOf(s, "orisun_rpc_in_flight", SUBSCRIBE) === 1
+          sampleValue(s, "orisun_subscriptions_open") === 1 &&
+          sampleValue(s, "orisun_rpc_in_flight", SUBSCRIBE) === 1
         );
       }, "the open subscription");
       await client.saveEvents({
@@ -164,7 +164,7 @@ describe.each(targets)("GET /metrics on $name", (target) => {
       // Everything sent: no lag (the boundary is past the label cap of this server).
       await until(async () => {
         const s = await scrape();
-        return valueOf(s, "orisun_subscription_lag_events", { boundary: "_other" }) === 0;
+        return sampleValue(s, "orisun_subscription_lag_events", { boundary: "_other" }) === 0;
       }, "a lag of 0");
     } finally {
       await subscriber.stop();
@@ -172,10 +172,10 @@ describe.each(targets)("GET /metrics on $name", (target) => {
     await until(async () => {
       const s = await scrape();
       return (
-        valueOf(s, "orisun_subscriptions_open") === 0 &&
-        valueOf(s, "orisun_rpc_in_flight", SUBSCRIBE) === 0 &&
-        valueOf(s, "orisun_rpc_duration_seconds_count", { ...SUBSCRIBE, code: "canceled" }) -
-          valueOf(before, "orisun_rpc_duration_seconds_count", {
+        sampleValue(s, "orisun_subscriptions_open") === 0 &&
+        sampleValue(s, "orisun_rpc_in_flight", SUBSCRIBE) === 0 &&
+        sampleValue(s, "orisun_rpc_duration_seconds_count", { ...SUBSCRIBE, code: "canceled" }) -
+          sampleValue(before, "orisun_rpc_duration_seconds_count", {
             ...SUBSCRIBE,
             code: "canceled",
           }) ===
@@ -208,7 +208,7 @@ describe.each(targets)("GET /metrics on $name", (target) => {
       await until(async () => member.got.length === 3, "the 3 messages");
       await until(async () => {
         const s = await scrape();
-        const delta = (name: string) => valueOf(s, name) - valueOf(before, name);
+        const delta = (name: string) => sampleValue(s, name) - sampleValue(before, name);
         return (
           delta("orisun_pubsub_published_total") === 3 &&
           delta("orisun_pubsub_delivered_total") === 3 &&

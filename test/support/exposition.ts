@@ -140,7 +140,7 @@ function checkHistograms(samples: readonly Sample[], types: ReadonlyMap<string, 
 }
 
 /** The value of the sample with exactly these labels (other labels must be absent); 0 if none. */
-export function valueOf(
+export function sampleValue(
   samples: readonly Sample[],
   name: string,
   labels: Readonly<Record<string, string>> = {},
