@@ -1,5 +1,7 @@
+import { existsSync, readFileSync } from "node:fs";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
+import { join, resolve } from "node:path";
 import { Code, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -7,6 +9,25 @@ import { EventStore } from "../../gen/orisun/v1/eventstore_pb.js";
 import { failure } from "../support/clients.js";
 import { dropSchema, freshDataDir, freshSchema, PG_URL } from "../support/databases.js";
 import { spawnServer } from "../support/spawn-server.js";
+import { tempDir } from "../support/temp.js";
+
+/** The packages' URLs a server loaded, recorded by test/fixtures/record-modules.mjs. */
+function recording(): { env: Record<string, string>; loaded(): string } {
+  const log = join(tempDir("orisun-modules-"), "modules.txt");
+  return {
+    env: {
+      NODE_OPTIONS: `--import ${resolve("test/fixtures/record-modules.mjs")}`,
+      ORISUN_TEST_MODULE_LOG: log,
+    },
+    loaded: () => (existsSync(log) ? readFileSync(log, "utf8") : ""),
+  };
+}
+
+const SDK_PACKAGES = [
+  "@opentelemetry/sdk-trace",
+  "@opentelemetry/exporter-trace-otlp-http",
+  "@opentelemetry/context-async-hooks",
+];
 
 /** The OTLP/JSON shapes this test reads (opentelemetry-proto's JSON mapping). */
 interface OtlpValue {
@@ -63,13 +84,17 @@ describe("OpenTelemetry traces when OTEL_EXPORTER_OTLP_ENDPOINT is set", () => {
 
   it("exports a span per RPC and per append transaction, the transaction inside its RPC", async () => {
     const { port } = receiver.address() as AddressInfo;
+    const modules = recording();
     const server = await spawnServer({
       ORISUN_PG_URL: PG_URL,
       ORISUN_PG_SCHEMA: schema,
       ORISUN_DATA_DIR: freshDataDir(),
       OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${port}`,
       OTEL_SERVICE_NAME: "orisun-under-test",
+      ...modules.env,
     });
+    // The recording works: the SDK is loaded when tracing is on (see the test below for off).
+    for (const name of SDK_PACKAGES) expect(modules.loaded()).toContain(`/${name}/`);
     try {
       const client = createClient(EventStore, createGrpcTransport({ baseUrl: server.url }));
       await client.saveEvents({
@@ -114,5 +139,29 @@ describe("OpenTelemetry traces when OTEL_EXPORTER_OTLP_ENDPOINT is set", () => {
     expect(attribute(transaction as OtlpSpan, "orisun.requests")).toBe(1);
 
     expect(spans.filter((s) => s.name === "orisun.v1.EventStore/GetEvents")).toHaveLength(1);
+  });
+
+  it("without the variable, loads no OpenTelemetry SDK and exports nothing", async () => {
+    const before = exports.length;
+    const modules = recording();
+    const server = await spawnServer({
+      ORISUN_PG_URL: PG_URL,
+      ORISUN_PG_SCHEMA: schema,
+      ORISUN_DATA_DIR: freshDataDir(),
+      ...modules.env,
+    });
+    try {
+      const client = createClient(EventStore, createGrpcTransport({ baseUrl: server.url }));
+      await client.saveEvents({
+        boundary: "untraced",
+        events: [{ eventId: "b", eventType: "X", data: "{}" }],
+      });
+    } finally {
+      expect(await server.stop()).toBe(0);
+    }
+    const loaded = modules.loaded();
+    expect(loaded).toContain("/dist/server/main.js");
+    for (const name of SDK_PACKAGES) expect(loaded).not.toContain(`/${name}/`);
+    expect(exports.length).toBe(before);
   });
 });
