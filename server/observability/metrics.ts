@@ -65,7 +65,7 @@ const BATCH_EVENT_BUCKETS = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 500
  */
 export class Metrics {
   readonly registry = new Registry();
-  readonly boundaries: BoundaryLabels;
+  private readonly boundaries: BoundaryLabels;
   private sources: MetricSources | undefined;
   private readonly probes = new Set<{ boundary: string; at: Position }>();
   /** Boundaries this process publishes -> the prepare position their stream holds through. */
