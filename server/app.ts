@@ -3,12 +3,18 @@ import { cors as connectCors, createContextValues } from "@connectrpc/connect";
 import { fastifyConnectPlugin } from "@connectrpc/connect-fastify";
 import cors from "@fastify/cors";
 import Fastify, { type FastifyBaseLogger } from "fastify";
+import { Health } from "../gen/grpc/health/v1/health_pb.js";
+import { ServerReflection as ReflectionV1 } from "../gen/grpc/reflection/v1/reflection_pb.js";
+import { ServerReflection as ReflectionV1alpha } from "../gen/grpc/reflection/v1alpha/reflection_pb.js";
 import { Admin } from "../gen/orisun/v1/admin_pb.js";
 import { EventStore } from "../gen/orisun/v1/eventstore_pb.js";
 import { adminHandlers } from "./api/admin-handlers.js";
 import type { ApiDeps } from "./api/deps.js";
+import { DescriptorIndex } from "./api/descriptor-index.js";
 import { errorInterceptor, kRequestId, kRequestLog } from "./api/errors.js";
+import { healthHandler } from "./api/health-handler.js";
 import { pubsubHandler } from "./api/pubsub-handler.js";
+import { reflectionHandlers } from "./api/reflection-handler.js";
 import { jsonOptions, requestGate } from "./api/request-decoding.js";
 import { storeHandlers } from "./api/store-handlers.js";
 import { subscribeHandler } from "./api/subscribe-handler.js";
@@ -21,6 +27,8 @@ import { JetStreamSource } from "./broker/jetstream-source.js";
 import { MemoryPubSub } from "./broker/memory-pubsub.js";
 import { MessageAuth } from "./broker/message-auth.js";
 import type { Config } from "./config.js";
+import { HealthMonitor } from "./health/monitor.js";
+import { databaseDependency, natsDependency } from "./health/probes.js";
 import { registerConsole } from "./http/console.js";
 import { registerMetricsRoute } from "./http/metrics-route.js";
 import { createOnePort, type OnePort } from "./http/one-port.js";
@@ -134,6 +142,17 @@ export async function startApp(config: Config): Promise<RunningApp> {
     ? new JetStreamPubSub(nats, { namespace, auth, log: app.log, ...pubsubOptions })
     : new MemoryPubSub(pubsubOptions);
 
+  // The first round runs before the port opens: a probe answered at once is never UNKNOWN.
+  const health = new HealthMonitor(
+    [
+      databaseDependency(store.database.db),
+      ...(nats ? [natsDependency(nats, config.health.timeoutMs)] : []),
+    ],
+    config.health,
+    app.log,
+  );
+  await health.start();
+
   const shutdown = new AbortController();
   const deps: ApiDeps = {
     store,
@@ -174,6 +193,15 @@ export async function startApp(config: Config): Promise<RunningApp> {
         ...pubsubHandler(pubsubDeps),
       });
       router.service(Admin, adminHandlers({ pubsub }));
+      router.service(Health, healthHandler({ health, shutdown: shutdown.signal }));
+      const reflection = reflectionHandlers({
+        index: new DescriptorIndex([EventStore, Admin, Health, ReflectionV1, ReflectionV1alpha]),
+        maxRequests: config.reflectionMaxRequests,
+        idleMs: config.connections.idleTimeoutMs,
+        shutdown: shutdown.signal,
+      });
+      router.service(ReflectionV1, reflection.v1);
+      router.service(ReflectionV1alpha, reflection.v1alpha);
     },
     interceptors: [
       ...(observability.interceptor ? [observability.interceptor] : []),
@@ -199,13 +227,11 @@ export async function startApp(config: Config): Promise<RunningApp> {
     });
   }
   app.get("/healthz", async () => ({ status: "ok" }));
+  // The same cached state as gRPC health: a probe storm never reaches the database.
   app.get("/readyz", async (_req, reply) => {
-    try {
-      await store.head("orisun_readyz");
-      return { status: "ready" };
-    } catch {
-      return reply.code(503).send({ status: "database unavailable" });
-    }
+    const { serving, failing } = health.state;
+    if (serving) return { status: "ready" };
+    return reply.code(503).send({ status: "unavailable", failing });
   });
 
   await app.listen({ port: config.port, host: config.host });
@@ -222,6 +248,8 @@ export async function startApp(config: Config): Promise<RunningApp> {
     log: app.log,
     close(graceMs = 10_000) {
       closing ??= (async () => {
+        // NOT_SERVING first, so that watchers hear it before their streams end.
+        health.stop();
         shutdown.abort(new Error("server is shutting down"));
         onePort?.drain();
         const force = setTimeout(() => onePort?.destroy(), graceMs);
