@@ -5,7 +5,7 @@ import { parseExposition, sampleValue } from "./support/exposition.js";
 
 /** Runs the fixture's cluster (built dist/, as the server runs) and returns worker 1's scrape. */
 async function clusterScrape(args: string[] = []): Promise<{ text?: string; error?: string }> {
-  const child = spawn(process.execPath, [resolve("test/fixtures/cluster-metrics.mjs"), ...args], {
+  const child = spawn(process.execPath, [resolve("test/fixtures/metrics-cluster.mjs"), ...args], {
     stdio: ["ignore", "pipe", "inherit"],
   });
   let out = "";
