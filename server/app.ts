@@ -32,7 +32,9 @@ import type { Config } from "./config.js";
 import { HealthMonitor } from "./health/monitor.js";
 import { databaseDependency, natsDependency } from "./health/probes.js";
 import { registerConsole } from "./http/console.js";
+import { registerMetricsRoute } from "./http/metrics-route.js";
 import { createOnePort, type OnePort } from "./http/one-port.js";
+import { startObservability } from "./observability/observability.js";
 import { loadDeployment } from "./store/deployment.js";
 import { EventStore as Store } from "./store/event-store.js";
 
@@ -72,6 +74,7 @@ export async function startApp(config: Config): Promise<RunningApp> {
     },
   });
 
+  const observability = await startObservability(config.observability);
   const store = await Store.open({
     url: config.pgUrl,
     schema: config.pgSchema,
@@ -94,6 +97,7 @@ export async function startApp(config: Config): Promise<RunningApp> {
     maxBoundaries: config.maxBoundaries,
     recentCommitsBytes: config.recentCommitsBytes,
     boundaryIdleMs: config.boundaryIdleMs,
+    observer: observability.appends,
   });
 
   // With NATS: committed events travel through JetStream (one elected publisher per boundary),
@@ -129,6 +133,7 @@ export async function startApp(config: Config): Promise<RunningApp> {
         idleMs: config.boundaryIdleMs,
         sweepMs: config.publisherSweepMs,
         handOverBytes: config.publishBufferBytes,
+        observer: observability.metrics?.publisher,
       })
     : undefined;
   await publisher?.start();
@@ -137,6 +142,7 @@ export async function startApp(config: Config): Promise<RunningApp> {
     source: nats ? new JetStreamSource({ nc: nats, namespace, auth, log: app.log }) : undefined,
     log: app.log,
   });
+  observability.attach(store, (boundary) => feeds.delivered(boundary));
   const pubsub = nats
     ? new JetStreamPubSub(nats, { namespace, auth, log: app.log, ...pubsubOptions })
     : new MemoryPubSub(pubsubOptions);
@@ -159,8 +165,19 @@ export async function startApp(config: Config): Promise<RunningApp> {
     shutdown: shutdown.signal,
   };
   const encodings = new LiveEncodings();
-  const subscribeDeps = { ...deps, feeds, subscription: SUBSCRIPTION_LIMITS, encodings };
-  const pubsubDeps = { ...deps, pubsub, maxMessageBytes: config.limits.maxMessageBytes };
+  const subscribeDeps = {
+    ...deps,
+    feeds,
+    subscription: SUBSCRIPTION_LIMITS,
+    encodings,
+    observer: observability.metrics?.subscriptions,
+  };
+  const pubsubDeps = {
+    ...deps,
+    pubsub,
+    maxMessageBytes: config.limits.maxMessageBytes,
+    observer: observability.metrics?.pubsub,
+  };
   const subscriptionSlots = new SubscriptionSlots({
     perConnection: config.maxSubscriptionsPerConnection,
     total: config.maxSubscriptions,
@@ -194,7 +211,11 @@ export async function startApp(config: Config): Promise<RunningApp> {
       router.service(ReflectionV1, reflection.v1);
       router.service(ReflectionV1alpha, reflection.v1alpha);
     },
-    interceptors: [errorInterceptor, subscriptionSlots.interceptor],
+    interceptors: [
+      ...(observability.interceptor ? [observability.interceptor] : []),
+      errorInterceptor,
+      subscriptionSlots.interceptor,
+    ],
     jsonOptions,
     requestGate,
     readMaxBytes: config.limits.maxRequestBytes,
@@ -205,6 +226,14 @@ export async function startApp(config: Config): Promise<RunningApp> {
         .set(kConnection, connectionOf(req.raw)),
   });
   await registerConsole(app, { boundaries: config.boundaries });
+  if (observability.metrics) {
+    await registerMetricsRoute(app, {
+      scrape: () => observability.scrape(),
+      contentType: observability.metrics.registry.contentType,
+      // With auth on, require an admin's credentials here (API.md, Operations).
+      authorize: async () => true,
+    });
+  }
   app.get("/healthz", async () => ({ status: "ok" }));
   // The same cached state as gRPC health: a probe storm never reaches the database.
   app.get("/readyz", async (_req, reply) => {
@@ -242,6 +271,7 @@ export async function startApp(config: Config): Promise<RunningApp> {
           await publisher?.close();
           await nats?.drain().catch(() => {});
           await store.close();
+          await observability.close();
         }
       })();
       return closing;

@@ -51,6 +51,19 @@ export interface Config {
   readonly reflectionMaxRequests: number;
   readonly limits: Limits;
   readonly connections: ConnectionLimits;
+  readonly observability: ObservabilityConfig;
+}
+
+/** GET /metrics and OpenTelemetry traces. */
+export interface ObservabilityConfig {
+  /** ORISUN_METRICS: on (default) or off (no /metrics route, nothing measured). */
+  readonly metrics: boolean;
+  /** ORISUN_METRICS_BOUNDARY_LABELS: boundaries with a label of their own; the rest are "_other". */
+  readonly boundaryLabels: number;
+  /** OTEL_EXPORTER_OTLP_ENDPOINT: traces are exported there; undefined: no tracing. */
+  readonly otlpEndpoint: string | undefined;
+  /** OTEL_SERVICE_NAME, default "orisun". */
+  readonly serviceName: string;
 }
 
 export interface HealthSettings {
@@ -340,6 +353,7 @@ export function loadConfig(
       maxCriteria: integer(merged, "ORISUN_MAX_CRITERIA", 100, 1, 10_000),
       maxMessageBytes: integer(merged, "ORISUN_MAX_MESSAGE_BYTES", MiB, 1, 64 * MiB),
     },
+    observability: observabilityConfig(merged, env),
     connections: {
       handshakeTimeoutMs: timeout(merged, "ORISUN_HANDSHAKE_TIMEOUT", 10_000),
       headersTimeoutMs: timeout(merged, "ORISUN_HEADERS_TIMEOUT", 15_000),
@@ -356,6 +370,26 @@ export function loadConfig(
       // NATS and files: past the limit every accept and open fails, not only the extra clients.
       maxConnections: integer(merged, "ORISUN_MAX_CONNECTIONS", 900, 1, 1_000_000),
     },
+  };
+}
+
+/** The ORISUN_METRICS* settings, and the standard OpenTelemetry variables (from the environment). */
+function observabilityConfig(merged: Source, env: Source): ObservabilityConfig {
+  const metrics = merged.ORISUN_METRICS ?? "on";
+  if (metrics !== "on" && metrics !== "off") {
+    throw new ConfigError(`ORISUN_METRICS: must be on or off, got "${metrics}"`);
+  }
+  const serviceName = env.OTEL_SERVICE_NAME?.trim() || "orisun";
+  if (serviceName.length > 255 || /\p{Cc}/u.test(serviceName)) {
+    throw new ConfigError(
+      "OTEL_SERVICE_NAME: must be at most 255 characters without control characters",
+    );
+  }
+  return {
+    metrics: metrics === "on",
+    boundaryLabels: integer(merged, "ORISUN_METRICS_BOUNDARY_LABELS", 100, 0, 10_000),
+    otlpEndpoint: url(env, "OTEL_EXPORTER_OTLP_ENDPOINT", ["http:", "https:"]),
+    serviceName,
   };
 }
 

@@ -7,6 +7,7 @@ import type { LiveFeeds } from "../broker/feed.js";
 import { StoreError } from "../store/errors.js";
 import {
   type SubscriptionLimits,
+  type SubscriptionObserver,
   type SubscriptionPhase,
   subscribe,
 } from "../streaming/subscription.js";
@@ -20,6 +21,7 @@ export interface SubscribeDeps extends ApiDeps {
   readonly subscription: SubscriptionLimits;
   /** Live events are encoded once for all their subscribers. */
   readonly encodings: LiveEncodings;
+  readonly observer?: SubscriptionObserver;
 }
 
 /** SubscribeToEvents: validate, then stream until the client cancels or the server stops. */
@@ -33,7 +35,12 @@ export function subscribeHandler(
       const binary = isBinaryCall(ctx.requestHeader.get("content-type"));
       const phase: SubscriptionPhase = { live: false };
       const events = subscribe(
-        { store: deps.store, feeds: deps.feeds, limits: deps.subscription },
+        {
+          store: deps.store,
+          feeds: deps.feeds,
+          limits: deps.subscription,
+          observer: deps.observer,
+        },
         parsed,
         signal,
         phase,

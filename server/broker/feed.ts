@@ -45,6 +45,11 @@ export class LiveFeeds {
     return feed.add(member);
   }
 
+  /** The last position the boundary's feed delivered (the head when it started), for metrics. */
+  delivered(boundary: string): Position | undefined {
+    return this.feeds.get(boundary)?.position;
+  }
+
   /** Boundaries this process currently follows (for tests and metrics). */
   get following(): readonly string[] {
     return [...this.feeds.keys()];
@@ -91,6 +96,10 @@ class BoundaryFeed {
     this.ready = this.start();
     // A failed start is reported to whoever joins; the feed itself is then dropped.
     this.ready.catch(() => void this.stop());
+  }
+
+  get position(): Position {
+    return this.last;
   }
 
   private async start(): Promise<void> {

@@ -34,6 +34,8 @@ export interface JetStreamPublisherOptions {
    * together; beyond it, commits are read back from the store.
    */
   readonly handOverBytes?: number;
+  /** Metrics of how far each boundary is published (server/observability). */
+  readonly observer?: PublisherObserver;
 }
 
 /** How the publisher came by what it published (for tests and metrics). */
@@ -42,6 +44,14 @@ export interface PublisherCounts {
   readBacks: number;
   /** Events published from what this process's appends handed over. */
   fromMemory: number;
+}
+
+/** Hears how far the boundaries this process publishes are in their streams. */
+export interface PublisherObserver {
+  /** The stream holds the boundary's events through `position`. */
+  published(boundary: string, position: Position): void;
+  /** This process no longer publishes the boundary. */
+  released(boundary: string): void;
 }
 
 /** How a holder stopped publishing: idle (with how far the stream carries the boundary), or not. */
@@ -228,6 +238,7 @@ export class JetStreamPublisher {
       } finally {
         this.held.delete(boundary);
         this.handedOver.drop(boundary);
+        this.options.observer?.released(boundary);
         await lock.release();
       }
       if (typeof end === "object") return;
@@ -280,6 +291,7 @@ export class JetStreamPublisher {
     while (!signal.aborted) {
       try {
         let tail = await this.tail(boundary);
+        this.options.observer?.published(boundary, tail.last);
         // Whether the log may hold something memory does not: at the start, after a signal of
         // another process's commit, and after a wait that no signal ended.
         let mustRead = true;
@@ -317,6 +329,7 @@ export class JetStreamPublisher {
             continue;
           }
           tail = await this.publishPage(boundary, events, tail, signal);
+          this.options.observer?.published(boundary, tail.last);
           failures = 0;
           // A short page reached the head: the next read would find nothing unless something
           // committed meanwhile, and then a wake is pending (the waker latches it). Saves one

@@ -475,6 +475,7 @@ class JetStreamMember implements AsyncIterator<PubSubMessage> {
         id: publishedId(m.headers?.get(PubHeaders.MsgIdHdr) ?? ""),
         subject: m.subject.slice(this.options.prefixLength),
         data: m.data,
+        redelivered: m.info.redelivered,
       },
     };
   }

@@ -337,7 +337,9 @@ class Member implements AsyncIterator<PubSubMessage> {
     this.group.leave(this);
     const unacked = this.unacked;
     this.unacked = undefined;
-    if (unacked && this.group.durable) this.group.giveBack(unacked);
+    if (unacked && this.group.durable) {
+      this.group.giveBack({ ...unacked, message: { ...unacked.message, redelivered: true } });
+    }
     if (failure) this.wake?.reject(failure);
     else this.wake?.resolve(DONE);
     this.wake = undefined;

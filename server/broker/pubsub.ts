@@ -5,6 +5,8 @@ export interface PubSubMessage {
   readonly id: string;
   readonly subject: string;
   readonly data: Uint8Array;
+  /** Set on delivery: the group handed it out before, to a member that did not acknowledge it. */
+  readonly redelivered?: boolean;
 }
 
 /**

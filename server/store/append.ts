@@ -1,4 +1,5 @@
 import { type Kysely, sql, type Transaction } from "kysely";
+import type { AppendObserver, BatchOutcome } from "./append-observer.js";
 import { notifyPayload } from "./commit-signals.js";
 import { databaseError } from "./database-errors.js";
 import { quote, StoreError } from "./errors.js";
@@ -108,6 +109,7 @@ export class Appender {
     private readonly onCommit: CommitListener,
     private readonly instance: string,
     recent: Omit<RecentCommitsLimits, "maxEvents">,
+    private readonly observer?: AppendObserver,
   ) {
     this.recent = new RecentCommits({ maxEvents: RECENT_EVENTS, ...recent });
   }
@@ -191,10 +193,13 @@ export class Appender {
     const written: { result?: Result } = {};
     let result: Result;
     try {
-      result = await this.db.transaction().execute(async (trx) => {
-        written.result = await this.commitBatch(trx, boundary, batch);
-        return written.result;
-      });
+      const transaction = () =>
+        this.db.transaction().execute(async (trx) => {
+          written.result = await this.commitBatch(trx, boundary, batch);
+          return written.result;
+        });
+      result = await (this.observer?.transaction(boundary, batch.length, transaction) ??
+        transaction());
     } catch (error) {
       // Committed or not, the held stretch can no longer be trusted to end at the head.
       this.recent.forget(boundary);
@@ -209,6 +214,7 @@ export class Appender {
       else pending.reject(outcome?.error ?? new StoreError("internal", "no outcome"));
     });
     if (result.head) this.onCommit(boundary, result.head, result.committed);
+    this.observer?.committed(boundary, batchOutcome(batch.length, result));
     return undefined;
   }
 
@@ -236,6 +242,8 @@ export class Appender {
     head: Position | undefined;
     appended: RecentEvent[];
     committed: StoredEvent[];
+    /** UTF-8 bytes of the data and metadata written. */
+    bytes: number;
   }> {
     // Requests whose caller gave up while they waited for the connection are left out; the rest
     // are written from here on, whatever their callers do.
@@ -318,7 +326,7 @@ export class Appender {
     }
 
     if (accepted.length === 0) {
-      return { outcomes, before, head: undefined, appended: [], committed: [] };
+      return { outcomes, before, head: undefined, appended: [], committed: [], bytes: 0 };
     }
     const rows = accepted.flatMap((a) =>
       a.events.map((e) => ({
@@ -356,12 +364,17 @@ export class Appender {
     const appended = accepted.flatMap((a) =>
       a.events.map(({ position, type, tags }) => ({ position, type, tags })),
     );
+    const bytes = rows.reduce(
+      (n, r) => n + Buffer.byteLength(r.data) + Buffer.byteLength(r.meta),
+      0,
+    );
     return {
       outcomes,
       before,
       head: { commit, prepare },
       appended,
       committed: committedEvents(boundary, accepted, createdAt),
+      bytes,
     };
   }
 }
@@ -398,6 +411,17 @@ function distinctTags(tags: readonly Tag[]): Tag[] {
     seen.add(key);
     return true;
   });
+}
+
+function batchOutcome(
+  requests: number,
+  result: { outcomes: readonly Outcome[]; appended: readonly unknown[]; bytes: number },
+): BatchOutcome {
+  let conditionFailures = 0;
+  for (const o of result.outcomes) {
+    if ("error" in o && o.error.kind === "condition_failed") conditionFailures++;
+  }
+  return { requests, events: result.appended.length, bytes: result.bytes, conditionFailures };
 }
 
 interface StoredCommits {

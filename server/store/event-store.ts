@@ -1,5 +1,6 @@
 import { randomUUID } from "node:crypto";
 import { Appender, type CommitListener, type GroupCommitLimits } from "./append.js";
+import type { AppendObserver } from "./append-observer.js";
 import { BoundaryCap, DEFAULT_MAX_BOUNDARIES } from "./boundary-cap.js";
 import { CommitSignals } from "./commit-signals.js";
 import { type DatabaseOptions, type OpenDatabase, openDatabase } from "./database.js";
@@ -27,6 +28,8 @@ export interface EventStoreOptions extends DatabaseOptions {
   readonly boundaryIdleMs?: number;
   /** Connections catch-up reads may use at once; default half the pool. PGlite: always one. */
   readonly catchUpConnections?: number;
+  /** Metrics and traces of the write path (server/observability); none: nothing is measured. */
+  readonly observer?: AppendObserver;
 }
 
 export interface CallOptions {
@@ -94,6 +97,7 @@ export class EventStore {
         maxBytes: options.recentCommitsBytes ?? 64 * MiB,
         idleMs: options.boundaryIdleMs ?? 5 * 60_000,
       },
+      options.observer,
     );
   }
 

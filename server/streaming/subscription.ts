@@ -32,6 +32,19 @@ export interface SubscriptionDeps {
   readonly store: EventStore;
   readonly feeds: LiveFeeds;
   readonly limits: SubscriptionLimits;
+  /** Metrics of open subscriptions (server/observability); none: nothing is measured. */
+  readonly observer?: SubscriptionObserver;
+}
+
+/** Hears of each subscription opened, so that metrics can count them and tell their lag. */
+export interface SubscriptionObserver {
+  opened(boundary: string, after: Position): SubscriptionProbe;
+}
+
+export interface SubscriptionProbe {
+  /** The subscription sent the event at `position`. */
+  sent(position: Position): void;
+  closed(): void;
 }
 
 /** Set by subscribe() to say where the event it yields comes from. */
@@ -68,6 +81,7 @@ export async function* subscribe(
   }
   const abort = lock ? AbortSignal.any([signal, lock.lost]) : signal;
   let cursor = request.after;
+  const probe = deps.observer?.opened(request.boundary, cursor);
   try {
     while (!abort.aborted) {
       const buffer = new LiveBuffer(deps.limits, abort);
@@ -110,6 +124,7 @@ export async function* subscribe(
             if (abort.aborted) return;
             yield event;
             cursor = event.position;
+            probe?.sent(cursor);
           }
           if (more) next ??= readAfter(cursor);
         }
@@ -121,6 +136,7 @@ export async function* subscribe(
           if (!matches(event, request.query)) continue;
           yield event;
           cursor = event.position;
+          probe?.sent(cursor);
         }
       } finally {
         leave();
@@ -134,6 +150,7 @@ export async function* subscribe(
       );
     }
   } finally {
+    probe?.closed();
     await lock?.release();
   }
 }
