@@ -3,12 +3,20 @@ import { cors as connectCors, createContextValues } from "@connectrpc/connect";
 import { fastifyConnectPlugin } from "@connectrpc/connect-fastify";
 import cors from "@fastify/cors";
 import Fastify, { type FastifyBaseLogger } from "fastify";
+import { Health } from "../gen/grpc/health/v1/health_pb.js";
+import { ServerReflection as ReflectionV1 } from "../gen/grpc/reflection/v1/reflection_pb.js";
+import { ServerReflection as ReflectionV1alpha } from "../gen/grpc/reflection/v1alpha/reflection_pb.js";
 import { Admin } from "../gen/orisun/v1/admin_pb.js";
 import { EventStore } from "../gen/orisun/v1/eventstore_pb.js";
 import { adminHandlers } from "./api/admin-handlers.js";
+import { decisionHandler } from "./api/decision-handler.js";
 import type { ApiDeps } from "./api/deps.js";
+import { DescriptorIndex } from "./api/descriptor-index.js";
 import { errorInterceptor, kRequestId, kRequestLog } from "./api/errors.js";
+import { healthHandler } from "./api/health-handler.js";
+import { LiveEncodings } from "./api/live-encoding.js";
 import { pubsubHandler } from "./api/pubsub-handler.js";
+import { reflectionHandlers } from "./api/reflection-handler.js";
 import { jsonOptions, requestGate } from "./api/request-decoding.js";
 import { storeHandlers } from "./api/store-handlers.js";
 import { subscribeHandler } from "./api/subscribe-handler.js";
@@ -21,8 +29,12 @@ import { JetStreamSource } from "./broker/jetstream-source.js";
 import { MemoryPubSub } from "./broker/memory-pubsub.js";
 import { MessageAuth } from "./broker/message-auth.js";
 import type { Config } from "./config.js";
+import { HealthMonitor } from "./health/monitor.js";
+import { databaseDependency, natsDependency } from "./health/probes.js";
 import { registerConsole } from "./http/console.js";
+import { registerMetricsRoute } from "./http/metrics-route.js";
 import { createOnePort, type OnePort } from "./http/one-port.js";
+import { startObservability } from "./observability/observability.js";
 import { loadDeployment } from "./store/deployment.js";
 import { EventStore as Store } from "./store/event-store.js";
 
@@ -32,6 +44,8 @@ export interface RunningApp {
   readonly port: number;
   readonly store: Store;
   readonly log: FastifyBaseLogger;
+  /** How often live events were converted and serialised (for tests and metrics). */
+  readonly encodings: LiveEncodings;
   /** Stops accepting, lets in-flight calls finish (up to `graceMs`), ends streams, closes pools. */
   close(graceMs?: number): Promise<void>;
 }
@@ -60,6 +74,7 @@ export async function startApp(config: Config): Promise<RunningApp> {
     },
   });
 
+  const observability = await startObservability(config.observability);
   const store = await Store.open({
     url: config.pgUrl,
     schema: config.pgSchema,
@@ -82,6 +97,7 @@ export async function startApp(config: Config): Promise<RunningApp> {
     maxBoundaries: config.maxBoundaries,
     recentCommitsBytes: config.recentCommitsBytes,
     boundaryIdleMs: config.boundaryIdleMs,
+    observer: observability.appends,
   });
 
   // With NATS: committed events travel through JetStream (one elected publisher per boundary),
@@ -116,6 +132,8 @@ export async function startApp(config: Config): Promise<RunningApp> {
         log: app.log,
         idleMs: config.boundaryIdleMs,
         sweepMs: config.publisherSweepMs,
+        handOverBytes: config.publishBufferBytes,
+        observer: observability.metrics?.publisher,
       })
     : undefined;
   await publisher?.start();
@@ -124,9 +142,21 @@ export async function startApp(config: Config): Promise<RunningApp> {
     source: nats ? new JetStreamSource({ nc: nats, namespace, auth, log: app.log }) : undefined,
     log: app.log,
   });
+  observability.attach(store, (boundary) => feeds.delivered(boundary));
   const pubsub = nats
     ? new JetStreamPubSub(nats, { namespace, auth, log: app.log, ...pubsubOptions })
     : new MemoryPubSub(pubsubOptions);
+
+  // The first round runs before the port opens: a probe answered at once is never UNKNOWN.
+  const health = new HealthMonitor(
+    [
+      databaseDependency(store.database.db),
+      ...(nats ? [natsDependency(nats, config.health.timeoutMs)] : []),
+    ],
+    config.health,
+    app.log,
+  );
+  await health.start();
 
   const shutdown = new AbortController();
   const deps: ApiDeps = {
@@ -134,8 +164,20 @@ export async function startApp(config: Config): Promise<RunningApp> {
     validation: { limits: config.limits, boundaries: config.boundaries },
     shutdown: shutdown.signal,
   };
-  const subscribeDeps = { ...deps, feeds, subscription: SUBSCRIPTION_LIMITS };
-  const pubsubDeps = { ...deps, pubsub, maxMessageBytes: config.limits.maxMessageBytes };
+  const encodings = new LiveEncodings();
+  const subscribeDeps = {
+    ...deps,
+    feeds,
+    subscription: SUBSCRIPTION_LIMITS,
+    encodings,
+    observer: observability.metrics?.subscriptions,
+  };
+  const pubsubDeps = {
+    ...deps,
+    pubsub,
+    maxMessageBytes: config.limits.maxMessageBytes,
+    observer: observability.metrics?.pubsub,
+  };
   const subscriptionSlots = new SubscriptionSlots({
     perConnection: config.maxSubscriptionsPerConnection,
     total: config.maxSubscriptions,
@@ -154,12 +196,26 @@ export async function startApp(config: Config): Promise<RunningApp> {
     routes: (router) => {
       router.service(EventStore, {
         ...storeHandlers(deps),
+        ...decisionHandler(deps),
         ...subscribeHandler(subscribeDeps),
         ...pubsubHandler(pubsubDeps),
       });
       router.service(Admin, adminHandlers({ pubsub }));
+      router.service(Health, healthHandler({ health, shutdown: shutdown.signal }));
+      const reflection = reflectionHandlers({
+        index: new DescriptorIndex([EventStore, Admin, Health, ReflectionV1, ReflectionV1alpha]),
+        maxRequests: config.reflectionMaxRequests,
+        idleMs: config.connections.idleTimeoutMs,
+        shutdown: shutdown.signal,
+      });
+      router.service(ReflectionV1, reflection.v1);
+      router.service(ReflectionV1alpha, reflection.v1alpha);
     },
-    interceptors: [errorInterceptor, subscriptionSlots.interceptor],
+    interceptors: [
+      ...(observability.interceptor ? [observability.interceptor] : []),
+      errorInterceptor,
+      subscriptionSlots.interceptor,
+    ],
     jsonOptions,
     requestGate,
     readMaxBytes: config.limits.maxRequestBytes,
@@ -170,14 +226,20 @@ export async function startApp(config: Config): Promise<RunningApp> {
         .set(kConnection, connectionOf(req.raw)),
   });
   await registerConsole(app, { boundaries: config.boundaries });
+  if (observability.metrics) {
+    await registerMetricsRoute(app, {
+      scrape: () => observability.scrape(),
+      contentType: observability.metrics.registry.contentType,
+      // With auth on, require an admin's credentials here (API.md, Operations).
+      authorize: async () => true,
+    });
+  }
   app.get("/healthz", async () => ({ status: "ok" }));
+  // The same cached state as gRPC health: a probe storm never reaches the database.
   app.get("/readyz", async (_req, reply) => {
-    try {
-      await store.head("orisun_readyz");
-      return { status: "ready" };
-    } catch {
-      return reply.code(503).send({ status: "database unavailable" });
-    }
+    const { serving, failing } = health.state;
+    if (serving) return { status: "ready" };
+    return reply.code(503).send({ status: "unavailable", failing });
   });
 
   await app.listen({ port: config.port, host: config.host });
@@ -192,8 +254,11 @@ export async function startApp(config: Config): Promise<RunningApp> {
     port,
     store,
     log: app.log,
+    encodings,
     close(graceMs = 10_000) {
       closing ??= (async () => {
+        // NOT_SERVING first, so that watchers hear it before their streams end.
+        health.stop();
         shutdown.abort(new Error("server is shutting down"));
         onePort?.drain();
         const force = setTimeout(() => onePort?.destroy(), graceMs);
@@ -206,6 +271,7 @@ export async function startApp(config: Config): Promise<RunningApp> {
           await publisher?.close();
           await nats?.drain().catch(() => {});
           await store.close();
+          await observability.close();
         }
       })();
       return closing;

@@ -42,9 +42,35 @@ export interface Config {
   readonly boundaryIdleMs: number;
   /** How often the publisher looks for boundaries with commits nobody published. */
   readonly publisherSweepMs: number;
+  /** Estimated bytes of its own commits a publisher holds to publish from memory, all boundaries. */
+  readonly publishBufferBytes: number;
   readonly logLevel: string;
+  /** Probes of the store and NATS behind gRPC health and /readyz. */
+  readonly health: HealthSettings;
+  /** Requests one gRPC reflection stream may make. */
+  readonly reflectionMaxRequests: number;
   readonly limits: Limits;
   readonly connections: ConnectionLimits;
+  readonly observability: ObservabilityConfig;
+}
+
+/** GET /metrics and OpenTelemetry traces. */
+export interface ObservabilityConfig {
+  /** ORISUN_METRICS: on (default) or off (no /metrics route, nothing measured). */
+  readonly metrics: boolean;
+  /** ORISUN_METRICS_BOUNDARY_LABELS: boundaries with a label of their own; the rest are "_other". */
+  readonly boundaryLabels: number;
+  /** OTEL_EXPORTER_OTLP_ENDPOINT: traces are exported there; undefined: no tracing. */
+  readonly otlpEndpoint: string | undefined;
+  /** OTEL_SERVICE_NAME, default "orisun". */
+  readonly serviceName: string;
+}
+
+export interface HealthSettings {
+  /** How often the store and NATS are probed; checks read the last answer. */
+  readonly intervalMs: number;
+  /** A probe unanswered by then counts as failed. */
+  readonly timeoutMs: number;
 }
 
 export interface Limits {
@@ -308,7 +334,16 @@ export function loadConfig(
     ),
     boundaryIdleMs: duration(merged, "ORISUN_BOUNDARY_IDLE", 120_000),
     publisherSweepMs: duration(merged, "ORISUN_PUBLISHER_SWEEP", 5_000),
+    publishBufferBytes: integer(
+      merged,
+      "ORISUN_PUBLISH_BUFFER_BYTES",
+      64 * MiB,
+      0,
+      64 * 1024 * MiB,
+    ),
     logLevel,
+    health: health(merged),
+    reflectionMaxRequests: integer(merged, "ORISUN_REFLECTION_MAX_REQUESTS", 1_000, 1, 1_000_000),
     limits: {
       maxEventsPerSave: integer(merged, "ORISUN_MAX_EVENTS_PER_SAVE", 10_000, 1, 1_000_000),
       maxEventDataBytes: integer(merged, "ORISUN_MAX_EVENT_BYTES", MiB, 1, 64 * MiB),
@@ -318,6 +353,7 @@ export function loadConfig(
       maxCriteria: integer(merged, "ORISUN_MAX_CRITERIA", 100, 1, 10_000),
       maxMessageBytes: integer(merged, "ORISUN_MAX_MESSAGE_BYTES", MiB, 1, 64 * MiB),
     },
+    observability: observabilityConfig(merged, env),
     connections: {
       handshakeTimeoutMs: timeout(merged, "ORISUN_HANDSHAKE_TIMEOUT", 10_000),
       headersTimeoutMs: timeout(merged, "ORISUN_HEADERS_TIMEOUT", 15_000),
@@ -335,6 +371,44 @@ export function loadConfig(
       maxConnections: integer(merged, "ORISUN_MAX_CONNECTIONS", 900, 1, 1_000_000),
     },
   };
+}
+
+/** The ORISUN_METRICS* settings, and the standard OpenTelemetry variables (from the environment). */
+function observabilityConfig(merged: Source, env: Source): ObservabilityConfig {
+  const metrics = merged.ORISUN_METRICS ?? "on";
+  if (metrics !== "on" && metrics !== "off") {
+    throw new ConfigError(`ORISUN_METRICS: must be on or off, got "${metrics}"`);
+  }
+  const serviceName = env.OTEL_SERVICE_NAME?.trim() || "orisun";
+  if (serviceName.length > 255 || /\p{Cc}/u.test(serviceName)) {
+    throw new ConfigError(
+      "OTEL_SERVICE_NAME: must be at most 255 characters without control characters",
+    );
+  }
+  return {
+    metrics: metrics === "on",
+    boundaryLabels: integer(merged, "ORISUN_METRICS_BOUNDARY_LABELS", 100, 0, 10_000),
+    otlpEndpoint: url(env, "OTEL_EXPORTER_OTLP_ENDPOINT", ["http:", "https:"]),
+    serviceName,
+  };
+}
+
+/**
+ * Interval plus timeout is how long a change may take to show: at most 5 s each keeps the
+ * contract's 10 s.
+ */
+function health(env: Source): HealthSettings {
+  const intervalMs = duration(env, "ORISUN_HEALTH_INTERVAL", 1_000);
+  const timeoutMs = duration(env, "ORISUN_HEALTH_TIMEOUT", 3_000);
+  for (const [name, ms] of [
+    ["ORISUN_HEALTH_INTERVAL", intervalMs],
+    ["ORISUN_HEALTH_TIMEOUT", timeoutMs],
+  ] as const) {
+    if (ms < 100 || ms > 5_000) {
+      throw new ConfigError(`${name}: must be from 100ms to 5s, got "${env[name]}"`);
+    }
+  }
+  return { intervalMs, timeoutMs };
 }
 
 function stripEmpty(env: Source): Record<string, string> {

@@ -433,3 +433,14 @@ describe("per-boundary bounds", () => {
     rejects({ [name]: value }, name);
   });
 });
+
+describe("ORISUN_PUBLISH_BUFFER_BYTES", () => {
+  it("defaults to 64 MiB and is read from the environment", () => {
+    expect(loadConfig({}, []).publishBufferBytes).toBe(64 * 1024 * 1024);
+    expect(loadConfig({ ORISUN_PUBLISH_BUFFER_BYTES: "0" }, []).publishBufferBytes).toBe(0);
+  });
+
+  it.each(["-1", "1MiB", "1.5"])("rejects %s, naming it", (value) => {
+    rejects({ ORISUN_PUBLISH_BUFFER_BYTES: value }, "ORISUN_PUBLISH_BUFFER_BYTES");
+  });
+});

@@ -65,8 +65,12 @@ async function openStore(schema: string): Promise<EventStore> {
   return store;
 }
 
-async function startPublisher(store: EventStore, namespace: string): Promise<JetStreamPublisher> {
-  const publisher = new JetStreamPublisher({ store, nc, namespace, auth, log: quiet });
+async function startPublisher(
+  store: EventStore,
+  namespace: string,
+  options: { handOverBytes?: number } = {},
+): Promise<JetStreamPublisher> {
+  const publisher = new JetStreamPublisher({ store, nc, namespace, auth, log: quiet, ...options });
   await publisher.start();
   cleanups.push(() => publisher.close());
   return publisher;
@@ -488,5 +492,94 @@ describe("JetStreamSource", () => {
     const { broken } = await collect(source);
     await jsm.streams.delete(streamNames(ns, B).stream);
     await eventually(() => broken.length > 0, "onBroken", 15_000);
+  });
+});
+
+/** Every message's payload is byte for byte what the log's events at its positions encode to. */
+async function expectPayloadsFromLog(store: EventStore, namespace: string) {
+  const { stream } = streamNames(namespace, B);
+  const { state } = await jsm.streams.info(stream);
+  const byPrepare = new Map((await log(store)).map((e) => [e.position.prepare, e]));
+  let messages = 0;
+  for (let seq = state.first_seq; seq <= state.last_seq; seq++) {
+    const m = await jsm.streams.getMessage(stream, { seq });
+    if (!m) continue;
+    const texts = decodeEvents(m.data).map((e) => {
+      const stored = byPrepare.get(e.position.prepare);
+      expect(stored, `event ${msgId(e.position)} is in the log`).toBeDefined();
+      return wireText(stored as StoredEvent);
+    });
+    expect(Buffer.from(m.data).equals(Buffer.from(encodeEvents(texts)))).toBe(true);
+    messages++;
+  }
+  return messages;
+}
+
+describe("JetStreamPublisher from memory", () => {
+  it("publishes its own commits as the appends handed them over, without reading them back", async () => {
+    const ns = freshNamespace();
+    const store = await openStore(ns);
+    const publisher = await startPublisher(store, ns);
+    const live = await untilLive(store, ns);
+    const before = { ...publisher.counts };
+    expect(before.readBacks).toBeGreaterThan(0); // the start of its turn
+    for (let i = 0; i < 30; i++) await append(store, 1);
+    await Promise.all(Array.from({ length: 20 }, (_, i) => append(store, 1 + (i % 3))));
+    await append(store, 2_500); // more than a page
+    await untilPublished(store, ns);
+    const entries = await expectStreamMirrorsLog(store, ns, live);
+    expect(entries.length).toBe(1 + 30 + 39 + 2_500);
+    expect(await expectPayloadsFromLog(store, ns)).toBeGreaterThan(0);
+    expect(publisher.counts.readBacks - before.readBacks).toBe(0);
+    expect(publisher.counts.fromMemory - before.fromMemory).toBe(30 + 39 + 2_500);
+    expect(publisher.handedOverBytes).toBe(0);
+  });
+
+  it("reads back what does not fit its buffer and still publishes every event once, in order", async () => {
+    const ns = freshNamespace();
+    const store = await openStore(ns);
+    // Room for about two of these events at a time.
+    const publisher = await startPublisher(store, ns, { handOverBytes: 1_000 });
+    const live = await untilLive(store, ns);
+    const before = { ...publisher.counts };
+    await Promise.all(Array.from({ length: 40 }, (_, i) => append(store, 1 + (i % 4))));
+    for (let i = 0; i < 10; i++) await append(store, 1);
+    await append(store, 50);
+    await untilPublished(store, ns);
+    const entries = await expectStreamMirrorsLog(store, ns, live);
+    expect(entries.length).toBe(1 + 100 + 10 + 50);
+    await expectPayloadsFromLog(store, ns);
+    expect(publisher.counts.readBacks).toBeGreaterThan(before.readBacks);
+    expect(publisher.handedOverBytes).toBe(0);
+  });
+
+  it("with no buffer at all, reads everything back", async () => {
+    const ns = freshNamespace();
+    const store = await openStore(ns);
+    const publisher = await startPublisher(store, ns, { handOverBytes: 0 });
+    const live = await untilLive(store, ns);
+    for (let i = 0; i < 10; i++) await append(store, 2);
+    await untilPublished(store, ns);
+    expect((await expectStreamMirrorsLog(store, ns, live)).length).toBe(1 + 20);
+    expect(publisher.counts.fromMemory).toBe(0);
+  });
+
+  it("two writing processes: the holder reads back only the other's commits", async () => {
+    const ns = freshNamespace();
+    const a = await openStore(ns);
+    const b = await openStore(ns);
+    const pa = await startPublisher(a, ns);
+    const pb = await startPublisher(b, ns);
+    const live = await untilLive(a, ns);
+    await Promise.all(
+      Array.from({ length: 60 }, (_, i) => append(i % 3 === 0 ? b : a, 1 + (i % 2))),
+    );
+    await untilPublished(a, ns);
+    const entries = await expectStreamMirrorsLog(a, ns, live);
+    expect(entries.length).toBe(1 + 90);
+    await expectPayloadsFromLog(a, ns);
+    const holder = [pa, pb].find((p) => p.publishing.has(B));
+    expect(holder).toBeDefined();
+    expect(holder?.counts.fromMemory).toBeGreaterThan(0);
   });
 });

@@ -23,6 +23,14 @@ export interface PubSubDeps extends ApiDeps {
   readonly pubsub: PubSub;
   /** Limit on a published message's data, in bytes. */
   readonly maxMessageBytes: number;
+  /** Pub/sub metrics (server/observability); none: nothing is measured. */
+  readonly observer?: PubSubObserver;
+}
+
+export interface PubSubObserver {
+  published(): void;
+  /** A message was written to a member's stream. */
+  delivered(redelivered: boolean): void;
 }
 
 /** PublishToPubSub and SubscribeToPubSub: validate, then hand over to the broker. */
@@ -41,6 +49,7 @@ export function pubsubHandler(
       const subject = validatePublishSubject(request.subject);
       const id = request.id === "" ? uuidv7() : validateMessageId(request.id);
       await deps.pubsub.publish({ id, subject, data: request.data });
+      deps.observer?.published();
       return create(EmptySchema);
     },
 
@@ -51,8 +60,11 @@ export function pubsubHandler(
       const subscription = await deps.pubsub.subscribe(subject, consumerName, signal);
       // The broker acknowledges a message when the loop asks for the next one, that is after
       // this yield resumed: once Connect has written the message.
-      for await (const message of subscription) {
-        yield create(SubscribeResponseSchema, { message: create(MessageSchema, message) });
+      for await (const { id, subject, data, redelivered } of subscription) {
+        yield create(SubscribeResponseSchema, {
+          message: create(MessageSchema, { id, subject, data }),
+        });
+        deps.observer?.delivered(redelivered === true);
       }
       if (deps.shutdown.aborted) {
         // Unacknowledged messages went back to the group: another server delivers them.

@@ -5,14 +5,23 @@ import type {
 } from "../../gen/orisun/v1/eventstore_pb.js";
 import type { LiveFeeds } from "../broker/feed.js";
 import { StoreError } from "../store/errors.js";
-import { type SubscriptionLimits, subscribe } from "../streaming/subscription.js";
+import {
+  type SubscriptionLimits,
+  type SubscriptionObserver,
+  type SubscriptionPhase,
+  subscribe,
+} from "../streaming/subscription.js";
 import { toProtoEvent } from "./convert.js";
 import type { ApiDeps } from "./deps.js";
+import { isBinaryCall, type LiveEncodings } from "./live-encoding.js";
 import { toSubscribeRequest } from "./validate.js";
 
 export interface SubscribeDeps extends ApiDeps {
   readonly feeds: LiveFeeds;
   readonly subscription: SubscriptionLimits;
+  /** Live events are encoded once for all their subscribers. */
+  readonly encodings: LiveEncodings;
+  readonly observer?: SubscriptionObserver;
 }
 
 /** SubscribeToEvents: validate, then stream until the client cancels or the server stops. */
@@ -23,12 +32,23 @@ export function subscribeHandler(
     async *subscribeToEvents(request: SubscribeToEventStoreRequest, ctx: HandlerContext) {
       const parsed = toSubscribeRequest(request, deps.validation);
       const signal = AbortSignal.any([ctx.signal, deps.shutdown]);
+      const binary = isBinaryCall(ctx.requestHeader.get("content-type"));
+      const phase: SubscriptionPhase = { live: false };
       const events = subscribe(
-        { store: deps.store, feeds: deps.feeds, limits: deps.subscription },
+        {
+          store: deps.store,
+          feeds: deps.feeds,
+          limits: deps.subscription,
+          observer: deps.observer,
+        },
         parsed,
         signal,
+        phase,
       );
-      for await (const event of events) yield toProtoEvent(event);
+      // History is read for this subscriber alone: encoded by Connect as usual.
+      for await (const event of events) {
+        yield phase.live ? deps.encodings.forCall(event, binary) : toProtoEvent(event);
+      }
       if (deps.shutdown.aborted) {
         // Not the end of the log: tell the client to resume (from its last position) elsewhere.
         throw new StoreError("unavailable", "the server is shutting down; resubscribe");

@@ -45,6 +45,11 @@ export class LiveFeeds {
     return feed.add(member);
   }
 
+  /** The last position the boundary's feed delivered (the head when it started), for metrics. */
+  delivered(boundary: string): Position | undefined {
+    return this.feeds.get(boundary)?.position;
+  }
+
   /** Boundaries this process currently follows (for tests and metrics). */
   get following(): readonly string[] {
     return [...this.feeds.keys()];
@@ -70,14 +75,19 @@ class BoundaryFeed {
   private repairTimer: NodeJS.Timeout | undefined;
   private readonly pollTimer: NodeJS.Timeout | undefined;
   private readonly unsignal: () => void;
+  private readonly unhandOver: () => void;
 
   constructor(
     private readonly boundary: string,
     private readonly options: FeedOptions,
     private readonly onEmpty: () => void,
   ) {
-    this.unsignal = options.store.signals.on((b) => {
-      if (b === undefined || b === boundary) this.signalled();
+    // This process's own commits come with their events (see fromMemory); only others' are read.
+    this.unhandOver = options.store.onCommit((b, _head, events) => {
+      if (b === boundary) this.enqueue(() => this.fromMemory(events));
+    });
+    this.unsignal = options.store.signals.on((b, local) => {
+      if (!local && (b === undefined || b === boundary)) this.signalled();
     });
     if (options.source) {
       this.pollTimer = setInterval(() => this.readStore(), options.safetyPollMs ?? 2_000);
@@ -86,6 +96,10 @@ class BoundaryFeed {
     this.ready = this.start();
     // A failed start is reported to whoever joins; the feed itself is then dropped.
     this.ready.catch(() => void this.stop());
+  }
+
+  get position(): Position {
+    return this.last;
   }
 
   private async start(): Promise<void> {
@@ -148,6 +162,7 @@ class BoundaryFeed {
     this.stopped = true;
     this.onEmpty();
     this.unsignal();
+    this.unhandOver();
     clearInterval(this.pollTimer);
     clearTimeout(this.repairTimer);
     await this.following?.stop().catch(() => {});
@@ -182,6 +197,23 @@ class BoundaryFeed {
     // prepare_position grows by exactly one per event of the boundary: a jump is a gap.
     if (event.position.prepare > expected) await this.fillFromStore(event.position.prepare - 1n);
     if (event.position.prepare === this.last.prepare + 1n) this.deliver(event);
+  }
+
+  /**
+   * A commit of this process, as its append handed it over: delivered at once when it follows
+   * what was delivered. After a gap (another process committed in between) the source brings the
+   * rest, or, without one, the store.
+   */
+  private fromMemory(events: readonly StoredEvent[]): void {
+    const first = events[0];
+    if (!first || this.stopped) return;
+    if (first.position.prepare > this.last.prepare + 1n) {
+      this.signalled();
+      return;
+    }
+    for (const event of events) {
+      if (event.position.prepare === this.last.prepare + 1n) this.deliver(event);
+    }
   }
 
   /** Reads what the store has after `last` (coalescing signals while a read runs). */

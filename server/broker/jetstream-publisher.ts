@@ -4,6 +4,7 @@ import { sql } from "kysely";
 import type { EventStore } from "../store/event-store.js";
 import type { HeldLock } from "../store/session-locks.js";
 import type { Position, StoredEvent } from "../store/types.js";
+import { HandedOver } from "./handed-over.js";
 import {
   type BrokerLog,
   decodeEvents,
@@ -28,6 +29,29 @@ export interface JetStreamPublisherOptions {
   readonly idleMs?: number;
   /** How often boundaries nobody publishes are checked for commits not yet published. */
   readonly sweepMs?: number;
+  /**
+   * Estimated bytes of this process's own commits held for publishing from memory, all boundaries
+   * together; beyond it, commits are read back from the store.
+   */
+  readonly handOverBytes?: number;
+  /** Metrics of how far each boundary is published (server/observability). */
+  readonly observer?: PublisherObserver;
+}
+
+/** How the publisher came by what it published (for tests and metrics). */
+export interface PublisherCounts {
+  /** Reads of the store for events to publish: start-up, other processes' commits, repairs. */
+  readBacks: number;
+  /** Events published from what this process's appends handed over. */
+  fromMemory: number;
+}
+
+/** Hears how far the boundaries this process publishes are in their streams. */
+export interface PublisherObserver {
+  /** The stream holds the boundary's events through `position`. */
+  published(boundary: string, position: Position): void;
+  /** This process no longer publishes the boundary. */
+  released(boundary: string): void;
 }
 
 /** How a holder stopped publishing: idle (with how far the stream carries the boundary), or not. */
@@ -59,11 +83,14 @@ const IDLE_MS = 2 * 60_000;
 const SWEEP_MS = 5_000;
 /** Boundaries one sweep takes up at most; the next sweep finds the rest. */
 const SWEEP_LIMIT = 100;
+const HAND_OVER_BYTES = 64 * 1024 * 1024;
 
 /**
  * Copies each boundary's committed events, in position order, into its JetStream stream. One
  * process publishes a boundary at a time (a session lock per boundary); the others wait to take
- * over. A message holds consecutive events (up to MESSAGE_EVENTS, within max_payload). Each
+ * over. The holder publishes its own commits from what its appends handed over (HandedOver) and
+ * reads the store only for what memory cannot give: the stream's start, a commit another process
+ * made (its NOTIFY says so), one that did not fit, or a wait without any signal. A message holds consecutive events (up to MESSAGE_EVENTS, within max_payload). Each
  * carries its last event's position (with a keyed suffix, see MessageAuth) as Nats-Msg-Id and
  * the stream sequence it expects to follow, so JetStream itself refuses a duplicate or a message
  * from a holder that lost its lock but still had publishes buffered: the stream stays in position
@@ -82,8 +109,18 @@ export class JetStreamPublisher {
   private unsignal: (() => void) | undefined;
   private sweeper: NodeJS.Timeout | undefined;
   private readonly held = new Set<string>();
+  private readonly handedOver: HandedOver;
+  private unhandOver: (() => void) | undefined;
+  readonly counts: PublisherCounts = { readBacks: 0, fromMemory: 0 };
 
-  constructor(private readonly options: JetStreamPublisherOptions) {}
+  constructor(private readonly options: JetStreamPublisherOptions) {
+    this.handedOver = new HandedOver(options.handOverBytes ?? HAND_OVER_BYTES);
+  }
+
+  /** Estimated bytes of handed-over commits waiting to be published (for tests and metrics). */
+  get handedOverBytes(): number {
+    return this.handedOver.heldBytes;
+  }
 
   /** Boundaries this process currently publishes (for tests and metrics). */
   get publishing(): ReadonlySet<string> {
@@ -92,12 +129,16 @@ export class JetStreamPublisher {
 
   async start(): Promise<void> {
     this.jsm = await jetstreamManager(this.options.nc);
-    this.unsignal = this.options.store.signals.on((boundary) => {
+    // Only a holder keeps its commits: at the start of its turn it reads the log anyway.
+    this.unhandOver = this.options.store.onCommit((boundary, _head, events) => {
+      if (this.held.has(boundary)) this.handedOver.add(boundary, events);
+    });
+    this.unsignal = this.options.store.signals.on((boundary, local) => {
       if (boundary !== undefined) {
-        this.know(boundary)?.wake();
+        this.know(boundary)?.wake(!local);
         return;
       }
-      for (const b of this.boundaries.values()) b.wake.wake();
+      for (const b of this.boundaries.values()) b.wake.wake(true);
       void this.sweep();
     });
     await this.sweep();
@@ -106,6 +147,7 @@ export class JetStreamPublisher {
   async close(): Promise<void> {
     this.closing.abort(new Error("closing"));
     this.unsignal?.();
+    this.unhandOver?.();
     clearTimeout(this.sweeper);
     await Promise.all([...this.boundaries.values()].map((b) => b.done));
   }
@@ -195,6 +237,8 @@ export class JetStreamPublisher {
         if (typeof end === "object") await this.markPublished(boundary, end.idle);
       } finally {
         this.held.delete(boundary);
+        this.handedOver.drop(boundary);
+        this.options.observer?.released(boundary);
         await lock.release();
       }
       if (typeof end === "object") return;
@@ -247,29 +291,50 @@ export class JetStreamPublisher {
     while (!signal.aborted) {
       try {
         let tail = await this.tail(boundary);
+        this.options.observer?.published(boundary, tail.last);
+        // Whether the log may hold something memory does not: at the start, after a signal of
+        // another process's commit, and after a wait that no signal ended.
+        let mustRead = true;
+        const waited = async () => {
+          const woken = await wake.wait(idleMs, signal);
+          if (wake.takeExternal() || !woken) mustRead = true;
+          return woken;
+        };
         for (;;) {
           if (signal.aborted) return "stopped";
-          const events = await store.read({
-            boundary,
-            query: [],
-            // `from` is inclusive; in (commit, prepare) order nothing lies between the last
-            // event and (its commit, its prepare + 1), so this is exactly "after the last".
-            from: { commit: tail.last.commit, prepare: tail.last.prepare + 1n },
-            count: PAGE,
-            direction: "asc",
-          });
+          let events = this.handedOver.take(boundary, tail.last, PAGE);
+          if (events === undefined || (events.length === 0 && mustRead)) {
+            // Cleared before the read, so that a signal during it asks for another.
+            mustRead = false;
+            wake.takeExternal();
+            this.counts.readBacks++;
+            events = await store.read({
+              boundary,
+              query: [],
+              // `from` is inclusive; in (commit, prepare) order nothing lies between the last
+              // event and (its commit, its prepare + 1), so this is exactly "after the last".
+              from: { commit: tail.last.commit, prepare: tail.last.prepare + 1n },
+              count: PAGE,
+              direction: "asc",
+            });
+            // A full page may not reach the head: memory holds only what comes after it.
+            if (events.length === PAGE) mustRead = true;
+          } else {
+            this.counts.fromMemory += events.length;
+          }
           if (events.length === 0) {
             failures = 0;
             if (idle) return { idle: tail.last };
-            idle = !(await wake.wait(idleMs, signal));
+            idle = !(await waited());
             continue;
           }
           tail = await this.publishPage(boundary, events, tail, signal);
+          this.options.observer?.published(boundary, tail.last);
           failures = 0;
           // A short page reached the head: the next read would find nothing unless something
           // committed meanwhile, and then a wake is pending (the waker latches it). Saves one
           // read of the store per commit. Without a wake for idleMs, the next read decides.
-          idle = events.length < PAGE && !(await wake.wait(idleMs, signal));
+          idle = events.length < PAGE && !(await waited());
         }
       } catch (error) {
         if (signal.aborted) return "stopped";
@@ -415,14 +480,24 @@ export function msgId(position: Position): string {
 /** A wake-up that is not lost when it comes while nobody waits. */
 class Waker {
   private pending = false;
+  private external = false;
   private waiting: (() => void) | undefined;
   /** When the last wake came (Date.now()); 0 while none came (the sweep took the boundary up). */
   last = 0;
 
-  wake(): void {
+  /** `external`: for a commit whose events were not handed over (another process's, or unknown). */
+  wake(external: boolean): void {
     this.pending = true;
+    this.external ||= external;
     this.last = Date.now();
     this.waiting?.();
+  }
+
+  /** Whether an external wake came since the last call. */
+  takeExternal(): boolean {
+    const external = this.external;
+    this.external = false;
+    return external;
   }
 
   /** Whether a wake came since the last wait or take; either way, none is pending after. */

@@ -5,6 +5,8 @@ export interface PubSubMessage {
   readonly id: string;
   readonly subject: string;
   readonly data: Uint8Array;
+  /** Set on delivery: the group handed it out before, to a member that did not acknowledge it. */
+  readonly redelivered?: boolean;
 }
 
 /**
@@ -19,6 +21,17 @@ export interface PubSubMessage {
  * A subscription is iterated once.
  */
 export type Subscription = AsyncIterable<PubSubMessage>;
+
+/** A durable group and what waits for it. */
+export interface GroupInfo {
+  readonly name: string;
+  /** The subject pattern its members subscribe with. */
+  readonly subject: string;
+  /** Stored for the group, not yet delivered. */
+  readonly pending: number;
+  /** Delivered to a member, not yet acknowledged. */
+  readonly unacknowledged: number;
+}
 
 /** Load-balanced pub/sub: the in-process broker, or JetStream shared by many server processes. */
 export interface PubSub {
@@ -39,6 +52,8 @@ export interface PubSub {
    * with StoreError "not_found" (groupDeleted). An unknown name is StoreError "not_found".
    */
   deleteGroup(consumerName: string): Promise<void>;
+  /** The named (durable) groups by name, at most ORISUN_MAX_GROUPS of them. */
+  listGroups(): Promise<GroupInfo[]>;
   /** Ends every subscription; later calls fail with StoreError "unavailable". */
   close(): Promise<void>;
 }

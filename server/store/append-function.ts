@@ -31,7 +31,7 @@ CREATE FUNCTION orisun_append(
   p_expected_commit int8, p_expected_prepare int8,
   p_marker_commit int8, p_marker_prepare int8,
   p_checks json, p_events json, p_commits int8, p_payload text)
-RETURNS TABLE (outcome text, before_commit int8, before_prepare int8)
+RETURNS TABLE (outcome text, before_commit int8, before_prepare int8, created timestamptz)
 LANGUAGE plpgsql VOLATILE AS $fn$
 DECLARE
   v_commit int8;
@@ -93,12 +93,15 @@ BEGIN
   WHERE name = p_boundary;
   PERFORM pg_notify('orisun_commits', p_payload);
   outcome := 'ok';
+  -- The transaction's timestamp, which date_created defaulted to: the live path hands it over.
+  created := now();
   RETURN NEXT;
 END
 $fn$`;
 
 /** The statement that calls it; pglite-pool.ts recognises it as the start of a transaction. */
-export const CALL_APPEND = "SELECT outcome, before_commit, before_prepare FROM orisun_append(";
+export const CALL_APPEND =
+  "SELECT outcome, before_commit, before_prepare, created FROM orisun_append(";
 
 /** A condition for orisun_append: `decided` when the caller checked it in memory. */
 export interface FunctionCheck {
@@ -119,7 +122,7 @@ export interface FunctionEvent {
 }
 
 export type FunctionOutcome =
-  | { readonly outcome: "ok"; readonly before: Position }
+  | { readonly outcome: "ok"; readonly before: Position; readonly created: Date }
   | { readonly outcome: "stale" | "violated" | "failed" };
 
 /** One call of orisun_append (see APPEND_FUNCTION), outside any transaction. */
@@ -161,14 +164,17 @@ export async function callAppend(
     outcome: "ok" | "stale" | "violated" | "failed";
     before_commit: string;
     before_prepare: string;
+    created: Date | null;
   }>`${sql.raw(CALL_APPEND)}${boundary}, ${position(expected, "commit")}::int8, ${position(expected, "prepare")}::int8, ${position(marker, "commit")}::int8, ${position(marker, "prepare")}::int8, ${checksJson}::json, ${eventsJson}::json, ${commits}::int8, ${payload})`.execute(
     db,
   );
   const row = rows[0];
   if (!row) throw new Error("orisun_append returned no row");
   if (row.outcome !== "ok") return { outcome: row.outcome };
+  if (!row.created) throw new Error("orisun_append returned no commit timestamp");
   return {
     outcome: "ok",
     before: { commit: BigInt(row.before_commit), prepare: BigInt(row.before_prepare) },
+    created: row.created,
   };
 }

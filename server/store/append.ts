@@ -5,6 +5,7 @@ import {
   type FunctionEvent,
   type FunctionOutcome,
 } from "./append-function.js";
+import type { AppendObserver, BatchOutcome } from "./append-observer.js";
 import { notifyPayload } from "./commit-signals.js";
 import { databaseError, isConnectionLost } from "./database-errors.js";
 import { quote, StoreError } from "./errors.js";
@@ -19,6 +20,8 @@ import {
   type EventToAppend,
   type Position,
   START,
+  type StoredEvent,
+  type Tag,
 } from "./types.js";
 
 export interface GroupCommitLimits {
@@ -83,6 +86,10 @@ interface BatchResult {
   readonly before: Position;
   readonly head: Position | undefined;
   readonly appended: RecentEvent[];
+  /** The events written, as a read of the log returns them (for the live path). */
+  readonly committed: StoredEvent[];
+  /** UTF-8 bytes of the data and metadata written. */
+  readonly bytes: number;
 }
 
 const conditionFailed = (boundary: string, condition: Condition) =>
@@ -112,8 +119,15 @@ const isDuplicateEventId = (error: unknown) =>
  */
 const RECENT_EVENTS = 10_000;
 
-/** Notified after a transaction committed, with the boundary's new last position. */
-export type CommitListener = (boundary: string, head: Position) => void;
+/**
+ * Notified after a transaction committed, with the boundary's new last position and the events it
+ * wrote, exactly as the log now holds them (so the live path need not read them back).
+ */
+export type CommitListener = (
+  boundary: string,
+  head: Position,
+  events: readonly StoredEvent[],
+) => void;
 
 /**
  * The write path. Appends to one boundary are serialised by a row lock on its orisun_boundaries
@@ -135,6 +149,7 @@ export class Appender {
     private readonly onCommit: CommitListener,
     private readonly instance: string,
     recent: Omit<RecentCommitsLimits, "maxEvents">,
+    private readonly observer?: AppendObserver,
   ) {
     this.recent = new RecentCommits({ maxEvents: RECENT_EVENTS, ...recent });
   }
@@ -217,17 +232,21 @@ export class Appender {
     const written: { result?: BatchResult } = {};
     let result: BatchResult | undefined;
     try {
-      result = await this.commitAtOnce(boundary, batch);
+      const once = () => this.commitAtOnce(boundary, batch);
+      result = await (this.observer?.transaction(boundary, batch.length, once) ?? once());
     } catch (error) {
       this.recent.forget(boundary);
       // The call is its own transaction: a lost connection leaves its outcome unknown.
       return isConnectionLost(error) ? unknownOutcome(error) : databaseError(error);
     }
     try {
-      result ??= await this.db.transaction().execute(async (trx) => {
-        written.result = await this.commitBatch(trx, boundary, batch);
-        return written.result;
-      });
+      const transaction = () =>
+        this.db.transaction().execute(async (trx) => {
+          written.result = await this.commitBatch(trx, boundary, batch);
+          return written.result;
+        });
+      result ??= await (this.observer?.transaction(boundary, batch.length, transaction) ??
+        transaction());
     } catch (error) {
       // Committed or not, the held stretch can no longer be trusted to end at the head.
       this.recent.forget(boundary);
@@ -241,7 +260,8 @@ export class Appender {
       if (outcome && "ok" in outcome) pending.resolve(outcome.ok);
       else pending.reject(outcome?.error ?? new StoreError("internal", "no outcome"));
     });
-    if (result.head) this.onCommit(boundary, result.head);
+    if (result.head) this.onCommit(boundary, result.head, result.committed);
+    this.observer?.committed(boundary, batchOutcome(batch.length, result));
     return undefined;
   }
 
@@ -322,7 +342,14 @@ export class Appender {
     if (accepted.length === 0) {
       // Every caller gave up before anything was sent: nothing to write, no round trip.
       const outcomes = batch.map(() => ({ error: notStarted() }));
-      return { outcomes, before: expected ?? START, head: undefined, appended: [] };
+      return {
+        outcomes,
+        before: expected ?? START,
+        head: undefined,
+        appended: [],
+        committed: [],
+        bytes: 0,
+      };
     }
     let called: FunctionOutcome;
     try {
@@ -353,6 +380,8 @@ export class Appender {
         before: expected ?? START,
         head: undefined,
         appended: [],
+        committed: [],
+        bytes: 0,
       };
     }
     if (called.outcome !== "ok") return undefined;
@@ -371,15 +400,36 @@ export class Appender {
       }
     }
     const appended: RecentEvent[] = [];
+    const committed: StoredEvent[] = [];
+    let bytes = 0;
     let r = 0;
     for (const a of accepted) {
       for (const e of a.request.events) {
         const row = rows[r++] as FunctionEvent;
-        appended.push({ position: at(row.commits, row.prepares), type: e.type, tags: e.tags });
+        const position = at(row.commits, row.prepares);
+        appended.push({ position, type: e.type, tags: e.tags });
+        committed.push({
+          boundary,
+          id: e.id,
+          type: e.type,
+          tags: distinctTags(e.tags),
+          data: e.data,
+          metadata: e.metadata,
+          position,
+          createdAt: called.created,
+        });
+        bytes += Buffer.byteLength(e.data) + Buffer.byteLength(e.metadata);
       }
     }
     const last = accepted.at(-1) as (typeof accepted)[number];
-    return { outcomes, before, head: at(last.commits, last.prepares), appended };
+    return {
+      outcomes,
+      before,
+      head: at(last.commits, last.prepares),
+      appended,
+      committed,
+      bytes,
+    };
   }
 
   /**
@@ -461,7 +511,9 @@ export class Appender {
       outcomes.push({ ok: last });
     }
 
-    if (accepted.length === 0) return { outcomes, before, head: undefined, appended: [] };
+    if (accepted.length === 0) {
+      return { outcomes, before, head: undefined, appended: [], committed: [], bytes: 0 };
+    }
     const rows = accepted.flatMap((a) =>
       a.events.map((e) => ({
         c: e.position.commit.toString(),
@@ -476,8 +528,9 @@ export class Appender {
     // One statement, so one round trip: the events, the boundary's new head, and the NOTIFY
     // (delivered at commit) that wakes the live publishers of every process. The payload carries
     // the schema (the search_path of every pooled connection), so deployments sharing the
-    // database do not wake each other. A data-modifying WITH runs once, read or not.
-    await sql`
+    // database do not wake each other. A data-modifying WITH runs once, read or not. now() is the
+    // transaction's timestamp, which date_created defaults to: the live path hands it over.
+    const written = await sql<{ created: Date }>`
       WITH appended AS (
         INSERT INTO orisun_events
           (boundary, commit_position, prepare_position, event_id, event_type, tags, data, metadata)
@@ -490,12 +543,71 @@ export class Appender {
           event_count = event_count + ${rows.length}
         WHERE name = ${boundary}
       )
-      SELECT pg_notify('orisun_commits', ${notifyPayload(boundary, this.instance)})`.execute(trx);
+      SELECT pg_notify('orisun_commits', ${notifyPayload(boundary, this.instance)}),
+        now() AS created`.execute(trx);
+    const createdAt = written.rows[0]?.created;
+    if (!createdAt) throw new StoreError("internal", "the commit's timestamp was not returned");
     const appended = accepted.flatMap((a) =>
       a.events.map(({ position, type, tags }) => ({ position, type, tags })),
     );
-    return { outcomes, before, head: { commit, prepare }, appended };
+    const bytes = rows.reduce(
+      (n, r) => n + Buffer.byteLength(r.data) + Buffer.byteLength(r.meta),
+      0,
+    );
+    return {
+      outcomes,
+      before,
+      head: { commit, prepare },
+      appended,
+      committed: committedEvents(boundary, accepted, createdAt),
+      bytes,
+    };
   }
+}
+
+/**
+ * The accepted events as a read of the log returns them: tags deduplicated in the order they were
+ * stored, metadata "" for none, data as the text that was stored (json keeps its input text).
+ */
+function committedEvents(
+  boundary: string,
+  accepted: readonly Accepted[],
+  createdAt: Date,
+): StoredEvent[] {
+  return accepted.flatMap((a) =>
+    a.events.map((e) => ({
+      boundary,
+      id: e.id,
+      type: e.type,
+      tags: distinctTags(e.tags),
+      data: e.data,
+      metadata: e.metadata,
+      position: e.position,
+      createdAt,
+    })),
+  );
+}
+
+function distinctTags(tags: readonly Tag[]): Tag[] {
+  if (tags.length < 2) return [...tags];
+  const seen = new Set<string>();
+  return tags.filter((t) => {
+    const key = encodeTag(t);
+    if (seen.has(key)) return false;
+    seen.add(key);
+    return true;
+  });
+}
+
+function batchOutcome(
+  requests: number,
+  result: { outcomes: readonly Outcome[]; appended: readonly unknown[]; bytes: number },
+): BatchOutcome {
+  let conditionFailures = 0;
+  for (const o of result.outcomes) {
+    if ("error" in o && o.error.kind === "condition_failed") conditionFailures++;
+  }
+  return { requests, events: result.appended.length, bytes: result.bytes, conditionFailures };
 }
 
 interface StoredCommits {

@@ -1,8 +1,11 @@
 import { type RawBuilder, sql } from "kysely";
 import pg from "pg";
 
-/** `boundary` committed something; undefined: anything may have changed (after a reconnect). */
-export type CommitSignal = (boundary: string | undefined) => void;
+/**
+ * `boundary` committed something; undefined: anything may have changed (after a reconnect).
+ * `local`: the commit was this process's own, and its events went to EventStore.onCommit first.
+ */
+export type CommitSignal = (boundary: string | undefined, local: boolean) => void;
 
 /**
  * Tells who follows the log that a boundary has new commits: this process's own commits at once,
@@ -34,8 +37,8 @@ export class CommitSignals {
     return () => this.listeners.delete(listener);
   }
 
-  emit(boundary: string | undefined): void {
-    for (const listener of this.listeners) listener(boundary);
+  emit(boundary: string | undefined, local = false): void {
+    for (const listener of this.listeners) listener(boundary, local);
   }
 
   private async listen(): Promise<void> {

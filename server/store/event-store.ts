@@ -1,5 +1,6 @@
 import { randomUUID } from "node:crypto";
 import { Appender, type CommitListener, type GroupCommitLimits } from "./append.js";
+import type { AppendObserver } from "./append-observer.js";
 import { BoundaryCap, DEFAULT_MAX_BOUNDARIES } from "./boundary-cap.js";
 import { CommitSignals } from "./commit-signals.js";
 import { type DatabaseOptions, type OpenDatabase, openDatabase } from "./database.js";
@@ -27,6 +28,8 @@ export interface EventStoreOptions extends DatabaseOptions {
   readonly boundaryIdleMs?: number;
   /** Connections catch-up reads may use at once; default half the pool. PGlite: always one. */
   readonly catchUpConnections?: number;
+  /** Metrics and traces of the write path (server/observability); none: nothing is measured. */
+  readonly observer?: AppendObserver;
 }
 
 export interface CallOptions {
@@ -85,15 +88,16 @@ export class EventStore {
     this.appender = new Appender(
       database.db,
       options.groupCommit,
-      (boundary, head) => {
-        for (const listener of this.listeners) listener(boundary, head);
-        this.signals.emit(boundary);
+      (boundary, head, events) => {
+        for (const listener of this.listeners) listener(boundary, head, events);
+        this.signals.emit(boundary, true);
       },
       instance,
       {
         maxBytes: options.recentCommitsBytes ?? 64 * MiB,
         idleMs: options.boundaryIdleMs ?? 5 * 60_000,
       },
+      options.observer,
     );
   }
 
@@ -138,6 +142,22 @@ export class EventStore {
     }
   }
 
+  /**
+   * A read and the head of the snapshot it used. The head is read first, then the events bounded
+   * by `position <= head`, in two statements: sound because an append moves the head in the
+   * transaction that writes its events, under the boundary row lock held until commit, so every
+   * event at or below a committed head was committed with or before it (visible to the second
+   * statement), and any event committed after the first statement lies above the head (cut off).
+   */
+  async readAtHead(
+    request: Omit<ReadRequest, "until">,
+    options: ReadOptions = {},
+  ): Promise<{ events: StoredEvent[]; head: Position }> {
+    const head = await this.head(request.boundary);
+    const events = await this.read({ ...request, until: head }, options);
+    return { events, head };
+  }
+
   /** A catch-up read would start at once: reading ahead then takes nobody's turn. */
   get catchUpIdle(): boolean {
     return this.catchUps.idle;
@@ -151,7 +171,10 @@ export class EventStore {
     }
   }
 
-  /** Called after each commit of this process; other processes' commits arrive by NOTIFY orisun_commits. */
+  /**
+   * Called after each commit of this process, with what it wrote, in commit order per boundary;
+   * other processes' commits arrive by NOTIFY orisun_commits (signals, without their events).
+   */
   onCommit(listener: CommitListener): () => void {
     this.listeners.add(listener);
     return () => this.listeners.delete(listener);

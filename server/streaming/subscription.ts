@@ -32,6 +32,25 @@ export interface SubscriptionDeps {
   readonly store: EventStore;
   readonly feeds: LiveFeeds;
   readonly limits: SubscriptionLimits;
+  /** Metrics of open subscriptions (server/observability); none: nothing is measured. */
+  readonly observer?: SubscriptionObserver;
+}
+
+/** Hears of each subscription opened, so that metrics can count them and tell their lag. */
+export interface SubscriptionObserver {
+  opened(boundary: string, after: Position): SubscriptionProbe;
+}
+
+export interface SubscriptionProbe {
+  /** The subscription sent the event at `position`. */
+  sent(position: Position): void;
+  closed(): void;
+}
+
+/** Set by subscribe() to say where the event it yields comes from. */
+export interface SubscriptionPhase {
+  /** From the boundary's live feed: the same object goes to every subscriber it matches. */
+  live: boolean;
 }
 
 /**
@@ -46,6 +65,7 @@ export async function* subscribe(
   deps: SubscriptionDeps,
   request: SubscribeRequest,
   signal: AbortSignal,
+  phase: SubscriptionPhase = { live: false },
 ): AsyncGenerator<StoredEvent> {
   const lock = request.subscriberName
     ? await deps.store.locks.tryAcquire(
@@ -61,10 +81,12 @@ export async function* subscribe(
   }
   const abort = lock ? AbortSignal.any([signal, lock.lost]) : signal;
   let cursor = request.after;
+  const probe = deps.observer?.opened(request.boundary, cursor);
   try {
     while (!abort.aborted) {
       const buffer = new LiveBuffer(deps.limits, abort);
       const leave = await deps.feeds.join(request.boundary, buffer);
+      phase.live = false;
       try {
         // Catch-up reads take turns for their share of the connections (see EventStore.read):
         // a subscription waits as long as it must, until its own client gives up.
@@ -102,9 +124,11 @@ export async function* subscribe(
             if (abort.aborted) return;
             yield event;
             cursor = event.position;
+            probe?.sent(cursor);
           }
           if (more) next ??= readAfter(cursor);
         }
+        phase.live = true;
         for (;;) {
           const event = await buffer.next();
           if (event === undefined) break; // overflowed or aborted
@@ -112,6 +136,7 @@ export async function* subscribe(
           if (!matches(event, request.query)) continue;
           yield event;
           cursor = event.position;
+          probe?.sent(cursor);
         }
       } finally {
         leave();
@@ -125,6 +150,7 @@ export async function* subscribe(
       );
     }
   } finally {
+    probe?.closed();
     await lock?.release();
   }
 }

@@ -1,0 +1,51 @@
+import { context, type Tracer, trace } from "@opentelemetry/api";
+
+export interface Tracing {
+  readonly tracer: Tracer;
+  /** Sends the spans still buffered and stops the exporter. */
+  shutdown(): Promise<void>;
+}
+
+export interface TracingOptions {
+  /** OTEL_EXPORTER_OTLP_ENDPOINT; undefined: no tracing, and no SDK is loaded. */
+  readonly endpoint: string | undefined;
+  /** OTEL_SERVICE_NAME, default "orisun". */
+  readonly serviceName: string;
+}
+
+/**
+ * OpenTelemetry traces over OTLP/HTTP (JSON), on only when an endpoint is configured. The SDK
+ * and exporter are imported here, dynamically, so a server without tracing never loads them:
+ * the interceptor and the append observer are then not even installed. The exporter reads the
+ * other standard variables itself (OTEL_EXPORTER_OTLP_HEADERS, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
+ * OTEL_EXPORTER_OTLP_TIMEOUT). Spans go out in batches every 5 s, and at shutdown.
+ */
+export async function startTracing(options: TracingOptions): Promise<Tracing | undefined> {
+  if (options.endpoint === undefined) return undefined;
+  const [{ TracerProvider, BatchSpanProcessor }, { OTLPTraceExporter }, resources, hooks, semconv] =
+    await Promise.all([
+      import("@opentelemetry/sdk-trace"),
+      import("@opentelemetry/exporter-trace-otlp-http"),
+      import("@opentelemetry/resources"),
+      import("@opentelemetry/context-async-hooks"),
+      import("@opentelemetry/semantic-conventions"),
+    ]);
+  const provider = new TracerProvider({
+    resource: resources.resourceFromAttributes({
+      [semconv.ATTR_SERVICE_NAME]: options.serviceName,
+    }),
+    spanProcessors: [new BatchSpanProcessor({ exporter: new OTLPTraceExporter() })],
+  });
+  // Spans follow the request through awaits (the RPC's span is the append transaction's parent).
+  const contextManager = new hooks.AsyncLocalStorageContextManager().enable();
+  context.setGlobalContextManager(contextManager);
+  trace.setGlobalTracerProvider(provider);
+  return {
+    tracer: provider.getTracer("orisun"),
+    async shutdown() {
+      await provider.shutdown();
+      trace.disable();
+      context.disable();
+    },
+  };
+}
