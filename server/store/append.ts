@@ -230,27 +230,26 @@ export class Appender {
   private async run(boundary: string, batch: readonly Pending[]): Promise<StoreError | undefined> {
     // Set once the transaction wrote its events: its COMMIT is sent next.
     const written: { result?: BatchResult } = {};
-    let result: BatchResult | undefined;
+    // The one-statement call first; the full transaction when it declines.
+    let full = false;
+    const attempt = async () => {
+      const once = await this.commitAtOnce(boundary, batch);
+      if (once) return once;
+      full = true;
+      return this.db.transaction().execute(async (trx) => {
+        written.result = await this.commitBatch(trx, boundary, batch);
+        return written.result;
+      });
+    };
+    let result: BatchResult;
     try {
-      const once = () => this.commitAtOnce(boundary, batch);
-      result = await (this.observer?.transaction(boundary, batch.length, once) ?? once());
-    } catch (error) {
-      this.recent.forget(boundary);
-      // The call is its own transaction: a lost connection leaves its outcome unknown.
-      return isConnectionLost(error) ? unknownOutcome(error) : databaseError(error);
-    }
-    try {
-      const transaction = () =>
-        this.db.transaction().execute(async (trx) => {
-          written.result = await this.commitBatch(trx, boundary, batch);
-          return written.result;
-        });
-      result ??= await (this.observer?.transaction(boundary, batch.length, transaction) ??
-        transaction());
+      result = await (this.observer?.transaction(boundary, batch.length, attempt) ?? attempt());
     } catch (error) {
       // Committed or not, the held stretch can no longer be trusted to end at the head.
       this.recent.forget(boundary);
       const failure = databaseError(error);
+      // The call is its own transaction: a lost connection leaves its outcome unknown.
+      if (!full) return isConnectionLost(error) ? unknownOutcome(error) : failure;
       const committing = written.result?.head !== undefined;
       return committing && failure.kind === "unavailable" ? unknownOutcome(error) : failure;
     }
