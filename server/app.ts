@@ -6,6 +6,7 @@ import Fastify, { type FastifyBaseLogger } from "fastify";
 import { Admin } from "../gen/orisun/v1/admin_pb.js";
 import { EventStore } from "../gen/orisun/v1/eventstore_pb.js";
 import { adminHandlers } from "./api/admin-handlers.js";
+import { Authorization, kClient } from "./api/authorization.js";
 import type { ApiDeps } from "./api/deps.js";
 import { errorInterceptor, kRequestId, kRequestLog } from "./api/errors.js";
 import { pubsubHandler } from "./api/pubsub-handler.js";
@@ -13,6 +14,10 @@ import { jsonOptions, requestGate } from "./api/request-decoding.js";
 import { storeHandlers } from "./api/store-handlers.js";
 import { subscribeHandler } from "./api/subscribe-handler.js";
 import { connectionOf, kConnection, SubscriptionSlots } from "./api/subscription-slots.js";
+import { Authenticator } from "./auth/authenticator.js";
+import { bootstrapAdmin } from "./auth/bootstrap.js";
+import { PrincipalSignals } from "./auth/principal-signals.js";
+import { PrincipalsStore } from "./auth/principals-store.js";
 import { LiveFeeds } from "./broker/feed.js";
 import { connectNats } from "./broker/jetstream.js";
 import { JetStreamPublisher } from "./broker/jetstream-publisher.js";
@@ -21,6 +26,7 @@ import { JetStreamSource } from "./broker/jetstream-source.js";
 import { MemoryPubSub } from "./broker/memory-pubsub.js";
 import { MessageAuth } from "./broker/message-auth.js";
 import type { Config } from "./config.js";
+import { clientOf } from "./http/client-identity.js";
 import { registerConsole } from "./http/console.js";
 import { createOnePort, type OnePort } from "./http/one-port.js";
 import { loadDeployment } from "./store/deployment.js";
@@ -32,6 +38,8 @@ export interface RunningApp {
   readonly port: number;
   readonly store: Store;
   readonly log: FastifyBaseLogger;
+  /** Checks credentials of plain HTTP routes (authorizeAdminRequest for GET /metrics). */
+  readonly authorization: Authorization;
   /** Stops accepting, lets in-flight calls finish (up to `graceMs`), ends streams, closes pools. */
   close(graceMs?: number): Promise<void>;
 }
@@ -83,6 +91,40 @@ export async function startApp(config: Config): Promise<RunningApp> {
     recentCommitsBytes: config.recentCommitsBytes,
     boundaryIdleMs: config.boundaryIdleMs,
   });
+
+  // Principals live in the store; with auth on, every call is authenticated against them (see
+  // api/authorization.ts) and every process hears of changes within a second.
+  let authenticator: Authenticator | undefined;
+  const principals = new PrincipalsStore(store.database.db, () => authenticator?.changed());
+  const principalSignals = config.auth.enabled
+    ? new PrincipalSignals(
+        config.pgUrl,
+        config.pgSchema,
+        () => authenticator?.changed(),
+        (err) => app.log.warn({ err }, "LISTEN orisun_principals failed; reconnecting"),
+      )
+    : undefined;
+  if (config.auth.enabled) {
+    authenticator = new Authenticator(principals, {
+      cacheEntries: config.auth.cacheEntries,
+      trackedClients: config.auth.trackedClients,
+      watching: () => principalSignals?.connected ?? false,
+    });
+    try {
+      await bootstrapAdmin(principals, config.auth, (message) => app.log.info(message));
+    } catch (error) {
+      await principalSignals?.close();
+      await store.close();
+      throw error;
+    }
+  } else if (config.auth.explicitlyOffOnNetwork) {
+    app.log.warn(
+      { host: config.host },
+      "ORISUN_AUTH=off on a network address: anyone who can reach the port can read, write and administer every boundary",
+    );
+  }
+  const authorization = new Authorization(authenticator);
+  const mutualTls = config.tls?.clientCa !== undefined;
 
   // With NATS: committed events travel through JetStream (one elected publisher per boundary),
   // and pub/sub groups are JetStream consumers. Without: the same interfaces, in process.
@@ -145,8 +187,11 @@ export async function startApp(config: Config): Promise<RunningApp> {
     await app.register(cors, {
       origin: config.corsOrigins.includes("*") ? true : [...config.corsOrigins],
       methods: [...connectCors.allowedMethods],
-      allowedHeaders: [...connectCors.allowedHeaders, "X-Request-Id"],
+      allowedHeaders: [...connectCors.allowedHeaders, "X-Request-Id", "Authorization"],
       exposedHeaders: [...connectCors.exposedHeaders, "X-Request-Id"],
+      // Browsers send client certificates (and cached credentials) only when allowed to; a
+      // wildcard origin never is, or any web page could act with a visitor's certificate.
+      credentials: !config.corsOrigins.includes("*"),
       maxAge: 7200,
     });
   }
@@ -157,9 +202,9 @@ export async function startApp(config: Config): Promise<RunningApp> {
         ...subscribeHandler(subscribeDeps),
         ...pubsubHandler(pubsubDeps),
       });
-      router.service(Admin, adminHandlers({ pubsub }));
+      router.service(Admin, adminHandlers({ pubsub, principals, auth: authenticator }));
     },
-    interceptors: [errorInterceptor, subscriptionSlots.interceptor],
+    interceptors: [errorInterceptor, authorization.interceptor, subscriptionSlots.interceptor],
     jsonOptions,
     requestGate,
     readMaxBytes: config.limits.maxRequestBytes,
@@ -167,7 +212,8 @@ export async function startApp(config: Config): Promise<RunningApp> {
       createContextValues()
         .set(kRequestLog, req.log)
         .set(kRequestId, String(req.id))
-        .set(kConnection, connectionOf(req.raw)),
+        .set(kConnection, connectionOf(req.raw))
+        .set(kClient, clientOf(req.raw, mutualTls)),
   });
   await registerConsole(app, { boundaries: config.boundaries });
   app.get("/healthz", async () => ({ status: "ok" }));
@@ -192,6 +238,7 @@ export async function startApp(config: Config): Promise<RunningApp> {
     port,
     store,
     log: app.log,
+    authorization,
     close(graceMs = 10_000) {
       closing ??= (async () => {
         shutdown.abort(new Error("server is shutting down"));
@@ -205,6 +252,7 @@ export async function startApp(config: Config): Promise<RunningApp> {
           await pubsub.close();
           await publisher?.close();
           await nats?.drain().catch(() => {});
+          await principalSignals?.close();
           await store.close();
         }
       })();
