@@ -3,7 +3,7 @@ import { StoreError } from "../store/errors.js";
 import { parseApiKey } from "./api-key-format.js";
 import { AuthError, UNAUTHENTICATED_MESSAGE } from "./auth-error.js";
 import { BoundedLru } from "./bounded-lru.js";
-import { FailureLimiter } from "./failure-limiter.js";
+import { FailureLimiter, WINDOW_MS } from "./failure-limiter.js";
 import { verifySecret } from "./passwords.js";
 import type { Principal } from "./principal.js";
 import type { KeyRecord, PrincipalsStore, UserRecord } from "./principals-store.js";
@@ -22,6 +22,15 @@ export interface ClientInfo {
 
 interface Cached {
   readonly principal: Principal;
+  /** The stored hash the credential was verified against: unchanged, it still verifies. */
+  readonly hash: string;
+  readonly generation: number;
+  readonly at: number;
+}
+
+interface Rejected {
+  /** The stored hash it failed against (undefined: no such user or key). */
+  readonly hash: string | undefined;
   readonly generation: number;
   readonly at: number;
 }
@@ -30,19 +39,33 @@ type Credentials =
   | { kind: "password"; name: string; password: string }
   | { kind: "key"; id: string; secret: string };
 
+/** What the store holds for a credential now: the principal and the hash to verify against. */
+interface Found {
+  readonly principal: Principal;
+  readonly hash: string;
+}
+
 /**
  * Turns an `authorization` header (or a verified client certificate) into a Principal. Verified
  * credentials are cached by a SHA-256 of the header, never the header itself, so that an
- * authenticated call costs a hash and a map lookup. Every change of principals (here or, through
- * LISTEN/NOTIFY, in another process) empties the cache; the generation counter keeps a
- * verification that was under way during a change from caching what it read before it.
+ * authenticated call costs a hash and a map lookup. A change of principals (here or, through
+ * LISTEN/NOTIFY, in another process) makes every entry stale: the next call re-reads its user or
+ * key (one indexed query, no slow hash) and keeps the entry only if the stored hash it was
+ * verified against is still there, so a changed password, a deleted user or a revoked key stops
+ * working at once while everyone else pays no new verification.
  */
 export class Authenticator {
   private generation = 0;
   private readonly cache: BoundedLru<string, Cached>;
+  /**
+   * Credentials that failed, by the same hash: a client retrying one wrong password is told so
+   * at once, without another verification and without counting as a new attempt.
+   */
+  private readonly rejected: BoundedLru<string, Rejected>;
   private readonly inflight = new Map<string, Promise<Principal>>();
   private readonly limiter: FailureLimiter;
   private readonly listeners = new Set<() => void>();
+  private readonly watching: () => boolean;
 
   constructor(
     private readonly principals: PrincipalsStore,
@@ -55,17 +78,14 @@ export class Authenticator {
     private readonly now: () => number = Date.now,
   ) {
     this.cache = new BoundedLru(options.cacheEntries);
+    this.rejected = new BoundedLru(options.cacheEntries);
     this.limiter = new FailureLimiter(options.trackedClients, now);
     this.watching = options.watching;
   }
 
-  private readonly watching: () => boolean;
-
-  /** Principals changed somewhere: forget every verified credential, tell who re-checks. */
+  /** Principals changed somewhere: every cached credential is re-read before its next use. */
   changed(): void {
     this.generation++;
-    this.cache.clear();
-    this.inflight.clear();
     for (const listener of this.listeners) listener();
   }
 
@@ -87,39 +107,23 @@ export class Authenticator {
       throw new AuthError("unauthenticated", UNAUTHENTICATED_MESSAGE);
     }
     const cacheKey = createHash("sha256").update(header).digest("base64");
-    const hit = this.fresh(cacheKey);
-    if (hit) return hit;
+    const hit = this.cache.get(cacheKey);
+    if (hit && this.current(hit)) return hit.principal;
     const credentials = parseHeader(header);
     if (!credentials) throw new AuthError("unauthenticated", UNAUTHENTICATED_MESSAGE);
     const claimed = credentials.kind === "password" ? credentials.name : `key ${credentials.id}`;
-    const counted = [`name:${claimed}`, `address:${client.address}`];
-    if (this.limiter.blocked(counted)) {
-      throw new StoreError(
-        "limit_reached",
-        "too many failed sign-in attempts for this name or from this address; wait a minute",
-      );
+    const failed = this.rejected.get(cacheKey);
+    if (failed && this.current(failed) && this.now() - failed.at < WINDOW_MS) {
+      throw new AuthError("unauthenticated", UNAUTHENTICATED_MESSAGE, claimed);
     }
-    // Concurrent first calls with one credential share one verification.
+    // Concurrent calls with one credential share one check.
     let pending = this.inflight.get(cacheKey);
     if (!pending) {
-      const generation = this.generation;
-      pending = this.verify(credentials).then(
-        (principal) => {
-          if (generation === this.generation) {
-            this.cache.set(cacheKey, { principal, generation, at: this.now() });
-          }
-          return principal;
-        },
-        (error: unknown) => {
-          if (error instanceof AuthError) this.limiter.fail(counted);
-          throw error;
-        },
-      );
-      const settled = pending.finally(() => {
-        if (this.inflight.get(cacheKey) === settled) this.inflight.delete(cacheKey);
+      const counted = [`name:${claimed}`, `address:${client.address}`];
+      pending = this.check(cacheKey, credentials, counted).finally(() => {
+        if (this.inflight.get(cacheKey) === pending) this.inflight.delete(cacheKey);
       });
-      this.inflight.set(cacheKey, settled);
-      pending = settled;
+      this.inflight.set(cacheKey, pending);
     }
     try {
       return await pending;
@@ -132,12 +136,7 @@ export class Authenticator {
   /** Checks a user's password, counting a wrong one as a failed attempt (ChangePassword). */
   async checkPassword(name: string, password: string, address: string): Promise<boolean> {
     const counted = [`name:${name}`, `address:${address}`];
-    if (this.limiter.blocked(counted)) {
-      throw new StoreError(
-        "limit_reached",
-        "too many failed sign-in attempts for this name or from this address; wait a minute",
-      );
-    }
+    if (this.limiter.blocked(counted)) throw tooMany();
     const user = await this.principals.getUser(name);
     const ok = await verifySecret(password, user?.passwordHash);
     if (!ok) this.limiter.fail(counted);
@@ -158,45 +157,75 @@ export class Authenticator {
     return user && fromUser(user);
   }
 
-  private fresh(cacheKey: string): Principal | undefined {
-    const entry = this.cache.get(cacheKey);
-    if (!entry || entry.generation !== this.generation) return undefined;
-    if (!this.watching() && this.now() - entry.at > UNWATCHED_TTL_MS) {
-      this.cache.delete(cacheKey);
-      return undefined;
+  /** Made in this generation, and (when notices may be missed) recently. */
+  private current(entry: { generation: number; at: number }): boolean {
+    if (entry.generation !== this.generation) return false;
+    return this.watching() || this.now() - entry.at <= UNWATCHED_TTL_MS;
+  }
+
+  private async check(
+    cacheKey: string,
+    credentials: Credentials,
+    counted: string[],
+  ): Promise<Principal> {
+    const generation = this.generation;
+    const found = await this.find(credentials);
+    const hash = found?.hash;
+    const at = this.now();
+    const hit = this.cache.get(cacheKey);
+    if (hit && found && hit.hash === found.hash) {
+      this.cache.set(cacheKey, { principal: found.principal, hash: found.hash, generation, at });
+      return found.principal;
     }
-    return entry.principal;
+    const failed = this.rejected.get(cacheKey);
+    if (failed && failed.hash === hash && at - failed.at < WINDOW_MS) {
+      this.rejected.set(cacheKey, { ...failed, generation });
+      throw new AuthError("unauthenticated", UNAUTHENTICATED_MESSAGE);
+    }
+    // Only a slow verification is a guess: those are what the limiter counts and refuses.
+    if (this.limiter.blocked(counted)) throw tooMany();
+    const secret = credentials.kind === "password" ? credentials.password : credentials.secret;
+    if (!(await verifySecret(secret, hash)) || !found) {
+      this.limiter.fail(counted);
+      this.cache.delete(cacheKey);
+      this.rejected.set(cacheKey, { hash, generation, at });
+      throw new AuthError("unauthenticated", UNAUTHENTICATED_MESSAGE);
+    }
+    this.rejected.delete(cacheKey);
+    this.cache.set(cacheKey, { principal: found.principal, hash: found.hash, generation, at });
+    return found.principal;
+  }
+
+  private async find(credentials: Credentials): Promise<Found | undefined> {
+    if (credentials.kind === "password") {
+      const user = await this.principals.getUser(credentials.name);
+      return user && { principal: fromUser(user), hash: user.passwordHash };
+    }
+    const found = await this.principals.getKey(credentials.id);
+    return found && { principal: fromKey(found.key, found.user), hash: found.key.secretHash };
   }
 
   private async byCertificate(name: string): Promise<Principal> {
     const cacheKey = `cert:${name}`;
-    const hit = this.fresh(cacheKey);
-    if (hit) return hit;
+    const hit = this.cache.get(cacheKey);
+    if (hit && this.current(hit)) return hit.principal;
     const generation = this.generation;
     const user = await this.principals.getUser(name);
-    if (!user)
+    if (!user) {
+      this.cache.delete(cacheKey);
       throw new AuthError("unauthenticated", UNAUTHENTICATED_MESSAGE, `certificate ${name}`);
-    const principal = fromUser(user);
-    if (generation === this.generation) {
-      this.cache.set(cacheKey, { principal, generation, at: this.now() });
     }
+    const principal = fromUser(user);
+    this.cache.set(cacheKey, { principal, hash: "", generation, at: this.now() });
     return principal;
   }
+}
 
-  private async verify(credentials: Credentials): Promise<Principal> {
-    if (credentials.kind === "password") {
-      const user = await this.principals.getUser(credentials.name);
-      if (!(await verifySecret(credentials.password, user?.passwordHash)) || !user) {
-        throw new AuthError("unauthenticated", UNAUTHENTICATED_MESSAGE);
-      }
-      return fromUser(user);
-    }
-    const found = await this.principals.getKey(credentials.id);
-    if (!(await verifySecret(credentials.secret, found?.key.secretHash)) || !found) {
-      throw new AuthError("unauthenticated", UNAUTHENTICATED_MESSAGE);
-    }
-    return fromKey(found.key, found.user);
-  }
+function tooMany(): StoreError {
+  return new StoreError(
+    "limit_reached",
+    "too many failed sign-in attempts for this name or from this address; wait a minute",
+  );
 }
 
 function fromUser(user: UserRecord): Principal {
