@@ -4,7 +4,7 @@ import { parseApiKey } from "./api-key-format.js";
 import { AuthError, UNAUTHENTICATED_MESSAGE } from "./auth-error.js";
 import { BoundedLru } from "./bounded-lru.js";
 import { FailureLimiter, WINDOW_MS } from "./failure-limiter.js";
-import { verifySecret } from "./passwords.js";
+import { decoy, verifySecret } from "./passwords.js";
 import type { Principal } from "./principal.js";
 import type { KeyRecord, PrincipalsStore, UserRecord } from "./principals-store.js";
 
@@ -81,6 +81,7 @@ export class Authenticator {
     this.rejected = new BoundedLru(options.cacheEntries);
     this.limiter = new FailureLimiter(options.trackedClients, now);
     this.watching = options.watching;
+    void decoy();
   }
 
   /** Principals changed somewhere: every cached credential is re-read before its next use. */

@@ -49,7 +49,8 @@ export async function verifySecret(secret: string, stored: string | undefined): 
 }
 
 let decoyHash: Promise<string> | undefined;
-function decoy(): Promise<string> {
+/** Made at start-up (see Authenticator), so that the first unknown name costs what later ones do. */
+export function decoy(): Promise<string> {
   decoyHash ??= hashSecret(randomBytes(16).toString("hex"));
   return decoyHash;
 }
