@@ -9,10 +9,23 @@ const ADMIN = basic("admin", "adm1n-Secret-pw");
 const schema = freshSchema("authr");
 let a: SpawnedServer;
 let b: SpawnedServer;
+/** Every password and key secret the scenario used: none may reach either server's log. */
+const secrets = [
+  "adm1n-Secret-pw",
+  "bob-Secret-pw",
+  "carol-Secret-pw",
+  "dave-Old-pw",
+  "dave-New-pw",
+];
 
-/** Resolves with the code the stream ended with and when; rejects if it ends without an error. */
-function ending(stream: AsyncIterable<unknown>): Promise<{ code: Code; at: number }> {
-  return (async () => {
+/**
+ * Resolves with the code the stream ended with and when; rejects if it ends without an error, or
+ * has not ended 5 s after `armed()` is called (the change it waits for was made).
+ */
+function ending(stream: AsyncIterable<unknown>): Promise<{ code: Code; at: number }> & {
+  armed(): Promise<{ code: Code; at: number }>;
+} {
+  const ended = (async () => {
     try {
       for await (const _ of stream) {
         // events are not the point: the stream must end with an error
@@ -22,6 +35,15 @@ function ending(stream: AsyncIterable<unknown>): Promise<{ code: Code; at: numbe
     }
     throw new Error("the stream ended without an error");
   })();
+  return Object.assign(ended, {
+    armed: () =>
+      Promise.race([
+        ended,
+        new Promise<never>((_, fail) =>
+          setTimeout(() => fail(new Error("the stream still runs 5 s after the change")), 5_000),
+        ),
+      ]),
+  });
 }
 
 async function codeOf(work: Promise<unknown>): Promise<Code | "ok"> {
@@ -104,7 +126,7 @@ describe("changes of principals on one server reach the other within a second", 
 
     await onA.admin.revokeApiKey({ id: made.key?.id ?? "" }, { headers: onA.headers });
     const revokedAt = Date.now();
-    const [e, m] = await Promise.all([events, messages]);
+    const [e, m] = await Promise.all([events.armed(), messages.armed()]);
     expect(e.code).toBe(Code.PermissionDenied);
     expect(m.code).toBe(Code.PermissionDenied);
     expect(e.at - revokedAt).toBeLessThan(1_000);
@@ -123,6 +145,7 @@ describe("changes of principals on one server reach the other within a second", 
       { user: "carol", name: "reader", grants: [{ boundary: "orders_*", access: "read" }] },
       { headers: onA.headers },
     );
+    secrets.push(key.secret);
     const userOnB = clientsWith(
       createGrpcTransport({ baseUrl: b.url }),
       basic("carol", "carol-Secret-pw"),
@@ -142,7 +165,7 @@ describe("changes of principals on one server reach the other within a second", 
     await new Promise((r) => setTimeout(r, 500));
     await onA.admin.deleteUser({ name: "carol" }, { headers: onA.headers });
     const deletedAt = Date.now();
-    const ended = await stream;
+    const ended = await stream.armed();
     expect(ended.code).toBe(Code.PermissionDenied);
     expect(ended.at - deletedAt).toBeLessThan(1_000);
     expect(await until(read(userOnB), Code.Unauthenticated, deletedAt)).toBeLessThan(1_000);
@@ -196,4 +219,10 @@ describe("changes of principals on one server reach the other within a second", 
       ),
     ).toBe(Code.PermissionDenied);
   }, 60_000);
+
+  it("wrote no password or key secret to either server's log", () => {
+    const logs = a.output() + b.output();
+    expect(logs).toContain("permission denied");
+    for (const secret of secrets) expect(logs.includes(secret), "a secret in the log").toBe(false);
+  });
 });
