@@ -212,14 +212,13 @@ export class Authorization {
     method: string,
     log: FastifyBaseLogger | undefined,
   ): ConnectError {
-    const where =
-      "boundary" in need
-        ? { boundary: need.boundary }
-        : "subject" in need
-          ? { subject: need.subject }
-          : {};
     log?.warn(
-      { principal: describePrincipal(principal), method, permission: need.access, ...where },
+      {
+        principal: describePrincipal(principal),
+        method,
+        permission: need.access,
+        ...whereOf(need),
+      },
       "permission denied",
     );
     return new ConnectError(
@@ -260,7 +259,11 @@ export class Authorization {
           const now = await fresh;
           if (!now) {
             stream.log?.warn(
-              { principal: describePrincipal(stream.principal), method: stream.method },
+              {
+                principal: describePrincipal(stream.principal),
+                method: stream.method,
+                ...(stream.need === "authenticated" ? {} : whereOf(stream.need)),
+              },
               "stream ended: its user or key was removed",
             );
             stream.revoke(
@@ -282,6 +285,13 @@ export class Authorization {
       }),
     );
   }
+}
+
+/** The boundary or subject a permission is about, as log fields. */
+function whereOf(need: Need): { boundary?: string; subject?: string } {
+  if ("boundary" in need) return { boundary: need.boundary };
+  if ("subject" in need) return { subject: need.subject };
+  return {};
 }
 
 /**
