@@ -78,10 +78,6 @@ export class Authorization {
     auth?.onChange(() => this.scheduleRecheck());
   }
 
-  get enabled(): boolean {
-    return this.auth !== undefined;
-  }
-
   readonly interceptor: Interceptor = (next) => async (req) => {
     const method = `${req.service.typeName}/${req.method.name}`;
     if (OPEN.has(req.service.typeName)) return next(req);

@@ -9,7 +9,7 @@ import type { Principal } from "./principal.js";
 import type { KeyRecord, PrincipalsStore, UserRecord } from "./principals-store.js";
 
 /** Longer authorization headers are refused unread: no credential of ours is near this long. */
-export const MAX_HEADER_CHARS = 4096;
+const MAX_HEADER_CHARS = 4096;
 /** Without the LISTEN connection, a change notice may be missed: trust a cache entry this long. */
 const UNWATCHED_TTL_MS = 1_000;
 

@@ -4,10 +4,6 @@ export class BoundedLru<K, V> {
 
   constructor(private readonly capacity: number) {}
 
-  get size(): number {
-    return this.map.size;
-  }
-
   get(key: K): V | undefined {
     const value = this.map.get(key);
     if (value === undefined) return undefined;
