@@ -8,7 +8,7 @@
  * (1,000,000) in the boundary that paging reads, catch-up and COPY share; BENCH_LIVE_RATE (1,000)
  * appends/s under 50 live subscribers; BENCH_MEMORY_SECONDS (300) for the memory run;
  * BENCH_WORKERS (one per core) load-generator processes; BENCH_ONLY=group[,group…] with groups
- * append, live, pubsub, reads, catchup, embedded, memory, references, emmett, plans; BENCH_URL uses a
+ * append, auth, live, pubsub, reads, catchup, embedded, memory, references, emmett, plans; BENCH_URL uses a
  * server you started (its schema for COPY: BENCH_URL_PG_SCHEMA, default public);
  * BENCH_SERVER_NODE_OPTIONS (e.g. --cpu-prof) goes to the spawned servers.
  */
@@ -18,6 +18,7 @@ import { join } from "node:path";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
 import { decodeEvents } from "../server/broker/jetstream.js";
+import { AUTH_ON_ENV, benchWriter } from "./auth-cost.js";
 import { pgliteCommitCost } from "./pglite-commits.js";
 import { queryPlans } from "./plans.js";
 import { copyRate, diskSyncRate, Emmett, ensureEmmett, Pgbench, sql } from "./references.js";
@@ -50,6 +51,7 @@ const WORKERS = Number(process.env.BENCH_WORKERS ?? CORES);
 const PAGE = 1_000;
 const GROUPS = [
   "append",
+  "auth",
   "live",
   "pubsub",
   "reads",
@@ -114,6 +116,13 @@ interface Comparison {
   readonly target?: { op: ">=" | "<" | "<="; ratio: number; text: string };
 }
 const comparisons: Comparison[] = [
+  ...[1, 16].map(
+    (n): Comparison => ({
+      key: `auth.on${n}`,
+      reference: { key: `auth.off${n}`, name: `auth off, ${clientCount(n)}` },
+      target: { op: ">=", ratio: 0.95, text: "≥ 0.95×" },
+    }),
+  ),
   ...[1, 16, 64].flatMap((n): Comparison[] => [
     {
       key: `cond${n}`,
@@ -243,7 +252,7 @@ async function publisherCatchUp(
 }
 
 /** A server on PostgreSQL + NATS in a fresh schema (or BENCH_URL); removes its data when stopped. */
-async function postgresServer(schema: string): Promise<Server> {
+async function postgresServer(schema: string, env: Record<string, string> = {}): Promise<Server> {
   if (GIVEN_URL) return givenServer(GIVEN_URL);
   const dir = mkdtempSync(join(tmpdir(), "orisun-bench-"));
   const server = await startServer({
@@ -251,6 +260,7 @@ async function postgresServer(schema: string): Promise<Server> {
     ORISUN_PG_SCHEMA: schema,
     ORISUN_NATS_URL: NATS_URL,
     ORISUN_DATA_DIR: dir,
+    ...env,
   });
   return {
     ...server,
@@ -262,6 +272,44 @@ async function postgresServer(schema: string): Promise<Server> {
       await deleteStreams(deployment);
     },
   };
+}
+
+/**
+ * Conditional 1-event appends against a server with authentication off and one with it on (a
+ * non-admin user's password on every call), in alternating order from run to run.
+ */
+async function authGroup(workers: Workers, run: number): Promise<void> {
+  const modes = run % 2 === 0 ? (["off", "on"] as const) : (["on", "off"] as const);
+  for (const mode of modes) {
+    const server = await postgresServer(
+      `bench_${ID}_auth_${mode}_${run}`,
+      mode === "on" ? AUTH_ON_ENV : {},
+    );
+    try {
+      const authorization = mode === "on" ? await benchWriter(server.url) : undefined;
+      for (const clients of [1, 16]) {
+        const { result, cpu } = await measure(workers, server.pid, () =>
+          appends(workers, server.url, {
+            boundary: `auth_${clients}_${run}`,
+            clients,
+            eventsPerAppend: 1,
+            conditional: true,
+            seconds: SECONDS,
+            ...(authorization === undefined ? {} : { authorization }),
+          }),
+        );
+        note(
+          `auth.${mode}${clients}`,
+          ORISUN,
+          `auth ${mode}, conditional 1-event appends, ${clientCount(clients)} (events/s)`,
+          result,
+          cpu,
+        );
+      }
+    } finally {
+      await server.stop();
+    }
+  }
 }
 
 /** With BENCH_URL, boundaries carry the invocation's id so that earlier data cannot interfere. */
@@ -589,6 +637,8 @@ async function main(): Promise<void> {
           await server.stop();
         }
       }
+      if (runs("auth") && GIVEN_URL) console.log("  auth: skipped, it spawns its own servers");
+      if (runs("auth") && !GIVEN_URL) await authGroup(workers, run);
       if (big) await readGroups(workers, big);
       if (runs("embedded") && GIVEN_URL)
         console.log("  embedded: skipped, it spawns its own server");

@@ -9,6 +9,7 @@ import { ServerReflection as ReflectionV1alpha } from "../gen/grpc/reflection/v1
 import { Admin } from "../gen/orisun/v1/admin_pb.js";
 import { EventStore } from "../gen/orisun/v1/eventstore_pb.js";
 import { adminHandlers } from "./api/admin-handlers.js";
+import { Authorization, kClient } from "./api/authorization.js";
 import { decisionHandler } from "./api/decision-handler.js";
 import type { ApiDeps } from "./api/deps.js";
 import { DescriptorIndex } from "./api/descriptor-index.js";
@@ -21,6 +22,10 @@ import { jsonOptions, requestGate } from "./api/request-decoding.js";
 import { storeHandlers } from "./api/store-handlers.js";
 import { subscribeHandler } from "./api/subscribe-handler.js";
 import { connectionOf, kConnection, SubscriptionSlots } from "./api/subscription-slots.js";
+import { Authenticator } from "./auth/authenticator.js";
+import { bootstrapAdmin } from "./auth/bootstrap.js";
+import { PrincipalSignals } from "./auth/principal-signals.js";
+import { PrincipalsStore } from "./auth/principals-store.js";
 import { LiveFeeds } from "./broker/feed.js";
 import { connectNats } from "./broker/jetstream.js";
 import { JetStreamPublisher } from "./broker/jetstream-publisher.js";
@@ -31,6 +36,7 @@ import { MessageAuth } from "./broker/message-auth.js";
 import type { Config } from "./config.js";
 import { HealthMonitor } from "./health/monitor.js";
 import { databaseDependency, natsDependency } from "./health/probes.js";
+import { clientOf } from "./http/client-identity.js";
 import { registerConsole } from "./http/console.js";
 import { registerMetricsRoute } from "./http/metrics-route.js";
 import { createOnePort, type OnePort } from "./http/one-port.js";
@@ -46,6 +52,8 @@ export interface RunningApp {
   readonly log: FastifyBaseLogger;
   /** How often live events were converted and serialised (for tests and metrics). */
   readonly encodings: LiveEncodings;
+  /** Checks credentials of plain HTTP routes (authorizeAdminRequest for GET /metrics). */
+  readonly authorization: Authorization;
   /** Stops accepting, lets in-flight calls finish (up to `graceMs`), ends streams, closes pools. */
   close(graceMs?: number): Promise<void>;
 }
@@ -99,6 +107,40 @@ export async function startApp(config: Config): Promise<RunningApp> {
     boundaryIdleMs: config.boundaryIdleMs,
     observer: observability.appends,
   });
+
+  // Principals live in the store; with auth on, every call is authenticated against them (see
+  // api/authorization.ts) and every process hears of changes within a second.
+  let authenticator: Authenticator | undefined;
+  const principals = new PrincipalsStore(store.database.db, () => authenticator?.changed());
+  const principalSignals = config.auth.enabled
+    ? new PrincipalSignals(
+        config.pgUrl,
+        config.pgSchema,
+        () => authenticator?.changed(),
+        (err) => app.log.warn({ err }, "LISTEN orisun_principals failed; reconnecting"),
+      )
+    : undefined;
+  if (config.auth.enabled) {
+    authenticator = new Authenticator(principals, {
+      cacheEntries: config.auth.cacheEntries,
+      trackedClients: config.auth.trackedClients,
+      watching: () => principalSignals?.connected ?? false,
+    });
+    try {
+      await bootstrapAdmin(principals, config.auth, (message) => app.log.info(message));
+    } catch (error) {
+      await principalSignals?.close();
+      await store.close();
+      throw error;
+    }
+  } else if (config.auth.explicitlyOffOnNetwork) {
+    app.log.warn(
+      { host: config.host },
+      "ORISUN_AUTH=off on a network address: anyone who can reach the port can read, write and administer every boundary",
+    );
+  }
+  const authorization = new Authorization(authenticator);
+  const mutualTls = config.tls?.clientCa !== undefined;
 
   // With NATS: committed events travel through JetStream (one elected publisher per boundary),
   // and pub/sub groups are JetStream consumers. Without: the same interfaces, in process.
@@ -187,8 +229,11 @@ export async function startApp(config: Config): Promise<RunningApp> {
     await app.register(cors, {
       origin: config.corsOrigins.includes("*") ? true : [...config.corsOrigins],
       methods: [...connectCors.allowedMethods],
-      allowedHeaders: [...connectCors.allowedHeaders, "X-Request-Id"],
+      allowedHeaders: [...connectCors.allowedHeaders, "X-Request-Id", "Authorization"],
       exposedHeaders: [...connectCors.exposedHeaders, "X-Request-Id"],
+      // Browsers send client certificates (and cached credentials) only when allowed to; a
+      // wildcard origin never is, or any web page could act with a visitor's certificate.
+      credentials: !config.corsOrigins.includes("*"),
       maxAge: 7200,
     });
   }
@@ -200,7 +245,7 @@ export async function startApp(config: Config): Promise<RunningApp> {
         ...subscribeHandler(subscribeDeps),
         ...pubsubHandler(pubsubDeps),
       });
-      router.service(Admin, adminHandlers({ pubsub }));
+      router.service(Admin, adminHandlers({ pubsub, principals, auth: authenticator }));
       router.service(Health, healthHandler({ health, shutdown: shutdown.signal }));
       const reflection = reflectionHandlers({
         index: new DescriptorIndex([EventStore, Admin, Health, ReflectionV1, ReflectionV1alpha]),
@@ -214,6 +259,7 @@ export async function startApp(config: Config): Promise<RunningApp> {
     interceptors: [
       ...(observability.interceptor ? [observability.interceptor] : []),
       errorInterceptor,
+      authorization.interceptor,
       subscriptionSlots.interceptor,
     ],
     jsonOptions,
@@ -223,15 +269,26 @@ export async function startApp(config: Config): Promise<RunningApp> {
       createContextValues()
         .set(kRequestLog, req.log)
         .set(kRequestId, String(req.id))
-        .set(kConnection, connectionOf(req.raw)),
+        .set(kConnection, connectionOf(req.raw))
+        .set(kClient, clientOf(req.raw, mutualTls)),
   });
   await registerConsole(app, { boundaries: config.boundaries });
   if (observability.metrics) {
     await registerMetricsRoute(app, {
       scrape: () => observability.scrape(),
       contentType: observability.metrics.registry.contentType,
-      // With auth on, require an admin's credentials here (API.md, Operations).
-      authorize: async () => true,
+      // With auth on, an admin's credentials (API.md, Operations).
+      authorize: async (request, reply) => {
+        const { status, message } = await authorization.authorizeAdminRequest(
+          request.headers.authorization,
+          clientOf(request.raw, mutualTls),
+          request.log,
+        );
+        if (status === 200) return true;
+        if (status === 401) reply.header("www-authenticate", 'Basic realm="orisun"');
+        reply.code(status).type("text/plain").send(`${message}\n`);
+        return false;
+      },
     });
   }
   app.get("/healthz", async () => ({ status: "ok" }));
@@ -255,6 +312,7 @@ export async function startApp(config: Config): Promise<RunningApp> {
     store,
     log: app.log,
     encodings,
+    authorization,
     close(graceMs = 10_000) {
       closing ??= (async () => {
         // NOT_SERVING first, so that watchers hear it before their streams end.
@@ -270,6 +328,7 @@ export async function startApp(config: Config): Promise<RunningApp> {
           await pubsub.close();
           await publisher?.close();
           await nats?.drain().catch(() => {});
+          await principalSignals?.close();
           await store.close();
           await observability.close();
         }

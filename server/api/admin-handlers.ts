@@ -8,17 +8,16 @@ import {
   ListGroupsResponseSchema,
 } from "../../gen/orisun/v1/admin_pb.js";
 import { type PubSub, validateGroupName } from "../broker/pubsub.js";
+import { type PrincipalDeps, principalHandlers } from "./principal-handlers.js";
 
-export interface AdminDeps {
+export interface AdminDeps extends PrincipalDeps {
   readonly pubsub: PubSub;
 }
 
-/**
- * The Admin service. Open to every caller until authentication exists; from then on it needs
- * the admin role (see API.md).
- */
+/** The Admin service. Who may call what is decided by the authorization interceptor (see API.md). */
 export function adminHandlers(deps: AdminDeps): Partial<ServiceImpl<typeof Admin>> {
   return {
+    ...principalHandlers(deps),
     async deleteGroup(request: DeleteGroupRequest) {
       await deps.pubsub.deleteGroup(validateGroupName(request.consumerName));
       return create(EmptySchema);

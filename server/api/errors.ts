@@ -1,6 +1,7 @@
 import { Code, ConnectError, createContextKey, type Interceptor } from "@connectrpc/connect";
 import type { FastifyBaseLogger } from "fastify";
 import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
+import { AuthError, type AuthErrorKind } from "../auth/auth-error.js";
 import { StoreError, type StoreErrorKind } from "../store/errors.js";
 
 /** The request's logger (bound to its request id), handed over from Fastify. */
@@ -23,6 +24,12 @@ const CODES: Record<StoreErrorKind, Code> = {
   internal: Code.Internal,
 };
 
+const AUTH_CODES: Record<AuthErrorKind, Code> = {
+  unauthenticated: Code.Unauthenticated,
+  permission_denied: Code.PermissionDenied,
+  failed_precondition: Code.FailedPrecondition,
+};
+
 /**
  * The one place where errors become Connect codes. Clients get the rule that was broken, or for
  * failures of ours only a request id: driver messages and SQL stay in the log.
@@ -34,6 +41,7 @@ export function toConnectError(
   rpc: string,
 ): ConnectError {
   if (error instanceof ConnectError) return error;
+  if (error instanceof AuthError) return new ConnectError(error.message, AUTH_CODES[error.kind]);
   if (error instanceof StoreError) {
     if (error.kind === "internal" || error.kind === "unavailable") {
       const level = error.kind === "internal" ? "error" : "warn";
