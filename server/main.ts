@@ -2,6 +2,7 @@ import cluster from "node:cluster";
 import Fastify from "fastify";
 import { startApp } from "./app.js";
 import { ConfigError, loadConfig } from "./config.js";
+import { serveClusterMetrics } from "./process/cluster-metrics.js";
 import { loggerOptions } from "./process/logger.js";
 import { superviseWorkers } from "./process/worker-supervisor.js";
 
@@ -17,6 +18,7 @@ async function main(): Promise<void> {
     throw error;
   }
   if (config.workers > 1 && cluster.isPrimary) {
+    serveClusterMetrics();
     // Fastify's pino, configured as the workers' is, so that every line has one format.
     superviseWorkers({
       workers: config.workers,
