@@ -234,9 +234,10 @@ describe("ORISUN_WORKERS=2: two server processes on one port", () => {
     await Promise.all(writers);
 
     expect(server.output()).toContain("worker died; starting a new one");
-    // The killed worker's calls failed (reset, cancelled); none hung past its deadline.
+    // The killed worker's calls failed (reset, cancelled). A connection the primary was handing
+    // to it at that instant stays open unanswered (node:cluster keeps the handle until the worker
+    // acknowledges it): such a call ends at its deadline, hence the deadline on every call.
     expect(failures, codes.join()).toBeGreaterThan(0);
-    expect(codes).not.toContain("DeadlineExceeded");
     const log = await readLog(ownClient(server), boundary);
     const byId = new Map(log.map((e) => [e.id, e.position]));
     expect(byId.size).toBe(log.length);
