@@ -66,7 +66,9 @@ export function superviseWorkers(options: SupervisorOptions): void {
     worker.once("exit", (code, signal) => {
       slot.worker = undefined;
       if (stopping) {
-        if (code !== 0) exitCode = 1;
+        // A worker still starting has no handler yet and dies of the SIGTERM itself: it served
+        // nothing, so that is a clean stop too.
+        if (code !== 0 && signal !== "SIGTERM") exitCode = 1;
         if (slots.every((s) => s.worker === undefined)) process.exit(exitCode);
         return;
       }
