@@ -8,7 +8,8 @@
  * (1,000,000) in the boundary that paging reads, catch-up and COPY share; BENCH_LIVE_RATE (1,000)
  * appends/s under 50 live subscribers; BENCH_MEMORY_SECONDS (300) for the memory run;
  * BENCH_WORKERS (one per core) load-generator processes; BENCH_ONLY=group[,group…] with groups
- * append, auth, live, pubsub, reads, catchup, embedded, memory, references, emmett, plans; BENCH_URL uses a
+ * append, auth, live, pubsub, reads, catchup, embedded, memory, references, emmett, plans, workers (1 vs
+ * one server process per core, ORISUN_WORKERS; other groups run one); BENCH_URL uses a
  * server you started (its schema for COPY: BENCH_URL_PG_SCHEMA, default public);
  * BENCH_SERVER_NODE_OPTIONS (e.g. --cpu-prof) goes to the spawned servers.
  */
@@ -61,6 +62,7 @@ const GROUPS = [
   "emmett",
   "memory",
   "plans",
+  "workers",
 ];
 const ONLY = process.env.BENCH_ONLY?.split(",").map((g) => g.trim());
 for (const group of ONLY ?? []) {
@@ -166,6 +168,10 @@ const comparisons: Comparison[] = [
     key: `embedded${n}`,
     reference: { key: "disksync", name: "fsyncs/s of the disk" },
   })),
+  ...[16, 64].map((n) => ({
+    key: `workers${CORES}x${n}`,
+    reference: { key: `workers1x${n}`, name: `ORISUN_WORKERS=1, ${clientCount(n)}` },
+  })),
   {
     key: "pglite.durable",
     reference: { key: "pglite.shipped", name: "as shipped, no sync" },
@@ -260,6 +266,7 @@ async function postgresServer(schema: string, env: Record<string, string> = {}):
     ORISUN_PG_SCHEMA: schema,
     ORISUN_NATS_URL: NATS_URL,
     ORISUN_DATA_DIR: dir,
+    ORISUN_WORKERS: "1",
     ...env,
   });
   return {
@@ -346,6 +353,37 @@ async function appendGroup(workers: Workers, server: Server, run: number): Promi
     clients: 64,
     boundary: boundary(`uncond64_${run}`),
   });
+}
+
+/** The same appends on one server process and on one per core (ORISUN_WORKERS), PostgreSQL + NATS. */
+async function workersGroup(workers: Workers, run: number): Promise<void> {
+  for (const processes of [1, CORES]) {
+    const server = await postgresServer(`bench_${ID}_workers${processes}_${run}`, {
+      ORISUN_WORKERS: String(processes),
+    });
+    try {
+      for (const clients of [16, 64]) {
+        const { result, cpu } = await measure(workers, server.pid, () =>
+          appends(workers, server.url, {
+            boundary: boundary(`workers${processes}_${clients}_${run}`),
+            clients,
+            eventsPerAppend: 1,
+            conditional: true,
+            seconds: SECONDS,
+          }),
+        );
+        note(
+          `workers${processes}x${clients}`,
+          ORISUN,
+          `conditional 1-event appends, ${clientCount(clients)}, ORISUN_WORKERS=${processes} (events/s)`,
+          result,
+          cpu,
+        );
+      }
+    } finally {
+      await server.stop();
+    }
+  }
 }
 
 async function liveGroup(workers: Workers, server: Server, run: number): Promise<void> {
@@ -643,6 +681,7 @@ async function main(): Promise<void> {
       if (runs("embedded") && GIVEN_URL)
         console.log("  embedded: skipped, it spawns its own server");
       if (runs("embedded") && !GIVEN_URL) await embeddedGroup(workers, run);
+      if (runs("workers") && !GIVEN_URL) await workersGroup(workers, run);
       if (runs("references")) await pgbenchGroup(workers, run);
       if (runs("emmett")) await emmettGroup(workers, run);
     }

@@ -41,6 +41,8 @@ export async function startServer(env: Record<string, string>): Promise<Server> 
       NODE_OPTIONS: process.env.BENCH_SERVER_NODE_OPTIONS ?? "",
       ORISUN_LOG_LEVEL: "warn",
       ORISUN_PORT: String(port),
+      // One process unless asked: memory and CPU are read from the spawned pid (and its children).
+      ORISUN_WORKERS: "1",
       ...env,
     },
     stdio: ["ignore", "ignore", "inherit"],
@@ -82,6 +84,15 @@ async function waitUntilServing(url: string, child?: ChildProcess): Promise<void
   }
 }
 
+/** A child that exits between the listing and the read counts nothing. */
+function livingCpuSeconds(pid: number): number {
+  try {
+    return processCpuSeconds(pid);
+  } catch {
+    return 0;
+  }
+}
+
 /** VmRSS of a process, in MiB. */
 export function rssMiB(pid: number): number {
   const match = /^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
@@ -90,12 +101,20 @@ export function rssMiB(pid: number): number {
 
 const TICKS_PER_SECOND = Number(spawnSync("getconf", ["CLK_TCK"]).stdout?.toString().trim()) || 100;
 
-/** CPU seconds (user + system) a process has used so far. */
+/**
+ * CPU seconds (user + system) a process and its living children (ORISUN_WORKERS) have used so
+ * far. A worker that died meanwhile takes its seconds with it: runs that kill none stay exact.
+ */
 export function processCpuSeconds(pid: number): number {
   const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
   // Fields after the command name, which is in parentheses and may hold spaces.
   const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return (Number(fields[11]) + Number(fields[12])) / TICKS_PER_SECOND;
+  const own = (Number(fields[11]) + Number(fields[12])) / TICKS_PER_SECOND;
+  const children = readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8")
+    .split(" ")
+    .filter(Boolean)
+    .map(Number);
+  return own + children.reduce((sum, child) => sum + livingCpuSeconds(child), 0);
 }
 
 /** CPU seconds the whole machine has been busy (all but idle and iowait), summed over cores. */

@@ -41,8 +41,11 @@ import { registerConsole } from "./http/console.js";
 import { registerMetricsRoute } from "./http/metrics-route.js";
 import { createOnePort, type OnePort } from "./http/one-port.js";
 import { startObservability } from "./observability/observability.js";
+import { loggerOptions } from "./process/logger.js";
+import { captureGrpcStatus, RequestLogController } from "./process/request-log.js";
+import { retryWhileUnreachable } from "./process/startup-retry.js";
 import { loadDeployment } from "./store/deployment.js";
-import { EventStore as Store } from "./store/event-store.js";
+import { type EventStoreOptions, EventStore as Store } from "./store/event-store.js";
 
 export interface RunningApp {
   /** Base URL, e.g. http://127.0.0.1:50051 */
@@ -69,7 +72,8 @@ const SUBSCRIPTION_LIMITS = {
 export async function startApp(config: Config): Promise<RunningApp> {
   let onePort: OnePort | undefined;
   const app = Fastify({
-    logger: { level: config.logLevel },
+    logger: loggerOptions(config),
+    logController: new RequestLogController(),
     genReqId: (req) => {
       const given = req.headers["x-request-id"];
       return typeof given === "string" && /^[\w.-]{1,64}$/.test(given) ? given : randomUUID();
@@ -83,7 +87,10 @@ export async function startApp(config: Config): Promise<RunningApp> {
   });
 
   const observability = await startObservability(config.observability);
-  const store = await Store.open({
+  captureGrpcStatus(app);
+  // PostgreSQL and NATS may come up after this process (compose, a reboot): wait for them.
+  const retry = { timeoutMs: config.startupTimeoutMs, log: app.log };
+  const storeOptions: EventStoreOptions = {
     url: config.pgUrl,
     schema: config.pgSchema,
     poolSize: config.pgPoolSize,
@@ -106,7 +113,8 @@ export async function startApp(config: Config): Promise<RunningApp> {
     recentCommitsBytes: config.recentCommitsBytes,
     boundaryIdleMs: config.boundaryIdleMs,
     observer: observability.appends,
-  });
+  };
+  const store = await retryWhileUnreachable("PostgreSQL", () => Store.open(storeOptions), retry);
 
   // Principals live in the store; with auth on, every call is authenticated against them (see
   // api/authorization.ts) and every process hears of changes within a second.
@@ -162,8 +170,13 @@ export async function startApp(config: Config): Promise<RunningApp> {
     groupExpiryMs: config.pubsubGroupExpiryMs,
     maxGroups: config.maxGroups,
   };
-  const nats = config.natsUrl
-    ? await connectNats(config.natsUrl, app.log, config.natsCredsFile)
+  const natsUrl = config.natsUrl;
+  const nats = natsUrl
+    ? await retryWhileUnreachable(
+        "NATS",
+        () => connectNats(natsUrl, app.log, config.natsCredsFile),
+        retry,
+      )
     : undefined;
   const publisher = nats
     ? new JetStreamPublisher({

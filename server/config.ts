@@ -1,4 +1,5 @@
 import { readFileSync } from "node:fs";
+import { availableParallelism } from "node:os";
 import { resolve } from "node:path";
 import { parse as parseYaml } from "yaml";
 
@@ -49,6 +50,12 @@ export interface Config {
   readonly health: HealthSettings;
   /** Requests one gRPC reflection stream may make. */
   readonly reflectionMaxRequests: number;
+  /** `json`: one JSON object a line (pino); `pretty`: coloured human-readable lines (pino-pretty). */
+  readonly logFormat: "json" | "pretty";
+  /** Server processes sharing the one port (node:cluster); 1: no cluster, this process serves. */
+  readonly workers: number;
+  /** How long start-up keeps retrying an unreachable PostgreSQL or NATS before it gives up. */
+  readonly startupTimeoutMs: number;
   readonly limits: Limits;
   readonly connections: ConnectionLimits;
   readonly observability: ObservabilityConfig;
@@ -291,6 +298,11 @@ export function loadConfig(
       `ORISUN_LOG_LEVEL: must be one of fatal, error, warn, info, debug, trace, silent, got "${logLevel}"`,
     );
   }
+  const logFormat = merged.ORISUN_LOG_FORMAT ?? "json";
+  if (logFormat !== "json" && logFormat !== "pretty") {
+    throw new ConfigError(`ORISUN_LOG_FORMAT: must be json or pretty, got "${logFormat}"`);
+  }
+  const workers = workerCount(merged);
   const MiB = 1024 * 1024;
   const pubsubRetentionMs = duration(merged, "ORISUN_PUBSUB_RETENTION", 86_400_000);
   // Below the retention, a member returning within it would miss messages its group had kept.
@@ -388,6 +400,9 @@ export function loadConfig(
     logLevel,
     health: health(merged),
     reflectionMaxRequests: integer(merged, "ORISUN_REFLECTION_MAX_REQUESTS", 1_000, 1, 1_000_000),
+    logFormat,
+    workers,
+    startupTimeoutMs: timeout(merged, "ORISUN_STARTUP_TIMEOUT", 60_000),
     limits: {
       maxEventsPerSave: integer(merged, "ORISUN_MAX_EVENTS_PER_SAVE", 10_000, 1, 1_000_000),
       maxEventDataBytes: integer(merged, "ORISUN_MAX_EVENT_BYTES", MiB, 1, 64 * MiB),
@@ -484,6 +499,27 @@ function health(env: Source): HealthSettings {
     }
   }
   return { intervalMs, timeoutMs };
+}
+
+/**
+ * Default: one process per core when PostgreSQL and NATS are configured, else one. PGlite is one
+ * process's database, and the in-process broker would split pub/sub groups and dedupe between
+ * processes, so more than one worker needs both.
+ */
+function workerCount(env: Source): number {
+  const shared = env.ORISUN_PG_URL !== undefined && env.ORISUN_NATS_URL !== undefined;
+  const workers = integer(env, "ORISUN_WORKERS", shared ? availableParallelism() : 1, 1, 256);
+  if (workers > 1 && env.ORISUN_PG_URL === undefined) {
+    throw new ConfigError(
+      `ORISUN_WORKERS: more than 1 needs ORISUN_PG_URL (the embedded PGlite serves one process), got ${workers}`,
+    );
+  }
+  if (workers > 1 && env.ORISUN_NATS_URL === undefined) {
+    throw new ConfigError(
+      `ORISUN_WORKERS: more than 1 needs ORISUN_NATS_URL (the in-process broker cannot share pub/sub groups between processes), got ${workers}`,
+    );
+  }
+  return workers;
 }
 
 function stripEmpty(env: Source): Record<string, string> {
