@@ -2,7 +2,7 @@ import cluster from "node:cluster";
 import Fastify from "fastify";
 import { startApp } from "./app.js";
 import { ConfigError, loadConfig } from "./config.js";
-import { serveClusterMetrics } from "./process/cluster-metrics.js";
+import { serveClusterMetrics } from "./observability/cluster-metrics.js";
 import { loggerOptions } from "./process/logger.js";
 import { superviseWorkers } from "./process/worker-supervisor.js";
 
