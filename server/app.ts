@@ -10,6 +10,7 @@ import type { ApiDeps } from "./api/deps.js";
 import { errorInterceptor, kRequestId, kRequestLog } from "./api/errors.js";
 import { pubsubHandler } from "./api/pubsub-handler.js";
 import { jsonOptions, requestGate } from "./api/request-decoding.js";
+import { serverVersion } from "./api/server-version.js";
 import { storeHandlers } from "./api/store-handlers.js";
 import { subscribeHandler } from "./api/subscribe-handler.js";
 import { connectionOf, kConnection, SubscriptionSlots } from "./api/subscription-slots.js";
@@ -157,7 +158,20 @@ export async function startApp(config: Config): Promise<RunningApp> {
         ...subscribeHandler(subscribeDeps),
         ...pubsubHandler(pubsubDeps),
       });
-      router.service(Admin, adminHandlers({ pubsub }));
+      router.service(
+        Admin,
+        adminHandlers({
+          ...deps,
+          pubsub,
+          // Authentication is not built yet: with it off, every caller is an admin.
+          info: {
+            version: serverVersion(),
+            store: store.embedded ? "pglite" : "postgres",
+            broker: nats ? "jetstream" : "memory",
+            authEnabled: false,
+          },
+        }),
+      );
     },
     interceptors: [errorInterceptor, subscriptionSlots.interceptor],
     jsonOptions,

@@ -3,9 +3,16 @@ import { EmptySchema } from "@bufbuild/protobuf/wkt";
 import type { ServiceImpl } from "@connectrpc/connect";
 import type { Admin, DeleteGroupRequest } from "../../gen/orisun/v1/admin_pb.js";
 import { type PubSub, validateGroupName } from "../broker/pubsub.js";
+import type { EventStore } from "../store/event-store.js";
+import { importHandler } from "./import-handler.js";
+import { overviewHandlers, type ServerInfo } from "./overview-handlers.js";
+import type { ValidationContext } from "./validate.js";
 
 export interface AdminDeps {
   readonly pubsub: PubSub;
+  readonly store: EventStore;
+  readonly validation: ValidationContext;
+  readonly info: ServerInfo;
 }
 
 /**
@@ -14,6 +21,8 @@ export interface AdminDeps {
  */
 export function adminHandlers(deps: AdminDeps): Partial<ServiceImpl<typeof Admin>> {
   return {
+    ...overviewHandlers(deps),
+    ...importHandler(deps),
     async deleteGroup(request: DeleteGroupRequest) {
       await deps.pubsub.deleteGroup(validateGroupName(request.consumerName));
       return create(EmptySchema);

@@ -1,11 +1,13 @@
 import { randomUUID } from "node:crypto";
 import { Appender, type CommitListener, type GroupCommitLimits } from "./append.js";
+import { type BoundarySummary, listBoundaries } from "./boundaries.js";
 import { BoundaryCap, DEFAULT_MAX_BOUNDARIES } from "./boundary-cap.js";
 import { CommitSignals } from "./commit-signals.js";
 import { type DatabaseOptions, type OpenDatabase, openDatabase } from "./database.js";
 import { databaseError } from "./database-errors.js";
 import { StoreError } from "./errors.js";
 import { FairGate } from "./fair-gate.js";
+import { type ImportRequest, importEvents } from "./import.js";
 import { headPosition, readEvents } from "./read.js";
 import { SessionLocks } from "./session-locks.js";
 import { Statistics, type StatisticsOptions } from "./statistics.js";
@@ -53,13 +55,14 @@ export class EventStore {
   readonly signals: CommitSignals;
   /** Locks exclusive across every process on this database. */
   readonly locks: SessionLocks;
+  /** Names this process in its commit NOTIFYs, so that it can ignore their echo. */
+  private readonly instance = randomUUID();
 
   private constructor(
     readonly database: OpenDatabase,
     options: EventStoreOptions,
   ) {
-    // Names this process in its commit NOTIFYs, so that it can ignore their echo.
-    const instance = randomUUID();
+    const instance = this.instance;
     this.signals = new CommitSignals(
       options.url,
       options.schema,
@@ -85,10 +88,7 @@ export class EventStore {
     this.appender = new Appender(
       database.db,
       options.groupCommit,
-      (boundary, head) => {
-        for (const listener of this.listeners) listener(boundary, head);
-        this.signals.emit(boundary);
-      },
+      (boundary, head) => this.committed(boundary, head),
       instance,
       {
         maxBytes: options.recentCommitsBytes ?? 64 * MiB,
@@ -116,6 +116,28 @@ export class EventStore {
     const position = await this.appender.append(request, options.signal);
     this.statistics.grew(request.events.length);
     return position;
+  }
+
+  /**
+   * Writes events at their given positions (a restore): see import.ts. Counts against
+   * ORISUN_MAX_BOUNDARIES like an append, and tells listeners as a commit does.
+   */
+  async import(request: ImportRequest, options: CallOptions = {}): Promise<Position> {
+    await this.boundaries.admit(request.boundary, options.signal);
+    const head = await importEvents(this.database.db, request, this.instance);
+    this.statistics.grew(request.events.length);
+    this.committed(request.boundary, head);
+    return head;
+  }
+
+  /** Every boundary with its head and event count, by name, without scanning the log. */
+  listBoundaries(): Promise<BoundarySummary[]> {
+    return listBoundaries(this.database.db);
+  }
+
+  private committed(boundary: string, head: Position): void {
+    for (const listener of this.listeners) listener(boundary, head);
+    this.signals.emit(boundary);
   }
 
   async read(request: ReadRequest, options: ReadOptions = {}): Promise<StoredEvent[]> {
