@@ -1,11 +1,17 @@
-import { create } from "@bufbuild/protobuf";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import type { ImportEventsRequest } from "../../gen/orisun/v1/admin_pb.js";
-import { EventToSaveSchema, SaveEventsRequestSchema } from "../../gen/orisun/v1/eventstore_pb.js";
 import { quote, StoreError } from "../store/errors.js";
 import type { ImportRequest } from "../store/import.js";
 import type { Position } from "../store/types.js";
-import { toAppendRequest, toPosition, type ValidationContext } from "./validate.js";
+import {
+  json,
+  MAX_NAME_BYTES,
+  tags,
+  text,
+  toPosition,
+  type ValidationContext,
+  validateBoundary,
+} from "./validate.js";
 
 const invalid = (field: string, rule: string) => new StoreError("invalid", rule, field);
 
@@ -23,37 +29,36 @@ export function toImportRequest(
   request: ImportEventsRequest,
   ctx: ValidationContext,
 ): ImportRequest {
-  request.events.forEach((e, i) => {
-    if (e.eventId === "") throw invalid(`events[${i}].event_id`, "must not be empty in an import");
-    if (e.boundary !== "" && e.boundary !== request.boundary) {
-      throw invalid(
-        `events[${i}].boundary`,
-        `must be empty or the request's boundary ${quote(request.boundary)}, got ${quote(e.boundary)}`,
-      );
-    }
-  });
-  const { boundary, events } = toAppendRequest(
-    create(SaveEventsRequestSchema, {
-      boundary: request.boundary,
-      events: request.events.map((e) =>
-        create(EventToSaveSchema, {
-          eventId: e.eventId,
-          eventType: e.eventType,
-          tags: e.tags,
-          data: e.data,
-          metadata: e.metadata,
-        }),
-      ),
-    }),
-    ctx,
-  );
+  const boundary = validateBoundary(request.boundary, ctx);
+  const { maxEventsPerSave, maxEventDataBytes } = ctx.limits;
+  if (request.events.length === 0) throw invalid("events", "must contain at least one event");
+  if (request.events.length > maxEventsPerSave) {
+    throw new StoreError(
+      "too_large",
+      `must contain at most ${maxEventsPerSave} events (ORISUN_MAX_EVENTS_PER_SAVE), got ${request.events.length}`,
+      "events",
+    );
+  }
+  const seen = new Map<string, number>();
   let previous: Position | undefined;
   return {
     boundary,
-    events: events.map((event, i) => {
+    events: request.events.map((e, i) => {
       const at = `events[${i}]`;
-      const given = request.events[i];
-      const position = toPosition(given?.position, `${at}.position`);
+      if (e.eventId === "") throw invalid(`${at}.event_id`, "must not be empty in an import");
+      const id = text(e.eventId, `${at}.event_id`, MAX_NAME_BYTES);
+      const first = seen.get(id);
+      if (first !== undefined) {
+        throw invalid(`${at}.event_id`, `duplicates events[${first}].event_id ${quote(id)}`);
+      }
+      seen.set(id, i);
+      if (e.boundary !== "" && e.boundary !== boundary) {
+        throw invalid(
+          `${at}.boundary`,
+          `must be empty or the request's boundary ${quote(boundary)}, got ${quote(e.boundary)}`,
+        );
+      }
+      const position = toPosition(e.position, `${at}.position`);
       if (position === undefined) throw invalid(`${at}.position`, "is required in an import");
       if (position.commit === 0n || position.prepare === 0n) {
         throw invalid(
@@ -61,22 +66,31 @@ export function toImportRequest(
           `commit_position and prepare_position must both be at least 1, got {${position.commit}, ${position.prepare}}`,
         );
       }
-      if (previous !== undefined) {
-        if (position.prepare <= previous.prepare || position.commit < previous.commit) {
-          throw invalid(
-            `${at}.position`,
-            `must follow events[${i - 1}].position {${previous.commit}, ${previous.prepare}}: prepare_position strictly greater and commit_position not smaller, got {${position.commit}, ${position.prepare}}`,
-          );
-        }
+      if (
+        previous !== undefined &&
+        (position.prepare <= previous.prepare || position.commit < previous.commit)
+      ) {
+        throw invalid(
+          `${at}.position`,
+          `must follow events[${i - 1}].position {${previous.commit}, ${previous.prepare}}: prepare_position strictly greater and commit_position not smaller, got {${position.commit}, ${position.prepare}}`,
+        );
       }
       previous = position;
-      return { ...event, position, createdAt: isoDate(given?.dateCreated, `${at}.date_created`) };
+      return {
+        id,
+        type: text(e.eventType, `${at}.event_type`, MAX_NAME_BYTES),
+        tags: tags(e.tags, `${at}.tags`, ctx),
+        data: json(e.data, `${at}.data`, false, maxEventDataBytes),
+        metadata: json(e.metadata, `${at}.metadata`, true, maxEventDataBytes),
+        position,
+        createdAt: createdAt(e.dateCreated, `${at}.date_created`),
+      };
     }),
   };
 }
 
-/** RFC 3339 with microseconds, the precision of timestamptz: finer nanos would be lost, so they are refused. */
-function isoDate(date: Timestamp | undefined, field: string): string {
+/** Whole seconds and microseconds, the precision of timestamptz: finer nanos are refused, not lost. */
+function createdAt(date: Timestamp | undefined, field: string): EventDate {
   if (date === undefined) throw invalid(field, "is required in an import");
   if (date.seconds < MIN_SECONDS || date.seconds > MAX_SECONDS) {
     throw invalid(
@@ -90,6 +104,7 @@ function isoDate(date: Timestamp | undefined, field: string): string {
       `nanos must be from 0 to 999999999 and a whole number of microseconds (the store keeps microseconds), got ${date.nanos}`,
     );
   }
-  const whole = new Date(Number(date.seconds) * 1000).toISOString();
-  return `${whole.slice(0, -5)}.${String(date.nanos / 1000).padStart(6, "0")}Z`;
+  return { seconds: date.seconds, micros: date.nanos / 1000 };
 }
+
+type EventDate = ImportRequest["events"][number]["createdAt"];

@@ -7,8 +7,8 @@ import type { EventToAppend, Position } from "./types.js";
 
 export interface EventToImport extends EventToAppend {
   readonly position: Position;
-  /** RFC 3339 with up to microseconds (what timestamptz keeps). */
-  readonly createdAt: string;
+  /** Seconds since the Unix epoch and microseconds within it (what timestamptz keeps). */
+  readonly createdAt: { readonly seconds: bigint; readonly micros: number };
 }
 
 /**
@@ -69,7 +69,8 @@ export async function importEvents(
         tags: [...new Set(e.tags.map(encodeTag))],
         data: e.data,
         meta: e.metadata,
-        d: e.createdAt,
+        s: e.createdAt.seconds.toString(),
+        us: e.createdAt.micros,
       }));
       // One statement, as in append.ts: the events, the new head and count, and the NOTIFY
       // (delivered at commit). An id already stored is skipped by ON CONFLICT and counted
@@ -79,10 +80,12 @@ export async function importEvents(
           INSERT INTO orisun_events (boundary, commit_position, prepare_position, event_id,
             event_type, tags, data, metadata, date_created)
           SELECT ${boundary}, x.c, x.p, x.id, x.type, x.tags, x.data::json,
-            NULLIF(x.meta, '')::json, x.d
+            NULLIF(x.meta, '')::json,
+            -- Exact: both parts are integers well inside float8's 53 bits.
+            to_timestamp(x.s::float8) + x.us * interval '1 microsecond'
           FROM json_to_recordset(${JSON.stringify(rows)}::json)
             AS x(c int8, p int8, id text, type text, tags text[], data text, meta text,
-              d timestamptz)
+              s int8, us int4)
           ON CONFLICT (boundary, event_id) DO NOTHING
           RETURNING 1
         ), counted AS (
