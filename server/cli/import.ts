@@ -255,24 +255,32 @@ async function send(
     commit = [];
     commitBytes = 0;
   };
-  for await (const { line, n } of lines(createReadStream(path))) {
-    const parsed = parseLine(line, n, options);
-    const current = commit[0]?.event.position?.commitPosition;
-    if (parsed.target !== target) {
-      await closeCommit();
-      await dispatch(target as string, batch);
-      batch = [];
-      batchBytes = 0;
-      target = parsed.target;
-    } else if (options.append || parsed.event.position?.commitPosition !== current) {
-      await closeCommit();
+  try {
+    for await (const { line, n } of lines(createReadStream(path))) {
+      const parsed = parseLine(line, n, options);
+      const current = commit[0]?.event.position?.commitPosition;
+      if (parsed.target !== target) {
+        await closeCommit();
+        await dispatch(target as string, batch);
+        batch = [];
+        batchBytes = 0;
+        target = parsed.target;
+      } else if (options.append || parsed.event.position?.commitPosition !== current) {
+        await closeCommit();
+      }
+      commit.push(parsed);
+      commitBytes += parsed.bytes;
     }
-    commit.push(parsed);
-    commitBytes += parsed.bytes;
+    await closeCommit();
+    await dispatch(target as string, batch);
+    await inFlight;
+  } catch (error) {
+    // Earlier batches are committed: say how far the import got before the failure.
+    process.stderr.write(
+      `orisun: ${total} events were written before the failure (each batch is all or nothing)\n`,
+    );
+    throw error;
   }
-  await closeCommit();
-  await dispatch(target as string, batch);
-  await inFlight;
   if (map && map !== process.stderr) {
     map.end();
     await once(map, "finish");
