@@ -1,6 +1,4 @@
-import { once } from "node:events";
-import { createWriteStream, renameSync, rmSync } from "node:fs";
-import type { Writable } from "node:stream";
+import { renameSync, rmSync } from "node:fs";
 import { createClient, type Transport } from "@connectrpc/connect";
 import { Admin } from "../../gen/orisun/v1/admin_pb.js";
 import {
@@ -11,6 +9,7 @@ import {
 import { positionAfter } from "../store/types.js";
 import { eventToJson } from "./event-json.js";
 import { UsageError } from "./options.js";
+import { Output } from "./output.js";
 import { Progress } from "./progress.js";
 
 /** Events a GetEvents page asks for: the server's largest page. */
@@ -42,7 +41,7 @@ export async function exportEvents(via: Transport, options: ExportOptions): Prom
     throw new UsageError(`--boundary: the server has no boundary "${options.boundary}"`);
   }
   const partial = options.out === undefined ? undefined : `${options.out}.partial`;
-  const out: Writable = partial === undefined ? process.stdout : createWriteStream(partial);
+  const out = new Output(partial ?? process.stdout);
   const progress = new Progress("exported");
   let total = 0;
   try {
@@ -82,18 +81,17 @@ export async function exportEvents(via: Transport, options: ExportOptions): Prom
         if (!ended && after !== undefined) {
           next = page({ commitPosition: after.commit, preparePosition: after.prepare });
         }
-        if (!out.write(lines)) await once(out, "drain");
+        await out.write(lines);
         progress.update(total, `(boundary ${boundary.name})`);
       }
     }
     if (partial !== undefined && options.out !== undefined) {
-      out.end();
-      await once(out, "finish");
+      await out.close();
       renameSync(partial, options.out);
     }
   } catch (error) {
+    out.destroy();
     if (partial !== undefined) {
-      out.destroy();
       rmSync(partial, { force: true });
     }
     throw error;

@@ -1,13 +1,13 @@
-import { once } from "node:events";
-import { createReadStream, createWriteStream, mkdtempSync, rmSync } from "node:fs";
+import { createReadStream, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
-import type { Readable, Writable } from "node:stream";
+import type { Readable } from "node:stream";
 import { createClient, type Transport } from "@connectrpc/connect";
 import { Admin } from "../../gen/orisun/v1/admin_pb.js";
 import { EventStore } from "../../gen/orisun/v1/eventstore_pb.js";
 import { type EventJson, eventFromJson } from "./event-json.js";
+import { Output } from "./output.js";
 import { Progress } from "./progress.js";
 
 export interface ImportOptions {
@@ -114,10 +114,11 @@ async function check(
   spool: string | undefined,
 ): Promise<Map<string, Span>> {
   const spans = new Map<string, Span>();
-  const copy = spool === undefined ? undefined : createWriteStream(spool);
+  const copy = spool === undefined ? undefined : new Output(spool);
   let source: string | undefined;
+  let previousTarget: string | undefined;
   for await (const { line, n } of lines(input)) {
-    if (copy && !copy.write(`${line}\n`)) await once(copy, "drain");
+    await copy?.write(`${line}\n`);
     const { event, target } = parseLine(line, n, options);
     if (options.boundary !== undefined && event.boundary !== "") {
       source ??= event.boundary;
@@ -136,6 +137,18 @@ async function check(
     if (p === undefined) refuse(n, "position is required");
     if (event.dateCreated === undefined) refuse(n, "dateCreated is required");
     let span = spans.get(target);
+    if (
+      !options.append &&
+      span?.last !== undefined &&
+      target !== previousTarget &&
+      p.commitPosition === span.last.commit
+    ) {
+      refuse(
+        n,
+        `commit ${p.commitPosition} of "${target}" is split by lines of another boundary; a commit's events must be consecutive lines`,
+      );
+    }
+    previousTarget = target;
     if (!span) {
       span = { last: undefined };
       spans.set(target, span);
@@ -149,10 +162,7 @@ async function check(
     }
     span.last = { commit: p.commitPosition, prepare: p.preparePosition };
   }
-  if (copy) {
-    copy.end();
-    await once(copy, "finish");
-  }
+  await copy?.close();
   return spans;
 }
 
@@ -177,11 +187,7 @@ async function send(
 ): Promise<number> {
   const admin = createClient(Admin, via);
   const store = createClient(EventStore, via);
-  const map: Writable | undefined = options.append
-    ? options.map === undefined
-      ? process.stderr
-      : createWriteStream(options.map)
-    : undefined;
+  const map = options.append ? new Output(options.map ?? process.stderr) : undefined;
   const progress = new Progress(options.append ? "appended" : "imported");
   let total = 0;
   let inFlight: Promise<void> | undefined;
@@ -227,7 +233,7 @@ async function send(
             },
           })}\n`;
         });
-        if (map && !map.write(lines)) await once(map, "drain");
+        await map?.write(lines);
       }
       total += events.length;
       progress.update(total, `(boundary ${target})`);
@@ -281,10 +287,7 @@ async function send(
     );
     throw error;
   }
-  if (map && map !== process.stderr) {
-    map.end();
-    await once(map, "finish");
-  }
+  await map?.close();
   progress.done(total, `into ${spans.size} boundar${spans.size === 1 ? "y" : "ies"}`);
   return total;
 }

@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+import { accessSync, constants } from "node:fs";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { transport } from "./client.js";
 import { exportEvents } from "./export.js";
@@ -68,10 +69,20 @@ async function run(argv: string[]): Promise<number> {
       if (values.map !== undefined && !values.append) {
         throw new UsageError("--map: only with --append (without it, positions are kept)");
       }
+      const file = positionals[0];
+      if (file !== undefined && file !== "-") {
+        try {
+          accessSync(file, constants.R_OK);
+        } catch (error) {
+          throw new UsageError(
+            `import: cannot read "${file}" (${(error as { code?: string }).code})`,
+          );
+        }
+      }
       const options = {
         boundary: boundaryOption(values.boundary),
         append: values.append === true,
-        file: positionals[0],
+        file,
         map: values.map,
         batchEvents: integerOption(
           "batch-events",

@@ -72,6 +72,19 @@ describe("orisun import", () => {
     );
   });
 
+  it("reports an export it cannot write, leaving no file", async () => {
+    const result = await runCli([
+      "export",
+      "--out",
+      join(dir, "missing", "x.ndjson"),
+      "--url",
+      server.url,
+    ]);
+    expect(result.code).toBe(1);
+    expect(result.stderr).toContain("ENOENT");
+    expect(result.stderr).not.toContain("    at ");
+  });
+
   it("refuses a non-empty boundary without --append, writing nothing", async () => {
     const result = await runCli(["import", file, "--url", server.url]);
     expect(result.code).toBe(1);
@@ -109,11 +122,13 @@ describe("orisun import", () => {
     for (const [name, content, message] of cases) {
       const path = join(dir, `bad-${name.replaceAll(" ", "-")}.ndjson`);
       writeFileSync(path, `${content.join("\n")}\n`);
-      const result = await runCli(["import", "--boundary", "fresh", path, "--url", server.url]);
+      const args = name.startsWith("a commit") ? [] : ["--boundary", "fresh"];
+      const result = await runCli(["import", ...args, path, "--url", server.url]);
       expect(result.stderr, name).toMatch(message);
       expect(result.stderr, name).toContain("nothing was written");
       expect(result.code, name).toBe(1);
       expect(await countOf("fresh"), name).toBe(0n);
+      expect(await countOf("split"), name).toBe(0n);
     }
   });
 
@@ -413,6 +428,10 @@ describe("orisun health and boundaries", () => {
       [["export", "--color"], "Unknown option '--color'"],
       [["import", "a", "b"], "import: takes one FILE"],
       [["import", "--map", "m"], "--map: only with --append"],
+      [
+        ["import", "/nonexistent/file.ndjson"],
+        'import: cannot read "/nonexistent/file.ndjson" (ENOENT)',
+      ],
       [["import", "--append", "--batch-events", "0"], "--batch-events: must be an integer from 1"],
       [["boundaries", "--url", "ftp://x"], "--url: must be an http:// or https:// URL"],
       [["boundaries", "--user", "u"], "--password (or ORISUN_PASSWORD): required with --user"],
