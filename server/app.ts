@@ -3,12 +3,19 @@ import { cors as connectCors, createContextValues } from "@connectrpc/connect";
 import { fastifyConnectPlugin } from "@connectrpc/connect-fastify";
 import cors from "@fastify/cors";
 import Fastify, { type FastifyBaseLogger } from "fastify";
+import { Health } from "../gen/grpc/health/v1/health_pb.js";
+import { ServerReflection as ReflectionV1 } from "../gen/grpc/reflection/v1/reflection_pb.js";
+import { ServerReflection as ReflectionV1alpha } from "../gen/grpc/reflection/v1alpha/reflection_pb.js";
 import { Admin } from "../gen/orisun/v1/admin_pb.js";
 import { EventStore } from "../gen/orisun/v1/eventstore_pb.js";
 import { adminHandlers } from "./api/admin-handlers.js";
+import { decisionHandler } from "./api/decision-handler.js";
 import type { ApiDeps } from "./api/deps.js";
+import { DescriptorIndex } from "./api/descriptor-index.js";
 import { errorInterceptor, kRequestId, kRequestLog } from "./api/errors.js";
+import { healthHandler } from "./api/health-handler.js";
 import { pubsubHandler } from "./api/pubsub-handler.js";
+import { reflectionHandlers } from "./api/reflection-handler.js";
 import { jsonOptions, requestGate } from "./api/request-decoding.js";
 import { serverVersion } from "./api/server-version.js";
 import { storeHandlers } from "./api/store-handlers.js";
@@ -22,6 +29,8 @@ import { JetStreamSource } from "./broker/jetstream-source.js";
 import { MemoryPubSub } from "./broker/memory-pubsub.js";
 import { MessageAuth } from "./broker/message-auth.js";
 import type { Config } from "./config.js";
+import { HealthMonitor } from "./health/monitor.js";
+import { databaseDependency, natsDependency } from "./health/probes.js";
 import { registerConsole } from "./http/console.js";
 import { createOnePort, type OnePort } from "./http/one-port.js";
 import { loadDeployment } from "./store/deployment.js";
@@ -129,6 +138,17 @@ export async function startApp(config: Config): Promise<RunningApp> {
     ? new JetStreamPubSub(nats, { namespace, auth, log: app.log, ...pubsubOptions })
     : new MemoryPubSub(pubsubOptions);
 
+  // The first round runs before the port opens: a probe answered at once is never UNKNOWN.
+  const health = new HealthMonitor(
+    [
+      databaseDependency(store.database.db),
+      ...(nats ? [natsDependency(nats, config.health.timeoutMs)] : []),
+    ],
+    config.health,
+    app.log,
+  );
+  await health.start();
+
   const shutdown = new AbortController();
   const deps: ApiDeps = {
     store,
@@ -155,6 +175,7 @@ export async function startApp(config: Config): Promise<RunningApp> {
     routes: (router) => {
       router.service(EventStore, {
         ...storeHandlers(deps),
+        ...decisionHandler(deps),
         ...subscribeHandler(subscribeDeps),
         ...pubsubHandler(pubsubDeps),
       });
@@ -172,6 +193,15 @@ export async function startApp(config: Config): Promise<RunningApp> {
           },
         }),
       );
+      router.service(Health, healthHandler({ health, shutdown: shutdown.signal }));
+      const reflection = reflectionHandlers({
+        index: new DescriptorIndex([EventStore, Admin, Health, ReflectionV1, ReflectionV1alpha]),
+        maxRequests: config.reflectionMaxRequests,
+        idleMs: config.connections.idleTimeoutMs,
+        shutdown: shutdown.signal,
+      });
+      router.service(ReflectionV1, reflection.v1);
+      router.service(ReflectionV1alpha, reflection.v1alpha);
     },
     interceptors: [errorInterceptor, subscriptionSlots.interceptor],
     jsonOptions,
@@ -185,13 +215,11 @@ export async function startApp(config: Config): Promise<RunningApp> {
   });
   await registerConsole(app, { boundaries: config.boundaries });
   app.get("/healthz", async () => ({ status: "ok" }));
+  // The same cached state as gRPC health: a probe storm never reaches the database.
   app.get("/readyz", async (_req, reply) => {
-    try {
-      await store.head("orisun_readyz");
-      return { status: "ready" };
-    } catch {
-      return reply.code(503).send({ status: "database unavailable" });
-    }
+    const { serving, failing } = health.state;
+    if (serving) return { status: "ready" };
+    return reply.code(503).send({ status: "unavailable", failing });
   });
 
   await app.listen({ port: config.port, host: config.host });
@@ -208,6 +236,8 @@ export async function startApp(config: Config): Promise<RunningApp> {
     log: app.log,
     close(graceMs = 10_000) {
       closing ??= (async () => {
+        // NOT_SERVING first, so that watchers hear it before their streams end.
+        health.stop();
         shutdown.abort(new Error("server is shutting down"));
         onePort?.drain();
         const force = setTimeout(() => onePort?.destroy(), graceMs);

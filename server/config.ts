@@ -43,8 +43,19 @@ export interface Config {
   /** How often the publisher looks for boundaries with commits nobody published. */
   readonly publisherSweepMs: number;
   readonly logLevel: string;
+  /** Probes of the store and NATS behind gRPC health and /readyz. */
+  readonly health: HealthSettings;
+  /** Requests one gRPC reflection stream may make. */
+  readonly reflectionMaxRequests: number;
   readonly limits: Limits;
   readonly connections: ConnectionLimits;
+}
+
+export interface HealthSettings {
+  /** How often the store and NATS are probed; checks read the last answer. */
+  readonly intervalMs: number;
+  /** A probe unanswered by then counts as failed. */
+  readonly timeoutMs: number;
 }
 
 export interface Limits {
@@ -309,6 +320,8 @@ export function loadConfig(
     boundaryIdleMs: duration(merged, "ORISUN_BOUNDARY_IDLE", 120_000),
     publisherSweepMs: duration(merged, "ORISUN_PUBLISHER_SWEEP", 5_000),
     logLevel,
+    health: health(merged),
+    reflectionMaxRequests: integer(merged, "ORISUN_REFLECTION_MAX_REQUESTS", 1_000, 1, 1_000_000),
     limits: {
       maxEventsPerSave: integer(merged, "ORISUN_MAX_EVENTS_PER_SAVE", 10_000, 1, 1_000_000),
       maxEventDataBytes: integer(merged, "ORISUN_MAX_EVENT_BYTES", MiB, 1, 64 * MiB),
@@ -335,6 +348,24 @@ export function loadConfig(
       maxConnections: integer(merged, "ORISUN_MAX_CONNECTIONS", 900, 1, 1_000_000),
     },
   };
+}
+
+/**
+ * Interval plus timeout is how long a change may take to show: at most 5 s each keeps the
+ * contract's 10 s.
+ */
+function health(env: Source): HealthSettings {
+  const intervalMs = duration(env, "ORISUN_HEALTH_INTERVAL", 1_000);
+  const timeoutMs = duration(env, "ORISUN_HEALTH_TIMEOUT", 3_000);
+  for (const [name, ms] of [
+    ["ORISUN_HEALTH_INTERVAL", intervalMs],
+    ["ORISUN_HEALTH_TIMEOUT", timeoutMs],
+  ] as const) {
+    if (ms < 100 || ms > 5_000) {
+      throw new ConfigError(`${name}: must be from 100ms to 5s, got "${env[name]}"`);
+    }
+  }
+  return { intervalMs, timeoutMs };
 }
 
 function stripEmpty(env: Source): Record<string, string> {

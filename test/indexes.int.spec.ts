@@ -187,6 +187,22 @@ describe("indexes serve every query shape (PostgreSQL)", () => {
           ),
         );
       });
+
+      it(`read ${direction} bounded by a head (GetEvents, a decision read)`, async () => {
+        const from = direction === "asc" ? { commit: 1n, prepare: 1n } : undefined;
+        expectIndexed(
+          await explain(
+            readQuery(store.database.db, {
+              boundary,
+              query,
+              from,
+              until: middle,
+              count: 101,
+              direction,
+            }),
+          ),
+        );
+      });
     }
   });
 

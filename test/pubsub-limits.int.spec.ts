@@ -183,6 +183,30 @@ describe.each(targets)("pub/sub limits on $name", (target) => {
     await leave(other);
   });
 
+  it("lists the named groups by name with their pending and unacknowledged counts, never private ones", async () => {
+    const pubsub = await target.open({});
+    const busy = await join(pubsub, "list.*", "list_busy");
+    await leave(await join(pubsub, "list.>", "list_idle"));
+    const own = await join(pubsub, "list.a", "");
+    await publish(pubsub, "list.a", "l1", "l2", "l3");
+    // The busy member holds one message unacknowledged until it asks for the next; it has asked
+    // for all three, so only the idle group keeps them.
+    await eventually(() => busy.got.length === 3 && own.got.length === 3, "deliveries");
+    await eventually(async () => {
+      const groups = await pubsub.listGroups();
+      const idle = groups.find((g) => g.name === "list_idle");
+      return idle?.pending === 3;
+    }, "the idle group's three pending messages");
+    const groups = (await pubsub.listGroups()).filter((g) => g.name.startsWith("list_"));
+    expect(groups).toEqual([
+      { name: "list_busy", subject: "list.*", pending: 0, unacknowledged: expect.any(Number) },
+      { name: "list_idle", subject: "list.>", pending: 3, unacknowledged: 0 },
+    ]);
+    expect(groups[0]?.unacknowledged).toBeLessThanOrEqual(1);
+    await leave(busy);
+    await leave(own);
+  });
+
   it("answers NOT_FOUND for a group it does not hold, private subscriptions included", async () => {
     const pubsub = await target.open({});
     await expect(pubsub.deleteGroup("never_made")).rejects.toMatchObject({

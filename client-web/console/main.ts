@@ -1,8 +1,10 @@
 // The Orisun console: query, follow, append and pub/sub, on the client library in ../src.
 import {
+  basicAuth,
+  bearer,
+  Code,
   ConnectError,
   codeName,
-  comparePositions,
   createOrisunClient,
   type Event,
   formatPosition,
@@ -13,7 +15,11 @@ import {
   type QueryInput,
   type StreamState,
   type TagPair,
+  type WhoAmIResponse,
 } from "../src/index.js";
+import { describeAccess, mayUseBoundary, mayUseSubject } from "./access.js";
+import { describeServer, renderBoundaries, renderGroups } from "./overview.js";
+import { session } from "./session.js";
 
 function $<T extends HTMLElement>(id: string): T {
   const element = document.getElementById(id);
@@ -25,7 +31,13 @@ const params = new URLSearchParams(location.search);
 const serverUrl = (params.get("server") ?? location.origin).replace(/\/+$/, "");
 // gRPC-Web answers every call with HTTP 200 and the status in trailers, so an expected refusal
 // (a failed condition, a bad boundary) does not show up as a failed request in the devtools.
-const client = createOrisunClient({ baseUrl: serverUrl, protocol: "grpc-web" });
+// Credentials are asked for before each call, so a sign-in or sign-out applies to the next one.
+let credentials = session.get();
+const client = createOrisunClient({
+  baseUrl: serverUrl,
+  protocol: "grpc-web",
+  credentials: () => credentials,
+});
 $("server-url").textContent = serverUrl;
 
 // ---- form parsing: every error names the field and the rule -------------------------------
@@ -78,6 +90,11 @@ function boundary(): string {
 function describe(error: unknown): string {
   if (error instanceof InputError) return error.message;
   const e = ConnectError.from(error);
+  if (e.code === Code.PermissionDenied) return `Not allowed: ${e.rawMessage}`;
+  if (e.code === Code.Unauthenticated) {
+    void refreshWho();
+    return "Not signed in, or your credentials no longer work: sign in again.";
+  }
   return `${codeName(e.code)}: ${e.rawMessage}`;
 }
 
@@ -102,7 +119,9 @@ boundaryInput.value = params.get("boundary") ?? storage.get("orisun.boundary") ?
 boundaryInput.addEventListener("change", () => {
   storage.set("orisun.boundary", boundaryInput.value.trim());
   stopFollowing();
+  applyAccess();
 });
+boundaryInput.addEventListener("input", () => applyAccess());
 $("boundary-form").addEventListener("submit", (e) => {
   e.preventDefault();
   void runQuery();
@@ -134,13 +153,17 @@ interface Shown {
   direction: "forward" | "backward";
   count: number;
   next: Position | undefined;
-  /** The newest position among the events shown: the DCB condition's "after". */
-  lastSeen: Position | undefined;
+  /**
+   * The boundary's head in the snapshot the query's first page was read from: the DCB condition's
+   * marker, so "append if nothing matching changed since" means since this query ran, whether or
+   * not it matched anything (later pages and live events do not move it).
+   */
+  head: Position | undefined;
   keys: Set<string>;
 }
 let shown: Shown | undefined;
 
-function readQueryForm(): Omit<Shown, "next" | "lastSeen" | "keys"> {
+function readQueryForm(): Omit<Shown, "next" | "head" | "keys"> {
   const count = Number($<HTMLInputElement>("q-count").value);
   if (!Number.isInteger(count) || count < 1 || count > 10_000)
     throw new InputError("Page size: must be a whole number from 1 to 10,000");
@@ -218,15 +241,20 @@ function addEvents(events: readonly Event[], live: boolean) {
     // Live events are the newest: at the bottom oldest-first, at the top newest-first.
     if (live && shown.direction === "backward") list.prepend(item);
     else list.append(item);
-    if (event.position && (!shown.lastSeen || comparePositions(event.position, shown.lastSeen) > 0))
-      shown.lastSeen = event.position;
   }
   $("events-empty").hidden = shown.keys.size > 0;
   $("events-empty").textContent = "No events match.";
   $("event-count").textContent = `(${shown.keys.size.toLocaleString()} shown)`;
-  $("a-after").textContent = shown.lastSeen
-    ? `position ${formatPosition(shown.lastSeen)}`
-    : "the start (no matching events seen)";
+}
+
+/** Where the query read: shown with the results and named by the append's condition. */
+function showHead(view: Shown) {
+  const at = view.head ? formatPosition(view.head) : "";
+  $("query-head").hidden = view.head === undefined;
+  $("head-position").textContent = at;
+  $("a-after").textContent = view.head
+    ? `head ${at}, where the query read`
+    : "the query's read (run a query first)";
 }
 
 /** The query being run; a newer one makes an older one's answer stale. */
@@ -239,22 +267,24 @@ async function runQuery() {
     const view: Shown = {
       ...readQueryForm(),
       next: undefined,
-      lastSeen: undefined,
+      head: undefined,
       keys: new Set(),
     };
     pending = view;
-    const page = await readPage(view);
+    const { events: page, head } = await readPage(view);
     if (pending !== view) return; // a newer query replaced this one meanwhile
     stopFollowing();
     shown = view;
+    view.head = head;
     list.replaceChildren();
     showPage(view, page);
+    showHead(view);
   } catch (error) {
     queryError.textContent = describe(error);
   }
 }
-function readPage(view: Shown): Promise<Event[]> {
-  return client.read({
+function readPage(view: Shown): Promise<{ events: Event[]; head: Position }> {
+  return client.readAt({
     boundary: view.boundary,
     query: view.query,
     direction: view.direction,
@@ -279,7 +309,7 @@ moreButton.addEventListener("click", async () => {
   const view = shown;
   moreButton.disabled = true;
   try {
-    const page = await readPage(view);
+    const { events: page } = await readPage(view);
     if (view === shown) showPage(view, page);
   } catch (error) {
     queryError.textContent = describe(error);
@@ -438,14 +468,14 @@ formAction(
       ],
       {
         boundary: conditional && shown ? shown.boundary : boundary(),
-        condition: conditional && shown ? { query: shown.query, after: shown.lastSeen } : undefined,
+        condition: conditional && shown ? { query: shown.query, after: shown.head } : undefined,
       },
     );
     return `Appended ${type} at position ${formatPosition(position)}`;
   },
   (error) =>
     isConditionFailed(error)
-      ? `Conflict: an event matching the query was appended after ${formatPosition(shown?.lastSeen)}. Nothing was written; run the query again and decide anew. (${describe(error)})`
+      ? `Conflict: an event matching the query was appended after head ${formatPosition(shown?.head)}, where the query read. Nothing was written; run the query again and decide anew. (${describe(error)})`
       : describe(error),
 );
 
@@ -505,3 +535,191 @@ $("watch-form").addEventListener("submit", async (e) => {
     watchButton.textContent = "Watch";
   }
 });
+
+// ---- who is signed in, and what they may do ------------------------------------------------
+
+let who: WhoAmIResponse | undefined;
+const signInPanel = $("signin-panel");
+const layout = $("layout");
+
+/** Greys out (aria-disabled, still clickable: the server decides) what the grants do not allow. */
+function gate(button: HTMLElement, noteId: string, allowed: boolean, reason: string) {
+  if (allowed) button.removeAttribute("aria-disabled");
+  else button.setAttribute("aria-disabled", "true");
+  button.title = allowed ? "" : reason;
+  $(noteId).textContent = allowed ? "" : reason;
+}
+
+function applyAccess() {
+  const b = boundaryInput.value.trim();
+  const read = mayUseBoundary(who, "read", b);
+  const reason = (access: string, what: string) =>
+    `Your permissions (${who ? describeAccess(who) : ""}) do not include ${access} on ${what}.`;
+  gate($("run-query"), "query-access", read, reason("read", `boundary ${b}`));
+  gate(followButton, "follow-access", read, reason("read", `boundary ${b}`));
+  gate(
+    $("append-submit"),
+    "append-access",
+    mayUseBoundary(who, "append", b),
+    reason("append", `boundary ${b}`),
+  );
+  const publishSubject = $<HTMLInputElement>("p-subject").value.trim();
+  gate(
+    $("publish-submit"),
+    "publish-access",
+    publishSubject === "" || mayUseSubject(who, "publish", publishSubject),
+    reason("publish", `subject ${publishSubject}`),
+  );
+  const watchSubject = $<HTMLInputElement>("w-subject").value.trim();
+  gate(
+    watchButton,
+    "watch-access",
+    watchSubject === "" || mayUseSubject(who, "subscribe", watchSubject),
+    reason("subscribe", `subject ${watchSubject}`),
+  );
+}
+for (const id of ["p-subject", "w-subject"]) $(id).addEventListener("input", () => applyAccess());
+
+function showWho() {
+  const label = $("who-label");
+  const signOut = $("sign-out");
+  if (!who) {
+    label.textContent = "Not signed in";
+    signOut.hidden = true;
+    return;
+  }
+  if (!who.authEnabled) {
+    label.textContent = "Authentication is off: every call is allowed";
+    signOut.hidden = true;
+    return;
+  }
+  const name = who.apiKeyId ? `${who.user} (API key ${who.apiKeyId})` : who.user;
+  label.textContent = `Signed in as ${name} · ${describeAccess(who)}`;
+  signOut.hidden = false;
+}
+
+/** Asks the server who the credentials belong to; without valid ones, offers the sign-in. */
+async function refreshWho(): Promise<void> {
+  try {
+    who = await client.admin.whoAmI({});
+    signInPanel.hidden = true;
+    layout.hidden = false;
+    overviewPanel.hidden = false;
+  } catch (error) {
+    who = undefined;
+    const e = ConnectError.from(error);
+    if (e.code === Code.Unauthenticated) {
+      credentials = undefined;
+      session.clear();
+      stopFollowing();
+      watching?.abort();
+      signInPanel.hidden = false;
+      layout.hidden = true;
+      overviewPanel.hidden = true;
+      $<HTMLInputElement>("s-user").focus();
+    } else {
+      $("who-label").textContent = `Cannot reach the server: ${codeName(e.code)}: ${e.rawMessage}`;
+      return;
+    }
+  }
+  showWho();
+  applyAccess();
+  void refreshOverview();
+}
+
+for (const radio of document.querySelectorAll<HTMLInputElement>("input[name=s-method]")) {
+  radio.addEventListener("change", () => {
+    const key = radio.value === "key" && radio.checked;
+    $("signin-password").hidden = key;
+    $("signin-key").hidden = !key;
+  });
+}
+
+$("signin-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const error = $("signin-error");
+  error.textContent = "";
+  const byKey = $<HTMLInputElement>("s-method-key").checked;
+  const user = $<HTMLInputElement>("s-user").value.trim();
+  const password = $<HTMLInputElement>("s-password").value;
+  const key = $<HTMLInputElement>("s-key").value.trim();
+  if (byKey ? key === "" : user === "" || password === "") {
+    error.textContent = byKey ? "API key: required" : "User and password: both required";
+    return;
+  }
+  const candidate = byKey ? bearer(key) : basicAuth(user, password);
+  credentials = candidate;
+  try {
+    who = await client.admin.whoAmI({});
+  } catch (failure) {
+    credentials = undefined;
+    const code = ConnectError.from(failure).code;
+    error.textContent =
+      code === Code.Unauthenticated
+        ? "Sign-in failed: the user name and password, or the API key, are not valid."
+        : code === Code.ResourceExhausted
+          ? "Too many failed attempts: wait a minute, then try again."
+          : `Sign-in failed: ${describe(failure)}`;
+    return;
+  }
+  session.set(candidate);
+  $<HTMLInputElement>("s-password").value = "";
+  $<HTMLInputElement>("s-key").value = "";
+  await refreshWho();
+});
+
+$("sign-out").addEventListener("click", () => {
+  credentials = undefined;
+  session.clear();
+  void refreshWho();
+});
+
+// ---- overview ------------------------------------------------------------------------------
+
+const overviewPanel = $("overview-panel");
+
+function browse(name: string) {
+  boundaryInput.value = name;
+  storage.set("orisun.boundary", name);
+  stopFollowing();
+  applyAccess();
+  void runQuery();
+}
+
+async function refreshOverview(): Promise<void> {
+  const error = $("overview-error");
+  const tables = $("overview-tables");
+  if (who?.authEnabled && !who.admin) {
+    $("server-info").textContent = "";
+    tables.hidden = true;
+    error.textContent = "";
+    $("overview-note").textContent =
+      `The overview of boundaries and groups needs the admin role. You may: ${describeAccess(who)}.`;
+    return;
+  }
+  $("overview-note").textContent = "";
+  try {
+    const [info, boundaries, groups] = await Promise.all([
+      client.admin.getServerInfo({}),
+      client.admin.listBoundaries({}),
+      client.admin.listGroups({}),
+    ]);
+    $("server-info").textContent = describeServer(info);
+    renderBoundaries($<HTMLTableSectionElement>("boundaries-body"), boundaries, browse);
+    renderGroups($<HTMLTableSectionElement>("groups-body"), groups);
+    $("boundaries-empty").hidden = boundaries.boundaries.length > 0;
+    $("groups-empty").hidden = groups.groups.length > 0;
+    tables.hidden = false;
+    error.textContent = "";
+  } catch (failure) {
+    error.textContent = describe(failure);
+  }
+}
+
+$("overview-refresh").addEventListener("click", () => void refreshOverview());
+// Boundaries made meanwhile (by curl, another tab, an app) show up without a reload.
+setInterval(() => {
+  if (document.visibilityState === "visible" && !overviewPanel.hidden) void refreshOverview();
+}, 5_000);
+
+void refreshWho();

@@ -7,6 +7,7 @@ import {
   type Transport,
 } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcWebTransport } from "@connectrpc/connect-web";
+import { Admin } from "../../gen/orisun/v1/admin_pb.js";
 import {
   Direction,
   type Event,
@@ -16,6 +17,13 @@ import {
   PositionSchema,
   type Query,
 } from "../../gen/orisun/v1/eventstore_pb.js";
+import {
+  type Decided,
+  type DecideOptions,
+  type DecisionModel,
+  decide,
+  type Verdict,
+} from "./decision.js";
 import { Code, ConnectError, isTransient } from "./errors.js";
 import {
   type EventInput,
@@ -37,11 +45,17 @@ export interface OrisunClientOptions {
   readonly format?: "binary" | "json";
   /** The boundary used when a call names none. */
   readonly boundary?: string;
-  /** Headers sent with every call (e.g. `authorization`). */
+  /** Headers sent with every call. */
   readonly headers?: Readonly<Record<string, string>>;
+  /**
+   * The `authorization` header of every call: a fixed value (see `basicAuth` and `bearer`), or a
+   * function asked before each call, so that a sign-in or a rotated key applies to the next call
+   * without a new client. A function returning undefined sends none.
+   */
+  readonly credentials?: string | (() => string | undefined | Promise<string | undefined>);
   /** A fetch to use instead of the global one. */
   readonly fetch?: typeof globalThis.fetch;
-  /** A ready transport; overrides protocol, format, headers and fetch. */
+  /** A ready transport; overrides protocol, format, headers, credentials and fetch. */
   readonly transport?: Transport;
 }
 
@@ -82,10 +96,23 @@ export interface PubSubOptions extends ResumeOptions {
 export interface OrisunClient {
   /** The generated client, for anything the helpers do not cover. */
   readonly rpc: Client<typeof EventStore>;
+  /** The Admin service: boundaries, server info, users, API keys, groups, who am I. */
+  readonly admin: Client<typeof Admin>;
   /** Appends events atomically; resolves to the position of the last one. */
   save(events: readonly EventInput[], options?: SaveOptions): Promise<Position>;
   /** One page of events. */
   read(options?: ReadOptions): Promise<Event[]>;
+  /** One page of events and the head the read used: the marker for an append that depends on it. */
+  readAt(options?: ReadOptions): Promise<{ events: Event[]; head: Position }>;
+  /**
+   * A DCB command handler: reads the model at one head, folds it, appends what `handler` returns
+   * on the condition that nothing the model reads changed since; retries refusals (decision.ts).
+   */
+  decide<S extends object>(
+    model: DecisionModel<S>,
+    handler: (state: S) => Verdict | Promise<Verdict>,
+    options?: DecideOptions,
+  ): Promise<Decided<S>>;
   /** Pages through every matching event, `count` at a time, in the given direction. */
   pages(options?: ReadOptions): AsyncGenerator<Event[]>;
   /** History from `after`, then live events; reopens after a dropped connection. */
@@ -103,13 +130,14 @@ export interface OrisunClient {
 export function createOrisunClient(options: OrisunClientOptions): OrisunClient {
   const transport = options.transport ?? makeTransport(options);
   const rpc = createClient(EventStore, transport);
+  const admin = createClient(Admin, transport);
   const boundaryOf = (given: string | undefined) => given ?? options.boundary ?? "";
   const call = (input: CallInput | undefined): CallOptions => ({
     signal: input?.signal,
     timeoutMs: input?.timeoutMs,
   });
 
-  const read = async (input: ReadOptions = {}) => {
+  const readAt = async (input: ReadOptions = {}) => {
     const response = await rpc.getEvents(
       {
         boundary: boundaryOf(input.boundary),
@@ -120,11 +148,14 @@ export function createOrisunClient(options: OrisunClientOptions): OrisunClient {
       },
       call(input),
     );
-    return response.events;
+    if (!response.head) throw new Error("GetEvents answered without a head");
+    return { events: response.events, head: response.head };
   };
+  const read = async (input: ReadOptions = {}) => (await readAt(input)).events;
 
   return {
     rpc,
+    admin,
     async save(events, input = {}) {
       const result = await rpc.saveEvents(
         {
@@ -140,6 +171,9 @@ export function createOrisunClient(options: OrisunClientOptions): OrisunClient {
       return result.logPosition;
     },
     read,
+    readAt,
+    decide: (model, handler, input = {}) =>
+      decide(rpc, boundaryOf(input.boundary), model, handler, input),
     async *pages(input = {}) {
       const count = input.count ?? 100;
       let from = input.from === undefined ? undefined : toPosition(input.from);
@@ -213,12 +247,15 @@ export function createOrisunClient(options: OrisunClientOptions): OrisunClient {
 }
 
 function makeTransport(options: OrisunClientOptions): Transport {
-  const headers = options.headers;
+  const { headers, credentials } = options;
+  const interceptors: Interceptor[] = [];
+  if (headers) interceptors.push(withHeaders(headers));
+  if (credentials !== undefined) interceptors.push(withCredentials(credentials));
   const settings = {
     baseUrl: options.baseUrl.replace(/\/+$/, ""),
     useBinaryFormat: options.format !== "json",
     fetch: options.fetch,
-    interceptors: headers ? [withHeaders(headers)] : [],
+    interceptors,
   };
   return options.protocol === "grpc-web"
     ? createGrpcWebTransport(settings)
@@ -230,6 +267,29 @@ function withHeaders(headers: Readonly<Record<string, string>>): Interceptor {
     for (const [key, value] of Object.entries(headers)) req.header.set(key, value);
     return next(req);
   };
+}
+
+function withCredentials(
+  credentials: NonNullable<OrisunClientOptions["credentials"]>,
+): Interceptor {
+  return (next) => async (req) => {
+    const value = typeof credentials === "string" ? credentials : await credentials();
+    if (value !== undefined && value !== "") req.header.set("authorization", value);
+    return next(req);
+  };
+}
+
+/** The `authorization` value for a user's name and password (HTTP Basic, UTF-8). */
+export function basicAuth(user: string, password: string): string {
+  const bytes = new TextEncoder().encode(`${user}:${password}`);
+  let binary = "";
+  for (const byte of bytes) binary += String.fromCharCode(byte);
+  return `Basic ${btoa(binary)}`;
+}
+
+/** The `authorization` value for an API key. */
+export function bearer(apiKey: string): string {
+  return `Bearer ${apiKey}`;
 }
 
 /**

@@ -1,5 +1,8 @@
+export * from "../../gen/orisun/v1/admin_pb.js";
 export * from "../../gen/orisun/v1/eventstore_pb.js";
 export {
+  basicAuth,
+  bearer,
   createOrisunClient,
   nextPosition,
   type OrisunClient,
@@ -9,6 +12,18 @@ export {
   type SaveOptions,
   type SubscribeOptions,
 } from "./client.js";
+export {
+  compose,
+  type Decided,
+  type DecideOptions,
+  type DecisionEvent,
+  type DecisionModel,
+  decide,
+  type Projection,
+  projection,
+  type StateOf,
+  type Verdict,
+} from "./decision.js";
 export {
   CONDITION_FAILED_REASON,
   Code,
@@ -37,3 +52,4 @@ export {
   toTags,
 } from "./query.js";
 export type { ResumeOptions, StreamState } from "./resume.js";
+export { uuidv7 } from "./uuid.js";

@@ -1,7 +1,12 @@
 import { create } from "@bufbuild/protobuf";
 import { EmptySchema } from "@bufbuild/protobuf/wkt";
 import type { ServiceImpl } from "@connectrpc/connect";
-import type { Admin, DeleteGroupRequest } from "../../gen/orisun/v1/admin_pb.js";
+import {
+  type Admin,
+  type DeleteGroupRequest,
+  GroupInfoSchema,
+  ListGroupsResponseSchema,
+} from "../../gen/orisun/v1/admin_pb.js";
 import { type PubSub, validateGroupName } from "../broker/pubsub.js";
 import type { EventStore } from "../store/event-store.js";
 import { importHandler } from "./import-handler.js";
@@ -26,6 +31,19 @@ export function adminHandlers(deps: AdminDeps): Partial<ServiceImpl<typeof Admin
     async deleteGroup(request: DeleteGroupRequest) {
       await deps.pubsub.deleteGroup(validateGroupName(request.consumerName));
       return create(EmptySchema);
+    },
+    async listGroups() {
+      const groups = await deps.pubsub.listGroups();
+      return create(ListGroupsResponseSchema, {
+        groups: groups.map((g) =>
+          create(GroupInfoSchema, {
+            consumerName: g.name,
+            subject: g.subject,
+            pending: BigInt(g.pending),
+            unacknowledged: BigInt(g.unacknowledged),
+          }),
+        ),
+      });
     },
   };
 }

@@ -23,10 +23,14 @@ export function storeHandlers(
       return create(WriteResultSchema, { logPosition: toProtoPosition(position) });
     },
     async getEvents(request, ctx) {
-      const events = await deps.store.read(toReadRequest(request, deps.validation), {
-        signal: ctx.signal,
+      const { events, head } = await deps.store.readAtHead(
+        toReadRequest(request, deps.validation),
+        { signal: ctx.signal },
+      );
+      return create(GetEventsResponseSchema, {
+        events: events.map(toProtoEvent),
+        head: toProtoPosition(head),
       });
-      return create(GetEventsResponseSchema, { events: events.map(toProtoEvent) });
     },
   };
 }

@@ -23,6 +23,7 @@ import { type MessageAuth, RejectedMessages } from "./message-auth.js";
 import {
   DEFAULT_GROUP_EXPIRY_MS,
   DEFAULT_MAX_GROUPS,
+  type GroupInfo,
   groupDeleted,
   groupNotFound,
   type PubSub,
@@ -168,6 +169,26 @@ export class JetStreamPubSub implements PubSub {
         await jsm.consumers.delete(this.stream, consumerName).catch((error: unknown) => {
           throw isConsumerMissing(error) ? groupNotFound(consumerName) : error;
         });
+      }),
+    );
+  }
+
+  async listGroups(): Promise<GroupInfo[]> {
+    this.checkOpen();
+    return guard("list the consumer groups", () =>
+      this.withStream(async (jsm) => {
+        const groups: GroupInfo[] = [];
+        for await (const info of jsm.consumers.list(this.stream)) {
+          const name = info.config.durable_name;
+          if (!name) continue;
+          groups.push({
+            name,
+            subject: (info.config.filter_subject ?? "").slice(this.prefix.length + 1),
+            pending: info.num_pending,
+            unacknowledged: info.num_ack_pending,
+          });
+        }
+        return groups.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
       }),
     );
   }

@@ -2,6 +2,7 @@ import { StoreError } from "../store/errors.js";
 import {
   DEFAULT_GROUP_EXPIRY_MS,
   DEFAULT_MAX_GROUPS,
+  type GroupInfo,
   groupDeleted,
   groupNotFound,
   type PubSub,
@@ -113,6 +114,18 @@ export class MemoryPubSub implements PubSub {
     for (const member of [...group.members]) member.end(error);
   }
 
+  async listGroups(): Promise<GroupInfo[]> {
+    this.checkOpen();
+    return [...this.groups]
+      .map(([name, group]) => ({
+        name,
+        subject: group.subject,
+        pending: group.pending(),
+        unacknowledged: group.unacknowledged(),
+      }))
+      .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  }
+
   /** The names of the named groups, in order of creation. */
   groupNames(): string[] {
     return [...this.groups.keys()];
@@ -222,6 +235,17 @@ class Group {
     return undefined;
   }
 
+  /** Messages stored and not yet taken (some may have outlived the retention, dropped on take). */
+  pending(): number {
+    return this.queue.length - this.head;
+  }
+
+  unacknowledged(): number {
+    let n = 0;
+    for (const member of this.members) if (member.holdsMessage()) n++;
+    return n;
+  }
+
   wait(member: Member): void {
     this.waiting.push(member);
   }
@@ -292,6 +316,10 @@ class Member implements AsyncIterator<PubSubMessage> {
   async return(): Promise<IteratorResult<PubSubMessage>> {
     this.end();
     return DONE;
+  }
+
+  holdsMessage(): boolean {
+    return this.unacked !== undefined;
   }
 
   deliver(entry: Entry): void {

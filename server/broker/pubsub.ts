@@ -20,6 +20,17 @@ export interface PubSubMessage {
  */
 export type Subscription = AsyncIterable<PubSubMessage>;
 
+/** A durable group and what waits for it. */
+export interface GroupInfo {
+  readonly name: string;
+  /** The subject pattern its members subscribe with. */
+  readonly subject: string;
+  /** Stored for the group, not yet delivered. */
+  readonly pending: number;
+  /** Delivered to a member, not yet acknowledged. */
+  readonly unacknowledged: number;
+}
+
 /** Load-balanced pub/sub: the in-process broker, or JetStream shared by many server processes. */
 export interface PubSub {
   /**
@@ -39,6 +50,8 @@ export interface PubSub {
    * with StoreError "not_found" (groupDeleted). An unknown name is StoreError "not_found".
    */
   deleteGroup(consumerName: string): Promise<void>;
+  /** The named (durable) groups by name, at most ORISUN_MAX_GROUPS of them. */
+  listGroups(): Promise<GroupInfo[]>;
   /** Ends every subscription; later calls fail with StoreError "unavailable". */
   close(): Promise<void>;
 }

@@ -160,6 +160,22 @@ export class EventStore {
     }
   }
 
+  /**
+   * A read and the head of the snapshot it used. The head is read first, then the events bounded
+   * by `position <= head`, in two statements: sound because an append moves the head in the
+   * transaction that writes its events, under the boundary row lock held until commit, so every
+   * event at or below a committed head was committed with or before it (visible to the second
+   * statement), and any event committed after the first statement lies above the head (cut off).
+   */
+  async readAtHead(
+    request: Omit<ReadRequest, "until">,
+    options: ReadOptions = {},
+  ): Promise<{ events: StoredEvent[]; head: Position }> {
+    const head = await this.head(request.boundary);
+    const events = await this.read({ ...request, until: head }, options);
+    return { events, head };
+  }
+
   /** A catch-up read would start at once: reading ahead then takes nobody's turn. */
   get catchUpIdle(): boolean {
     return this.catchUps.idle;

@@ -48,6 +48,7 @@ export function selectEvents(db: Kysely<Database>, request: ReadRequest) {
   if (request.from !== undefined) {
     query = query.where(positionSql(direction === "asc" ? ">=" : "<=", request.from));
   }
+  if (request.until !== undefined) query = query.where(positionSql("<=", request.until));
   return query
     .orderBy("commit_position", direction)
     .orderBy("prepare_position", direction)

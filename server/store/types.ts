@@ -74,6 +74,8 @@ export interface ReadRequest {
   readonly from?: Position | undefined;
   readonly count: number;
   readonly direction: Direction;
+  /** Inclusive upper bound whatever the direction: a head, so the read shows the log as of it. */
+  readonly until?: Position | undefined;
 }
 
 export function comparePositions(a: Position, b: Position): number {

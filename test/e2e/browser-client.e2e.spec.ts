@@ -127,6 +127,67 @@ describe("the client library in Chromium, cross-origin, over HTTP/1.1", () => {
     });
   }
 
+  for (const protocol of ["connect", "grpc-web"] as const) {
+    it(`${protocol}: reads with their head and decides with ReadForDecision in the browser`, async () => {
+      const result = await page.evaluate(
+        async ({ url, boundary, protocol }) => {
+          const { createOrisunClient, compose, projection } = window.Orisun;
+          const client = createOrisunClient({ baseUrl: url, boundary, protocol });
+          const show = (p: { commitPosition: bigint; preparePosition: bigint } | undefined) =>
+            `${p?.commitPosition}:${p?.preparePosition}`;
+          const stock = `sku-${protocol}`;
+          const before = await client.readAt({ query: { types: ["Reserved"], tags: { stock } } });
+          const units = projection<number, { units: number }>({
+            initial: 5,
+            query: { types: ["Reserved"], tags: { stock } },
+            fold: (left, e) => left - e.data.units,
+          });
+          const orders = (buyer: string) =>
+            projection<number>({
+              initial: 0,
+              query: { types: ["Reserved"], tags: { buyer } },
+              fold: (n) => n + 1,
+            });
+          // Twelve racing deciders of four buyers for five units, two per buyer at most.
+          const outcomes = await Promise.all(
+            Array.from({ length: 12 }, (_, i) => {
+              const buyer = `b-${protocol}-${i % 4}`;
+              return client.decide(
+                compose({ left: units, mine: orders(buyer) }),
+                ({ left, mine }) =>
+                  left < 1 || mine >= 2
+                    ? undefined
+                    : [{ type: "Reserved", tags: { stock, buyer }, data: { units: 1 } }],
+                { maxAttempts: 50 },
+              );
+            }),
+          );
+          const after = await client.readAt({ query: { types: ["Reserved"], tags: { stock } } });
+          return {
+            before: { events: before.events.length, head: show(before.head) },
+            appended: outcomes.filter((o) => o.position !== undefined).length,
+            stored: after.events.length,
+            perBuyer: Math.max(
+              ...[0, 1, 2, 3].map(
+                (b) =>
+                  after.events.filter((e) => e.tags.some((t) => t.value === `b-${protocol}-${b}`))
+                    .length,
+              ),
+            ),
+            headIsLast: show(after.head) === show(after.events.at(-1)?.position),
+          };
+        },
+        { url: server.url, boundary, protocol },
+      );
+      expect(result.before.events).toBe(0);
+      expect(result.before.head).toMatch(/^\d+:\d+$/);
+      expect(result.appended).toBe(5);
+      expect(result.stored).toBe(5);
+      expect(result.perBuyer).toBeLessThanOrEqual(2);
+      expect(result.headIsLast).toBe(true);
+    });
+  }
+
   it("subscribes: history, then live events, then resumes from its last position after the server restarts", async () => {
     const writer = createOrisunClient({ baseUrl: server.url, boundary });
     await writer.save([{ type: "Tick", tags: { clock: "k" }, data: { n: 1 } }]);

@@ -113,8 +113,9 @@ describe.each(setups)("the web console in Chromium, on $name", (setup) => {
     await page.click("#run-query");
     await expect.poll(() => page.locator("#events li.event").count()).toBe(3);
     await page.check("#a-condition");
-    const lastSeen = await page.locator("#events li.event").last().getAttribute("data-position");
-    expect(await page.textContent("#a-after")).toBe(`position ${lastSeen}`);
+    const head = await page.textContent("#head-position");
+    expect(head).toMatch(/^\d+:\d+$/);
+    expect(await page.textContent("#a-after")).toBe(`head ${head}, where the query read`);
     // Someone else decides first.
     await other.save([{ type: "UserRegistered", tags: { user_id: "u-1" }, data: { by: "other" } }]);
     await page.fill("#a-type", "UserRenamed");
@@ -122,7 +123,7 @@ describe.each(setups)("the web console in Chromium, on $name", (setup) => {
     await page.fill("#a-data", '{"name": "Ada L."}');
     await page.click("#append-form button[type=submit]");
     const conflict = await page.waitForSelector("#append-error:text('Conflict')");
-    expect(await conflict.textContent()).toContain(`appended after ${lastSeen}`);
+    expect(await conflict.textContent()).toContain(`appended after head ${head}`);
     expect(await conflict.textContent()).toContain("ABORTED");
     expect(await other.read({ query: { types: ["UserRenamed"] } })).toEqual([]);
     // Read again, decide again.
@@ -131,6 +132,37 @@ describe.each(setups)("the web console in Chromium, on $name", (setup) => {
     await page.click("#append-form button[type=submit]");
     await page.waitForSelector("#append-result:text('Appended UserRenamed')");
     expect(await other.read({ query: { types: ["UserRenamed"] } })).toHaveLength(1);
+    await page.uncheck("#a-condition");
+  });
+
+  it("shows the head a query read at, matched or not, and appends only if nothing matching changed since", async () => {
+    // Something else moves the boundary's head: a query matching nothing still reads at it.
+    const head = await other.save([{ type: "Unrelated", tags: { user_id: "u-9" }, data: {} }]);
+    const key = `${head.commitPosition}:${head.preparePosition}`;
+    await page.fill("#q-types", "SeatReserved");
+    await page.fill("#q-tags", "seat=12A");
+    await page.click("#run-query");
+    await expect.poll(() => page.textContent("#head-position")).toBe(key);
+    expect(await page.isVisible("#query-head")).toBe(true);
+    expect(await page.textContent("#events-empty")).toBe("No events match.");
+    await page.check("#a-condition");
+    expect(await page.textContent("#a-after")).toBe(`head ${key}, where the query read`);
+    await page.fill("#a-type", "SeatReserved");
+    await page.fill("#a-tags", "seat=12A");
+    await page.fill("#a-data", '{"by": "console"}');
+    await page.screenshot({ path: artifact(`console-head-${setup.shots}.png`), fullPage: true });
+    // Nothing matching since the read: the append goes through, though unrelated events came.
+    await other.save([{ type: "Unrelated", tags: { seat: "12A" }, data: {} }]);
+    await page.click("#append-form button[type=submit]");
+    await page.waitForSelector("#append-result:text('Appended SeatReserved')");
+    // Now that the seat is taken, the same condition against the same head is refused.
+    await page.fill("#a-data", '{"by": "console again"}');
+    await page.click("#append-form button[type=submit]");
+    const conflict = await page.waitForSelector("#append-error:text('Conflict')");
+    expect(await conflict.textContent()).toContain(
+      `appended after head ${key}, where the query read`,
+    );
+    expect(await other.read({ query: { types: ["SeatReserved"] } })).toHaveLength(1);
     await page.uncheck("#a-condition");
   });
 

@@ -20,7 +20,16 @@ export interface TcpProxy {
   close(): Promise<void>;
 }
 
-export async function startTcpProxy(targetHost: string, targetPort: number): Promise<TcpProxy> {
+export interface TcpProxyOptions {
+  /** Sees every chunk a client sends upstream, e.g. to count the queries that reach a database. */
+  readonly onClientData?: (chunk: Buffer) => void;
+}
+
+export async function startTcpProxy(
+  targetHost: string,
+  targetPort: number,
+  options: TcpProxyOptions = {},
+): Promise<TcpProxy> {
   const port = await freePort();
   const sockets = new Set<Socket>();
   let open = true;
@@ -45,6 +54,7 @@ export async function startTcpProxy(targetHost: string, targetPort: number): Pro
         upstream.destroy();
       });
     }
+    if (options.onClientData) client.on("data", options.onClientData);
     forward(client, upstream);
     forward(upstream, client);
   });

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file orisun/v1/admin.proto.
  */
 export const file_orisun_v1_admin: GenFile = /*@__PURE__*/
-  fileDesc("ChVvcmlzdW4vdjEvYWRtaW4ucHJvdG8SCW9yaXN1bi52MSIXChVMaXN0Qm91bmRhcmllc1JlcXVlc3QihAEKDEJvdW5kYXJ5SW5mbxIMCgRuYW1lGAEgASgJEiEKBGhlYWQYAiABKAsyEy5vcmlzdW4udjEuUG9zaXRpb24SEwoLZXZlbnRfY291bnQYAyABKAQSLgoKY3JlYXRlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiRQoWTGlzdEJvdW5kYXJpZXNSZXNwb25zZRIrCgpib3VuZGFyaWVzGAEgAygLMhcub3Jpc3VuLnYxLkJvdW5kYXJ5SW5mbyIWChRHZXRTZXJ2ZXJJbmZvUmVxdWVzdCJSCgpTZXJ2ZXJJbmZvEg8KB3ZlcnNpb24YASABKAkSDQoFc3RvcmUYAiABKAkSDgoGYnJva2VyGAMgASgJEhQKDGF1dGhfZW5hYmxlZBgEIAEoCCI6CgVHcmFudBIQCghib3VuZGFyeRgBIAEoCRIPCgdzdWJqZWN0GAIgASgJEg4KBmFjY2VzcxgDIAEoCSIPCg1XaG9BbUlSZXF1ZXN0InkKDldob0FtSVJlc3BvbnNlEgwKBHVzZXIYASABKAkSEgoKYXBpX2tleV9pZBgCIAEoCRINCgVhZG1pbhgDIAEoCBIgCgZncmFudHMYBCADKAsyEC5vcmlzdW4udjEuR3JhbnQSFAoMYXV0aF9lbmFibGVkGAUgASgIImQKEUNyZWF0ZVVzZXJSZXF1ZXN0EgwKBG5hbWUYASABKAkSEAoIcGFzc3dvcmQYAiABKAkSDQoFYWRtaW4YAyABKAgSIAoGZ3JhbnRzGAQgAygLMhAub3Jpc3VuLnYxLkdyYW50InUKBFVzZXISDAoEbmFtZRgBIAEoCRINCgVhZG1pbhgCIAEoCBIgCgZncmFudHMYAyADKAsyEC5vcmlzdW4udjEuR3JhbnQSLgoKY3JlYXRlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiIQoRRGVsZXRlVXNlclJlcXVlc3QSDAoEbmFtZRgBIAEoCSISChBMaXN0VXNlcnNSZXF1ZXN0IjMKEUxpc3RVc2Vyc1Jlc3BvbnNlEh4KBXVzZXJzGAEgAygLMg8ub3Jpc3VuLnYxLlVzZXIiUQoVQ2hhbmdlUGFzc3dvcmRSZXF1ZXN0EgwKBG5hbWUYASABKAkSFAoMb2xkX3Bhc3N3b3JkGAIgASgJEhQKDG5ld19wYXNzd29yZBgDIAEoCSJTChNDcmVhdGVBcGlLZXlSZXF1ZXN0EgwKBHVzZXIYASABKAkSDAoEbmFtZRgCIAEoCRIgCgZncmFudHMYAyADKAsyEC5vcmlzdW4udjEuR3JhbnQiggEKBkFwaUtleRIKCgJpZBgBIAEoCRIMCgR1c2VyGAIgASgJEgwKBG5hbWUYAyABKAkSIAoGZ3JhbnRzGAQgAygLMhAub3Jpc3VuLnYxLkdyYW50Ei4KCmNyZWF0ZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIkYKFENyZWF0ZUFwaUtleVJlc3BvbnNlEh4KA2tleRgBIAEoCzIRLm9yaXN1bi52MS5BcGlLZXkSDgoGc2VjcmV0GAIgASgJIiEKE1Jldm9rZUFwaUtleVJlcXVlc3QSCgoCaWQYASABKAkiIgoSTGlzdEFwaUtleXNSZXF1ZXN0EgwKBHVzZXIYASABKAkiNgoTTGlzdEFwaUtleXNSZXNwb25zZRIfCgRrZXlzGAEgAygLMhEub3Jpc3VuLnYxLkFwaUtleSJJChNJbXBvcnRFdmVudHNSZXF1ZXN0EhAKCGJvdW5kYXJ5GAEgASgJEiAKBmV2ZW50cxgCIAMoCzIQLm9yaXN1bi52MS5FdmVudCJLChRJbXBvcnRFdmVudHNSZXNwb25zZRIhCgRoZWFkGAEgASgLMhMub3Jpc3VuLnYxLlBvc2l0aW9uEhAKCGltcG9ydGVkGAIgASgEIisKEkRlbGV0ZUdyb3VwUmVxdWVzdBIVCg1jb25zdW1lcl9uYW1lGAEgASgJMpIHCgVBZG1pbhJaCg5MaXN0Qm91bmRhcmllcxIgLm9yaXN1bi52MS5MaXN0Qm91bmRhcmllc1JlcXVlc3QaIS5vcmlzdW4udjEuTGlzdEJvdW5kYXJpZXNSZXNwb25zZSIDkAIBEkwKDUdldFNlcnZlckluZm8SHy5vcmlzdW4udjEuR2V0U2VydmVySW5mb1JlcXVlc3QaFS5vcmlzdW4udjEuU2VydmVySW5mbyIDkAIBEkIKBldob0FtSRIYLm9yaXN1bi52MS5XaG9BbUlSZXF1ZXN0Ghkub3Jpc3VuLnYxLldob0FtSVJlc3BvbnNlIgOQAgESOwoKQ3JlYXRlVXNlchIcLm9yaXN1bi52MS5DcmVhdGVVc2VyUmVxdWVzdBoPLm9yaXN1bi52MS5Vc2VyEkIKCkRlbGV0ZVVzZXISHC5vcmlzdW4udjEuRGVsZXRlVXNlclJlcXVlc3QaFi5nb29nbGUucHJvdG9idWYuRW1wdHkSSwoJTGlzdFVzZXJzEhsub3Jpc3VuLnYxLkxpc3RVc2Vyc1JlcXVlc3QaHC5vcmlzdW4udjEuTGlzdFVzZXJzUmVzcG9uc2UiA5ACARJKCg5DaGFuZ2VQYXNzd29yZBIgLm9yaXN1bi52MS5DaGFuZ2VQYXNzd29yZFJlcXVlc3QaFi5nb29nbGUucHJvdG9idWYuRW1wdHkSTwoMQ3JlYXRlQXBpS2V5Eh4ub3Jpc3VuLnYxLkNyZWF0ZUFwaUtleVJlcXVlc3QaHy5vcmlzdW4udjEuQ3JlYXRlQXBpS2V5UmVzcG9uc2USRgoMUmV2b2tlQXBpS2V5Eh4ub3Jpc3VuLnYxLlJldm9rZUFwaUtleVJlcXVlc3QaFi5nb29nbGUucHJvdG9idWYuRW1wdHkSUQoLTGlzdEFwaUtleXMSHS5vcmlzdW4udjEuTGlzdEFwaUtleXNSZXF1ZXN0Gh4ub3Jpc3VuLnYxLkxpc3RBcGlLZXlzUmVzcG9uc2UiA5ACARJPCgxJbXBvcnRFdmVudHMSHi5vcmlzdW4udjEuSW1wb3J0RXZlbnRzUmVxdWVzdBofLm9yaXN1bi52MS5JbXBvcnRFdmVudHNSZXNwb25zZRJECgtEZWxldGVHcm91cBIdLm9yaXN1bi52MS5EZWxldGVHcm91cFJlcXVlc3QaFi5nb29nbGUucHJvdG9idWYuRW1wdHliBnByb3RvMw", [file_google_protobuf_empty, file_google_protobuf_timestamp, file_orisun_v1_eventstore]);
+  fileDesc("ChVvcmlzdW4vdjEvYWRtaW4ucHJvdG8SCW9yaXN1bi52MSIXChVMaXN0Qm91bmRhcmllc1JlcXVlc3QihAEKDEJvdW5kYXJ5SW5mbxIMCgRuYW1lGAEgASgJEiEKBGhlYWQYAiABKAsyEy5vcmlzdW4udjEuUG9zaXRpb24SEwoLZXZlbnRfY291bnQYAyABKAQSLgoKY3JlYXRlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiRQoWTGlzdEJvdW5kYXJpZXNSZXNwb25zZRIrCgpib3VuZGFyaWVzGAEgAygLMhcub3Jpc3VuLnYxLkJvdW5kYXJ5SW5mbyIWChRHZXRTZXJ2ZXJJbmZvUmVxdWVzdCJSCgpTZXJ2ZXJJbmZvEg8KB3ZlcnNpb24YASABKAkSDQoFc3RvcmUYAiABKAkSDgoGYnJva2VyGAMgASgJEhQKDGF1dGhfZW5hYmxlZBgEIAEoCCI6CgVHcmFudBIQCghib3VuZGFyeRgBIAEoCRIPCgdzdWJqZWN0GAIgASgJEg4KBmFjY2VzcxgDIAEoCSIPCg1XaG9BbUlSZXF1ZXN0InkKDldob0FtSVJlc3BvbnNlEgwKBHVzZXIYASABKAkSEgoKYXBpX2tleV9pZBgCIAEoCRINCgVhZG1pbhgDIAEoCBIgCgZncmFudHMYBCADKAsyEC5vcmlzdW4udjEuR3JhbnQSFAoMYXV0aF9lbmFibGVkGAUgASgIImQKEUNyZWF0ZVVzZXJSZXF1ZXN0EgwKBG5hbWUYASABKAkSEAoIcGFzc3dvcmQYAiABKAkSDQoFYWRtaW4YAyABKAgSIAoGZ3JhbnRzGAQgAygLMhAub3Jpc3VuLnYxLkdyYW50InUKBFVzZXISDAoEbmFtZRgBIAEoCRINCgVhZG1pbhgCIAEoCBIgCgZncmFudHMYAyADKAsyEC5vcmlzdW4udjEuR3JhbnQSLgoKY3JlYXRlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiIQoRRGVsZXRlVXNlclJlcXVlc3QSDAoEbmFtZRgBIAEoCSISChBMaXN0VXNlcnNSZXF1ZXN0IjMKEUxpc3RVc2Vyc1Jlc3BvbnNlEh4KBXVzZXJzGAEgAygLMg8ub3Jpc3VuLnYxLlVzZXIiUQoVQ2hhbmdlUGFzc3dvcmRSZXF1ZXN0EgwKBG5hbWUYASABKAkSFAoMb2xkX3Bhc3N3b3JkGAIgASgJEhQKDG5ld19wYXNzd29yZBgDIAEoCSJTChNDcmVhdGVBcGlLZXlSZXF1ZXN0EgwKBHVzZXIYASABKAkSDAoEbmFtZRgCIAEoCRIgCgZncmFudHMYAyADKAsyEC5vcmlzdW4udjEuR3JhbnQiggEKBkFwaUtleRIKCgJpZBgBIAEoCRIMCgR1c2VyGAIgASgJEgwKBG5hbWUYAyABKAkSIAoGZ3JhbnRzGAQgAygLMhAub3Jpc3VuLnYxLkdyYW50Ei4KCmNyZWF0ZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIkYKFENyZWF0ZUFwaUtleVJlc3BvbnNlEh4KA2tleRgBIAEoCzIRLm9yaXN1bi52MS5BcGlLZXkSDgoGc2VjcmV0GAIgASgJIiEKE1Jldm9rZUFwaUtleVJlcXVlc3QSCgoCaWQYASABKAkiIgoSTGlzdEFwaUtleXNSZXF1ZXN0EgwKBHVzZXIYASABKAkiNgoTTGlzdEFwaUtleXNSZXNwb25zZRIfCgRrZXlzGAEgAygLMhEub3Jpc3VuLnYxLkFwaUtleSJJChNJbXBvcnRFdmVudHNSZXF1ZXN0EhAKCGJvdW5kYXJ5GAEgASgJEiAKBmV2ZW50cxgCIAMoCzIQLm9yaXN1bi52MS5FdmVudCJLChRJbXBvcnRFdmVudHNSZXNwb25zZRIhCgRoZWFkGAEgASgLMhMub3Jpc3VuLnYxLlBvc2l0aW9uEhAKCGltcG9ydGVkGAIgASgEIhMKEUxpc3RHcm91cHNSZXF1ZXN0IlwKCUdyb3VwSW5mbxIVCg1jb25zdW1lcl9uYW1lGAEgASgJEg8KB3N1YmplY3QYAiABKAkSDwoHcGVuZGluZxgDIAEoBBIWCg51bmFja25vd2xlZGdlZBgEIAEoBCI6ChJMaXN0R3JvdXBzUmVzcG9uc2USJAoGZ3JvdXBzGAEgAygLMhQub3Jpc3VuLnYxLkdyb3VwSW5mbyIrChJEZWxldGVHcm91cFJlcXVlc3QSFQoNY29uc3VtZXJfbmFtZRgBIAEoCTLiBwoFQWRtaW4SWgoOTGlzdEJvdW5kYXJpZXMSIC5vcmlzdW4udjEuTGlzdEJvdW5kYXJpZXNSZXF1ZXN0GiEub3Jpc3VuLnYxLkxpc3RCb3VuZGFyaWVzUmVzcG9uc2UiA5ACARJMCg1HZXRTZXJ2ZXJJbmZvEh8ub3Jpc3VuLnYxLkdldFNlcnZlckluZm9SZXF1ZXN0GhUub3Jpc3VuLnYxLlNlcnZlckluZm8iA5ACARJCCgZXaG9BbUkSGC5vcmlzdW4udjEuV2hvQW1JUmVxdWVzdBoZLm9yaXN1bi52MS5XaG9BbUlSZXNwb25zZSIDkAIBEjsKCkNyZWF0ZVVzZXISHC5vcmlzdW4udjEuQ3JlYXRlVXNlclJlcXVlc3QaDy5vcmlzdW4udjEuVXNlchJCCgpEZWxldGVVc2VyEhwub3Jpc3VuLnYxLkRlbGV0ZVVzZXJSZXF1ZXN0GhYuZ29vZ2xlLnByb3RvYnVmLkVtcHR5EksKCUxpc3RVc2VycxIbLm9yaXN1bi52MS5MaXN0VXNlcnNSZXF1ZXN0Ghwub3Jpc3VuLnYxLkxpc3RVc2Vyc1Jlc3BvbnNlIgOQAgESSgoOQ2hhbmdlUGFzc3dvcmQSIC5vcmlzdW4udjEuQ2hhbmdlUGFzc3dvcmRSZXF1ZXN0GhYuZ29vZ2xlLnByb3RvYnVmLkVtcHR5Ek8KDENyZWF0ZUFwaUtleRIeLm9yaXN1bi52MS5DcmVhdGVBcGlLZXlSZXF1ZXN0Gh8ub3Jpc3VuLnYxLkNyZWF0ZUFwaUtleVJlc3BvbnNlEkYKDFJldm9rZUFwaUtleRIeLm9yaXN1bi52MS5SZXZva2VBcGlLZXlSZXF1ZXN0GhYuZ29vZ2xlLnByb3RvYnVmLkVtcHR5ElEKC0xpc3RBcGlLZXlzEh0ub3Jpc3VuLnYxLkxpc3RBcGlLZXlzUmVxdWVzdBoeLm9yaXN1bi52MS5MaXN0QXBpS2V5c1Jlc3BvbnNlIgOQAgESTwoMSW1wb3J0RXZlbnRzEh4ub3Jpc3VuLnYxLkltcG9ydEV2ZW50c1JlcXVlc3QaHy5vcmlzdW4udjEuSW1wb3J0RXZlbnRzUmVzcG9uc2USTgoKTGlzdEdyb3VwcxIcLm9yaXN1bi52MS5MaXN0R3JvdXBzUmVxdWVzdBodLm9yaXN1bi52MS5MaXN0R3JvdXBzUmVzcG9uc2UiA5ACARJECgtEZWxldGVHcm91cBIdLm9yaXN1bi52MS5EZWxldGVHcm91cFJlcXVlc3QaFi5nb29nbGUucHJvdG9idWYuRW1wdHliBnByb3RvMw", [file_google_protobuf_empty, file_google_protobuf_timestamp, file_orisun_v1_eventstore]);
 
 /**
  * @generated from message orisun.v1.ListBoundariesRequest
@@ -555,6 +555,76 @@ export const ImportEventsResponseSchema: GenMessage<ImportEventsResponse> = /*@_
   messageDesc(file_orisun_v1_admin, 21);
 
 /**
+ * @generated from message orisun.v1.ListGroupsRequest
+ */
+export type ListGroupsRequest = Message<"orisun.v1.ListGroupsRequest"> & {
+};
+
+/**
+ * Describes the message orisun.v1.ListGroupsRequest.
+ * Use `create(ListGroupsRequestSchema)` to create a new message.
+ */
+export const ListGroupsRequestSchema: GenMessage<ListGroupsRequest> = /*@__PURE__*/
+  messageDesc(file_orisun_v1_admin, 22);
+
+/**
+ * @generated from message orisun.v1.GroupInfo
+ */
+export type GroupInfo = Message<"orisun.v1.GroupInfo"> & {
+  /**
+   * @generated from field: string consumer_name = 1;
+   */
+  consumerName: string;
+
+  /**
+   * The subject pattern its members subscribe with.
+   *
+   * @generated from field: string subject = 2;
+   */
+  subject: string;
+
+  /**
+   * Messages stored for the group and not yet delivered to a member.
+   *
+   * @generated from field: uint64 pending = 3;
+   */
+  pending: bigint;
+
+  /**
+   * Messages delivered to a member and not yet acknowledged.
+   *
+   * @generated from field: uint64 unacknowledged = 4;
+   */
+  unacknowledged: bigint;
+};
+
+/**
+ * Describes the message orisun.v1.GroupInfo.
+ * Use `create(GroupInfoSchema)` to create a new message.
+ */
+export const GroupInfoSchema: GenMessage<GroupInfo> = /*@__PURE__*/
+  messageDesc(file_orisun_v1_admin, 23);
+
+/**
+ * @generated from message orisun.v1.ListGroupsResponse
+ */
+export type ListGroupsResponse = Message<"orisun.v1.ListGroupsResponse"> & {
+  /**
+   * By name; at most ORISUN_MAX_GROUPS.
+   *
+   * @generated from field: repeated orisun.v1.GroupInfo groups = 1;
+   */
+  groups: GroupInfo[];
+};
+
+/**
+ * Describes the message orisun.v1.ListGroupsResponse.
+ * Use `create(ListGroupsResponseSchema)` to create a new message.
+ */
+export const ListGroupsResponseSchema: GenMessage<ListGroupsResponse> = /*@__PURE__*/
+  messageDesc(file_orisun_v1_admin, 24);
+
+/**
  * Names the group to delete: the consumer_name its members subscribe with.
  *
  * @generated from message orisun.v1.DeleteGroupRequest
@@ -571,7 +641,7 @@ export type DeleteGroupRequest = Message<"orisun.v1.DeleteGroupRequest"> & {
  * Use `create(DeleteGroupRequestSchema)` to create a new message.
  */
 export const DeleteGroupRequestSchema: GenMessage<DeleteGroupRequest> = /*@__PURE__*/
-  messageDesc(file_orisun_v1_admin, 22);
+  messageDesc(file_orisun_v1_admin, 25);
 
 /**
  * Admin manages the deployment: its boundaries, principals and pub/sub groups.
@@ -698,6 +768,16 @@ export const Admin: GenService<{
     methodKind: "unary";
     input: typeof ImportEventsRequestSchema;
     output: typeof ImportEventsResponseSchema;
+  },
+  /**
+   * The durable pub/sub consumer groups, by name, with what waits for them.
+   *
+   * @generated from rpc orisun.v1.Admin.ListGroups
+   */
+  listGroups: {
+    methodKind: "unary";
+    input: typeof ListGroupsRequestSchema;
+    output: typeof ListGroupsResponseSchema;
   },
   /**
    * Deletes a durable pub/sub consumer group with the messages waiting for
