@@ -7,9 +7,10 @@
  * BENCH_RUNS (3) repetitions; BENCH_SECONDS (5) per timed workload; BENCH_CATCHUP_EVENTS
  * (1,000,000) in the boundary that paging reads, catch-up and COPY share; BENCH_LIVE_RATE (1,000)
  * appends/s under 50 live subscribers; BENCH_MEMORY_SECONDS (300) for the memory run;
- * BENCH_WORKERS (one per core) load-generator processes; BENCH_ONLY=group[,group…] with groups
- * append, auth, live, pubsub, reads, catchup, embedded, memory, references, emmett, plans, workers (1 vs
- * one server process per core, ORISUN_WORKERS; other groups run one); BENCH_URL uses a
+ * BENCH_WORKERS (one per core) load-generator processes; BENCH_BACKUP_EVENTS (100,000) that the
+ * CLI exports and imports; BENCH_ONLY=group[,group…] with groups append, auth, live, pubsub,
+ * reads, catchup, embedded, memory, references, emmett, plans, workers (1 vs one server process
+ * per core, ORISUN_WORKERS; other groups run one), backup; BENCH_URL uses a
  * server you started (its schema for COPY: BENCH_URL_PG_SCHEMA, default public);
  * BENCH_SERVER_NODE_OPTIONS (e.g. --cpu-prof) goes to the spawned servers.
  */
@@ -20,6 +21,7 @@ import { jetstreamManager } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
 import { decodeEvents } from "../server/broker/jetstream.js";
 import { AUTH_ON_ENV, benchWriter } from "./auth-cost.js";
+import { exportRate, importRate } from "./backup.js";
 import { pgliteCommitCost } from "./pglite-commits.js";
 import { queryPlans } from "./plans.js";
 import { copyRate, diskSyncRate, Emmett, ensureEmmett, Pgbench, sql } from "./references.js";
@@ -49,6 +51,7 @@ const LIVE_RATE = Number(process.env.BENCH_LIVE_RATE ?? 1_000);
 const LIVE_SUBSCRIBERS = Number(process.env.BENCH_LIVE_SUBSCRIBERS ?? 50);
 const MEMORY_SECONDS = Number(process.env.BENCH_MEMORY_SECONDS ?? 300);
 const WORKERS = Number(process.env.BENCH_WORKERS ?? CORES);
+const BACKUP_EVENTS = Number(process.env.BENCH_BACKUP_EVENTS ?? 100_000);
 const PAGE = 1_000;
 const GROUPS = [
   "append",
@@ -63,6 +66,7 @@ const GROUPS = [
   "memory",
   "plans",
   "workers",
+  "backup",
 ];
 const ONLY = process.env.BENCH_ONLY?.split(",").map((g) => g.trim());
 for (const group of ONLY ?? []) {
@@ -176,6 +180,11 @@ const comparisons: Comparison[] = [
     key: "pglite.durable",
     reference: { key: "pglite.shipped", name: "as shipped, no sync" },
   },
+  ...["export", "import"].map((key) => ({
+    key,
+    reference: { name: "50,000 events/s", value: 50_000 },
+    target: { op: ">=" as const, ratio: 1, text: "≥ 50,000 events/s" },
+  })),
   {
     key: "rss.ratio",
     reference: { name: "flat", value: 1 },
@@ -581,6 +590,44 @@ async function emmettGroup(workers: Workers, run: number): Promise<void> {
   }
 }
 
+/** Export of a loaded boundary by the CLI, then its import into an empty store (PostgreSQL + NATS). */
+async function backupGroup(workers: Workers, run: number): Promise<void> {
+  if (GIVEN_URL) {
+    console.log("  backup: skipped, it needs two stores of its own");
+    return;
+  }
+  const dir = mkdtempSync(join(tmpdir(), "orisun-bench-backup-"));
+  const file = join(dir, "backup.ndjson");
+  const n = BACKUP_EVENTS.toLocaleString("en");
+  const name = `backup_${run}`;
+  const source = await postgresServer(`bench_${ID}_backup_source_${run}`);
+  try {
+    await load(workers, source.url, name, BACKUP_EVENTS);
+    const { result, cpu } = await measure(workers, source.pid, () =>
+      exportRate(source.url, name, file, BACKUP_EVENTS),
+    );
+    note("export", ORISUN, `orisun export, ${n} events to NDJSON (events/s)`, result, cpu);
+  } finally {
+    await source.stop();
+  }
+  const target = await postgresServer(`bench_${ID}_backup_target_${run}`);
+  try {
+    const { result, cpu } = await measure(workers, target.pid, () =>
+      importRate(target.url, file, BACKUP_EVENTS),
+    );
+    note(
+      "import",
+      ORISUN,
+      `orisun import, ${n} events into an empty store (events/s)`,
+      result,
+      cpu,
+    );
+  } finally {
+    await target.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 async function memoryGroup(workers: Workers): Promise<void> {
   if (GIVEN_URL) {
     console.log("\nmemory: skipped, it needs the server's pid (not available with BENCH_URL)");
@@ -684,6 +731,7 @@ async function main(): Promise<void> {
       if (runs("workers") && !GIVEN_URL) await workersGroup(workers, run);
       if (runs("references")) await pgbenchGroup(workers, run);
       if (runs("emmett")) await emmettGroup(workers, run);
+      if (runs("backup")) await backupGroup(workers, run);
     }
     if (runs("memory")) await memoryGroup(workers);
     if (runs("plans")) plansTable = await plansGroup();

@@ -19,6 +19,7 @@ import { LiveEncodings } from "./api/live-encoding.js";
 import { pubsubHandler } from "./api/pubsub-handler.js";
 import { reflectionHandlers } from "./api/reflection-handler.js";
 import { jsonOptions, requestGate } from "./api/request-decoding.js";
+import { serverVersion } from "./api/server-version.js";
 import { storeHandlers } from "./api/store-handlers.js";
 import { subscribeHandler } from "./api/subscribe-handler.js";
 import { connectionOf, kConnection, SubscriptionSlots } from "./api/subscription-slots.js";
@@ -258,7 +259,21 @@ export async function startApp(config: Config): Promise<RunningApp> {
         ...subscribeHandler(subscribeDeps),
         ...pubsubHandler(pubsubDeps),
       });
-      router.service(Admin, adminHandlers({ pubsub, principals, auth: authenticator }));
+      router.service(
+        Admin,
+        adminHandlers({
+          ...deps,
+          pubsub,
+          principals,
+          auth: authenticator,
+          info: {
+            version: serverVersion(),
+            store: store.embedded ? "pglite" : "postgres",
+            broker: nats ? "jetstream" : "memory",
+            authEnabled: config.auth.enabled,
+          },
+        }),
+      );
       router.service(Health, healthHandler({ health, shutdown: shutdown.signal }));
       const reflection = reflectionHandlers({
         index: new DescriptorIndex([EventStore, Admin, Health, ReflectionV1, ReflectionV1alpha]),

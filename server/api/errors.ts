@@ -19,6 +19,7 @@ const CODES: Record<StoreErrorKind, Code> = {
   already_exists: Code.AlreadyExists,
   unavailable: Code.Unavailable,
   not_found: Code.NotFound,
+  failed_precondition: Code.FailedPrecondition,
   limit_reached: Code.ResourceExhausted,
   deadline_exceeded: Code.DeadlineExceeded,
   internal: Code.Internal,
