@@ -7,8 +7,10 @@
  * BENCH_RUNS (3) repetitions; BENCH_SECONDS (5) per timed workload; BENCH_CATCHUP_EVENTS
  * (1,000,000) in the boundary that paging reads, catch-up and COPY share; BENCH_LIVE_RATE (1,000)
  * appends/s under 50 live subscribers; BENCH_MEMORY_SECONDS (300) for the memory run;
- * BENCH_WORKERS (one per core) load-generator processes; BENCH_ONLY=group[,group…] with groups
- * append, live, pubsub, reads, catchup, embedded, memory, references, emmett, plans; BENCH_URL uses a
+ * BENCH_WORKERS (one per core) load-generator processes; BENCH_BACKUP_EVENTS (100,000) that the
+ * CLI exports and imports; BENCH_ONLY=group[,group…] with groups append, auth, live, pubsub,
+ * reads, catchup, embedded, memory, references, emmett, plans, workers (1 vs one server process
+ * per core, ORISUN_WORKERS; other groups run one), backup; BENCH_URL uses a
  * server you started (its schema for COPY: BENCH_URL_PG_SCHEMA, default public);
  * BENCH_SERVER_NODE_OPTIONS (e.g. --cpu-prof) goes to the spawned servers.
  */
@@ -18,6 +20,8 @@ import { join } from "node:path";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
 import { decodeEvents } from "../server/broker/jetstream.js";
+import { AUTH_ON_ENV, benchWriter } from "./auth-cost.js";
+import { exportRate, importRate } from "./backup.js";
 import { pgliteCommitCost } from "./pglite-commits.js";
 import { queryPlans } from "./plans.js";
 import {
@@ -55,9 +59,11 @@ const LIVE_RATE = Number(process.env.BENCH_LIVE_RATE ?? 1_000);
 const LIVE_SUBSCRIBERS = Number(process.env.BENCH_LIVE_SUBSCRIBERS ?? 50);
 const MEMORY_SECONDS = Number(process.env.BENCH_MEMORY_SECONDS ?? 300);
 const WORKERS = Number(process.env.BENCH_WORKERS ?? CORES);
+const BACKUP_EVENTS = Number(process.env.BENCH_BACKUP_EVENTS ?? 100_000);
 const PAGE = 1_000;
 const GROUPS = [
   "append",
+  "auth",
   "live",
   "pubsub",
   "reads",
@@ -67,6 +73,8 @@ const GROUPS = [
   "emmett",
   "memory",
   "plans",
+  "workers",
+  "backup",
 ];
 const ONLY = process.env.BENCH_ONLY?.split(",").map((g) => g.trim());
 for (const group of ONLY ?? []) {
@@ -122,6 +130,13 @@ interface Comparison {
   readonly target?: { op: ">=" | "<" | "<="; ratio: number; text: string };
 }
 const comparisons: Comparison[] = [
+  ...[1, 16].map(
+    (n): Comparison => ({
+      key: `auth.on${n}`,
+      reference: { key: `auth.off${n}`, name: `auth off, ${clientCount(n)}` },
+      target: { op: ">=", ratio: 0.95, text: "≥ 0.95×" },
+    }),
+  ),
   ...[1, 16, 64].flatMap((n): Comparison[] => [
     {
       key: `cond${n}`,
@@ -178,10 +193,19 @@ const comparisons: Comparison[] = [
     key: `embedded${n}`,
     reference: { key: "disksync", name: "fsyncs/s of the disk" },
   })),
+  ...[16, 64].map((n) => ({
+    key: `workers${CORES}x${n}`,
+    reference: { key: `workers1x${n}`, name: `ORISUN_WORKERS=1, ${clientCount(n)}` },
+  })),
   {
     key: "pglite.durable",
     reference: { key: "pglite.shipped", name: "as shipped, no sync" },
   },
+  ...["export", "import"].map((key) => ({
+    key,
+    reference: { name: "50,000 events/s", value: 50_000 },
+    target: { op: ">=" as const, ratio: 1, text: "≥ 50,000 events/s" },
+  })),
   {
     key: "rss.ratio",
     reference: { name: "flat", value: 1 },
@@ -264,7 +288,7 @@ async function publisherCatchUp(
 }
 
 /** A server on PostgreSQL + NATS in a fresh schema (or BENCH_URL); removes its data when stopped. */
-async function postgresServer(schema: string): Promise<Server> {
+async function postgresServer(schema: string, env: Record<string, string> = {}): Promise<Server> {
   if (GIVEN_URL) return givenServer(GIVEN_URL);
   const dir = mkdtempSync(join(tmpdir(), "orisun-bench-"));
   const server = await startServer({
@@ -272,6 +296,8 @@ async function postgresServer(schema: string): Promise<Server> {
     ORISUN_PG_SCHEMA: schema,
     ORISUN_NATS_URL: NATS_URL,
     ORISUN_DATA_DIR: dir,
+    ORISUN_WORKERS: "1",
+    ...env,
   });
   return {
     ...server,
@@ -283,6 +309,44 @@ async function postgresServer(schema: string): Promise<Server> {
       await deleteStreams(deployment);
     },
   };
+}
+
+/**
+ * Conditional 1-event appends against a server with authentication off and one with it on (a
+ * non-admin user's password on every call), in alternating order from run to run.
+ */
+async function authGroup(workers: Workers, run: number): Promise<void> {
+  const modes = run % 2 === 0 ? (["off", "on"] as const) : (["on", "off"] as const);
+  for (const mode of modes) {
+    const server = await postgresServer(
+      `bench_${ID}_auth_${mode}_${run}`,
+      mode === "on" ? AUTH_ON_ENV : {},
+    );
+    try {
+      const authorization = mode === "on" ? await benchWriter(server.url) : undefined;
+      for (const clients of [1, 16]) {
+        const { result, cpu } = await measure(workers, server.pid, () =>
+          appends(workers, server.url, {
+            boundary: `auth_${clients}_${run}`,
+            clients,
+            eventsPerAppend: 1,
+            conditional: true,
+            seconds: SECONDS,
+            ...(authorization === undefined ? {} : { authorization }),
+          }),
+        );
+        note(
+          `auth.${mode}${clients}`,
+          ORISUN,
+          `auth ${mode}, conditional 1-event appends, ${clientCount(clients)} (events/s)`,
+          result,
+          cpu,
+        );
+      }
+    } finally {
+      await server.stop();
+    }
+  }
 }
 
 /** With BENCH_URL, boundaries carry the invocation's id so that earlier data cannot interfere. */
@@ -321,6 +385,37 @@ async function appendGroup(workers: Workers, server: Server, run: number): Promi
     clients: 64,
     boundary: boundary(`uncond64_${run}`),
   });
+}
+
+/** The same appends on one server process and on one per core (ORISUN_WORKERS), PostgreSQL + NATS. */
+async function workersGroup(workers: Workers, run: number): Promise<void> {
+  for (const processes of [1, CORES]) {
+    const server = await postgresServer(`bench_${ID}_workers${processes}_${run}`, {
+      ORISUN_WORKERS: String(processes),
+    });
+    try {
+      for (const clients of [16, 64]) {
+        const { result, cpu } = await measure(workers, server.pid, () =>
+          appends(workers, server.url, {
+            boundary: boundary(`workers${processes}_${clients}_${run}`),
+            clients,
+            eventsPerAppend: 1,
+            conditional: true,
+            seconds: SECONDS,
+          }),
+        );
+        note(
+          `workers${processes}x${clients}`,
+          ORISUN,
+          `conditional 1-event appends, ${clientCount(clients)}, ORISUN_WORKERS=${processes} (events/s)`,
+          result,
+          cpu,
+        );
+      }
+    } finally {
+      await server.stop();
+    }
+  }
 }
 
 async function liveGroup(workers: Workers, server: Server, run: number): Promise<void> {
@@ -530,6 +625,44 @@ async function emmettGroup(workers: Workers, run: number): Promise<void> {
   }
 }
 
+/** Export of a loaded boundary by the CLI, then its import into an empty store (PostgreSQL + NATS). */
+async function backupGroup(workers: Workers, run: number): Promise<void> {
+  if (GIVEN_URL) {
+    console.log("  backup: skipped, it needs two stores of its own");
+    return;
+  }
+  const dir = mkdtempSync(join(tmpdir(), "orisun-bench-backup-"));
+  const file = join(dir, "backup.ndjson");
+  const n = BACKUP_EVENTS.toLocaleString("en");
+  const name = `backup_${run}`;
+  const source = await postgresServer(`bench_${ID}_backup_source_${run}`);
+  try {
+    await load(workers, source.url, name, BACKUP_EVENTS);
+    const { result, cpu } = await measure(workers, source.pid, () =>
+      exportRate(source.url, name, file, BACKUP_EVENTS),
+    );
+    note("export", ORISUN, `orisun export, ${n} events to NDJSON (events/s)`, result, cpu);
+  } finally {
+    await source.stop();
+  }
+  const target = await postgresServer(`bench_${ID}_backup_target_${run}`);
+  try {
+    const { result, cpu } = await measure(workers, target.pid, () =>
+      importRate(target.url, file, BACKUP_EVENTS),
+    );
+    note(
+      "import",
+      ORISUN,
+      `orisun import, ${n} events into an empty store (events/s)`,
+      result,
+      cpu,
+    );
+  } finally {
+    await target.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 async function memoryGroup(workers: Workers): Promise<void> {
   if (GIVEN_URL) {
     console.log("\nmemory: skipped, it needs the server's pid (not available with BENCH_URL)");
@@ -624,12 +757,16 @@ async function main(): Promise<void> {
           await server.stop();
         }
       }
+      if (runs("auth") && GIVEN_URL) console.log("  auth: skipped, it spawns its own servers");
+      if (runs("auth") && !GIVEN_URL) await authGroup(workers, run);
       if (big) await readGroups(workers, big);
       if (runs("embedded") && GIVEN_URL)
         console.log("  embedded: skipped, it spawns its own server");
       if (runs("embedded") && !GIVEN_URL) await embeddedGroup(workers, run);
+      if (runs("workers") && !GIVEN_URL) await workersGroup(workers, run);
       if (runs("references")) await pgbenchGroup(workers, run);
       if (runs("emmett")) await emmettGroup(workers, run);
+      if (runs("backup")) await backupGroup(workers, run);
     }
     if (runs("memory")) await memoryGroup(workers);
     if (runs("plans")) plansTable = await plansGroup();

@@ -7,7 +7,7 @@ import { readFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { cpus } from "node:os";
 import { fileURLToPath } from "node:url";
-import { createClient } from "@connectrpc/connect";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { EventStore } from "../gen/orisun/v1/eventstore_pb.js";
 
@@ -41,6 +41,8 @@ export async function startServer(env: Record<string, string>): Promise<Server> 
       NODE_OPTIONS: process.env.BENCH_SERVER_NODE_OPTIONS ?? "",
       ORISUN_LOG_LEVEL: "warn",
       ORISUN_PORT: String(port),
+      // One process unless asked: memory and CPU are read from the spawned pid (and its children).
+      ORISUN_WORKERS: "1",
       ...env,
     },
     stdio: ["ignore", "ignore", "inherit"],
@@ -73,10 +75,21 @@ async function waitUntilServing(url: string, child?: ChildProcess): Promise<void
       await probe.getEvents({ boundary: "bench_probe", count: 1 });
       return;
     } catch (error) {
+      // A server with authentication on answers, which is all this asks.
+      if (error instanceof ConnectError && error.code === Code.Unauthenticated) return;
       if (child?.exitCode != null) throw new Error(`server exited with ${child.exitCode}`);
       if (Date.now() > deadline) throw error;
       await sleep(100);
     }
+  }
+}
+
+/** A child that exits between the listing and the read counts nothing. */
+function livingCpuSeconds(pid: number): number {
+  try {
+    return processCpuSeconds(pid);
+  } catch {
+    return 0;
   }
 }
 
@@ -88,12 +101,20 @@ export function rssMiB(pid: number): number {
 
 const TICKS_PER_SECOND = Number(spawnSync("getconf", ["CLK_TCK"]).stdout?.toString().trim()) || 100;
 
-/** CPU seconds (user + system) a process has used so far. */
+/**
+ * CPU seconds (user + system) a process and its living children (ORISUN_WORKERS) have used so
+ * far. A worker that died meanwhile takes its seconds with it: runs that kill none stay exact.
+ */
 export function processCpuSeconds(pid: number): number {
   const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
   // Fields after the command name, which is in parentheses and may hold spaces.
   const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return (Number(fields[11]) + Number(fields[12])) / TICKS_PER_SECOND;
+  const own = (Number(fields[11]) + Number(fields[12])) / TICKS_PER_SECOND;
+  const children = readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8")
+    .split(" ")
+    .filter(Boolean)
+    .map(Number);
+  return own + children.reduce((sum, child) => sum + livingCpuSeconds(child), 0);
 }
 
 /** CPU seconds the whole machine has been busy (all but idle and iowait), summed over cores. */

@@ -20,6 +20,8 @@ export type Job =
       eventsPerAppend: number;
       conditional: boolean;
       seconds: number;
+      /** Sent as the `authorization` metadata of every call (a server with authentication on). */
+      authorization?: string;
     }
   /** `concurrency` loops appending 1,000-event batches first, first + step, … of a `total`-event load. */
   | {
@@ -122,19 +124,22 @@ const { EventStore } = (
 
 type Unary = (
   request: unknown,
+  metadata: grpc.Metadata,
   callback: (error: grpc.ServiceError | null, response: unknown) => void,
 ) => void;
 
-function connect(url: string): Api {
+function connect(url: string, authorization: string | undefined): Api {
   const client = new EventStore(
     new URL(url).host,
     grpc.credentials.createInsecure(),
   ) as unknown as Record<string, (request: unknown) => unknown>;
+  const metadata = new grpc.Metadata();
+  if (authorization !== undefined) metadata.set("authorization", authorization);
   const unary =
     <T>(method: string) =>
     (request: unknown) =>
       new Promise<T>((resolve, reject) =>
-        (client[method] as unknown as Unary).call(client, request, (error, response) =>
+        (client[method] as unknown as Unary).call(client, request, metadata, (error, response) =>
           error ? reject(error) : resolve(response as T),
         ),
       );
@@ -155,13 +160,14 @@ function connect(url: string): Api {
 const now = () => performance.timeOrigin + performance.now();
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-/** One channel (one HTTP/2 connection) per server and process. */
+/** One channel (one HTTP/2 connection) per server, credentials and process. */
 const channels = new Map<string, Api>();
-function api(url: string): Api {
-  let client = channels.get(url);
+function api(url: string, authorization?: string): Api {
+  const key = `${url} ${authorization ?? ""}`;
+  let client = channels.get(key);
   if (!client) {
-    client = connect(url);
-    channels.set(url, client);
+    client = connect(url, authorization);
+    channels.set(key, client);
   }
   return client;
 }
@@ -171,7 +177,7 @@ function event(id: string, tag: string, data: string): EventToSave {
 }
 
 async function append(job: Extract<Job, { kind: "append" }>): Promise<JobResult> {
-  const client = api(job.url);
+  const client = api(job.url, job.authorization);
   let count = 0;
   const started = performance.now();
   const end = Date.now() + job.seconds * 1_000;

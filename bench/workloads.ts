@@ -66,6 +66,8 @@ export interface AppendOptions {
   readonly eventsPerAppend: number;
   readonly conditional: boolean;
   readonly seconds: number;
+  /** The `authorization` header every call sends. */
+  readonly authorization?: string;
 }
 
 /** `clients` append loops, each on its own tag (no conflicts); events/s. */

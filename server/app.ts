@@ -9,6 +9,7 @@ import { ServerReflection as ReflectionV1alpha } from "../gen/grpc/reflection/v1
 import { Admin } from "../gen/orisun/v1/admin_pb.js";
 import { EventStore } from "../gen/orisun/v1/eventstore_pb.js";
 import { adminHandlers } from "./api/admin-handlers.js";
+import { Authorization, kClient } from "./api/authorization.js";
 import { decisionHandler } from "./api/decision-handler.js";
 import type { ApiDeps } from "./api/deps.js";
 import { DescriptorIndex } from "./api/descriptor-index.js";
@@ -18,9 +19,14 @@ import { LiveEncodings } from "./api/live-encoding.js";
 import { pubsubHandler } from "./api/pubsub-handler.js";
 import { reflectionHandlers } from "./api/reflection-handler.js";
 import { jsonOptions, requestGate } from "./api/request-decoding.js";
+import { serverVersion } from "./api/server-version.js";
 import { storeHandlers } from "./api/store-handlers.js";
 import { subscribeHandler } from "./api/subscribe-handler.js";
 import { connectionOf, kConnection, SubscriptionSlots } from "./api/subscription-slots.js";
+import { Authenticator } from "./auth/authenticator.js";
+import { bootstrapAdmin } from "./auth/bootstrap.js";
+import { PrincipalSignals } from "./auth/principal-signals.js";
+import { PrincipalsStore } from "./auth/principals-store.js";
 import { LiveFeeds } from "./broker/feed.js";
 import { connectNats } from "./broker/jetstream.js";
 import { JetStreamPublisher } from "./broker/jetstream-publisher.js";
@@ -31,12 +37,16 @@ import { MessageAuth } from "./broker/message-auth.js";
 import type { Config } from "./config.js";
 import { HealthMonitor } from "./health/monitor.js";
 import { databaseDependency, natsDependency } from "./health/probes.js";
+import { clientOf } from "./http/client-identity.js";
 import { registerConsole } from "./http/console.js";
 import { registerMetricsRoute } from "./http/metrics-route.js";
 import { createOnePort, type OnePort } from "./http/one-port.js";
 import { startObservability } from "./observability/observability.js";
+import { loggerOptions } from "./process/logger.js";
+import { captureGrpcStatus, RequestLogController } from "./process/request-log.js";
+import { retryWhileUnreachable } from "./process/startup-retry.js";
 import { loadDeployment } from "./store/deployment.js";
-import { EventStore as Store } from "./store/event-store.js";
+import { type EventStoreOptions, EventStore as Store } from "./store/event-store.js";
 
 export interface RunningApp {
   /** Base URL, e.g. http://127.0.0.1:50051 */
@@ -46,6 +56,8 @@ export interface RunningApp {
   readonly log: FastifyBaseLogger;
   /** How often live events were converted and serialised (for tests and metrics). */
   readonly encodings: LiveEncodings;
+  /** Checks credentials of plain HTTP routes (authorizeAdminRequest for GET /metrics). */
+  readonly authorization: Authorization;
   /** Stops accepting, lets in-flight calls finish (up to `graceMs`), ends streams, closes pools. */
   close(graceMs?: number): Promise<void>;
 }
@@ -61,7 +73,8 @@ const SUBSCRIPTION_LIMITS = {
 export async function startApp(config: Config): Promise<RunningApp> {
   let onePort: OnePort | undefined;
   const app = Fastify({
-    logger: { level: config.logLevel },
+    logger: loggerOptions(config),
+    logController: new RequestLogController(),
     genReqId: (req) => {
       const given = req.headers["x-request-id"];
       return typeof given === "string" && /^[\w.-]{1,64}$/.test(given) ? given : randomUUID();
@@ -75,7 +88,10 @@ export async function startApp(config: Config): Promise<RunningApp> {
   });
 
   const observability = await startObservability(config.observability);
-  const store = await Store.open({
+  captureGrpcStatus(app);
+  // PostgreSQL and NATS may come up after this process (compose, a reboot): wait for them.
+  const retry = { timeoutMs: config.startupTimeoutMs, log: app.log };
+  const storeOptions: EventStoreOptions = {
     url: config.pgUrl,
     schema: config.pgSchema,
     poolSize: config.pgPoolSize,
@@ -98,7 +114,42 @@ export async function startApp(config: Config): Promise<RunningApp> {
     recentCommitsBytes: config.recentCommitsBytes,
     boundaryIdleMs: config.boundaryIdleMs,
     observer: observability.appends,
-  });
+  };
+  const store = await retryWhileUnreachable("PostgreSQL", () => Store.open(storeOptions), retry);
+
+  // Principals live in the store; with auth on, every call is authenticated against them (see
+  // api/authorization.ts) and every process hears of changes within a second.
+  let authenticator: Authenticator | undefined;
+  const principals = new PrincipalsStore(store.database.db, () => authenticator?.changed());
+  const principalSignals = config.auth.enabled
+    ? new PrincipalSignals(
+        config.pgUrl,
+        config.pgSchema,
+        () => authenticator?.changed(),
+        (err) => app.log.warn({ err }, "LISTEN orisun_principals failed; reconnecting"),
+      )
+    : undefined;
+  if (config.auth.enabled) {
+    authenticator = new Authenticator(principals, {
+      cacheEntries: config.auth.cacheEntries,
+      trackedClients: config.auth.trackedClients,
+      watching: () => principalSignals?.connected ?? false,
+    });
+    try {
+      await bootstrapAdmin(principals, config.auth, (message) => app.log.info(message));
+    } catch (error) {
+      await principalSignals?.close();
+      await store.close();
+      throw error;
+    }
+  } else if (config.auth.explicitlyOffOnNetwork) {
+    app.log.warn(
+      { host: config.host },
+      "ORISUN_AUTH=off on a network address: anyone who can reach the port can read, write and administer every boundary",
+    );
+  }
+  const authorization = new Authorization(authenticator);
+  const mutualTls = config.tls?.clientCa !== undefined;
 
   // With NATS: committed events travel through JetStream (one elected publisher per boundary),
   // and pub/sub groups are JetStream consumers. Without: the same interfaces, in process.
@@ -120,8 +171,13 @@ export async function startApp(config: Config): Promise<RunningApp> {
     groupExpiryMs: config.pubsubGroupExpiryMs,
     maxGroups: config.maxGroups,
   };
-  const nats = config.natsUrl
-    ? await connectNats(config.natsUrl, app.log, config.natsCredsFile)
+  const natsUrl = config.natsUrl;
+  const nats = natsUrl
+    ? await retryWhileUnreachable(
+        "NATS",
+        () => connectNats(natsUrl, app.log, config.natsCredsFile),
+        retry,
+      )
     : undefined;
   const publisher = nats
     ? new JetStreamPublisher({
@@ -187,8 +243,11 @@ export async function startApp(config: Config): Promise<RunningApp> {
     await app.register(cors, {
       origin: config.corsOrigins.includes("*") ? true : [...config.corsOrigins],
       methods: [...connectCors.allowedMethods],
-      allowedHeaders: [...connectCors.allowedHeaders, "X-Request-Id"],
+      allowedHeaders: [...connectCors.allowedHeaders, "X-Request-Id", "Authorization"],
       exposedHeaders: [...connectCors.exposedHeaders, "X-Request-Id"],
+      // Browsers send client certificates (and cached credentials) only when allowed to; a
+      // wildcard origin never is, or any web page could act with a visitor's certificate.
+      credentials: !config.corsOrigins.includes("*"),
       maxAge: 7200,
     });
   }
@@ -200,7 +259,21 @@ export async function startApp(config: Config): Promise<RunningApp> {
         ...subscribeHandler(subscribeDeps),
         ...pubsubHandler(pubsubDeps),
       });
-      router.service(Admin, adminHandlers({ pubsub }));
+      router.service(
+        Admin,
+        adminHandlers({
+          ...deps,
+          pubsub,
+          principals,
+          auth: authenticator,
+          info: {
+            version: serverVersion(),
+            store: store.embedded ? "pglite" : "postgres",
+            broker: nats ? "jetstream" : "memory",
+            authEnabled: config.auth.enabled,
+          },
+        }),
+      );
       router.service(Health, healthHandler({ health, shutdown: shutdown.signal }));
       const reflection = reflectionHandlers({
         index: new DescriptorIndex([EventStore, Admin, Health, ReflectionV1, ReflectionV1alpha]),
@@ -214,6 +287,7 @@ export async function startApp(config: Config): Promise<RunningApp> {
     interceptors: [
       ...(observability.interceptor ? [observability.interceptor] : []),
       errorInterceptor,
+      authorization.interceptor,
       subscriptionSlots.interceptor,
     ],
     jsonOptions,
@@ -223,15 +297,26 @@ export async function startApp(config: Config): Promise<RunningApp> {
       createContextValues()
         .set(kRequestLog, req.log)
         .set(kRequestId, String(req.id))
-        .set(kConnection, connectionOf(req.raw)),
+        .set(kConnection, connectionOf(req.raw))
+        .set(kClient, clientOf(req.raw, mutualTls)),
   });
   await registerConsole(app, { boundaries: config.boundaries });
   if (observability.metrics) {
     await registerMetricsRoute(app, {
       scrape: () => observability.scrape(),
       contentType: observability.metrics.registry.contentType,
-      // With auth on, require an admin's credentials here (API.md, Operations).
-      authorize: async () => true,
+      // With auth on, an admin's credentials (API.md, Operations).
+      authorize: async (request, reply) => {
+        const { status, message } = await authorization.authorizeAdminRequest(
+          request.headers.authorization,
+          clientOf(request.raw, mutualTls),
+          request.log,
+        );
+        if (status === 200) return true;
+        if (status === 401) reply.header("www-authenticate", 'Basic realm="orisun"');
+        reply.code(status).type("text/plain").send(`${message}\n`);
+        return false;
+      },
     });
   }
   app.get("/healthz", async () => ({ status: "ok" }));
@@ -255,6 +340,7 @@ export async function startApp(config: Config): Promise<RunningApp> {
     store,
     log: app.log,
     encodings,
+    authorization,
     close(graceMs = 10_000) {
       closing ??= (async () => {
         // NOT_SERVING first, so that watchers hear it before their streams end.
@@ -270,6 +356,7 @@ export async function startApp(config: Config): Promise<RunningApp> {
           await pubsub.close();
           await publisher?.close();
           await nats?.drain().catch(() => {});
+          await principalSignals?.close();
           await store.close();
           await observability.close();
         }

@@ -1,4 +1,5 @@
 import { readFileSync } from "node:fs";
+import { availableParallelism } from "node:os";
 import { resolve } from "node:path";
 import { parse as parseYaml } from "yaml";
 
@@ -23,7 +24,7 @@ export interface Config {
   /** Path of a NATS `.creds` file (user JWT and NKey seed); undefined: none. */
   readonly natsCredsFile: string | undefined;
   readonly dataDir: string;
-  readonly tls: { readonly cert: string; readonly key: string } | undefined;
+  readonly tls: TlsConfig | undefined;
   /** Allowed boundaries; undefined: any valid name, created on first write. */
   readonly boundaries: readonly string[] | undefined;
   readonly corsOrigins: readonly string[];
@@ -49,9 +50,16 @@ export interface Config {
   readonly health: HealthSettings;
   /** Requests one gRPC reflection stream may make. */
   readonly reflectionMaxRequests: number;
+  /** `json`: one JSON object a line (pino); `pretty`: coloured human-readable lines (pino-pretty). */
+  readonly logFormat: "json" | "pretty";
+  /** Server processes sharing the one port (node:cluster); 1: no cluster, this process serves. */
+  readonly workers: number;
+  /** How long start-up keeps retrying an unreachable PostgreSQL or NATS before it gives up. */
+  readonly startupTimeoutMs: number;
   readonly limits: Limits;
   readonly connections: ConnectionLimits;
   readonly observability: ObservabilityConfig;
+  readonly auth: AuthConfig;
 }
 
 /** GET /metrics and OpenTelemetry traces. */
@@ -71,6 +79,26 @@ export interface HealthSettings {
   readonly intervalMs: number;
   /** A probe unanswered by then counts as failed. */
   readonly timeoutMs: number;
+}
+
+export interface TlsConfig {
+  readonly cert: string;
+  readonly key: string;
+  /** PEM of the CA that signs client certificates (mutual TLS); undefined: none requested. */
+  readonly clientCa?: string;
+}
+
+export interface AuthConfig {
+  readonly enabled: boolean;
+  /** ORISUN_AUTH=off given explicitly while binding a non-loopback address: warned at start-up. */
+  readonly explicitlyOffOnNetwork: boolean;
+  /** Name and password of the admin created when the store has none. */
+  readonly adminUser: string;
+  readonly adminPassword: string | undefined;
+  /** Verified credentials kept in memory, least recently used evicted first. */
+  readonly cacheEntries: number;
+  /** User names and client addresses whose failed attempts are counted, LRU beyond. */
+  readonly trackedClients: number;
 }
 
 export interface Limits {
@@ -103,6 +131,16 @@ export class ConfigError extends Error {
 type Source = Readonly<Record<string, string | undefined>>;
 
 const BOUNDARY = /^[a-z][a-z0-9_]{0,62}$/;
+/** The user names of API.md. */
+export const USER_NAME = /^[a-zA-Z0-9_.@-]{1,64}$/;
+export const MIN_PASSWORD_CHARS = 8;
+export const MAX_PASSWORD_CHARS = 1024;
+
+/** 127.0.0.0/8, ::1 and localhost: only this machine can connect. */
+export function isLoopback(host: string): boolean {
+  const h = host.replace(/^\[|\]$/g, "").toLowerCase();
+  return h === "localhost" || h === "::1" || /^127(\.\d{1,3}){3}$/.test(h);
+}
 const SCHEMA = /^[a-z_][a-z0-9_]{0,62}$/;
 
 /** Reads `-config path` / `--config path` / `--config=path` from argv. */
@@ -260,6 +298,11 @@ export function loadConfig(
       `ORISUN_LOG_LEVEL: must be one of fatal, error, warn, info, debug, trace, silent, got "${logLevel}"`,
     );
   }
+  const logFormat = merged.ORISUN_LOG_FORMAT ?? "json";
+  if (logFormat !== "json" && logFormat !== "pretty") {
+    throw new ConfigError(`ORISUN_LOG_FORMAT: must be json or pretty, got "${logFormat}"`);
+  }
+  const workers = workerCount(merged);
   const MiB = 1024 * 1024;
   const pubsubRetentionMs = duration(merged, "ORISUN_PUBSUB_RETENTION", 86_400_000);
   // Below the retention, a member returning within it would miss messages its group had kept.
@@ -292,9 +335,16 @@ export function loadConfig(
       `ORISUN_CATCHUP_CONNECTIONS: must be at most ORISUN_PG_POOL_SIZE (${pgPoolSize}), got ${catchUpConnections}`,
     );
   }
+  const host = merged.ORISUN_HOST ?? "127.0.0.1";
+  const clientCa = merged.ORISUN_TLS_CLIENT_CA;
+  if (clientCa !== undefined && cert === undefined) {
+    throw new ConfigError(
+      "ORISUN_TLS_CLIENT_CA: needs ORISUN_TLS_CERT and ORISUN_TLS_KEY (client certificates are asked for over TLS only)",
+    );
+  }
   return {
     port: integer(merged, "ORISUN_PORT", 50051, 0, 65535),
-    host: merged.ORISUN_HOST ?? "0.0.0.0",
+    host,
     pgUrl: url(merged, "ORISUN_PG_URL", ["postgres:", "postgresql:"]),
     pgSchema,
     pgPoolSize,
@@ -309,7 +359,13 @@ export function loadConfig(
     tls:
       cert === undefined || key === undefined
         ? undefined
-        : { cert: readPem("ORISUN_TLS_CERT", cert), key: readPem("ORISUN_TLS_KEY", key) },
+        : {
+            cert: readPem("ORISUN_TLS_CERT", cert),
+            key: readPem("ORISUN_TLS_KEY", key),
+            ...(clientCa === undefined
+              ? {}
+              : { clientCa: readPem("ORISUN_TLS_CLIENT_CA", clientCa) }),
+          },
     boundaries,
     corsOrigins: list(merged, "ORISUN_CORS_ORIGINS") ?? [],
     pubsubRetentionMs,
@@ -344,6 +400,9 @@ export function loadConfig(
     logLevel,
     health: health(merged),
     reflectionMaxRequests: integer(merged, "ORISUN_REFLECTION_MAX_REQUESTS", 1_000, 1, 1_000_000),
+    logFormat,
+    workers,
+    startupTimeoutMs: timeout(merged, "ORISUN_STARTUP_TIMEOUT", 60_000),
     limits: {
       maxEventsPerSave: integer(merged, "ORISUN_MAX_EVENTS_PER_SAVE", 10_000, 1, 1_000_000),
       maxEventDataBytes: integer(merged, "ORISUN_MAX_EVENT_BYTES", MiB, 1, 64 * MiB),
@@ -370,6 +429,37 @@ export function loadConfig(
       // NATS and files: past the limit every accept and open fails, not only the extra clients.
       maxConnections: integer(merged, "ORISUN_MAX_CONNECTIONS", 900, 1, 1_000_000),
     },
+    auth: authConfig(merged, host),
+  };
+}
+
+function authConfig(env: Source, host: string): AuthConfig {
+  const raw = env.ORISUN_AUTH?.trim().toLowerCase();
+  if (raw !== undefined && raw !== "on" && raw !== "off") {
+    throw new ConfigError(`ORISUN_AUTH: must be on or off, got "${env.ORISUN_AUTH}"`);
+  }
+  const loopback = isLoopback(host);
+  const adminUser = env.ORISUN_ADMIN_USER ?? "admin";
+  if (!USER_NAME.test(adminUser)) {
+    throw new ConfigError(`ORISUN_ADMIN_USER: must match ${USER_NAME.source}, got "${adminUser}"`);
+  }
+  const adminPassword = env.ORISUN_ADMIN_PASSWORD;
+  if (
+    adminPassword !== undefined &&
+    (adminPassword.length < MIN_PASSWORD_CHARS || adminPassword.length > MAX_PASSWORD_CHARS)
+  ) {
+    // Never the value: it is a secret.
+    throw new ConfigError(
+      `ORISUN_ADMIN_PASSWORD: must have ${MIN_PASSWORD_CHARS} to ${MAX_PASSWORD_CHARS} characters, got ${adminPassword.length}`,
+    );
+  }
+  return {
+    enabled: raw === undefined ? !loopback : raw === "on",
+    explicitlyOffOnNetwork: raw === "off" && !loopback,
+    adminUser,
+    adminPassword,
+    cacheEntries: integer(env, "ORISUN_AUTH_CACHE_ENTRIES", 10_000, 1, 10_000_000),
+    trackedClients: integer(env, "ORISUN_AUTH_TRACKED_CLIENTS", 10_000, 1, 10_000_000),
   };
 }
 
@@ -409,6 +499,27 @@ function health(env: Source): HealthSettings {
     }
   }
   return { intervalMs, timeoutMs };
+}
+
+/**
+ * Default: one process per core when PostgreSQL and NATS are configured, else one. PGlite is one
+ * process's database, and the in-process broker would split pub/sub groups and dedupe between
+ * processes, so more than one worker needs both.
+ */
+function workerCount(env: Source): number {
+  const shared = env.ORISUN_PG_URL !== undefined && env.ORISUN_NATS_URL !== undefined;
+  const workers = integer(env, "ORISUN_WORKERS", shared ? availableParallelism() : 1, 1, 256);
+  if (workers > 1 && env.ORISUN_PG_URL === undefined) {
+    throw new ConfigError(
+      `ORISUN_WORKERS: more than 1 needs ORISUN_PG_URL (the embedded PGlite serves one process), got ${workers}`,
+    );
+  }
+  if (workers > 1 && env.ORISUN_NATS_URL === undefined) {
+    throw new ConfigError(
+      `ORISUN_WORKERS: more than 1 needs ORISUN_NATS_URL (the in-process broker cannot share pub/sub groups between processes), got ${workers}`,
+    );
+  }
+  return workers;
 }
 
 function stripEmpty(env: Source): Record<string, string> {

@@ -1,5 +1,10 @@
+import cluster from "node:cluster";
+import Fastify from "fastify";
 import { startApp } from "./app.js";
 import { ConfigError, loadConfig } from "./config.js";
+import { serveClusterMetrics } from "./observability/cluster-metrics.js";
+import { loggerOptions } from "./process/logger.js";
+import { superviseWorkers } from "./process/worker-supervisor.js";
 
 async function main(): Promise<void> {
   let config: ReturnType<typeof loadConfig>;
@@ -11,6 +16,15 @@ async function main(): Promise<void> {
       process.exit(2);
     }
     throw error;
+  }
+  if (config.workers > 1 && cluster.isPrimary) {
+    serveClusterMetrics();
+    // Fastify's pino, configured as the workers' is, so that every line has one format.
+    superviseWorkers({
+      workers: config.workers,
+      log: Fastify({ logger: loggerOptions(config) }).log,
+    });
+    return;
   }
   const app = await startApp(config);
   app.log.info(
@@ -36,6 +50,8 @@ async function main(): Promise<void> {
   };
   process.on("SIGTERM", () => stop("SIGTERM"));
   process.on("SIGINT", () => stop("SIGINT"));
+  // A worker whose primary is gone (killed) would otherwise serve on, unsupervised.
+  if (cluster.isWorker) process.on("disconnect", () => stop("primary gone"));
 }
 
 main().catch((error: unknown) => {

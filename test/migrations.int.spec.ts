@@ -65,6 +65,7 @@ describe("schema migrations at start-up", () => {
       { name: "2026-12-01-deployment" },
       { name: "2026-12-01-published" },
       { name: "2026-12-02-append-function" },
+      { name: "2026-12-02-auth-principals" },
       { name: "2026-12-02-event-count" },
     ]);
     // And a restart applies nothing again (it would fail: the tables exist).

@@ -8,17 +8,25 @@ import {
   ListGroupsResponseSchema,
 } from "../../gen/orisun/v1/admin_pb.js";
 import { type PubSub, validateGroupName } from "../broker/pubsub.js";
+import type { EventStore } from "../store/event-store.js";
+import { importHandler } from "./import-handler.js";
+import { overviewHandlers, type ServerInfo } from "./overview-handlers.js";
+import { type PrincipalDeps, principalHandlers } from "./principal-handlers.js";
+import type { ValidationContext } from "./validate.js";
 
-export interface AdminDeps {
+export interface AdminDeps extends PrincipalDeps {
   readonly pubsub: PubSub;
+  readonly store: EventStore;
+  readonly validation: ValidationContext;
+  readonly info: ServerInfo;
 }
 
-/**
- * The Admin service. Open to every caller until authentication exists; from then on it needs
- * the admin role (see API.md).
- */
-export function adminHandlers(deps: AdminDeps): Partial<ServiceImpl<typeof Admin>> {
+/** The Admin service. Who may call what is decided by the authorization interceptor (see API.md). */
+export function adminHandlers(deps: AdminDeps): ServiceImpl<typeof Admin> {
   return {
+    ...principalHandlers(deps),
+    ...overviewHandlers(deps),
+    ...importHandler(deps),
     async deleteGroup(request: DeleteGroupRequest) {
       await deps.pubsub.deleteGroup(validateGroupName(request.consumerName));
       return create(EmptySchema);

@@ -1,6 +1,7 @@
 import { Code, ConnectError, createContextKey, type Interceptor } from "@connectrpc/connect";
 import type { FastifyBaseLogger } from "fastify";
 import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
+import { AuthError, type AuthErrorKind } from "../auth/auth-error.js";
 import { StoreError, type StoreErrorKind } from "../store/errors.js";
 
 /** The request's logger (bound to its request id), handed over from Fastify. */
@@ -18,9 +19,16 @@ const CODES: Record<StoreErrorKind, Code> = {
   already_exists: Code.AlreadyExists,
   unavailable: Code.Unavailable,
   not_found: Code.NotFound,
+  failed_precondition: Code.FailedPrecondition,
   limit_reached: Code.ResourceExhausted,
   deadline_exceeded: Code.DeadlineExceeded,
   internal: Code.Internal,
+};
+
+const AUTH_CODES: Record<AuthErrorKind, Code> = {
+  unauthenticated: Code.Unauthenticated,
+  permission_denied: Code.PermissionDenied,
+  failed_precondition: Code.FailedPrecondition,
 };
 
 /**
@@ -34,6 +42,7 @@ export function toConnectError(
   rpc: string,
 ): ConnectError {
   if (error instanceof ConnectError) return error;
+  if (error instanceof AuthError) return new ConnectError(error.message, AUTH_CODES[error.kind]);
   if (error instanceof StoreError) {
     if (error.kind === "internal" || error.kind === "unavailable") {
       const level = error.kind === "internal" ? "error" : "warn";

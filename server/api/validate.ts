@@ -24,7 +24,7 @@ import type { SubscribeRequest } from "../streaming/subscription.js";
 /** Turns requests into store requests, or throws StoreError naming the field and the rule. */
 
 const BOUNDARY = /^[a-z][a-z0-9_]{0,62}$/;
-const MAX_NAME_BYTES = 256;
+export const MAX_NAME_BYTES = 256;
 /** In a `u` regex only an unpaired surrogate is a code point of category Cs. */
 const LONE_SURROGATE = /\p{Cs}/u;
 export const DEFAULT_COUNT = 100;
@@ -56,7 +56,7 @@ export function validateBoundary(boundary: string, ctx: ValidationContext): stri
   return boundary;
 }
 
-function text(value: string, field: string, maxBytes: number, allowEmpty = false): string {
+export function text(value: string, field: string, maxBytes: number, allowEmpty = false): string {
   if (!allowEmpty && value === "") throw invalid(field, "must not be empty");
   if (value.includes("\u0000")) throw invalid(field, "must not contain the NUL character");
   if (LONE_SURROGATE.test(value))
@@ -65,7 +65,7 @@ function text(value: string, field: string, maxBytes: number, allowEmpty = false
   return value;
 }
 
-function tags(list: readonly ProtoTag[], field: string, ctx: ValidationContext): Tag[] {
+export function tags(list: readonly ProtoTag[], field: string, ctx: ValidationContext): Tag[] {
   if (list.length > ctx.limits.maxTagsPerEvent) {
     throw tooLarge(
       field,
@@ -130,7 +130,7 @@ export function toQuery(
   });
 }
 
-function json(value: string, field: string, allowEmpty: boolean, maxBytes: number): string {
+export function json(value: string, field: string, allowEmpty: boolean, maxBytes: number): string {
   if (value === "") {
     if (allowEmpty) return value;
     throw invalid(field, "must be non-empty JSON text");

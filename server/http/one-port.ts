@@ -4,7 +4,8 @@ import type { Http2ServerRequest, Http2ServerResponse, Http2Session } from "node
 import * as http2 from "node:http2";
 import type { Socket } from "node:net";
 import * as net from "node:net";
-import type { ConnectionLimits } from "../config.js";
+import type { TLSSocket } from "node:tls";
+import type { ConnectionLimits, TlsConfig } from "../config.js";
 import { ConnectionGuard, rateLimited, type Warn } from "./connection-guard.js";
 
 /** Fastify's request handler; it also serves HTTP/2 compat requests, which lack a few HTTP/1 fields. */
@@ -38,7 +39,7 @@ export interface OnePort {
  */
 export function createOnePort(
   handler: Handler,
-  tls: { cert: string; key: string } | undefined,
+  tls: TlsConfig | undefined,
   limits: ConnectionLimits,
   warn: Warn,
 ): OnePort {
@@ -116,8 +117,14 @@ export function createOnePort(
     });
 
   if (tls) {
+    const { clientCa, ...identity } = tls;
+    // Mutual TLS: a client certificate is asked for but not required (clients may sign in with
+    // a password or key instead); one that does not verify against the CA ends the connection
+    // right after the handshake, before any request is read.
+    const mutual =
+      clientCa === undefined ? {} : { requestCert: true, rejectUnauthorized: false, ca: clientCa };
     const secure = http2.createSecureServer(
-      { ...tls, ...h2Options, allowHTTP1: true },
+      { ...identity, ...mutual, ...h2Options, allowHTTP1: true },
       handler as unknown as Http2Handler,
     );
     // HTTP/1.1 over TLS is served by Node's HTTP/1 code inside the secure server, which reads
@@ -129,7 +136,18 @@ export function createOnePort(
     });
     startHttp1Checks(secure);
     track(secure);
-    secure.on("secureConnection", (socket: Socket) => guard.handshakeDone(socket));
+    const warnCertificate = rateLimited(warn);
+    secure.on("secureConnection", (socket: TLSSocket) => {
+      if (clientCa !== undefined && !socket.authorized && socket.getPeerCertificate()?.subject) {
+        warnCertificate(
+          { address: socket.remoteAddress, reason: String(socket.authorizationError) },
+          "client certificate refused",
+        );
+        socket.destroy();
+        return;
+      }
+      guard.handshakeDone(socket);
+    });
     accept((socket) => secure.emit("connection", socket));
     front.on("close", () => secure.close());
     return {

@@ -9,6 +9,7 @@ export type StoreErrorKind =
   | "already_exists" // event ids already stored by another request, or a taken name
   | "unavailable" // a dependency (PostgreSQL, NATS) cannot be reached right now
   | "not_found" // the named thing (a consumer group) does not exist, or no longer
+  | "failed_precondition" // the request is valid but the state refuses it (an import at or below the head)
   | "limit_reached" // a resource cap set by an ORISUN_MAX_* setting; the message names it
   | "deadline_exceeded" // the caller's deadline passed (or it went away) before the work finished
   | "internal";

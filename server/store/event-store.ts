@@ -1,12 +1,14 @@
 import { randomUUID } from "node:crypto";
 import { Appender, type CommitListener, type GroupCommitLimits } from "./append.js";
 import type { AppendObserver } from "./append-observer.js";
+import { type BoundarySummary, listBoundaries } from "./boundaries.js";
 import { BoundaryCap, DEFAULT_MAX_BOUNDARIES } from "./boundary-cap.js";
 import { CommitSignals } from "./commit-signals.js";
 import { type DatabaseOptions, type OpenDatabase, openDatabase } from "./database.js";
 import { databaseError } from "./database-errors.js";
 import { StoreError } from "./errors.js";
 import { FairGate } from "./fair-gate.js";
+import { type ImportRequest, importEvents } from "./import.js";
 import { headPosition, readEvents } from "./read.js";
 import { SessionLocks } from "./session-locks.js";
 import { Statistics, type StatisticsOptions } from "./statistics.js";
@@ -56,13 +58,14 @@ export class EventStore {
   readonly signals: CommitSignals;
   /** Locks exclusive across every process on this database. */
   readonly locks: SessionLocks;
+  /** Names this process in its commit NOTIFYs, so that it can ignore their echo. */
+  private readonly instance = randomUUID();
 
   private constructor(
     readonly database: OpenDatabase,
     options: EventStoreOptions,
   ) {
-    // Names this process in its commit NOTIFYs, so that it can ignore their echo.
-    const instance = randomUUID();
+    const instance = this.instance;
     this.signals = new CommitSignals(
       options.url,
       options.schema,
@@ -120,6 +123,25 @@ export class EventStore {
     const position = await this.appender.append(request, options.signal);
     this.statistics.grew(request.events.length);
     return position;
+  }
+
+  /**
+   * Writes events at their given positions (a restore): see import.ts. Counts against
+   * ORISUN_MAX_BOUNDARIES like an append, and signals live readers as a commit does.
+   */
+  async import(request: ImportRequest, options: CallOptions = {}): Promise<Position> {
+    await this.boundaries.admit(request.boundary, options.signal);
+    const head = await importEvents(this.database.db, request, this.instance);
+    this.statistics.grew(request.events.length);
+    // Not handed over as this process's commit: live readers take it as another process's and
+    // read the imported events from the log.
+    this.signals.emit(request.boundary, false);
+    return head;
+  }
+
+  /** Every boundary with its head and event count, by name, without scanning the log. */
+  listBoundaries(): Promise<BoundarySummary[]> {
+    return listBoundaries(this.database.db);
   }
 
   async read(request: ReadRequest, options: ReadOptions = {}): Promise<StoredEvent[]> {

@@ -89,6 +89,36 @@ const migrations: Record<string, Migration> = {
       );
     },
   },
+  // Users, their API keys and what each may do (server/auth/). Grants are a JSON list on their
+  // principal: always read and written whole, with the principal.
+  "2026-12-02-auth-principals": {
+    async up(db: Kysely<unknown>) {
+      await db.schema
+        .createTable("orisun_users")
+        .addColumn("name", "text", (c) => c.primaryKey())
+        .addColumn("password_hash", "text", (c) => c.notNull())
+        .addColumn("admin", "boolean", (c) => c.notNull().defaultTo(false))
+        .addColumn("grants", "jsonb", (c) => c.notNull().defaultTo(sql`'[]'::jsonb`))
+        .addColumn("created_at", "timestamptz", (c) => c.notNull().defaultTo(sql`now()`))
+        .execute();
+      await db.schema
+        .createTable("orisun_api_keys")
+        .addColumn("id", "text", (c) => c.primaryKey())
+        .addColumn("user_name", "text", (c) =>
+          c.notNull().references("orisun_users.name").onDelete("cascade"),
+        )
+        .addColumn("name", "text", (c) => c.notNull())
+        .addColumn("secret_hash", "text", (c) => c.notNull())
+        .addColumn("grants", "jsonb", (c) => c.notNull().defaultTo(sql`'[]'::jsonb`))
+        .addColumn("created_at", "timestamptz", (c) => c.notNull().defaultTo(sql`now()`))
+        .execute();
+      await db.schema
+        .createIndex("orisun_api_keys_user_idx")
+        .on("orisun_api_keys")
+        .column("user_name")
+        .execute();
+    },
+  },
   // The one-round-trip append: see append-function.ts. It sorts before event-count, whose column
   // it uses: plpgsql resolves names when the function runs, not when it is created.
   "2026-12-02-append-function": {

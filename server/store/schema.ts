@@ -38,10 +38,31 @@ export interface DeploymentTable {
   created_at: Generated<Date>;
 }
 
+/** A user (server/auth/): `grants` is a JSON list of grants, read and written whole. */
+export interface UsersTable {
+  name: string;
+  password_hash: string;
+  admin: boolean;
+  grants: string;
+  created_at: Generated<Date>;
+}
+
+/** An API key of a user; only the hash of its secret is kept. Empty `grants`: all its user's. */
+export interface ApiKeysTable {
+  id: string;
+  user_name: string;
+  name: string;
+  secret_hash: string;
+  grants: string;
+  created_at: Generated<Date>;
+}
+
 export interface Database {
   orisun_events: EventsTable;
   orisun_boundaries: BoundariesTable;
   orisun_deployment: DeploymentTable;
+  orisun_users: UsersTable;
+  orisun_api_keys: ApiKeysTable;
 }
 
 /** A tag as one array element: JSON keeps any key/value pair unambiguous. */

@@ -49,6 +49,9 @@ export async function spawnServer(
     env: {
       PATH: process.env.PATH ?? "",
       ORISUN_LOG_LEVEL: "info",
+      // One process, whose pid is the server's, unless a test asks for workers (the default with
+      // PostgreSQL and NATS is one per core).
+      ORISUN_WORKERS: "1",
       ...env,
       ORISUN_PORT: String(port),
     },

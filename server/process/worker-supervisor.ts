@@ -1,0 +1,115 @@
+import cluster, { type Worker } from "node:cluster";
+
+export interface SupervisorLog {
+  info(obj: object, msg: string): void;
+  warn(obj: object, msg: string): void;
+  error(obj: object, msg: string): void;
+}
+
+export interface SupervisorOptions {
+  readonly workers: number;
+  readonly log: SupervisorLog;
+  /** How long workers get to drain after SIGTERM/SIGINT before they are killed. */
+  readonly stopGraceMs?: number;
+  /** First restart delay of a worker that keeps dying; it doubles up to `maxRestartDelayMs`. */
+  readonly restartDelayMs?: number;
+  readonly maxRestartDelayMs?: number;
+  /** A worker that served this long before dying is restarted at once (no crash loop). */
+  readonly stableMs?: number;
+}
+
+/** One slot per wanted worker: who holds it, and how its recent deaths went. */
+interface Slot {
+  worker: Worker | undefined;
+  startedAt: number;
+  /** Deaths in a row, each within `stableMs` of its start. */
+  quickDeaths: number;
+  timer: NodeJS.Timeout | undefined;
+}
+
+/**
+ * The cluster primary: forks `workers` server processes that share the one port (node:cluster;
+ * the primary accepts connections and hands them out round-robin, so a few long-lived HTTP/2
+ * connections still spread over every worker), replaces a worker that dies, and drains all of
+ * them on SIGTERM/SIGINT. A worker that dies again soon after its start waits longer each time
+ * (up to `maxRestartDelayMs`), so a crash loop does not spin. If no worker ever came up, start-up
+ * failed (bad database, timeout): the primary exits with the first worker's code instead of
+ * retrying for ever, so that whoever runs it sees the failure.
+ *
+ * The primary holds no store, no connection and nothing of the API: correctness never depends on
+ * it, only availability.
+ */
+export function superviseWorkers(options: SupervisorOptions): void {
+  const { log } = options;
+  const grace = options.stopGraceMs ?? 15_000;
+  const firstDelay = options.restartDelayMs ?? 500;
+  const maxDelay = options.maxRestartDelayMs ?? 30_000;
+  const stableMs = options.stableMs ?? 30_000;
+  const slots: Slot[] = Array.from({ length: options.workers }, () => ({
+    worker: undefined,
+    startedAt: 0,
+    quickDeaths: 0,
+    timer: undefined,
+  }));
+  let everListening = false;
+  let stopping = false;
+  let exitCode = 0;
+
+  const fork = (slot: Slot) => {
+    slot.timer = undefined;
+    slot.startedAt = Date.now();
+    const worker = cluster.fork();
+    slot.worker = worker;
+    worker.once("listening", () => {
+      everListening = true;
+    });
+    worker.once("exit", (code, signal) => {
+      slot.worker = undefined;
+      if (stopping) {
+        // A worker still starting has no handler yet and dies of the SIGTERM itself: it served
+        // nothing, so that is a clean stop too.
+        if (code !== 0 && signal !== "SIGTERM") exitCode = 1;
+        if (slots.every((s) => s.worker === undefined)) process.exit(exitCode);
+        return;
+      }
+      if (!everListening) {
+        // Every worker runs the same start-up: one that failed before any served means all will.
+        log.error({ worker: worker.process.pid, code, signal }, "worker failed to start; exiting");
+        stopAll(code === 0 || code === null ? 1 : code);
+        return;
+      }
+      const lived = Date.now() - slot.startedAt;
+      slot.quickDeaths = lived < stableMs ? slot.quickDeaths + 1 : 0;
+      const delay =
+        slot.quickDeaths === 0 ? 0 : Math.min(maxDelay, firstDelay * 2 ** (slot.quickDeaths - 1));
+      log.error(
+        { worker: worker.process.pid, code, signal, livedMs: lived, restartInMs: delay },
+        "worker died; starting a new one",
+      );
+      slot.timer = setTimeout(() => fork(slot), delay);
+    });
+  };
+
+  const stopAll = (code: number) => {
+    if (stopping) return;
+    stopping = true;
+    exitCode = code;
+    for (const slot of slots) clearTimeout(slot.timer);
+    const alive = slots.flatMap((s) => (s.worker ? [s.worker] : []));
+    if (alive.length === 0) process.exit(exitCode);
+    for (const worker of alive) worker.process.kill("SIGTERM");
+    setTimeout(() => {
+      log.warn({ graceMs: grace }, "workers still running after the grace period; killing them");
+      for (const worker of alive) worker.process.kill("SIGKILL");
+    }, grace).unref();
+  };
+
+  for (const signal of ["SIGTERM", "SIGINT"] as const) {
+    process.on(signal, () => {
+      log.info({ signal, workers: slots.length }, "shutting down the workers");
+      stopAll(0);
+    });
+  }
+  log.info({ workers: options.workers }, "starting workers");
+  for (const slot of slots) fork(slot);
+}

@@ -1,0 +1,268 @@
+import { execFile } from "node:child_process";
+import { promisify } from "node:util";
+import { type Client, Code, ConnectError, createClient } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import {
+  Direction,
+  EventStore as EventStoreService,
+  type Event as WireEvent,
+} from "../../gen/orisun/v1/eventstore_pb.js";
+import { StoreError } from "../../server/store/errors.js";
+import type { Position, Query, StoredEvent, Tag } from "../../server/store/types.js";
+import { dropSchema, freshDataDir, freshSchema, NATS_URL, PG_URL } from "../support/databases.js";
+import { type Attempt, verifyLog } from "../support/dcb-log.js";
+import { prng } from "../support/prng.js";
+import { type SpawnedServer, spawnServer } from "../support/spawn-server.js";
+
+type Rpc = Client<typeof EventStoreService>;
+const run = promisify(execFile);
+
+/** A client with its own HTTP/2 connection: the cluster primary hands connections out in turn. */
+const ownClient = (server: SpawnedServer): Rpc =>
+  createClient(EventStoreService, createGrpcTransport({ baseUrl: server.url }));
+
+async function until(what: string, condition: () => boolean | Promise<boolean>, ms = 60_000) {
+  const deadline = Date.now() + ms;
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+async function workerPids(primary: number): Promise<number[]> {
+  const { stdout } = await run("pgrep", ["-P", String(primary)]).catch(() => ({ stdout: "" }));
+  return stdout.split("\n").filter(Boolean).map(Number).sort();
+}
+
+const count = (text: string, needle: string) => text.split(needle).length - 1;
+
+const position = (
+  p: { commitPosition: bigint; preparePosition: bigint } | undefined,
+): Position => ({
+  commit: p?.commitPosition ?? 0n,
+  prepare: p?.preparePosition ?? 0n,
+});
+
+const toStored = (e: WireEvent): StoredEvent => ({
+  boundary: e.boundary,
+  id: e.eventId,
+  type: e.eventType,
+  tags: e.tags.map((t) => ({ key: t.key, value: t.value })),
+  data: e.data,
+  metadata: e.metadata,
+  position: position(e.position),
+  createdAt: new Date(0),
+});
+
+/** The whole boundary, oldest first, a page at a time. */
+async function readLog(client: Rpc, boundary: string): Promise<StoredEvent[]> {
+  const log: StoredEvent[] = [];
+  for (;;) {
+    const last = log.at(-1)?.position;
+    const { events } = await client.getEvents({
+      boundary,
+      count: 1000,
+      ...(last
+        ? { fromPosition: { commitPosition: last.commit, preparePosition: last.prepare } }
+        : {}),
+    });
+    const fresh = events
+      .map(toStored)
+      .filter((e) => !last || e.position.commit > last.commit || e.position.prepare > last.prepare);
+    if (fresh.length === 0) return log;
+    log.push(...fresh);
+  }
+}
+
+const wireQuery = (query: Query) => ({
+  criteria: query.map((c) => ({ eventTypes: [...c.types], tags: [...c.tags] })),
+});
+
+describe("ORISUN_WORKERS=2: two server processes on one port", () => {
+  const schema = freshSchema("workers");
+  let server: SpawnedServer;
+  beforeAll(async () => {
+    server = await spawnServer({
+      ORISUN_PG_URL: PG_URL,
+      ORISUN_PG_SCHEMA: schema,
+      ORISUN_NATS_URL: NATS_URL,
+      ORISUN_DATA_DIR: freshDataDir(),
+      ORISUN_WORKERS: "2",
+      // One line per request, with the pid of the worker that served it.
+      ORISUN_LOG_LEVEL: "debug",
+    });
+    await until("both workers", () => count(server.output(), "Orisun listening") >= 2);
+  });
+  afterAll(async () => {
+    await server?.stop();
+    await dropSchema(schema);
+  });
+
+  it("randomized DCB conditions from 16 clients spread over both workers all hold; a live subscriber sees exactly the log", async () => {
+    const boundary = "contended";
+    const subscriber = ownClient(server);
+    const received: StoredEvent[] = [];
+    const stopSubscriber = new AbortController();
+    const subscription = (async () => {
+      try {
+        for await (const e of subscriber.subscribeToEvents(
+          { boundary },
+          { signal: stopSubscriber.signal },
+        ))
+          received.push(toStored(e));
+      } catch (error) {
+        if (!stopSubscriber.signal.aborted) throw error;
+      }
+    })();
+
+    const tags = ["t0", "t1", "t2", "t3"];
+    const attempts: Attempt[] = [];
+    const deadline = Date.now() + 4_000;
+    await Promise.all(
+      Array.from({ length: 16 }, async (_, worker) => {
+        const client = ownClient(server);
+        const random = prng(7000 + worker);
+        const pick = <T>(items: readonly T[]): T => items[Math.floor(random() * items.length)] as T;
+        for (let n = 0; n < 60 && Date.now() < deadline; n++) {
+          const tag = (key: string, value: string): Tag => ({ key, value });
+          const query: Query =
+            random() < 0.7
+              ? [{ types: [], tags: [tag("k", pick(tags))] }]
+              : [{ types: ["Special"], tags: [tag("k", pick(tags))] }];
+          const { events: seen } = await client.getEvents({
+            boundary,
+            criteria: wireQuery(query),
+            count: 1,
+            direction: Direction.DESC,
+          });
+          const after = position(seen[0]?.position);
+          const events = Array.from({ length: 1 + Math.floor(random() * 2) }, (_, i) => ({
+            id: `w${worker}-${n}-${i}`,
+            type: random() < 0.3 ? "Special" : "Plain",
+            tags: [tag("k", pick(tags)), tag("client", String(worker))],
+            data: `{"w":${worker},"n":${n}}`,
+            metadata: "",
+          }));
+          const attempt: Attempt = { request: { boundary, events, condition: { after, query } } };
+          attempts.push(attempt);
+          try {
+            const answer = await client.saveEvents({
+              boundary,
+              consistencyCondition: {
+                consistencyMarker: { commitPosition: after.commit, preparePosition: after.prepare },
+                criteria: wireQuery(query),
+              },
+              events: events.map((e) => ({
+                eventId: e.id,
+                eventType: e.type,
+                tags: e.tags,
+                data: e.data,
+              })),
+            });
+            attempt.result = position(answer.logPosition);
+          } catch (error) {
+            const e = ConnectError.from(error);
+            if (e.code !== Code.Aborted) throw e;
+            attempt.error = new StoreError("condition_failed", e.rawMessage);
+          }
+        }
+      }),
+    );
+    const log = await readLog(ownClient(server), boundary);
+    const accepted = attempts.filter((a) => a.result);
+    expect(accepted.length).toBeGreaterThan(10);
+    expect(attempts.filter((a) => a.error).length).toBeGreaterThan(0);
+    verifyLog(log, attempts);
+
+    await until("the subscriber to catch up", () => received.length >= log.length, 30_000);
+    stopSubscriber.abort();
+    await subscription;
+    expect(received.map((e) => e.id)).toEqual(log.map((e) => e.id));
+
+    // Both workers served appends: each debug request line carries the serving process's pid.
+    const servedBy = new Set(
+      server
+        .output()
+        .split("\n")
+        .filter((line) => line.includes('"url":"/orisun.v1.EventStore/SaveEvents"'))
+        .map((line) => (JSON.parse(line) as { pid: number }).pid),
+    );
+    expect([...servedBy].sort()).toEqual(await workerPids(server.process.pid ?? 0));
+  });
+
+  it("a worker killed with SIGKILL under load is replaced, and every acknowledged append is in the log", async () => {
+    const boundary = "killed";
+    const primary = server.process.pid ?? 0;
+    const before = await workerPids(primary);
+    expect(before).toHaveLength(2);
+    const acknowledged = new Map<string, Position>();
+    let failures = 0;
+    const codes: string[] = [];
+    let running = true;
+    const writers = Array.from({ length: 8 }, async (_, w) => {
+      const client = ownClient(server);
+      for (let n = 0; running; n++) {
+        const id = `k${w}-${n}`;
+        try {
+          const answer = await client.saveEvents(
+            { boundary, events: [{ eventId: id, eventType: "Tick", data: `{"n":${n}}` }] },
+            { timeoutMs: 10_000 },
+          );
+          acknowledged.set(id, position(answer.logPosition));
+        } catch (error) {
+          // The killed worker's connections fail: the outcome of those calls is unknown, and
+          // the next call opens a connection to a live worker.
+          const code = ConnectError.from(error).code;
+          expect(code).not.toBe(Code.InvalidArgument);
+          codes.push(Code[code]);
+          failures++;
+        }
+      }
+    });
+    await until("appends under way", () => acknowledged.size >= 50);
+    const victim = before[0] ?? 0;
+    process.kill(victim, "SIGKILL");
+    const atKill = acknowledged.size;
+    await until("a replacement worker", async () => {
+      const now = await workerPids(primary);
+      return now.length === 2 && !now.includes(victim);
+    });
+    await until("the replacement to listen", () => count(server.output(), "Orisun listening") >= 3);
+    await until("appends after the kill", () => acknowledged.size >= atKill + 200);
+    running = false;
+    await Promise.all(writers);
+
+    expect(server.output()).toContain("worker died; starting a new one");
+    // The killed worker's calls failed (reset, cancelled). A connection the primary was handing
+    // to it at that instant stays open unanswered (node:cluster keeps the handle until the worker
+    // acknowledges it): such a call ends at its deadline, hence the deadline on every call.
+    expect(failures, codes.join()).toBeGreaterThan(0);
+    const log = await readLog(ownClient(server), boundary);
+    const byId = new Map(log.map((e) => [e.id, e.position]));
+    expect(byId.size).toBe(log.length);
+    for (const [id, at] of acknowledged) expect(byId.get(id), id).toEqual(at);
+    for (let i = 1; i < log.length; i++) {
+      const a = log[i - 1]?.position as Position;
+      const b = log[i]?.position as Position;
+      expect(b.commit > a.commit || (b.commit === a.commit && b.prepare > a.prepare)).toBe(true);
+    }
+  });
+
+  it("SIGTERM drains both workers and the primary exits 0", async () => {
+    const primary = server.process.pid ?? 0;
+    const workers = await workerPids(primary);
+    expect(workers).toHaveLength(2);
+    expect(await server.stop("SIGTERM")).toBe(0);
+    const alive = workers.filter((pid) => {
+      try {
+        process.kill(pid, 0);
+        return true;
+      } catch {
+        return false;
+      }
+    });
+    expect(alive).toEqual([]);
+    expect(count(server.output(), '"msg":"shutting down"')).toBe(2);
+  });
+});
