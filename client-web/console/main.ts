@@ -600,12 +600,17 @@ function showWho() {
 
 /** Asks the server who the credentials belong to; without valid ones, offers the sign-in. */
 async function refreshWho(): Promise<void> {
+  // A sign-in or sign-out while this call was out makes its answer stale.
+  const asked = credentials;
   try {
-    who = await client.admin.whoAmI({});
+    const answer = await client.admin.whoAmI({});
+    if (credentials !== asked) return;
+    who = answer;
     signInPanel.hidden = true;
     layout.hidden = false;
     overviewPanel.hidden = false;
   } catch (error) {
+    if (credentials !== asked) return;
     who = undefined;
     const e = ConnectError.from(error);
     if (e.code === Code.Unauthenticated) {
