@@ -92,7 +92,8 @@ function describe(error: unknown): string {
   const e = ConnectError.from(error);
   if (e.code === Code.PermissionDenied) return `Not allowed: ${e.rawMessage}`;
   if (e.code === Code.Unauthenticated) {
-    void refreshWho();
+    // Signed in a moment ago and refused now (revoked, deleted, changed): back to the sign-in.
+    if (who) void refreshWho();
     return "Not signed in, or your credentials no longer work: sign in again.";
   }
   return `${codeName(e.code)}: ${e.rawMessage}`;
@@ -471,6 +472,7 @@ formAction(
         condition: conditional && shown ? { query: shown.query, after: shown.head } : undefined,
       },
     );
+    void refreshOverview();
     return `Appended ${type} at position ${formatPosition(position)}`;
   },
   (error) =>
@@ -621,7 +623,9 @@ async function refreshWho(): Promise<void> {
       signInPanel.hidden = false;
       layout.hidden = true;
       overviewPanel.hidden = true;
+      showWho();
       $<HTMLInputElement>("s-user").focus();
+      return;
     } else {
       $("who-label").textContent = `Cannot reach the server: ${codeName(e.code)}: ${e.rawMessage}`;
       return;
