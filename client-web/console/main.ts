@@ -558,7 +558,7 @@ function applyAccess() {
   const reason = (access: string, what: string) =>
     `Your permissions (${who ? describeAccess(who) : ""}) do not include ${access} on ${what}.`;
   gate($("run-query"), "query-access", read, reason("read", `boundary ${b}`));
-  gate(followButton, "follow-access", read, reason("read", `boundary ${b}`));
+  gate(followButton, "query-access", read, reason("read", `boundary ${b}`));
   gate(
     $("append-submit"),
     "append-access",

@@ -47,7 +47,7 @@ export async function readForDecision(
   request: DecisionReadRequest,
   options: ReadOptions = {},
 ): Promise<DecisionRead> {
-  const current = await store.head(request.boundary);
+  const current = await store.head(request.boundary, options.signal);
   if (request.at !== undefined && comparePositions(request.at, current) > 0) {
     throw new StoreError(
       "invalid",

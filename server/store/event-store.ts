@@ -150,14 +150,7 @@ export class EventStore {
     try {
       return await readEvents(this.database.db, request, signal, !this.database.embedded);
     } catch (error) {
-      if (signal?.aborted) {
-        throw new StoreError(
-          "deadline_exceeded",
-          "the request ended (its deadline passed or it was cancelled) before its read finished",
-          undefined,
-          { cause: error },
-        );
-      }
+      if (signal?.aborted) throw readAbandoned(error);
       throw databaseError(error);
     } finally {
       release?.();
@@ -175,7 +168,7 @@ export class EventStore {
     request: Omit<ReadRequest, "until">,
     options: ReadOptions = {},
   ): Promise<{ events: StoredEvent[]; head: Position }> {
-    const head = await this.head(request.boundary);
+    const head = await this.head(request.boundary, options.signal);
     const events = await this.read({ ...request, until: head }, options);
     return { events, head };
   }
@@ -185,10 +178,12 @@ export class EventStore {
     return this.catchUps.idle;
   }
 
-  async head(boundary: string): Promise<Position> {
+  /** With `signal`, given up (deadline_exceeded) when it aborts first, like a read. */
+  async head(boundary: string, signal?: AbortSignal): Promise<Position> {
     try {
-      return await headPosition(this.database.db, boundary);
+      return await headPosition(this.database.db, boundary, signal, !this.database.embedded);
     } catch (error) {
+      if (signal?.aborted) throw readAbandoned(error);
       throw databaseError(error);
     }
   }
@@ -206,4 +201,13 @@ export class EventStore {
     await Promise.all([this.signals.close(), this.locks.close(), this.statistics.close()]);
     await this.database.db.destroy();
   }
+}
+
+function readAbandoned(cause: unknown): StoreError {
+  return new StoreError(
+    "deadline_exceeded",
+    "the request ended (its deadline passed or it was cancelled) before its read finished",
+    undefined,
+    { cause },
+  );
 }

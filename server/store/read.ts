@@ -34,11 +34,19 @@ export async function readEvents(
 }
 
 /** The position of the boundary's last event; START for a boundary with no events. */
-export async function headPosition(db: Kysely<Database>, boundary: string): Promise<Position> {
+export async function headPosition(
+  db: Kysely<Database>,
+  boundary: string,
+  signal?: AbortSignal,
+  cancel = false,
+): Promise<Position> {
   const row = await db
     .selectFrom("orisun_boundaries")
     .select(["last_commit", "last_prepare"])
     .where("name", "=", boundary)
-    .executeTakeFirst();
+    .executeTakeFirst({
+      signal,
+      inflightQueryAbortStrategy: cancel ? "cancel query" : "ignore query",
+    });
   return row ? { commit: BigInt(row.last_commit), prepare: BigInt(row.last_prepare) } : START;
 }

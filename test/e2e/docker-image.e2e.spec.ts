@@ -77,6 +77,13 @@ function finalStage(dockerfile: string): FinalStage {
   return stage;
 }
 
+/**
+ * What `docker run -e` adds: the image binds 0.0.0.0, so authentication is on, and the first
+ * admin's password must come from the environment (the image has none).
+ */
+const ADMIN_PASSWORD = "image-admin-pass-1";
+const RUN_ENV = { ORISUN_ADMIN_PASSWORD: ADMIN_PASSWORD };
+
 describe("the Docker image's final stage, run as the node user from a root-owned copy", () => {
   const stage = finalStage(readFileSync("Dockerfile", "utf8"));
   // A folder of its own in /tmp (the run's temp root is private to root): uid 1000 must reach it.
@@ -122,7 +129,7 @@ describe("the Docker image's final stage, run as the node user from a root-owned
   it("without the image's RUN steps, the node user cannot make the data folder (the old failure)", () => {
     const run = spawnSync("setpriv", asNode(stage.cmd), {
       cwd: app,
-      env: { PATH: process.env.PATH ?? "", ...env, ORISUN_PORT: "0" },
+      env: { PATH: process.env.PATH ?? "", ...env, ...RUN_ENV, ORISUN_PORT: "0" },
       encoding: "utf8",
       timeout: 60_000,
     });
@@ -135,7 +142,7 @@ describe("the Docker image's final stage, run as the node user from a root-owned
       execFileSync("sh", ["-c", inImage(step).replaceAll("node:node", `${NODE_UID}:${NODE_UID}`)]);
     }
     const port = await freePort();
-    const runtime = { PATH: process.env.PATH ?? "", ...env, ORISUN_PORT: String(port) };
+    const runtime = { PATH: process.env.PATH ?? "", ...env, ...RUN_ENV, ORISUN_PORT: String(port) };
     const healthy = () =>
       spawnSync("setpriv", asNode(stage.healthcheck), { cwd: app, env: runtime, timeout: 10_000 })
         .status;
@@ -157,12 +164,15 @@ describe("the Docker image's final stage, run as the node user from a root-owned
     }
     expect(log).toContain(`embedded PGlite in ${app}/data`);
 
-    const saved = await fetch(`http://127.0.0.1:${port}/orisun.v1.EventStore/SaveEvents`, {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ boundary: "docker", events: [{ event_type: "T", data: "{}" }] }),
-    });
-    expect(saved.status).toBe(200);
+    const save = (headers: Record<string, string>) =>
+      fetch(`http://127.0.0.1:${port}/orisun.v1.EventStore/SaveEvents`, {
+        method: "POST",
+        headers: { "Content-Type": "application/json", ...headers },
+        body: JSON.stringify({ boundary: "docker", events: [{ event_type: "T", data: "{}" }] }),
+      });
+    expect((await save({})).status).toBe(401);
+    const admin = `Basic ${Buffer.from(`admin:${ADMIN_PASSWORD}`).toString("base64")}`;
+    expect((await save({ authorization: admin })).status).toBe(200);
     expect(healthy()).toBe(0);
 
     const owners = new Set<number>();

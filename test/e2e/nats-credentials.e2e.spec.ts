@@ -64,8 +64,12 @@ async function servesLiveEventsThrough(server: SpawnedServer, options: Connectio
   const nc = await connect({ ...options, timeout: 5_000 });
   try {
     const jsm = await jetstreamManager(nc);
-    const info = await jsm.streams.info(`ORISUN_EVENTS_${id}_orders`);
-    expect(info.state.messages).toBeGreaterThan(0);
+    // This process's subscribers are fed from memory; the stream is published alongside.
+    await expect
+      .poll(async () => (await jsm.streams.info(`ORISUN_EVENTS_${id}_orders`)).state.messages, {
+        timeout: 10_000,
+      })
+      .toBeGreaterThan(0);
   } finally {
     await nc.close();
   }
