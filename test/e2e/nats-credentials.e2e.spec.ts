@@ -64,10 +64,11 @@ async function servesLiveEventsThrough(server: SpawnedServer, options: Connectio
   const nc = await connect({ ...options, timeout: 5_000 });
   try {
     const jsm = await jetstreamManager(nc);
-    // This process's subscribers are fed from memory; the stream is published alongside.
+    // This process's subscribers are fed from memory; the stream is published alongside, by the
+    // elected publisher (a session lock on a pooled connection: slow on a saturated machine).
     await expect
       .poll(async () => (await jsm.streams.info(`ORISUN_EVENTS_${id}_orders`)).state.messages, {
-        timeout: 10_000,
+        timeout: 30_000,
       })
       .toBeGreaterThan(0);
   } finally {
