@@ -65,8 +65,10 @@ async function servesLiveEventsThrough(server: SpawnedServer, options: Connectio
   try {
     const jsm = await jetstreamManager(nc);
     // The server made its stream on this NATS server, with the credentials given: they work.
-    // (This process's subscribers are fed from memory, so the events above do not prove it;
-    // publishing to the stream is covered by jetstream.int and publish-from-memory.e2e.)
+    // (Not its messages: a boundary never published starts its stream at the head the
+    // publisher's first turn sees, and on a busy machine the three appends land before it; this
+    // process's subscriber got them from memory. Publishing is covered by jetstream.int and
+    // publish-from-memory.e2e.)
     const info = await jsm.streams.info(`ORISUN_EVENTS_${id}_orders`);
     expect(info.config.name).toBe(`ORISUN_EVENTS_${id}_orders`);
   } finally {
