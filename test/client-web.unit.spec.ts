@@ -330,14 +330,17 @@ describe("the client library in Node, against a spawned server", () => {
       seen.push(JSON.parse(e.data).i);
       if (seen.length === 250) break;
     }
-    // `first` is closed by the break; hold the name with a live one and try a second.
+    // `first` is closed by the break; hold the name with a live one and try a second. The server
+    // lets go of the first's name and takes the holder's asynchronously (a session lock): on a
+    // busy machine that takes more than a few hundred milliseconds, so wait for each.
+    await new Promise((r) => setTimeout(r, 1_000));
     const holder = client.subscribe({
       subscriberName: "projector",
       after: { commitPosition: 999_999, preparePosition: 0 },
       signal: control.signal,
     });
     const holding = holder.next();
-    await new Promise((r) => setTimeout(r, 300));
+    await new Promise((r) => setTimeout(r, 2_000));
     const second = client.subscribe({ subscriberName: "projector", backoff: { initialMs: 1 } });
     await expect(second.next()).rejects.toMatchObject({ code: Code.AlreadyExists });
     control.abort();
