@@ -2,6 +2,7 @@ import { rmSync } from "node:fs";
 import { sql } from "kysely";
 import { afterEach, describe, expect, it } from "vitest";
 import { EventStore, type EventStoreOptions } from "../server/store/event-store.js";
+import type { ImportRequest } from "../server/store/import.js";
 import type { AppendRequest } from "../server/store/types.js";
 import { dropSchema, freshDataDir, freshSchema, PG_URL } from "./support/databases.js";
 
@@ -68,6 +69,52 @@ describe.each(["pglite", "postgres"] as const)("ORISUN_MAX_BOUNDARIES on %s", (k
     expect((await store.head("b2")).commit).toBe(2n);
   });
 });
+
+function imported(boundary: string, id: string): ImportRequest {
+  return {
+    boundary,
+    events: [
+      {
+        id,
+        type: "Made",
+        tags: [],
+        data: "{}",
+        metadata: "",
+        position: { commit: 1n, prepare: 1n },
+        createdAt: { seconds: 1_700_000_000n, micros: 0 },
+      },
+    ],
+  };
+}
+
+async function* stream(...messages: ImportRequest[]): AsyncGenerator<ImportRequest> {
+  yield* messages;
+}
+
+describe.each(["pglite", "postgres"] as const)(
+  "ORISUN_MAX_BOUNDARIES and imports on %s",
+  (kind) => {
+    it("counts the boundaries an import makes and refuses the import that goes beyond", async () => {
+      const open = database(kind);
+      const store = await open(3);
+      await store.append(request("b1", "b1-1"));
+      const refused = store.import(
+        stream(imported("b2", "x"), imported("b3", "y"), imported("b4", "z")),
+      );
+      await expect(refused).rejects.toMatchObject({ kind: "limit_reached", field: "boundary" });
+      await expect(refused).rejects.toThrow(/makes 3 new boundaries \(the first "b2"\)/);
+      expect(await boundaryRows(store)).toEqual(["b1"]);
+      const result = await store.import(stream(imported("b2", "x"), imported("b3", "y")));
+      expect(result.imported).toBe(2);
+      expect(await boundaryRows(store)).toEqual(["b1", "b2", "b3"]);
+      // Known to this process now, and counted by the next creation anywhere.
+      await store.append(request("b2", "b2-2"));
+      await expect(store.append(request("b4", "b4-1"))).rejects.toMatchObject({
+        kind: "limit_reached",
+      });
+    });
+  },
+);
 
 describe("ORISUN_MAX_BOUNDARIES across processes", () => {
   it("holds exactly under concurrent creations from two processes", async () => {

@@ -55,21 +55,6 @@ function timestampToJson(seconds: bigint, nanos: number): string {
   return `${whole}.${digits}Z`;
 }
 
-/** The JSON names protobuf accepts for each field: its lowerCamel name and its proto name. */
-const FIELDS: Record<string, keyof EventJson> = {
-  eventId: "eventId",
-  event_id: "eventId",
-  eventType: "eventType",
-  event_type: "eventType",
-  tags: "tags",
-  data: "data",
-  metadata: "metadata",
-  position: "position",
-  dateCreated: "dateCreated",
-  date_created: "dateCreated",
-  boundary: "boundary",
-};
-
 const MAX_UINT64 = 18_446_744_073_709_551_615n;
 const RFC3339 =
   /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:\d{2})$/;
@@ -93,32 +78,73 @@ function uint64(value: unknown, field: string): bigint {
   throw new Error(`${field}: must be an unsigned 64-bit integer (a decimal string or number)`);
 }
 
-function known(object: Record<string, unknown>, names: readonly string[], field: string): void {
-  for (const key of Object.keys(object)) {
-    if (!names.includes(key)) throw new Error(`${field}: unknown field "${key}"`);
-  }
-}
-
-/** Parses one line as an Event in protobuf JSON, strictly: unknown fields and wrong types throw. */
+/**
+ * Parses one line as an Event in protobuf JSON, strictly: unknown fields, a field given twice
+ * (by its JSON and its proto name) and wrong types throw. Each field is accepted by its
+ * lowerCamel name and its proto name, as protobuf's JSON parser does.
+ */
 export function eventFromJson(line: string): EventJson {
   const object: unknown = JSON.parse(line);
   if (!isObject(object)) throw new Error("must be a JSON object");
-  const values: Partial<Record<keyof EventJson, unknown>> = {};
-  for (const [key, value] of Object.entries(object)) {
-    const field = FIELDS[key];
-    if (field === undefined) throw new Error(`unknown field "${key}"`);
-    if (values[field] !== undefined) throw new Error(`field "${field}" is given twice`);
-    values[field] = value;
+  let eventId: unknown;
+  let eventType: unknown;
+  let tagList: unknown;
+  let data: unknown;
+  let metadata: unknown;
+  let at: unknown;
+  let date: unknown;
+  let boundary: unknown;
+  let seen = 0;
+  const once = (bit: number, field: string) => {
+    if (seen & bit) throw new Error(`field "${field}" is given twice`);
+    seen |= bit;
+  };
+  for (const key in object) {
+    const value = object[key];
+    switch (key) {
+      case "eventId":
+      case "event_id":
+        once(1, "eventId");
+        eventId = value;
+        break;
+      case "eventType":
+      case "event_type":
+        once(2, "eventType");
+        eventType = value;
+        break;
+      case "tags":
+        tagList = value;
+        break;
+      case "data":
+        data = value;
+        break;
+      case "metadata":
+        metadata = value;
+        break;
+      case "position":
+        at = value;
+        break;
+      case "dateCreated":
+      case "date_created":
+        once(4, "dateCreated");
+        date = value;
+        break;
+      case "boundary":
+        boundary = value;
+        break;
+      default:
+        throw new Error(`unknown field "${key}"`);
+    }
   }
   return {
-    eventId: string(values.eventId, "eventId"),
-    eventType: string(values.eventType, "eventType"),
-    tags: tags(values.tags),
-    data: string(values.data, "data"),
-    metadata: string(values.metadata, "metadata"),
-    position: position(values.position),
-    dateCreated: timestamp(values.dateCreated),
-    boundary: string(values.boundary, "boundary"),
+    eventId: string(eventId, "eventId"),
+    eventType: string(eventType, "eventType"),
+    tags: tags(tagList),
+    data: string(data, "data"),
+    metadata: string(metadata, "metadata"),
+    position: position(at),
+    dateCreated: timestamp(date),
+    boundary: string(boundary, "boundary"),
   };
 }
 
@@ -127,7 +153,9 @@ function tags(value: unknown): { key: string; value: string }[] {
   if (!Array.isArray(value)) throw new Error("tags: must be an array");
   return value.map((tag: unknown, i) => {
     if (!isObject(tag)) throw new Error(`tags[${i}]: must be an object`);
-    known(tag, ["key", "value"], `tags[${i}]`);
+    for (const key in tag) {
+      if (key !== "key" && key !== "value") throw new Error(`tags[${i}]: unknown field "${key}"`);
+    }
     return { key: string(tag.key, `tags[${i}].key`), value: string(tag.value, `tags[${i}].value`) };
   });
 }
@@ -135,20 +163,30 @@ function tags(value: unknown): { key: string; value: string }[] {
 function position(value: unknown): EventJson["position"] {
   if (value === null || value === undefined) return undefined;
   if (!isObject(value)) throw new Error("position: must be an object");
-  known(
-    value,
-    ["commitPosition", "commit_position", "preparePosition", "prepare_position"],
-    "position",
-  );
+  let commit: unknown;
+  let prepare: unknown;
+  for (const key in value) {
+    switch (key) {
+      case "commitPosition":
+      case "commit_position":
+        if (commit !== undefined)
+          throw new Error('position: field "commitPosition" is given twice');
+        commit = value[key];
+        break;
+      case "preparePosition":
+      case "prepare_position":
+        if (prepare !== undefined) {
+          throw new Error('position: field "preparePosition" is given twice');
+        }
+        prepare = value[key];
+        break;
+      default:
+        throw new Error(`position: unknown field "${key}"`);
+    }
+  }
   return {
-    commitPosition: uint64(
-      value.commitPosition ?? value.commit_position,
-      "position.commitPosition",
-    ),
-    preparePosition: uint64(
-      value.preparePosition ?? value.prepare_position,
-      "position.preparePosition",
-    ),
+    commitPosition: uint64(commit, "position.commitPosition"),
+    preparePosition: uint64(prepare, "position.preparePosition"),
   };
 }
 

@@ -7,7 +7,7 @@ export class Progress {
   private readonly started = Date.now();
   private readonly tty = process.stderr.isTTY === true;
 
-  constructor(private readonly verb: string) {}
+  constructor(private verb: string) {}
 
   update(events: number, detail: string, force = false): void {
     const now = Date.now();
@@ -19,8 +19,9 @@ export class Progress {
     process.stderr.write(this.tty ? `\r\x1b[K${line}` : `${line}\n`);
   }
 
-  /** The final line, always written, ending the in-place line on a terminal. */
-  done(events: number, detail: string): void {
+  /** The final line, always written, ending the in-place line on a terminal; `verb` if it changed. */
+  done(events: number, detail: string, verb = this.verb): void {
+    this.verb = verb;
     this.update(events, detail, true);
     if (this.tty) process.stderr.write("\n");
   }

@@ -86,6 +86,34 @@ export class BoundaryCap {
     }
     this.known.add(boundary);
   }
+
+  /**
+   * For a transaction that made the rows of `created` itself (an import, which holds one
+   * connection and cannot wait for admit's own transaction): takes the creation lock and counts
+   * every row it sees, its own uncommitted ones included, so the cap holds exactly. Called just
+   * before the commit, which releases the lock; `remember` the names once committed.
+   */
+  async checkCreated(trx: Kysely<Database>, created: readonly string[]): Promise<void> {
+    const first = created[0];
+    if (first === undefined) return;
+    await sql`SELECT pg_advisory_xact_lock(hashtext(${`orisun_boundaries:${this.schema}`}))`.execute(
+      trx,
+    );
+    const { rows } = await sql<{ n: string }>`
+      SELECT count(*)::text AS n FROM orisun_boundaries`.execute(trx);
+    if (Number(rows[0]?.n ?? 0) > this.max) {
+      throw new StoreError(
+        "limit_reached",
+        `the import makes ${created.length} new boundaries (the first ${quote(first)}), and the deployment would have more than ORISUN_MAX_BOUNDARIES (${this.max}); nothing was written`,
+        "boundary",
+      );
+    }
+  }
+
+  /** Boundaries known to exist (committed by an import): later writes to them cost nothing. */
+  remember(boundaries: Iterable<string>): void {
+    for (const boundary of boundaries) this.known.add(boundary);
+  }
 }
 
 function abandoned(): StoreError {

@@ -24,12 +24,19 @@ export class StoreError extends Error {
   readonly metadata: Readonly<Record<string, string>>;
   constructor(
     readonly kind: StoreErrorKind,
-    message: string,
+    /** The rule broken, without the field (the message is `field: rule`). */
+    readonly rule: string,
     readonly field?: string,
-    options?: StoreErrorOptions,
+    readonly options?: StoreErrorOptions,
   ) {
-    super(field === undefined ? message : `${field}: ${message}`, options);
+    super(field === undefined ? rule : `${field}: ${rule}`, options);
     this.metadata = options?.metadata ?? {};
+  }
+
+  /** The same error about a field one level down: `within("messages[2]")` of `events[0]` names `messages[2].events[0]`. */
+  within(parent: string): StoreError {
+    const field = this.field === undefined ? parent : `${parent}.${this.field}`;
+    return new StoreError(this.kind, this.rule, field, this.options);
   }
 }
 

@@ -8,7 +8,7 @@ import { type DatabaseOptions, type OpenDatabase, openDatabase } from "./databas
 import { databaseError } from "./database-errors.js";
 import { StoreError } from "./errors.js";
 import { FairGate } from "./fair-gate.js";
-import { type ImportRequest, importEvents } from "./import.js";
+import { type ImportRequest, type ImportResult, importEvents } from "./import.js";
 import { headPosition, readEvents } from "./read.js";
 import { SessionLocks } from "./session-locks.js";
 import { Statistics, type StatisticsOptions } from "./statistics.js";
@@ -126,17 +126,27 @@ export class EventStore {
   }
 
   /**
-   * Writes events at their given positions (a restore): see import.ts. Counts against
-   * ORISUN_MAX_BOUNDARIES like an append, and signals live readers as a commit does.
+   * Writes a stream of messages at their given positions in one transaction (a restore): see
+   * import.ts. Boundaries it makes count against ORISUN_MAX_BOUNDARIES like an append's, and live
+   * readers are signalled as for a commit.
    */
-  async import(request: ImportRequest, options: CallOptions = {}): Promise<Position> {
-    await this.boundaries.admit(request.boundary, options.signal);
-    const head = await importEvents(this.database.db, request, this.instance);
-    this.statistics.grew(request.events.length);
+  async import(
+    messages: AsyncIterable<ImportRequest>,
+    options: CallOptions = {},
+  ): Promise<ImportResult> {
+    const result = await importEvents(
+      this.database.db,
+      messages,
+      this.instance,
+      this.boundaries,
+      options.signal,
+    );
+    this.boundaries.remember(result.heads.keys());
+    this.statistics.grew(result.imported);
     // Not handed over as this process's commit: live readers take it as another process's and
     // read the imported events from the log.
-    this.signals.emit(request.boundary, false);
-    return head;
+    for (const boundary of result.heads.keys()) this.signals.emit(boundary, false);
+    return result;
   }
 
   /** Every boundary with its head and event count, by name, without scanning the log. */

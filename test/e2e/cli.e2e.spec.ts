@@ -1,10 +1,11 @@
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import type { MessageInitShape } from "@bufbuild/protobuf";
 import { type Client, Code, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { Admin } from "../../gen/orisun/v1/admin_pb.js";
+import { Admin, type ImportEventsRequestSchema } from "../../gen/orisun/v1/admin_pb.js";
 import { EventStore } from "../../gen/orisun/v1/eventstore_pb.js";
 import { runCli } from "../support/cli.js";
 import { failure } from "../support/clients.js";
@@ -122,7 +123,8 @@ describe("orisun import", () => {
     for (const [name, content, message] of cases) {
       const path = join(dir, `bad-${name.replaceAll(" ", "-")}.ndjson`);
       writeFileSync(path, `${content.join("\n")}\n`);
-      const args = name.startsWith("a commit") ? [] : ["--boundary", "fresh"];
+      // Batches of 50: six messages are on the server when line 301 cancels the stream.
+      const args = ["--boundary", "fresh", "--batch-events", "50"];
       const result = await runCli(["import", ...args, path, "--url", server.url]);
       expect(result.stderr, name).toMatch(message);
       expect(result.stderr, name).toContain("nothing was written");
@@ -192,9 +194,19 @@ describe("ImportEvents", () => {
     position: { commitPosition: commit, preparePosition: prepare },
     dateCreated: { seconds: 1_700_000_000n, nanos: 123_456_000 },
   });
+  type Message = MessageInitShape<typeof ImportEventsRequestSchema>;
+  /** The messages as a client stream, one after another, as they are. */
+  const raw = (...messages: Message[]) =>
+    admin.importEvents(
+      (async function* () {
+        yield* messages;
+      })(),
+    );
+  /** The messages, then the message that commits the import. */
+  const stream = (...messages: Message[]) => raw(...messages, { commit: true });
 
   it("refuses positions at or below the head with FAILED_PRECONDITION, writing nothing", async () => {
-    await admin.importEvents({
+    await stream({
       boundary: "imp",
       events: [event(3n, 5n), event(3n, 6n), event(4n, 7n)],
     });
@@ -205,9 +217,9 @@ describe("ImportEvents", () => {
       [[event(9n, 9n), event(10n, 10n), event(10n, 10n, "x")], Code.InvalidArgument],
     ];
     for (const [events, code] of refused) {
-      expect((await failure(admin.importEvents({ boundary: "imp", events }))).code).toBe(code);
+      expect((await failure(stream({ boundary: "imp", events }))).code).toBe(code);
     }
-    const error = await failure(admin.importEvents({ boundary: "imp", events: [event(4n, 8n)] }));
+    const error = await failure(stream({ boundary: "imp", events: [event(4n, 8n)] }));
     expect(error.code).toBe(Code.FailedPrecondition);
     expect(error.rawMessage).toContain('must be above the head of "imp" {4, 7}');
     const { events } = await store.getEvents({ boundary: "imp", count: 100 });
@@ -223,7 +235,7 @@ describe("ImportEvents", () => {
   });
 
   it("names the field and the rule of every bad input", async () => {
-    const cases: [Parameters<typeof admin.importEvents>[0], string][] = [
+    const cases: [Message, string][] = [
       [{ boundary: "imp2", events: [] }, "events: must contain at least one event"],
       [{ boundary: "Bad", events: [event(1n, 1n)] }, "boundary: must match"],
       [
@@ -294,7 +306,7 @@ describe("ImportEvents", () => {
       ],
     ];
     for (const [request, message] of cases) {
-      const error = await failure(admin.importEvents(request));
+      const error = await failure(stream(request));
       expect(error.rawMessage, message).toContain(message);
       expect([Code.InvalidArgument, Code.ResourceExhausted], message).toContain(error.code);
     }
@@ -302,9 +314,9 @@ describe("ImportEvents", () => {
   });
 
   it("refuses an id already stored with ALREADY_EXISTS, writing nothing", async () => {
-    await admin.importEvents({ boundary: "imp3", events: [event(1n, 1n, "taken")] });
+    await stream({ boundary: "imp3", events: [event(1n, 1n, "taken")] });
     const error = await failure(
-      admin.importEvents({
+      stream({
         boundary: "imp3",
         events: [event(2n, 2n, "new"), event(3n, 3n, "taken")],
       }),
@@ -335,13 +347,147 @@ describe("ImportEvents", () => {
       }
     })();
     await new Promise((r) => setTimeout(r, 500));
-    await admin.importEvents({
+    await stream({
       boundary: "imp4",
       events: [event(1n, 1n, "a"), event(1n, 2n, "b")],
     });
     await done;
     abort.abort();
     expect(seen).toEqual(["a", "b"]);
+  });
+
+  it("writes messages of several boundaries, interleaved, each above the head the last left", async () => {
+    const result = await stream(
+      { boundary: "multi_a", events: [event(1n, 1n, "a1"), event(1n, 2n, "a2")] },
+      { boundary: "multi_b", events: [event(5n, 9n, "b1")] },
+      { boundary: "multi_a", events: [event(2n, 3n, "a3")] },
+    );
+    expect(result.imported).toBe(4n);
+    expect(result.head).toEqual(
+      expect.objectContaining({ commitPosition: 2n, preparePosition: 3n }),
+    );
+    expect(await countOf("multi_a")).toBe(3n);
+    expect(await countOf("multi_b")).toBe(1n);
+  });
+
+  it("commits a stream of only the commit message as an import of nothing", async () => {
+    const result = await stream();
+    expect(result.imported).toBe(0n);
+    expect(result.head).toBeUndefined();
+  });
+
+  it("is all or nothing: a fault in any message of the stream writes nothing", async () => {
+    const cases: [Message[], Code, string][] = [
+      [
+        [
+          { boundary: "all_a", events: [event(1n, 1n), event(1n, 2n)] },
+          { boundary: "all_b", events: [event(1n, 1n)] },
+          { boundary: "all_a", events: [event(2n, 2n)] },
+        ],
+        Code.FailedPrecondition,
+        'messages[2].events[0].position: {2, 2} must be above the head of "all_a" {1, 2}',
+      ],
+      [
+        [
+          { boundary: "all_a", events: [event(1n, 1n)] },
+          { boundary: "all_a", events: [{ ...event(2n, 2n), data: "{" }] },
+        ],
+        Code.InvalidArgument,
+        "messages[1].events[0].data: must be JSON text",
+      ],
+      [
+        [
+          { boundary: "all_a", events: [event(1n, 1n, "same")] },
+          { boundary: "all_b", events: [event(1n, 1n)] },
+          { boundary: "all_a", events: [event(2n, 2n, "same")] },
+        ],
+        Code.AlreadyExists,
+        'messages[2].events.event_id: event id "same" is already stored in "all_a" (or earlier in this import)',
+      ],
+    ];
+    for (const [messages, code, message] of cases) {
+      const error = await failure(stream(...messages));
+      expect(error.rawMessage, message).toContain(message);
+      expect(error.code, message).toBe(code);
+    }
+    const unfinished: [Message[], string][] = [
+      [[], "commit: the stream ended without a message with commit set"],
+      [
+        [{ boundary: "all_a", events: [event(1n, 1n)] }],
+        "commit: the stream ended without a message with commit set",
+      ],
+      [
+        [
+          { boundary: "all_a", events: [event(1n, 1n)], commit: true },
+          { boundary: "all_a", events: [event(2n, 2n)] },
+        ],
+        "messages[1]: must not follow the message with commit set",
+      ],
+    ];
+    for (const [messages, message] of unfinished) {
+      const error = await failure(raw(...messages));
+      expect(error.rawMessage, message).toContain(message);
+      expect(error.code, message).toBe(Code.InvalidArgument);
+    }
+    const { boundaries } = await admin.listBoundaries({});
+    expect(boundaries.map((b) => b.name)).not.toContain("all_a");
+    expect(boundaries.map((b) => b.name)).not.toContain("all_b");
+  });
+
+  it("writes nothing when the client cancels the stream, and lets the boundary go", async () => {
+    const abort = new AbortController();
+    const call = admin.importEvents(
+      (async function* () {
+        yield { boundary: "cancelled", events: [event(1n, 1n)] };
+        yield { boundary: "cancelled", events: [event(2n, 2n)] };
+        // The server is writing; the client goes away without ending the stream.
+        setTimeout(() => abort.abort(), 300);
+        await new Promise(() => {});
+      })(),
+      { signal: abort.signal },
+    );
+    expect((await failure(call)).code).toBe(Code.Canceled);
+    // The row lock is released and nothing was committed: the same positions import again.
+    const again = await stream({ boundary: "cancelled", events: [event(1n, 1n)] });
+    expect(again.imported).toBe(1n);
+    expect(await countOf("cancelled")).toBe(1n);
+  });
+
+  it("keeps every character of ids, types, tags, data and metadata", async () => {
+    const awkward = [
+      'quote " and backslash \\',
+      "tab\tnew\nline\r",
+      "braces {a,b} and commas",
+      "unicode é ✓ 😀",
+      "",
+      "NULL",
+      " spaced ",
+    ];
+    const events = awkward.map((text, i) => ({
+      eventId: `id ${i} ${text}`,
+      eventType: `type ${text}`,
+      tags: [
+        { key: `k ${text}`, value: text },
+        { key: "same", value: "v" },
+        { key: "same", value: "v" },
+      ],
+      // A raw newline between tokens: JSON text the array literal must keep as it is.
+      data: JSON.stringify({ text, list: [text] }).replace(":", ":\n "),
+      metadata: i % 2 === 0 ? "" : JSON.stringify({ text }),
+      position: { commitPosition: 1n, preparePosition: BigInt(i + 1) },
+      dateCreated: { seconds: 1_700_000_000n + BigInt(i), nanos: 999_999_000 },
+    }));
+    await stream({ boundary: "awkward", events });
+    const { events: read } = await store.getEvents({ boundary: "awkward", count: 100 });
+    expect(read.map((e) => [e.eventId, e.eventType, e.data, e.metadata])).toEqual(
+      events.map((e) => [e.eventId, e.eventType, e.data, e.metadata]),
+    );
+    expect(read.map((e) => e.tags.map((t) => [t.key, t.value]))).toEqual(
+      awkward.map((text) => [
+        [`k ${text}`, text],
+        ["same", "v"],
+      ]),
+    );
   });
 });
 

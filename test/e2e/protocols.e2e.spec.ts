@@ -406,4 +406,49 @@ describe.each([postgresTarget(), embeddedTarget()])("protocols on $name storage"
     const events = field(JSON.parse(got.stdout), "events") as Json[];
     expect(events.map((e) => field(e, "event_id"))).toEqual(["b2", "b1"]);
   }, 60_000);
+
+  it("buf curl streams an import: messages then the commit, over gRPC and Connect", async () => {
+    for (const protocol of ["grpc", "connect"]) {
+      const boundary = nextBoundary("bufimport");
+      const event = (n: number) => ({
+        eventId: `i${n}`,
+        eventType: "Restored",
+        data: `{"n":${n}}`,
+        position: { commitPosition: String(n), preparePosition: String(n) },
+        dateCreated: "2026-12-02T02:29:19.566Z",
+      });
+      const messages = [
+        { boundary, events: [event(1), event(2)] },
+        { boundary, events: [event(3)] },
+        { commit: true },
+      ];
+      const imported = await run(BUF, [
+        "curl",
+        "--http2-prior-knowledge",
+        "--protocol",
+        protocol,
+        "--schema",
+        "proto",
+        "-d",
+        messages.map((m) => JSON.stringify(m)).join("\n"),
+        `${server.url}/orisun.v1.Admin/ImportEvents`,
+      ]);
+      expect(imported.code, imported.stderr).toBe(0);
+      expect(JSON.parse(imported.stdout)).toEqual({
+        head: { commitPosition: "3", preparePosition: "3" },
+        imported: "3",
+      });
+      const got = await run(BUF, [
+        "curl",
+        "--http2-prior-knowledge",
+        "--schema",
+        "proto",
+        "-d",
+        JSON.stringify({ boundary }),
+        `${server.url}/orisun.v1.EventStore/GetEvents`,
+      ]);
+      const events = field(JSON.parse(got.stdout), "events") as Json[];
+      expect(events.map((e) => field(e, "eventId"))).toEqual(["i1", "i2", "i3"]);
+    }
+  }, 60_000);
 });
