@@ -60,6 +60,26 @@ export async function startServer(env: Record<string, string>): Promise<Server> 
   };
 }
 
+/** The trivial connect-fastify server of trivial-server.ts, for the CPU-per-call reference. */
+export async function startTrivialServer(): Promise<Server> {
+  const port = await freePort();
+  const child: ChildProcess = spawn(process.execPath, [`${ROOT}dist/bench/trivial-server.js`], {
+    env: { PATH: process.env.PATH ?? "", PORT: String(port) },
+    stdio: ["ignore", "ignore", "inherit"],
+  });
+  const exited = new Promise((r) => child.once("exit", r));
+  const url = `http://127.0.0.1:${port}`;
+  await waitUntilServing(url, child);
+  return {
+    url,
+    pid: child.pid,
+    async stop() {
+      child.kill("SIGTERM");
+      await exited;
+    },
+  };
+}
+
 /** A server started by hand: its storage and lifetime are its own business. */
 export async function givenServer(url: string): Promise<Server> {
   await waitUntilServing(url);

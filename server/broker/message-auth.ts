@@ -1,4 +1,10 @@
-import { createHmac, type Hmac, timingSafeEqual } from "node:crypto";
+import {
+  createHmac,
+  createSecretKey,
+  type Hmac,
+  type KeyObject,
+  timingSafeEqual,
+} from "node:crypto";
 import { type MsgHdrs, headers as natsHeaders } from "@nats-io/transport-node";
 
 /** The header carrying a message's signature: base64url of an HMAC-SHA256. */
@@ -21,7 +27,15 @@ const MESSAGE_ID = "orisun-message-id-v1";
  * no expected sequence: a copy is dropped within the duplicate window, delivered again after it.
  */
 export class MessageAuth {
-  constructor(private readonly secret: Uint8Array) {}
+  /**
+   * A KeyObject, made once: createHmac with raw key bytes checks and wraps them on every call,
+   * 8.1 µs per MAC here against 1.3 µs with the KeyObject (100,000 MACs of 300 bytes).
+   */
+  private readonly secret: KeyObject;
+
+  constructor(secret: Uint8Array) {
+    this.secret = createSecretKey(secret);
+  }
 
   /**
    * Headers for a publish: the signature (JetStream adds the message id and expected sequence
