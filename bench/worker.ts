@@ -156,8 +156,13 @@ function connect(url: string, authorization: string | undefined): Api {
   };
 }
 
-/** Epoch milliseconds with sub-millisecond precision, comparable across processes. */
-const now = () => performance.timeOrigin + performance.now();
+/**
+ * Wall-clock ms, read now: latencies compare readings of different processes (and PostgreSQL's
+ * commit time). performance.timeOrigin is read once at each process's start, so a clock step
+ * or slew after that (NTP on a VM) put the processes' clocks apart: one run measured commit to
+ * receipt as -866 ms.
+ */
+const now = () => Date.now();
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** One channel (one HTTP/2 connection) per server, credentials and process. */

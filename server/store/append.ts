@@ -233,7 +233,11 @@ export class Appender {
     // The one-statement call first; the full transaction when it declines.
     let full = false;
     const attempt = async () => {
-      const once = await this.commitAtOnce(boundary, batch);
+      // On a connection of its own first: a request is sent once the batch holds one, and a
+      // caller that gave up while the pool had none for it was not sent (nothing is written).
+      const once = await this.db
+        .connection()
+        .execute((connection) => this.commitAtOnce(connection, boundary, batch));
       if (once) return once;
       full = true;
       return this.db.transaction().execute(async (trx) => {
@@ -286,6 +290,7 @@ export class Appender {
    * retries included.
    */
   private async commitAtOnce(
+    connection: Kysely<Database>,
     boundary: string,
     batch: readonly Pending[],
   ): Promise<BatchResult | undefined> {
@@ -353,7 +358,7 @@ export class Appender {
     let called: FunctionOutcome;
     try {
       called = await callAppend(
-        this.db,
+        connection,
         boundary,
         decidedAny ? expected : undefined,
         marker,
