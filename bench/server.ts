@@ -33,38 +33,30 @@ async function freePort(): Promise<number> {
 }
 
 /** Spawns dist/server/main.js with `env` (plus BENCH_SERVER_NODE_OPTIONS) and waits until it answers. */
-export async function startServer(env: Record<string, string>): Promise<Server> {
-  const port = await freePort();
-  const child: ChildProcess = spawn(process.execPath, [`${ROOT}dist/server/main.js`], {
-    env: {
-      PATH: process.env.PATH ?? "",
-      NODE_OPTIONS: process.env.BENCH_SERVER_NODE_OPTIONS ?? "",
-      ORISUN_LOG_LEVEL: "warn",
-      ORISUN_PORT: String(port),
-      // One process unless asked: memory and CPU are read from the spawned pid (and its children).
-      ORISUN_WORKERS: "1",
-      ...env,
-    },
-    stdio: ["ignore", "ignore", "inherit"],
-  });
-  const exited = new Promise((r) => child.once("exit", r));
-  const url = `http://127.0.0.1:${port}`;
-  await waitUntilServing(url, child);
-  return {
-    url,
-    pid: child.pid,
-    async stop() {
-      child.kill("SIGTERM");
-      await exited;
-    },
-  };
+export function startServer(env: Record<string, string>): Promise<Server> {
+  return spawnAndWait("dist/server/main.js", (port) => ({
+    NODE_OPTIONS: process.env.BENCH_SERVER_NODE_OPTIONS ?? "",
+    ORISUN_LOG_LEVEL: "warn",
+    ORISUN_PORT: String(port),
+    // One process unless asked: memory and CPU are read from the spawned pid (and its children).
+    ORISUN_WORKERS: "1",
+    ...env,
+  }));
 }
 
 /** The trivial connect-fastify server of trivial-server.ts, for the CPU-per-call reference. */
-export async function startTrivialServer(): Promise<Server> {
+export function startTrivialServer(): Promise<Server> {
+  return spawnAndWait("dist/bench/trivial-server.js", (port) => ({ PORT: String(port) }));
+}
+
+/** Spawns `script` (from the repository root) on a free port and waits until it answers. */
+async function spawnAndWait(
+  script: string,
+  env: (port: number) => Record<string, string>,
+): Promise<Server> {
   const port = await freePort();
-  const child: ChildProcess = spawn(process.execPath, [`${ROOT}dist/bench/trivial-server.js`], {
-    env: { PATH: process.env.PATH ?? "", PORT: String(port) },
+  const child: ChildProcess = spawn(process.execPath, [`${ROOT}${script}`], {
+    env: { PATH: process.env.PATH ?? "", ...env(port) },
     stdio: ["ignore", "ignore", "inherit"],
   });
   const exited = new Promise((r) => child.once("exit", r));

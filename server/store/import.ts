@@ -208,7 +208,7 @@ const CONTROL_OR_SURROGATE = /[\u0000-\u001f\ud800-\udfff]/;
 /**
  * An element of an array literal: quoted, with " and \ escaped. JSON.stringify does exactly that
  * (natively, several times faster than a replace) for text without control characters and
- * surrogates, which it would escape as \n or \uXXXX where the literal needs them as they are.
+ * surrogates, which it would escape as \n or \u001f where the literal needs them as they are.
  */
 function element(text: string): string {
   if (!CONTROL_OR_SURROGATE.test(text)) return JSON.stringify(text);
