@@ -104,6 +104,15 @@ describe.each(["pglite", "postgres"] as const)(
       await expect(refused).rejects.toMatchObject({ kind: "limit_reached", field: "boundary" });
       await expect(refused).rejects.toThrow(/makes 3 new boundaries \(the first "b2"\)/);
       expect(await boundaryRows(store)).toEqual(["b1"]);
+      // More new boundaries than the cap at all: refused at the first one too many.
+      const many = store.import(
+        stream(...["b2", "b3", "b4", "b5", "b6"].map((b) => imported(b, `${b}-x`))),
+      );
+      await expect(many).rejects.toMatchObject({
+        kind: "limit_reached",
+        field: "messages[3].boundary",
+      });
+      expect(await boundaryRows(store)).toEqual(["b1"]);
       const result = await store.import(stream(imported("b2", "x"), imported("b3", "y")));
       expect(result.imported).toBe(2);
       expect(await boundaryRows(store)).toEqual(["b1", "b2", "b3"]);

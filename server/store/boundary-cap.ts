@@ -24,7 +24,8 @@ export class BoundaryCap {
   constructor(
     private readonly db: Kysely<Database>,
     private readonly schema: string,
-    private readonly max: number,
+    /** ORISUN_MAX_BOUNDARIES. */
+    readonly max: number,
   ) {}
 
   /**

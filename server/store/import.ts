@@ -37,18 +37,20 @@ interface Written {
   readonly heads: Map<string, Position>;
   /** Boundaries whose rows this transaction made: counted against the cap before the commit. */
   readonly created: string[];
+  /** ORISUN_MAX_BOUNDARIES. */
+  readonly maxBoundaries: number;
   imported: number;
 }
 
 /**
  * Writes a stream of messages in **one** transaction, so an import is all or nothing: a bad
  * message, a position at or below a head, an id already stored, the caller cancelling or its
- * deadline passing all roll back every message before it. `messages` throws to roll back: it
- * is the API layer's to tell a finished stream from an abandoned one. Each boundary's row is locked at its
- * first message (the lock appends take, so appends to it wait for the import), and each message
- * is one statement: its events, the new head and event count, and the commit NOTIFY that wakes
- * live subscribers and the JetStream publishers at the commit. One statement is in flight while
- * the next message is received and checked. Boundaries the import makes count against
+ * deadline passing all roll back every message before it. `messages` throws to roll back: it is
+ * the API layer's to tell a finished stream from an abandoned one. Each boundary's row is locked
+ * at its first message (the lock appends take, so appends to it wait for the import), and each
+ * message is one statement: its events, the new head and event count, and the commit NOTIFY that
+ * wakes live subscribers and the JetStream publishers at the commit. One statement is in flight
+ * while the next message is received and checked. Boundaries the import makes count against
  * ORISUN_MAX_BOUNDARIES, checked exactly just before the commit.
  */
 export async function importEvents(
@@ -60,7 +62,12 @@ export async function importEvents(
 ): Promise<ImportResult> {
   try {
     return await db.transaction().execute(async (trx) => {
-      const written: Written = { heads: new Map(), created: [], imported: 0 };
+      const written: Written = {
+        heads: new Map(),
+        created: [],
+        maxBoundaries: cap.max,
+        imported: 0,
+      };
       let last: Position | undefined;
       let writing: Promise<Position> | undefined;
       try {
@@ -108,7 +115,17 @@ async function write(
       RETURNING last_commit, last_prepare, (xmax = 0) AS created`.execute(trx);
     const row = lock.rows[0];
     if (!row) throw new StoreError("internal", "boundary row was not returned");
-    if (row.created) written.created.push(boundary);
+    if (row.created) {
+      written.created.push(boundary);
+      // More new boundaries than the cap fail whatever exists: no need to hold them all first.
+      if (written.created.length > written.maxBoundaries) {
+        throw new StoreError(
+          "limit_reached",
+          `the import makes more than ORISUN_MAX_BOUNDARIES (${written.maxBoundaries}) new boundaries; nothing was written`,
+          `${at}.boundary`,
+        );
+      }
+    }
     head = { commit: BigInt(row.last_commit), prepare: BigInt(row.last_prepare) };
   }
   // A commit is written whole: continuing the head's commit would let a reader that saw its
