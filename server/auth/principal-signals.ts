@@ -1,4 +1,4 @@
-import pg from "pg";
+import { ListenConnection } from "../store/listen-connection.js";
 import { PRINCIPALS_CHANNEL } from "./principals-store.js";
 
 /**
@@ -9,62 +9,35 @@ import { PRINCIPALS_CHANNEL } from "./principals-store.js";
  * authenticator.ts); reconnecting announces a change, since one may have been missed.
  */
 export class PrincipalSignals {
-  private client: pg.Client | undefined;
-  private listening = false;
-  private closed = false;
-  private retry: NodeJS.Timeout | undefined;
+  private readonly connection: ListenConnection | undefined;
 
   constructor(
-    private readonly url: string | undefined,
-    private readonly schema: string,
-    private readonly onChange: () => void,
-    private readonly onError: (error: Error) => void,
+    url: string | undefined,
+    schema: string,
+    onChange: () => void,
+    onError: (error: Error) => void,
   ) {
-    if (url !== undefined) void this.listen();
+    this.connection =
+      url === undefined
+        ? undefined
+        : new ListenConnection({
+            url,
+            channel: PRINCIPALS_CHANNEL,
+            retryMs: 500,
+            onNotice: (payload) => {
+              if (payload === schema) onChange();
+            },
+            onUp: onChange,
+            onError,
+          });
   }
 
   /** No process but this one can change principals (PGlite), or the LISTEN connection is up. */
   get connected(): boolean {
-    return this.url === undefined || this.listening;
-  }
-
-  private async listen(): Promise<void> {
-    const client = new pg.Client({
-      connectionString: this.url,
-      connectionTimeoutMillis: 5_000,
-      keepAlive: true,
-    });
-    const lost = (error: Error) => {
-      if (this.client !== client) return;
-      this.client = undefined;
-      this.listening = false;
-      void client.end().catch(() => {});
-      if (this.closed) return;
-      this.onError(error);
-      this.retry = setTimeout(() => void this.listen(), 500);
-    };
-    client.on("error", lost);
-    client.on("end", () => lost(new Error("LISTEN connection ended")));
-    client.on("notification", (n) => {
-      if (n.payload === this.schema) this.onChange();
-    });
-    this.client = client;
-    try {
-      await client.connect();
-      await client.query(`LISTEN ${PRINCIPALS_CHANNEL}`);
-      this.listening = true;
-      this.onChange();
-    } catch (error) {
-      lost(error as Error);
-    }
+    return this.connection?.listening ?? true;
   }
 
   async close(): Promise<void> {
-    this.closed = true;
-    clearTimeout(this.retry);
-    const client = this.client;
-    this.client = undefined;
-    this.listening = false;
-    await client?.end().catch(() => {});
+    await this.connection?.close();
   }
 }

@@ -1,5 +1,5 @@
 import { type RawBuilder, sql } from "kysely";
-import pg from "pg";
+import { ListenConnection } from "./listen-connection.js";
 
 /**
  * `boundary` committed something; undefined: anything may have changed (after a reconnect).
@@ -15,21 +15,32 @@ export type CommitSignal = (boundary: string | undefined, local: boolean) => voi
  */
 export class CommitSignals {
   private readonly listeners = new Set<CommitSignal>();
-  private client: pg.Client | undefined;
-  private closed = false;
-  private retry: NodeJS.Timeout | undefined;
+  private readonly connection: ListenConnection | undefined;
 
   /**
    * Notifications carry `schema/boundary/instance`: those of other schemas on the database are
    * ignored, and so are this process's own (`instance`), which `emit` announced at commit.
    */
   constructor(
-    private readonly url: string | undefined,
-    private readonly schema: string,
-    private readonly instance: string,
-    private readonly onError: (error: Error) => void,
+    url: string | undefined,
+    schema: string,
+    instance: string,
+    onError: (error: Error) => void,
   ) {
-    if (url !== undefined) void this.listen();
+    this.connection =
+      url === undefined
+        ? undefined
+        : new ListenConnection({
+            url,
+            channel: "orisun_commits",
+            retryMs: 1_000,
+            onNotice: (payload) => {
+              const [from, boundary, by] = payload.split("/");
+              if (from === schema && boundary && by !== instance) this.emit(boundary);
+            },
+            onUp: () => this.emit(undefined),
+            onError,
+          });
   }
 
   on(listener: CommitSignal): () => void {
@@ -41,45 +52,9 @@ export class CommitSignals {
     for (const listener of this.listeners) listener(boundary, local);
   }
 
-  private async listen(): Promise<void> {
-    // Its own connection, so no statement or idle timeout of the pool ends it; keepalive notices
-    // a dead network under a connection that only ever waits.
-    const client = new pg.Client({
-      connectionString: this.url,
-      connectionTimeoutMillis: 5_000,
-      keepAlive: true,
-    });
-    const lost = (error: Error) => {
-      if (this.client !== client) return;
-      this.client = undefined;
-      void client.end().catch(() => {});
-      if (this.closed) return;
-      this.onError(error);
-      this.retry = setTimeout(() => void this.listen(), 1_000);
-    };
-    client.on("error", lost);
-    client.on("end", () => lost(new Error("LISTEN connection ended")));
-    client.on("notification", (n) => {
-      const [schema, boundary, instance] = (n.payload ?? "").split("/");
-      if (schema === this.schema && boundary && instance !== this.instance) this.emit(boundary);
-    });
-    this.client = client;
-    try {
-      await client.connect();
-      await client.query("LISTEN orisun_commits");
-      this.emit(undefined);
-    } catch (error) {
-      lost(error as Error);
-    }
-  }
-
   async close(): Promise<void> {
-    this.closed = true;
-    clearTimeout(this.retry);
-    const client = this.client;
-    this.client = undefined;
     this.listeners.clear();
-    await client?.end().catch(() => {});
+    await this.connection?.close();
   }
 }
 
