@@ -3,6 +3,7 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { describe, expect, it } from "vitest";
 import { ConfigError, configPathFromArgs, loadConfig } from "../server/config.js";
+import { configError } from "./support/config.js";
 import { freshDataDir } from "./support/databases.js";
 
 function yamlFile(text: string): string {
@@ -12,14 +13,9 @@ function yamlFile(text: string): string {
 }
 
 function rejects(env: Record<string, string>, name: string, argv: string[] = []): ConfigError {
-  try {
-    loadConfig(env, argv);
-  } catch (error) {
-    expect(error).toBeInstanceOf(ConfigError);
-    expect((error as Error).message).toContain(name);
-    return error as ConfigError;
-  }
-  throw new Error(`expected a ConfigError naming ${name}`);
+  const error = configError(env, argv);
+  expect(error.message).toContain(name);
+  return error;
 }
 
 describe("loadConfig defaults", () => {

@@ -1,16 +1,9 @@
 import { describe, expect, it } from "vitest";
-import { ConfigError, loadConfig } from "../server/config.js";
+import { loadConfig } from "../server/config.js";
+import { configError } from "./support/config.js";
 
 const observability = (env: Record<string, string>) => loadConfig(env, []).observability;
-const refusal = (env: Record<string, string>) => {
-  try {
-    loadConfig(env, []);
-  } catch (error) {
-    expect(error).toBeInstanceOf(ConfigError);
-    return (error as Error).message;
-  }
-  throw new Error("expected a ConfigError");
-};
+const refusal = (env: Record<string, string>) => configError(env).message;
 
 describe("metrics and tracing settings", () => {
   it("default to metrics on, 100 boundary labels and no tracing", () => {

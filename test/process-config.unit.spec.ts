@@ -1,19 +1,12 @@
 import { availableParallelism } from "node:os";
 import { describe, expect, it } from "vitest";
-import { ConfigError, loadConfig } from "../server/config.js";
+import { loadConfig } from "../server/config.js";
+import { configError } from "./support/config.js";
 
 const PG = { ORISUN_PG_URL: "postgres://u@db:5432/es" };
 const BOTH = { ...PG, ORISUN_NATS_URL: "nats://n:4222" };
 
-function refused(env: Record<string, string>): string {
-  try {
-    loadConfig(env, []);
-  } catch (error) {
-    expect(error).toBeInstanceOf(ConfigError);
-    return (error as Error).message;
-  }
-  throw new Error("expected a ConfigError");
-}
+const refused = (env: Record<string, string>) => configError(env).message;
 
 describe("ORISUN_WORKERS", () => {
   it("defaults to one per core with PostgreSQL and NATS, else one", () => {

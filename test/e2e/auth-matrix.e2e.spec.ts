@@ -1,4 +1,3 @@
-import { resolve } from "node:path";
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError, type Transport } from "@connectrpc/connect";
 import {
@@ -7,12 +6,12 @@ import {
   createGrpcWebTransport,
 } from "@connectrpc/connect-node";
 import * as grpc from "@grpc/grpc-js";
-import * as protoLoader from "@grpc/proto-loader";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ReadForDecisionRequestSchema } from "../../gen/orisun/v1/eventstore_pb.js";
 import { basic, bearer, clientsWith, oneEvent } from "../support/auth.js";
 import { dropSchema, freshDataDir, freshSchema, PG_URL } from "../support/databases.js";
+import { grpcJsEventStore } from "../support/grpc-js.js";
 import { type SpawnedServer, spawnServer } from "../support/spawn-server.js";
 
 const ADMIN_PASSWORD = "adm1n-Secret-pw";
@@ -266,19 +265,7 @@ describe("the permission matrix: every RPC × principal × transport", () => {
   }
 
   it("answers the same over @grpc/grpc-js, with grpc-status 16 and 7", async () => {
-    const def = protoLoader.loadSync(resolve("proto/orisun/v1/eventstore.proto"), {
-      keepCase: true,
-      longs: String,
-      defaults: true,
-      includeDirs: [resolve("proto")],
-    });
-    const pkg = grpc.loadPackageDefinition(def) as unknown as {
-      orisun: { v1: { EventStore: grpc.ServiceClientConstructor } };
-    };
-    const client = new pkg.orisun.v1.EventStore(
-      `127.0.0.1:${server.port}`,
-      grpc.credentials.createInsecure(),
-    );
+    const client = grpcJsEventStore(server.port);
     const call = (method: string, req: object, who: Who): Promise<number> =>
       new Promise((done) => {
         const md = new grpc.Metadata();

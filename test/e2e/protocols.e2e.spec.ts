@@ -8,7 +8,6 @@ import {
   createGrpcWebTransport,
 } from "@connectrpc/connect-node";
 import * as grpc from "@grpc/grpc-js";
-import * as protoLoader from "@grpc/proto-loader";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   Direction,
@@ -16,6 +15,7 @@ import {
   SaveEventsRequestSchema,
 } from "../../gen/orisun/v1/eventstore_pb.js";
 import { dropSchema, freshDataDir, freshSchema, PG_URL } from "../support/databases.js";
+import { grpcJsEventStore } from "../support/grpc-js.js";
 import { type SpawnedServer, spawnServer } from "../support/spawn-server.js";
 
 /** API.md's JSON example, copied verbatim. */
@@ -104,7 +104,6 @@ function field(obj: unknown, snake: string): unknown {
 }
 
 const BUF = resolve("node_modules/.bin/buf");
-const PROTO = resolve("proto/orisun/v1/eventstore.proto");
 
 const ZERO = { commitPosition: 0n, preparePosition: 0n };
 let boundaryCounter = 0;
@@ -224,20 +223,7 @@ describe.each([postgresTarget(), embeddedTarget()])("protocols on $name storage"
   }, 30_000);
 
   it("@grpc/grpc-js with @grpc/proto-loader", async () => {
-    const def = protoLoader.loadSync(PROTO, {
-      keepCase: true,
-      longs: String,
-      enums: String,
-      defaults: true,
-      includeDirs: [resolve("proto")],
-    });
-    const pkg = grpc.loadPackageDefinition(def) as unknown as {
-      orisun: { v1: { EventStore: grpc.ServiceClientConstructor } };
-    };
-    const client = new pkg.orisun.v1.EventStore(
-      `127.0.0.1:${server.port}`,
-      grpc.credentials.createInsecure(),
-    );
+    const client = grpcJsEventStore(server.port, String);
     type Callback = (err: grpc.ServiceError | null, res: Json) => void;
     const call = (method: string, req: Json): Promise<Json> =>
       new Promise((done, fail) => {
