@@ -36,7 +36,7 @@ export type Job =
   /** One reader paging through the boundary with GetEvents and from_position. */
   | { kind: "page"; url: string; boundary: string; pageSize: number }
   /** One subscription from the start, until `total` events arrived. */
-  | { kind: "catchup"; url: string; boundary: string; total: number }
+  | { kind: "catchup"; url: string; boundary: string; total: number; windowBytes?: number }
   /** Live subscribers; latency from the `t` (epoch ms) the writer put in each event's data. */
   | { kind: "subscribe"; url: string; boundary: string; subscribers: number; record: boolean }
   /** Appends one event at a time at `rate` events/s for `seconds`, not waiting for answers. */
@@ -128,10 +128,17 @@ type Unary = (
   callback: (error: grpc.ServiceError | null, response: unknown) => void,
 ) => void;
 
-function connect(url: string, authorization: string | undefined): Api {
+/**
+ * `windowBytes`: the HTTP/2 flow-control window the channel grants the server. grpc-js keeps
+ * HTTP/2's 64 KiB unless told, so a stream stalls after every 64 KiB until the client has read
+ * it and said so; gRPC in Go and Java grow the window to the connection's bandwidth-delay
+ * product by themselves.
+ */
+function connect(url: string, authorization: string | undefined, windowBytes?: number): Api {
   const client = new EventStore(
     new URL(url).host,
     grpc.credentials.createInsecure(),
+    windowBytes === undefined ? {} : { "grpc-node.flow_control_window": windowBytes },
   ) as unknown as Record<string, (request: unknown) => unknown>;
   const metadata = new grpc.Metadata();
   if (authorization !== undefined) metadata.set("authorization", authorization);
@@ -167,11 +174,11 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** One channel (one HTTP/2 connection) per server, credentials and process. */
 const channels = new Map<string, Api>();
-function api(url: string, authorization?: string): Api {
-  const key = `${url} ${authorization ?? ""}`;
+function api(url: string, authorization?: string, windowBytes?: number): Api {
+  const key = `${url} ${authorization ?? ""} ${windowBytes ?? ""}`;
   let client = channels.get(key);
   if (!client) {
-    client = connect(url, authorization);
+    client = connect(url, authorization, windowBytes);
     channels.set(key, client);
   }
   return client;
@@ -258,7 +265,9 @@ async function catchUp(job: Extract<Job, { kind: "catchup" }>): Promise<JobResul
   const started = performance.now();
   let count = 0;
   if (job.total > 0) {
-    const stream = api(job.url).subscribeToEvents({ boundary: job.boundary });
+    const stream = api(job.url, undefined, job.windowBytes).subscribeToEvents({
+      boundary: job.boundary,
+    });
     try {
       for await (const _ of stream) {
         if (++count === job.total) break;

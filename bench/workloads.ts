@@ -122,8 +122,9 @@ export async function catchUp(
   url: string,
   boundary: string,
   total: number,
+  windowBytes?: number,
 ): Promise<number> {
-  const r = await workers.run(0, { kind: "catchup", url, boundary, total }).done;
+  const r = await workers.run(0, { kind: "catchup", url, boundary, total, windowBytes }).done;
   return r.count / (r.ms / 1_000);
 }
 

@@ -10,6 +10,7 @@ import { Admin } from "../gen/orisun/v1/admin_pb.js";
 import { EventStore } from "../gen/orisun/v1/eventstore_pb.js";
 import { adminHandlers } from "./api/admin-handlers.js";
 import { Authorization, kClient } from "./api/authorization.js";
+import { withBatchedStreams } from "./api/batched-stream.js";
 import { decisionHandler } from "./api/decision-handler.js";
 import type { ApiDeps } from "./api/deps.js";
 import { DescriptorIndex } from "./api/descriptor-index.js";
@@ -283,6 +284,13 @@ export async function startApp(config: Config): Promise<RunningApp> {
       });
       router.service(ReflectionV1, reflection.v1);
       router.service(ReflectionV1alpha, reflection.v1alpha);
+      // Subscriptions send runs of events in one pass through Connect (batched-stream.ts).
+      const handlers = router.handlers;
+      handlers.forEach((handler, i) => {
+        if (handler.method === EventStore.method.subscribeToEvents) {
+          handlers[i] = withBatchedStreams(handler);
+        }
+      });
     },
     interceptors: [
       ...(observability.interceptor ? [observability.interceptor] : []),

@@ -30,10 +30,12 @@ async function catchUp(
     { boundary, query: [], after: { commit: 0n, prepare: 0n }, subscriberName: "" },
     signal,
   );
-  for await (const e of stream) {
-    if (e.id !== `e${n}`) throw new Error(`event ${n} is ${e.id}`);
-    n++;
-    if (n === events) break;
+  for await (const run of stream) {
+    for (const e of run) {
+      if (e.id !== `e${n}`) throw new Error(`event ${n} is ${e.id}`);
+      n++;
+      if (n === events) return n;
+    }
   }
   return n;
 }

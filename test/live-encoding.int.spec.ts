@@ -1,6 +1,10 @@
 import { create, toBinary } from "@bufbuild/protobuf";
 import { createClient, type Transport } from "@connectrpc/connect";
-import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
+import {
+  compressionGzip,
+  createConnectTransport,
+  createGrpcTransport,
+} from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type Event, EventSchema, EventStore } from "../gen/orisun/v1/eventstore_pb.js";
 import { toProtoEvent } from "../server/api/convert.js";
@@ -29,9 +33,11 @@ describe("LiveEncodings", () => {
     const encodings = new LiveEncodings();
     const shell = encodings.forCall(stored, true);
     expect(toBinary(EventSchema, shell)).toEqual(toBinary(EventSchema, toProtoEvent(stored)));
-    // The same object for the next subscriber: no second encoding.
+    // The same object for the next subscriber, and the same bytes for batched calls: no second
+    // encoding, and no message built for binary calls at all.
     expect(encodings.forCall(stored, true)).toBe(shell);
-    expect(encodings.counts).toEqual({ messages: 1, binary: 1 });
+    expect(encodings.bytes(stored)).toEqual(toBinary(EventSchema, toProtoEvent(stored)));
+    expect(encodings.counts).toEqual({ messages: 0, binary: 1 });
     // JSON gets the whole message, built once as well.
     expect(encodings.forCall(stored, false)).toEqual(toProtoEvent(stored));
     expect(encodings.forCall(stored, false)).toBe(encodings.forCall(stored, false));
@@ -49,7 +55,8 @@ describe("LiveEncodings", () => {
     ["application/grpc+json", false],
     ["application/grpc-web+json", false],
     ["application/json", false],
-    ["application/proto", false],
+    ["application/proto", true],
+    ["application/protobuf", false],
     ["application/grpc+protobuf", false],
     [null, false],
   ])("takes %s as binary: %s", (contentType, binary) => {
@@ -122,7 +129,17 @@ describe("live events are encoded once for all their subscribers", () => {
       {
         name: "Connect JSON",
         binary: false,
-        transport: createConnectTransport({ baseUrl: app.url, httpVersion: "1.1" }),
+        transport: createConnectTransport({
+          baseUrl: app.url,
+          httpVersion: "1.1",
+          useBinaryFormat: false,
+        }),
+      },
+      {
+        // A compressed request is not batched (batched-stream.ts): the shared shell message.
+        name: "gRPC gzip",
+        binary: true,
+        transport: createGrpcTransport({ baseUrl: app.url, sendCompression: compressionGzip }),
       },
     ];
     const queries: {
@@ -200,8 +217,8 @@ describe("live events are encoded once for all their subscribers", () => {
           s.name,
         ).toEqual(want);
       }
-      // Every event went to at least one binary and one JSON subscriber: one conversion each,
-      // one binary encoding each, however many subscribers got it.
+      // Every event went to batched and unbatched binary subscribers and to JSON ones: one
+      // conversion each (for JSON), one binary encoding each, however many subscribers got it.
       expect(app.encodings.counts.messages - before.messages).toBe(n);
       expect(app.encodings.counts.binary - before.binary).toBe(n);
 

@@ -1,8 +1,7 @@
-import { create, toBinary } from "@bufbuild/protobuf";
-import { BinaryReader } from "@bufbuild/protobuf/wire";
 import { type Event, EventSchema } from "../../gen/orisun/v1/eventstore_pb.js";
 import type { StoredEvent } from "../store/types.js";
 import { toProtoEvent } from "./convert.js";
+import { EncodeBuffer, preEncoded, writeEvent } from "./event-encoding.js";
 
 /** How many times live events were converted and serialised (for tests and metrics). */
 export interface EncodingCounts {
@@ -13,20 +12,22 @@ export interface EncodingCounts {
 }
 
 /**
- * The wire forms of live events, made once per event and shared by every subscriber it goes to.
+ * The wire forms of live events, made once per event and shared by every subscriber it goes to:
+ * the encoding (batched calls copy it into their envelopes, see batched-stream.ts), a shell
+ * message that Connect writes as that encoding for binary calls that are not batched, the message
+ * for JSON.
  * A feed hands the same StoredEvent object to each of its members, so the forms are kept in
  * WeakMaps keyed by it and go when the last subscriber has sent it.
  *
- * Connect serialises each streamed message per call, with no hook to hand it bytes. In the
- * binary formats (gRPC, gRPC-Web, Connect with protobuf) a message's unknown fields are written
- * as they are, after its known ones: a message whose fields are all unset and whose one "unknown
- * field" is the event's encoding (its first tag, then the rest of the bytes as they are) is
- * written as exactly those bytes, a copy instead of an encoding. JSON offers nothing of the kind:
+ * Connect serialises each streamed message per call, with no hook to hand it bytes: the shell
+ * (`preEncoded`) is written as a copy of the encoding instead. JSON offers nothing of the kind:
  * there the protobuf message is built once and serialised per call.
  */
 export class LiveEncodings {
   private readonly messages = new WeakMap<StoredEvent, Event>();
   private readonly encoded = new WeakMap<StoredEvent, Event>();
+  private readonly binary = new WeakMap<StoredEvent, Uint8Array>();
+  private readonly scratch = new EncodeBuffer(4 * 1024);
   readonly counts: EncodingCounts = { messages: 0, binary: 0 };
 
   /** The event for a call in the given wire format. */
@@ -44,17 +45,22 @@ export class LiveEncodings {
     return message;
   }
 
+  /** The event's encoding in protobuf's binary format. */
+  bytes(event: StoredEvent): Uint8Array {
+    let bytes = this.binary.get(event);
+    if (!bytes) {
+      writeEvent(this.scratch, event);
+      bytes = this.scratch.take();
+      this.counts.binary++;
+      this.binary.set(event, bytes);
+    }
+    return bytes;
+  }
+
   private binaryForm(event: StoredEvent): Event {
     let shell = this.encoded.get(event);
     if (!shell) {
-      const bytes = toBinary(EventSchema, this.message(event));
-      this.counts.binary++;
-      shell = create(EventSchema);
-      if (bytes.length > 0) {
-        const reader = new BinaryReader(bytes);
-        const [no, wireType] = reader.tag();
-        shell.$unknown = [{ no, wireType, data: bytes.subarray(reader.pos) }];
-      }
+      shell = preEncoded(EventSchema, this.bytes(event));
       this.encoded.set(event, shell);
     }
     return shell;
@@ -63,12 +69,12 @@ export class LiveEncodings {
 
 /**
  * Whether a call's messages are serialised in protobuf's binary format, from its Content-Type:
- * gRPC (`application/grpc`, `+proto`), gRPC-Web likewise, and Connect streaming
- * (`application/connect+proto`). Anything else (`+json`) gets whole messages, which every format
- * serialises correctly.
+ * gRPC (`application/grpc`, `+proto`), gRPC-Web likewise, Connect streaming
+ * (`application/connect+proto`) and Connect unary (`application/proto`). Anything else (`+json`,
+ * a Connect GET without a body) gets whole messages, which every format serialises correctly.
  */
 export function isBinaryCall(contentType: string | null): boolean {
   return contentType !== null && BINARY.test(contentType);
 }
 
-const BINARY = /^application\/(?:grpc|grpc-web|connect)(?:\+proto)?\s*(?:;|$)/i;
+const BINARY = /^application\/(?:(?:grpc|grpc-web|connect)(?:\+proto)?|proto)\s*(?:;|$)/i;

@@ -7,6 +7,8 @@ import {
 } from "../../gen/orisun/v1/eventstore_pb.js";
 import { toProtoEvent, toProtoPosition } from "./convert.js";
 import type { ApiDeps } from "./deps.js";
+import { EncodeBuffer, preEncoded, writeEventsResponse } from "./event-encoding.js";
+import { isBinaryCall } from "./live-encoding.js";
 import { toAppendRequest, toReadRequest } from "./validate.js";
 
 /** SaveEvents and GetEvents: validate, call the store, convert. */
@@ -27,6 +29,11 @@ export function storeHandlers(
         toReadRequest(request, deps.validation),
         { signal: ctx.signal },
       );
+      if (isBinaryCall(ctx.requestHeader.get("content-type"))) {
+        // Encoded here in one pass (event-encoding.ts), not built as messages for Connect.
+        const out = new EncodeBuffer(Math.max(1024, events.length * 256));
+        return preEncoded(GetEventsResponseSchema, writeEventsResponse(out, events, head));
+      }
       return create(GetEventsResponseSchema, {
         events: events.map(toProtoEvent),
         head: toProtoPosition(head),

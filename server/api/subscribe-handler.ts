@@ -5,12 +5,14 @@ import type {
 } from "../../gen/orisun/v1/eventstore_pb.js";
 import type { LiveFeeds } from "../broker/feed.js";
 import { StoreError } from "../store/errors.js";
+import type { StoredEvent } from "../store/types.js";
 import {
   type SubscriptionLimits,
   type SubscriptionObserver,
   type SubscriptionPhase,
   subscribe,
 } from "../streaming/subscription.js";
+import { EnvelopeBatcher, kBatched } from "./batched-stream.js";
 import { toProtoEvent } from "./convert.js";
 import type { ApiDeps } from "./deps.js";
 import { isBinaryCall, type LiveEncodings } from "./live-encoding.js";
@@ -45,9 +47,20 @@ export function subscribeHandler(
         signal,
         phase,
       );
-      // History is read for this subscriber alone: encoded by Connect as usual.
-      for await (const event of events) {
-        yield phase.live ? deps.encodings.forCall(event, binary) : toProtoEvent(event);
+      if (ctx.values.get(kBatched)) {
+        // Envelopes written here, a run at a time (batched-stream.ts); live events from the
+        // encoding every subscriber shares, history (read for this subscriber alone) directly.
+        const batcher = new EnvelopeBatcher();
+        const shared = (event: StoredEvent) => deps.encodings.bytes(event);
+        for await (const run of events) {
+          yield* batcher.carriers(run, phase.live ? shared : undefined);
+        }
+      } else {
+        for await (const run of events) {
+          for (const event of run) {
+            yield phase.live ? deps.encodings.forCall(event, binary) : toProtoEvent(event);
+          }
+        }
       }
       if (deps.shutdown.aborted) {
         // Not the end of the log: tell the client to resume (from its last position) elsewhere.

@@ -54,7 +54,9 @@ export interface SubscriptionPhase {
 }
 
 /**
- * The events of a subscription, in position order, until `signal` aborts: the history from the
+ * The events of a subscription in runs, in position order, until `signal` aborts: the history
+ * from the store a page at a time, then what the boundary's live feed has buffered for it each
+ * time it looks. Runs are never empty. The history from the
  * store in pages, then the boundary's live feed. Joining the feed before reading the history
  * closes the handover race: an event is either already in the store when a page is read, or it
  * reaches the feed after the join. Events the history already sent are skipped by position.
@@ -66,7 +68,7 @@ export async function* subscribe(
   request: SubscribeRequest,
   signal: AbortSignal,
   phase: SubscriptionPhase = { live: false },
-): AsyncGenerator<StoredEvent> {
+): AsyncGenerator<readonly StoredEvent[]> {
   const lock = request.subscriberName
     ? await deps.store.locks.tryAcquire(
         `orisun-subscriber:${request.boundary}:${request.subscriberName}`,
@@ -120,22 +122,26 @@ export async function* subscribe(
           next = more && deps.store.catchUpIdle ? readAfter(last.position) : undefined;
           // Observed by the await above; one abandoned on abort must not be an unhandled rejection.
           next?.catch(() => {});
-          for (const event of page) {
-            if (abort.aborted) return;
-            yield event;
-            cursor = event.position;
+          if (abort.aborted) return;
+          if (last) {
+            yield page;
+            cursor = last.position;
             probe?.sent(cursor);
           }
           if (more) next ??= readAfter(cursor);
         }
         phase.live = true;
         for (;;) {
-          const event = await buffer.next();
-          if (event === undefined) break; // overflowed or aborted
-          if (comparePositions(event.position, cursor) <= 0) continue;
-          if (!matches(event, request.query)) continue;
-          yield event;
-          cursor = event.position;
+          const buffered = await buffer.next();
+          if (buffered === undefined) break; // overflowed or aborted
+          const after = cursor;
+          const run = buffered.filter(
+            (event) => comparePositions(event.position, after) > 0 && matches(event, request.query),
+          );
+          const last = run.at(-1);
+          if (!last) continue;
+          yield run;
+          cursor = last.position;
           probe?.sent(cursor);
         }
       } finally {
@@ -188,14 +194,16 @@ class LiveBuffer implements FeedMember {
     this.wake?.();
   }
 
-  /** The next live event; undefined when the buffer overflowed or the subscription was aborted. */
-  async next(): Promise<StoredEvent | undefined> {
+  /**
+   * Every live event buffered (waiting for one); undefined when the buffer overflowed or the
+   * subscription was aborted.
+   */
+  async next(): Promise<StoredEvent[] | undefined> {
     for (;;) {
       if (this.abort.aborted || this.overflowed) return undefined;
-      const event = this.events.shift();
-      if (event) {
-        this.bytes -= event.data.length + event.metadata.length;
-        return event;
+      if (this.events.length > 0) {
+        this.bytes = 0;
+        return this.events.splice(0);
       }
       await new Promise<void>((resolve) => {
         this.wake = resolve;

@@ -42,7 +42,11 @@ function transports(url: string): Record<TransportName, Transport> {
       httpVersion: "1.1",
       useBinaryFormat: true,
     }),
-    "connect-json": createConnectTransport({ baseUrl: url, httpVersion: "1.1" }),
+    "connect-json": createConnectTransport({
+      baseUrl: url,
+      httpVersion: "1.1",
+      useBinaryFormat: false,
+    }),
     "connect-get": createConnectTransport({ baseUrl: url, httpVersion: "1.1", useHttpGet: true }),
   };
 }

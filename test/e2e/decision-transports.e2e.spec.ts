@@ -55,7 +55,11 @@ describe("head and ReadForDecision over gRPC, gRPC-Web, Connect binary, JSON and
       () =>
         createConnectTransport({ baseUrl: server.url, httpVersion: "1.1", useBinaryFormat: true }),
     ],
-    ["Connect JSON", () => createConnectTransport({ baseUrl: server.url, httpVersion: "2" })],
+    [
+      "Connect JSON",
+      () =>
+        createConnectTransport({ baseUrl: server.url, httpVersion: "2", useBinaryFormat: false }),
+    ],
   ];
   it.each(transports)(
     "%s: head on GetEvents, matched or not, and on ReadForDecision",

@@ -131,10 +131,12 @@ export function collect(
       },
       abort.signal,
     );
-    for await (const event of stream) {
-      events.push(event);
-      for (const wake of waiters) wake();
-      await options.onEvent?.();
+    for await (const run of stream) {
+      for (const event of run) {
+        events.push(event);
+        for (const wake of waiters) wake();
+        await options.onEvent?.();
+      }
     }
   })();
   done.catch(() => {});
