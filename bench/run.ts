@@ -173,6 +173,17 @@ const comparisons: Comparison[] = [
     reference: { key: "pgbench100x16", name: "pgbench 100 rows/tx, 16 clients" },
     target: { op: ">=", ratio: 0.6, text: "≥ 0.6×" },
   },
+  {
+    key: "cond100x16",
+    reference: {
+      key: "pgbench1600x1.orisun",
+      name: "pgbench 1,600 rows/tx, 1 client, into orisun_events' twin (one boundary's ceiling)",
+    },
+  },
+  {
+    key: "pgbench1600x1.orisun",
+    reference: { key: "pgbench100x16", name: "pgbench 100 rows/tx, 16 clients" },
+  },
   { key: "uncond64", reference: { key: "pgbench1x64", name: "pgbench 1 row/tx, 64 clients" } },
   { key: "paging", reference: { key: "copy", name: "COPY" } },
   ...["catchup", "catchup.window"].map(
@@ -460,6 +471,17 @@ async function liveGroup(workers: Workers, server: Server, run: number): Promise
     "live, same run: deliveries received (fraction)",
     result.delivered,
   );
+  // The same appends with nobody subscribed: what the appends alone cost the call-to-receipt.
+  const alone = await measure(workers, server.pid, () =>
+    live(workers, server.url, boundary(`alone_${run}`), 0, LIVE_RATE, SECONDS),
+  );
+  note(
+    "live.aloneP99",
+    ORISUN,
+    `the same ${rate} appends/s without subscribers: append latency p99 (ms)`,
+    alone.result.appendP99,
+    alone.cpu,
+  );
 }
 
 async function pubsubGroup(workers: Workers, server: Server, run: number): Promise<void> {
@@ -631,6 +653,19 @@ async function pgbenchGroup(workers: Workers, run: number): Promise<void> {
         { ...cpu, generator: undefined },
       );
     }
+    // One boundary's appends commit one transaction at a time (its row lock keeps positions
+    // gapless and in order): its ceiling is one connection inserting the largest batch that 16
+    // clients of 100-event appends make, into a table of Orisun's shape.
+    const serial = await measure(workers, undefined, () =>
+      bench.rowsPerSecond(1, 1_600, SECONDS, "orisun"),
+    );
+    note(
+      "pgbench1600x1.orisun",
+      REFERENCE,
+      "pgbench, 1,600-row INSERT … SELECT per transaction, 1 client, orisun_events' columns and 4 indexes (rows/s)",
+      serial.result,
+      { ...serial.cpu, generator: undefined },
+    );
   } finally {
     await bench.drop();
   }
