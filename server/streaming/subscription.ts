@@ -55,11 +55,11 @@ export interface SubscriptionPhase {
 
 /**
  * The events of a subscription in runs, in position order, until `signal` aborts: the history
- * from the store a page at a time, then what the boundary's live feed has buffered for it each
- * time it looks. Runs are never empty. The history from the
- * store in pages, then the boundary's live feed. Joining the feed before reading the history
- * closes the handover race: an event is either already in the store when a page is read, or it
- * reaches the feed after the join. Events the history already sent are skipped by position.
+ * from the store a page at a time, then from the boundary's live feed whatever its buffer holds
+ * each time it looks (one event while it keeps up, more when it falls behind). Runs are never
+ * empty; the next is asked for once the last one is sent. Joining the feed before reading the
+ * history closes the handover race: an event is either already in the store when a page is read,
+ * or it reaches the feed after the join. Events the history already sent are skipped by position.
  * A subscriber that cannot keep up leaves the feed when its buffer is full, catches up from the
  * store again and rejoins, so it neither slows the others nor grows memory without bound.
  */
@@ -161,10 +161,16 @@ export async function* subscribe(
   }
 }
 
-/** A subscriber's bounded queue of live events; once full it drops everything and says so. */
-class LiveBuffer implements FeedMember {
+/**
+ * A subscriber's bounded queue of live events; once full it drops everything and says so. The
+ * run it handed out last counts against the bounds until the next is asked for (it is being sent
+ * until then), so a subscriber holds at most the limits in all.
+ */
+export class LiveBuffer implements FeedMember {
   private readonly events: StoredEvent[] = [];
   private bytes = 0;
+  private sendingEvents = 0;
+  private sendingBytes = 0;
   private overflowed = false;
   private wake: (() => void) | undefined;
 
@@ -186,7 +192,10 @@ class LiveBuffer implements FeedMember {
     if (this.overflowed) return;
     this.events.push(event);
     this.bytes += event.data.length + event.metadata.length;
-    if (this.events.length > this.limits.bufferEvents || this.bytes > this.limits.bufferBytes) {
+    if (
+      this.events.length + this.sendingEvents > this.limits.bufferEvents ||
+      this.bytes + this.sendingBytes > this.limits.bufferBytes
+    ) {
       this.overflowed = true;
       this.events.length = 0;
       this.bytes = 0;
@@ -199,9 +208,13 @@ class LiveBuffer implements FeedMember {
    * subscription was aborted.
    */
   async next(): Promise<StoredEvent[] | undefined> {
+    this.sendingEvents = 0;
+    this.sendingBytes = 0;
     for (;;) {
       if (this.abort.aborted || this.overflowed) return undefined;
       if (this.events.length > 0) {
+        this.sendingEvents = this.events.length;
+        this.sendingBytes = this.bytes;
         this.bytes = 0;
         return this.events.splice(0);
       }
