@@ -229,6 +229,17 @@ const comparisons: Comparison[] = [
       target: { op: "<=", ratio: 1.5, text: "≤ 1.5×" },
     }),
   ),
+  // What one database round trip alone adds to the trivial handler, and an append to that.
+  ...[1, 16, 64].flatMap((n): Comparison[] => [
+    {
+      key: `cpu.select1${n}`,
+      reference: { key: `cpu.trivial${n}`, name: `a trivial handler, ${clientCount(n)}` },
+    },
+    {
+      key: `cpu.cond${n}`,
+      reference: { key: `cpu.select1${n}`, name: `a SELECT 1 handler, ${clientCount(n)}` },
+    },
+  ]),
   {
     key: "rss.ratio",
     reference: { name: "flat", value: 1 },
@@ -701,35 +712,40 @@ const cpuPerCall = (serverPercent: number, callsPerSecond: number) =>
  */
 async function trivialGroup(workers: Workers): Promise<void> {
   if (GIVEN_URL) return;
-  const server = await startTrivialServer();
-  try {
-    for (const clients of [1, 16, 64]) {
-      const { result, cpu } = await measure(workers, server.pid, () =>
-        appends(workers, server.url, {
-          boundary: "trivial",
-          clients,
-          eventsPerAppend: 1,
-          conditional: true,
-          seconds: SECONDS,
-        }),
-      );
-      note(
-        `trivial${clients}`,
-        REFERENCE,
-        `a trivial connect-fastify SaveEvents handler, ${clientCount(clients)} (calls/s)`,
-        result,
-        cpu,
-      );
-      note(
-        `cpu.trivial${clients}`,
-        REFERENCE,
-        `server CPU per call, a trivial connect-fastify SaveEvents handler, ${clientCount(clients)} (µs)`,
-        cpuPerCall(cpu.server ?? Number.NaN, result),
-        cpu,
-      );
+  for (const [key, what, pgUrl] of [
+    ["trivial", "a trivial connect-fastify SaveEvents handler", undefined],
+    ["select1", "a connect-fastify SaveEvents handler that runs SELECT 1", PG_URL],
+  ] as const) {
+    const server = await startTrivialServer(pgUrl);
+    try {
+      for (const clients of [1, 16, 64]) {
+        const { result, cpu } = await measure(workers, server.pid, () =>
+          appends(workers, server.url, {
+            boundary: "trivial",
+            clients,
+            eventsPerAppend: 1,
+            conditional: true,
+            seconds: SECONDS,
+          }),
+        );
+        note(
+          `${key}${clients}`,
+          REFERENCE,
+          `${what}, ${clientCount(clients)} (calls/s)`,
+          result,
+          cpu,
+        );
+        note(
+          `cpu.${key}${clients}`,
+          REFERENCE,
+          `server CPU per call, ${what}, ${clientCount(clients)} (µs)`,
+          cpuPerCall(cpu.server ?? Number.NaN, result),
+          cpu,
+        );
+      }
+    } finally {
+      await server.stop();
     }
-  } finally {
-    await server.stop();
   }
 }
 

@@ -44,9 +44,15 @@ export function startServer(env: Record<string, string>): Promise<Server> {
   }));
 }
 
-/** The trivial connect-fastify server of trivial-server.ts, for the CPU-per-call reference. */
-export function startTrivialServer(): Promise<Server> {
-  return spawnAndWait("dist/bench/trivial-server.js", (port) => ({ PORT: String(port) }));
+/**
+ * The trivial connect-fastify server of trivial-server.ts, for the CPU-per-call reference; with
+ * `pgUrl`, each SaveEvents first runs `SELECT 1` there.
+ */
+export function startTrivialServer(pgUrl?: string): Promise<Server> {
+  return spawnAndWait("dist/bench/trivial-server.js", (port) => ({
+    PORT: String(port),
+    ...(pgUrl && { PG_URL: pgUrl }),
+  }));
 }
 
 /** Spawns `script` (from the repository root) on a free port and waits until it answers. */
