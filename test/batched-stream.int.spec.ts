@@ -11,9 +11,8 @@ import type * as grpc from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type Event, EventSchema, EventStore } from "../gen/orisun/v1/eventstore_pb.js";
 import { BATCH_BYTES } from "../server/api/batched-stream.js";
-import { type RunningApp, startApp } from "../server/app.js";
-import { loadConfig } from "../server/config.js";
-import { freshDataDir } from "./support/databases.js";
+import type { RunningApp } from "../server/app.js";
+import { startEmbeddedApp } from "./support/embedded-app.js";
 import { grpcJsEventStore } from "./support/grpc-js.js";
 import { frame } from "./support/raw-rpc.js";
 
@@ -44,17 +43,7 @@ describe("batched subscription streams", () => {
   let log: Event[] = [];
 
   beforeAll(async () => {
-    app = await startApp(
-      loadConfig(
-        {
-          ORISUN_PORT: "0",
-          ORISUN_HOST: "127.0.0.1",
-          ORISUN_DATA_DIR: freshDataDir(),
-          ORISUN_LOG_LEVEL: "silent",
-        },
-        [],
-      ),
-    );
+    app = await startEmbeddedApp();
     writer = createClient(EventStore, createGrpcTransport({ baseUrl: app.url }));
     for (let i = 0; i < HISTORY; i += 50) {
       const events = Array.from({ length: 50 }, (_, k) => spec(i + k));

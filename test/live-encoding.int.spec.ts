@@ -9,10 +9,9 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type Event, EventSchema, EventStore } from "../gen/orisun/v1/eventstore_pb.js";
 import { toProtoEvent } from "../server/api/convert.js";
 import { isBinaryCall, LiveEncodings } from "../server/api/live-encoding.js";
-import { type RunningApp, startApp } from "../server/app.js";
-import { loadConfig } from "../server/config.js";
+import type { RunningApp } from "../server/app.js";
 import type { StoredEvent } from "../server/store/types.js";
-import { freshDataDir } from "./support/databases.js";
+import { startEmbeddedApp } from "./support/embedded-app.js";
 
 const stored: StoredEvent = {
   boundary: "orders",
@@ -91,17 +90,7 @@ function follow(stream: AsyncIterable<Event>) {
 describe("live events are encoded once for all their subscribers", () => {
   let app: RunningApp;
   beforeAll(async () => {
-    app = await startApp(
-      loadConfig(
-        {
-          ORISUN_PORT: "0",
-          ORISUN_HOST: "127.0.0.1",
-          ORISUN_DATA_DIR: freshDataDir(),
-          ORISUN_LOG_LEVEL: "silent",
-        },
-        [],
-      ),
-    );
+    app = await startEmbeddedApp();
   });
   afterAll(() => app?.close());
 
