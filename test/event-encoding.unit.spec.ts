@@ -1,7 +1,7 @@
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { describe, expect, it } from "vitest";
 import { EventSchema, GetEventsResponseSchema } from "../gen/orisun/v1/eventstore_pb.js";
-import { BATCH_BYTES, EnvelopeBatcher } from "../server/api/batched-stream.js";
+import { BATCH_BYTES, carriers as carriersOf } from "../server/api/batched-stream.js";
 import { toProtoEvent, toProtoPosition } from "../server/api/convert.js";
 import {
   EncodeBuffer,
@@ -85,14 +85,13 @@ describe(`writeEvent (seed ${SEED})`, () => {
 describe(`writeEventsResponse (seed ${SEED})`, () => {
   it("writes exactly what protobuf-es writes for a GetEventsResponse, and preEncoded hands Connect those bytes", () => {
     const random = prng(SEED + 2);
-    const out = new EncodeBuffer(16);
     for (let i = 0; i < 200; i++) {
       // Empty pages, and events whose length prefix takes 1, 2 or 3 bytes.
       const events = Array.from({ length: Math.floor(random() * random() * 60) }, () =>
         randomEvent(random),
       );
       const head = { commit: bigPosition(random), prepare: bigPosition(random) };
-      const bytes = writeEventsResponse(out, events, head);
+      const bytes = writeEventsResponse(new EncodeBuffer(16), events, head);
       const want = toBinary(
         GetEventsResponseSchema,
         create(GetEventsResponseSchema, {
@@ -107,7 +106,7 @@ describe(`writeEventsResponse (seed ${SEED})`, () => {
   });
 });
 
-describe("EnvelopeBatcher", () => {
+describe("carriers", () => {
   /** The envelopes in a carrier's serialisation after its 5-byte marker. */
   function envelopes(carrierBytes: Uint8Array): Uint8Array[] {
     const view = Buffer.from(carrierBytes);
@@ -125,9 +124,8 @@ describe("EnvelopeBatcher", () => {
   it("frames every event of a run, in order, in carriers cut after BATCH_BYTES, from its own encoding or a shared one", () => {
     const random = prng(SEED + 1);
     const run = Array.from({ length: 1_500 }, () => randomEvent(random));
-    const batcher = new EnvelopeBatcher();
     for (const shared of [undefined, (e: StoredEvent) => toBinary(EventSchema, toProtoEvent(e))]) {
-      const carriers = batcher.carriers(run, shared).map((c) => toBinary(EventSchema, c));
+      const carriers = carriersOf(run, shared).map((c) => toBinary(EventSchema, c));
       const decoded = carriers.flatMap(envelopes);
       expect(decoded.length).toBe(run.length);
       const wrong = decoded.findIndex((bytes, i) => {

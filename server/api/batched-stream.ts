@@ -40,35 +40,43 @@ const ENVELOPE_HEADER = 5;
 /** A carrier's envelopes are cut at this size (one larger event makes one larger carrier). */
 export const BATCH_BYTES = 64 * 1024;
 
-/** Writes runs of events as envelopes and wraps them in carriers of about BATCH_BYTES. */
-export class EnvelopeBatcher {
-  private readonly out = new EncodeBuffer(BATCH_BYTES + 4 * 1024);
+/**
+ * Where every subscription of the process writes its envelopes: `carriers` runs to the end
+ * without awaiting, and each carrier takes a copy, so one buffer serves them all.
+ */
+const scratch = new EncodeBuffer(BATCH_BYTES + 4 * 1024);
 
-  /** Carriers for `events`, in order. `encoded` gives an event's bytes made elsewhere (live). */
-  carriers(events: readonly StoredEvent[], encoded?: (event: StoredEvent) => Uint8Array): Event[] {
-    const carriers: Event[] = [];
-    const out = this.out;
-    for (const event of events) {
-      out.reserve(ENVELOPE_HEADER);
-      const start = out.length;
-      out.length += ENVELOPE_HEADER;
-      let size: number;
-      if (encoded) {
-        const bytes = encoded(event);
-        size = bytes.length;
-        out.reserve(size);
-        out.bytes.set(bytes, out.length);
-        out.length += size;
-      } else {
-        size = writeEvent(out, event);
-      }
-      out.bytes[start] = 0;
-      out.bytes.writeUInt32BE(size, start + 1);
-      if (out.length >= BATCH_BYTES) carriers.push(carrier(out.take()));
+/**
+ * Carriers of about BATCH_BYTES for `events`, in order, each holding their envelopes. `encoded`
+ * gives an event's bytes made elsewhere (live events, encoded once for all their subscribers).
+ */
+export function carriers(
+  events: readonly StoredEvent[],
+  encoded?: (event: StoredEvent) => Uint8Array,
+): Event[] {
+  const out = scratch;
+  out.length = 0;
+  const result: Event[] = [];
+  for (const event of events) {
+    out.reserve(ENVELOPE_HEADER);
+    const start = out.length;
+    out.length += ENVELOPE_HEADER;
+    let size: number;
+    if (encoded) {
+      const bytes = encoded(event);
+      size = bytes.length;
+      out.reserve(size);
+      out.bytes.set(bytes, out.length);
+      out.length += size;
+    } else {
+      size = writeEvent(out, event);
     }
-    if (out.length > 0) carriers.push(carrier(out.take()));
-    return carriers;
+    out.bytes[start] = 0;
+    out.bytes.writeUInt32BE(size, start + 1);
+    if (out.length >= BATCH_BYTES) result.push(carrier(out.take()));
   }
+  if (out.length > 0) result.push(carrier(out.take()));
+  return result;
 }
 
 function carrier(envelopes: Uint8Array): Event {

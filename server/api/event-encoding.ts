@@ -14,12 +14,16 @@ import type { Position, StoredEvent } from "../store/types.js";
  * messages, even when all their fields are zero), each tag as a message.
  */
 
-/** Where a batch's events are written: grown by doubling, reused from batch to batch. */
+/**
+ * Where events are written: grown by doubling. A scratch buffer is reused (`take` copies what was
+ * written out and shrinks it back after an unusually large event); a one-off answer keeps its
+ * bytes (`finish`).
+ */
 export class EncodeBuffer {
   bytes: Buffer;
   length = 0;
 
-  constructor(initial = 64 * 1024) {
+  constructor(private readonly initial = 64 * 1024) {
     this.bytes = Buffer.allocUnsafe(initial);
   }
 
@@ -34,12 +38,18 @@ export class EncodeBuffer {
     this.bytes = grown;
   }
 
-  /** A copy of what was written, and an empty buffer. */
+  /** A copy of what was written, and an empty buffer of at most 4 times its first size. */
   take(): Uint8Array {
     const out = new Uint8Array(this.length);
     out.set(this.bytes.subarray(0, this.length));
     this.length = 0;
+    if (this.bytes.length > 4 * this.initial) this.bytes = Buffer.allocUnsafe(this.initial);
     return out;
+  }
+
+  /** What was written, without a copy: the buffer is not to be written again. */
+  finish(): Uint8Array {
+    return this.bytes.subarray(0, this.length);
   }
 }
 
@@ -113,7 +123,7 @@ export function writeEvent(out: EncodeBuffer, event: StoredEvent): number {
 
 /**
  * A GetEventsResponse: each event as field 1, then the head as field 2, as protobuf-es writes
- * them. Each event is written after room for the longest length prefix and moved back onto the
+ * them, in `out` (finished: not to be written again). Each event is written after room for the longest length prefix and moved back onto the
  * prefix it needs, so the events are encoded once.
  */
 export function writeEventsResponse(
@@ -138,7 +148,7 @@ export function writeEventsResponse(
   buf[out.length++] = 0x12;
   out.length = writeVarint(buf, out.length, headBytes);
   out.length = writePosition(buf, out.length, head);
-  return out.take();
+  return out.finish();
 }
 
 /**

@@ -12,7 +12,7 @@ import {
   type SubscriptionPhase,
   subscribe,
 } from "../streaming/subscription.js";
-import { EnvelopeBatcher, kBatched } from "./batched-stream.js";
+import { carriers, kBatched } from "./batched-stream.js";
 import { toProtoEvent } from "./convert.js";
 import type { ApiDeps } from "./deps.js";
 import { isBinaryCall, type LiveEncodings } from "./live-encoding.js";
@@ -50,10 +50,9 @@ export function subscribeHandler(
       if (ctx.values.get(kBatched)) {
         // Envelopes written here, a run at a time (batched-stream.ts); live events from the
         // encoding every subscriber shares, history (read for this subscriber alone) directly.
-        const batcher = new EnvelopeBatcher();
         const shared = (event: StoredEvent) => deps.encodings.bytes(event);
         for await (const run of events) {
-          yield* batcher.carriers(run, phase.live ? shared : undefined);
+          yield* carriers(run, phase.live ? shared : undefined);
         }
       } else {
         for await (const run of events) {
