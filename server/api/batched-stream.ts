@@ -89,7 +89,7 @@ const REQUEST_ENCODING = ["grpc-encoding", "connect-content-encoding"];
 const ACCEPT_ENCODING = ["grpc-accept-encoding", "connect-accept-encoding"];
 
 /** Whether a call with these request headers can be batched: binary and not compressed. */
-export function batchable(header: Headers): boolean {
+function batchable(header: Headers): boolean {
   if (!isBinaryCall(header.get("content-type"))) return false;
   return REQUEST_ENCODING.every((name) => {
     const value = header.get(name);
@@ -103,13 +103,15 @@ export function batchable(header: Headers): boolean {
  */
 export function withBatchedStreams(handler: UniversalHandler): UniversalHandler {
   const wrapped = async (request: Parameters<UniversalHandler>[0]) => {
-    if (request.contextValues && batchable(request.header)) {
+    const batched = request.contextValues !== undefined && batchable(request.header);
+    if (batched) {
       for (const name of ACCEPT_ENCODING) request.header.delete(name);
-      request.contextValues.set(kBatched, true);
+      request.contextValues?.set(kBatched, true);
     }
     const response: UniversalServerResponse = await handler(request);
     const body = response.body;
-    if (body === undefined || body instanceof Uint8Array) return response;
+    // Only an admitted call's handler sends carriers: the others' bodies pass untouched.
+    if (!batched || body === undefined || body instanceof Uint8Array) return response;
     return { ...response, body: unwrap(body) };
   };
   return Object.assign(wrapped, {
@@ -131,8 +133,8 @@ const CARRIER_HEADER = ENVELOPE_HEADER + MARKER.length;
 /** One whole uncompressed data envelope (Connect joins one per chunk) whose message is a carrier. */
 function isCarrier(chunk: Uint8Array): boolean {
   if (chunk.length <= CARRIER_HEADER || chunk[0] !== 0) return false;
-  const length = ((chunk[1] ?? 0) << 24) | ((chunk[2] ?? 0) << 16) | ((chunk[3] ?? 0) << 8);
-  if ((length >>> 0) + (chunk[4] ?? 0) !== chunk.length - ENVELOPE_HEADER) return false;
+  const length = new DataView(chunk.buffer, chunk.byteOffset, chunk.byteLength).getUint32(1);
+  if (length !== chunk.length - ENVELOPE_HEADER) return false;
   for (let i = 0; i < MARKER.length; i++) {
     if (chunk[ENVELOPE_HEADER + i] !== MARKER[i]) return false;
   }
