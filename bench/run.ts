@@ -33,13 +33,21 @@ import {
   quiesce,
   sql,
 } from "./references.js";
-import { CORES, givenServer, type Server, startServer, startTrivialServer } from "./server.js";
+import {
+  CORES,
+  givenServer,
+  mainThreadSchedule,
+  type Server,
+  startServer,
+  startTrivialServer,
+} from "./server.js";
 import { Workers } from "./workers.js";
 import {
   appends,
   type Cpu,
   catchUp,
   live,
+  liveCapacity,
   load,
   measure,
   median,
@@ -58,6 +66,8 @@ const RUNS = Number(process.env.BENCH_RUNS ?? 3);
 const LIVE_RATE = Number(process.env.BENCH_LIVE_RATE ?? 1_000);
 const CATCHUP_WINDOW = 4 * 1024 * 1024;
 const LIVE_SUBSCRIBERS = Number(process.env.BENCH_LIVE_SUBSCRIBERS ?? 50);
+/** Closed-loop append clients that find the appends' capacity with the live subscribers on. */
+const LIVE_CAPACITY_CLIENTS = 64;
 const MEMORY_SECONDS = Number(process.env.BENCH_MEMORY_SECONDS ?? 600);
 const WORKERS = Number(process.env.BENCH_WORKERS ?? CORES);
 const BACKUP_EVENTS = Number(process.env.BENCH_BACKUP_EVENTS ?? 100_000);
@@ -200,6 +210,14 @@ const comparisons: Comparison[] = [
       target: { op: "<=", ratio: 1, text: "≤ 100 ms" },
     }),
   ),
+  // How near capacity the live workload runs: below 1×, it asks for more than the server appends.
+  {
+    key: "live.capacity",
+    reference: {
+      name: `the live workload's ${LIVE_RATE.toLocaleString("en")} appends/s`,
+      value: LIVE_RATE,
+    },
+  },
   ...[1, 16, 64].map((n) => ({
     key: `embedded${n}`,
     reference: { key: `cond${n}`, name: `on PostgreSQL, ${clientCount(n)}` },
@@ -229,15 +247,28 @@ const comparisons: Comparison[] = [
       target: { op: "<=", ratio: 1.5, text: "≤ 1.5×" },
     }),
   ),
-  // What one database round trip alone adds to the trivial handler, and an append to that.
+  // What one database round trip alone adds to the trivial handler, what a JetStream publish adds
+  // to that (the floor of a lone append: both round trips and nothing else), and an append to it.
   ...[1, 16, 64].flatMap((n): Comparison[] => [
     {
       key: `cpu.select1${n}`,
       reference: { key: `cpu.trivial${n}`, name: `a trivial handler, ${clientCount(n)}` },
     },
     {
+      key: `cpu.floor${n}`,
+      // Above 1.5× here, an append that stores and publishes on its own cannot meet the target.
+      reference: { key: `cpu.trivial${n}`, name: `a trivial handler, ${clientCount(n)}` },
+    },
+    {
       key: `cpu.cond${n}`,
       reference: { key: `cpu.select1${n}`, name: `a SELECT 1 handler, ${clientCount(n)}` },
+    },
+    {
+      key: `cpu.cond${n}`,
+      reference: {
+        key: `cpu.floor${n}`,
+        name: `a SELECT 1 + JetStream publish handler, ${clientCount(n)}`,
+      },
     },
   ]),
   {
@@ -461,10 +492,28 @@ async function workersGroup(workers: Workers, run: number): Promise<void> {
 }
 
 async function liveGroup(workers: Workers, server: Server, run: number): Promise<void> {
+  const schedule0 = server.pid === undefined ? undefined : mainThreadSchedule(server.pid);
+  const started = performance.now();
   const { result, cpu } = await measure(workers, server.pid, () =>
     live(workers, server.url, boundary(`live_${run}`), LIVE_SUBSCRIBERS, LIVE_RATE, SECONDS),
   );
   const rate = LIVE_RATE.toLocaleString("en");
+  if (server.pid !== undefined && schedule0) {
+    const schedule1 = mainThreadSchedule(server.pid);
+    const wall = (performance.now() - started) / 1_000;
+    note(
+      "live.mainRunning",
+      ORISUN,
+      "live, same run: the server's event loop on a core (% of the time)",
+      (100 * (schedule1.running - schedule0.running)) / wall,
+    );
+    note(
+      "live.mainWaiting",
+      ORISUN,
+      "live, same run: the server's event loop ready but waiting for a core (% of the time)",
+      (100 * (schedule1.waiting - schedule0.waiting)) / wall,
+    );
+  }
   note(
     "live.p50",
     ORISUN,
@@ -492,6 +541,23 @@ async function liveGroup(workers: Workers, server: Server, run: number): Promise
     `the same ${rate} appends/s without subscribers: append latency p99 (ms)`,
     alone.result.appendP99,
     alone.cpu,
+  );
+  const capacity = await measure(workers, server.pid, () =>
+    liveCapacity(
+      workers,
+      server.url,
+      boundary(`capacity_${run}`),
+      LIVE_SUBSCRIBERS,
+      LIVE_CAPACITY_CLIENTS,
+      SECONDS,
+    ),
+  );
+  note(
+    "live.capacity",
+    ORISUN,
+    `unconditional 1-event appends, ${LIVE_CAPACITY_CLIENTS} clients, while ${LIVE_SUBSCRIBERS} subscribers receive them (events/s)`,
+    capacity.result,
+    capacity.cpu,
   );
 }
 
@@ -712,11 +778,17 @@ const cpuPerCall = (serverPercent: number, callsPerSecond: number) =>
  */
 async function trivialGroup(workers: Workers): Promise<void> {
   if (GIVEN_URL) return;
-  for (const [key, what, pgUrl] of [
-    ["trivial", "a trivial connect-fastify SaveEvents handler", undefined],
-    ["select1", "a connect-fastify SaveEvents handler that runs SELECT 1", PG_URL],
+  for (const [key, what, pgUrl, natsUrl] of [
+    ["trivial", "a trivial connect-fastify SaveEvents handler", undefined, undefined],
+    ["select1", "a connect-fastify SaveEvents handler that runs SELECT 1", PG_URL, undefined],
+    [
+      "floor",
+      "a connect-fastify SaveEvents handler that runs SELECT 1, then publishes to JetStream and waits for the ack",
+      PG_URL,
+      NATS_URL,
+    ],
   ] as const) {
-    const server = await startTrivialServer(pgUrl);
+    const server = await startTrivialServer(pgUrl, natsUrl);
     try {
       for (const clients of [1, 16, 64]) {
         const { result, cpu } = await measure(workers, server.pid, () =>

@@ -46,12 +46,14 @@ export function startServer(env: Record<string, string>): Promise<Server> {
 
 /**
  * The trivial connect-fastify server of trivial-server.ts, for the CPU-per-call reference; with
- * `pgUrl`, each SaveEvents first runs `SELECT 1` there.
+ * `pgUrl`, each SaveEvents first runs `SELECT 1` there, and with `natsUrl` too it then publishes
+ * to JetStream and waits for the ack.
  */
-export function startTrivialServer(pgUrl?: string): Promise<Server> {
+export function startTrivialServer(pgUrl?: string, natsUrl?: string): Promise<Server> {
   return spawnAndWait("dist/bench/trivial-server.js", (port) => ({
     PORT: String(port),
     ...(pgUrl && { PG_URL: pgUrl }),
+    ...(natsUrl && { NATS_URL: natsUrl }),
   }));
 }
 
@@ -133,6 +135,18 @@ export function processCpuSeconds(pid: number): number {
     .filter(Boolean)
     .map(Number);
   return own + children.reduce((sum, child) => sum + livingCpuSeconds(child), 0);
+}
+
+/**
+ * The main thread's (the event loop's) time on a core and time runnable but waiting for one, in
+ * seconds so far (/proc/<pid>/task/<pid>/schedstat): together, how busy the event loop was.
+ */
+export function mainThreadSchedule(pid: number): { running: number; waiting: number } {
+  const [running, waiting] = readFileSync(`/proc/${pid}/task/${pid}/schedstat`, "utf8")
+    .trim()
+    .split(" ")
+    .map(Number);
+  return { running: (running ?? 0) / 1e9, waiting: (waiting ?? 0) / 1e9 };
 }
 
 /** CPU seconds the whole machine has been busy (all but idle and iowait), summed over cores. */

@@ -7,13 +7,21 @@
  * With PG_URL, SaveEvents first runs `SELECT 1` on PostgreSQL (a pool of 10): the same stack
  * plus the one database round trip an append cannot do without, so what a call costs before the
  * append does any work of its own.
+ *
+ * With NATS_URL as well, SaveEvents then publishes the request's first event to a JetStream
+ * stream of its own and waits for JetStream's ack: the two round trips a lone append on
+ * PostgreSQL + NATS cannot do without (stored, then on the live stream), and nothing else. The
+ * stream is deleted on SIGTERM.
  */
-import { create } from "@bufbuild/protobuf";
+import { create, toBinary } from "@bufbuild/protobuf";
 import { fastifyConnectPlugin } from "@connectrpc/connect-fastify";
+import { type JetStreamClient, jetstreamManager } from "@nats-io/jetstream";
+import { connect } from "@nats-io/transport-node";
 import Fastify from "fastify";
 import pg from "pg";
 import {
   EventStore,
+  EventToSaveSchema,
   GetEventsResponseSchema,
   WriteResultSchema,
 } from "../gen/orisun/v1/eventstore_pb.js";
@@ -22,13 +30,31 @@ const saved = create(WriteResultSchema, {
   logPosition: { commitPosition: 1n, preparePosition: 1n },
 });
 const pool = process.env.PG_URL ? new pg.Pool({ connectionString: process.env.PG_URL }) : undefined;
+const STREAM = `ORISUN_BENCH_FLOOR_${process.pid}`;
+const SUBJECT = `orisun_bench_floor_${process.pid}`;
+const nc = process.env.NATS_URL ? await connect({ servers: process.env.NATS_URL }) : undefined;
+let js: JetStreamClient | undefined;
+const jsm = nc && (await jetstreamManager(nc));
+if (jsm) {
+  await jsm.streams.add({ name: STREAM, subjects: [SUBJECT] });
+  js = jsm.jetstream();
+}
+// An exit rather than death by signal, so that a --cpu-prof profile gets written.
+process.once("SIGTERM", async () => {
+  await jsm?.streams.delete(STREAM).catch(() => {});
+  await nc?.close();
+  process.exit(0);
+});
+
 const app = Fastify({ http2: true, logger: false });
 await app.register(fastifyConnectPlugin, {
   routes: (router) =>
     router.service(EventStore, {
       saveEvents: pool
-        ? async () => {
+        ? async (req) => {
             await pool.query("SELECT 1");
+            const event = req.events[0] ?? create(EventToSaveSchema);
+            await js?.publish(SUBJECT, toBinary(EventToSaveSchema, event));
             return saved;
           }
         : () => saved,

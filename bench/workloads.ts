@@ -176,6 +176,37 @@ export async function live(
 }
 
 /**
+ * The most appends/s the server takes while `subscribers` live subscriptions receive every event:
+ * `clients` closed-loop unconditional 1-event append loops, with the subscribers spread over the
+ * workers as in live(). Against the live workload's rate it says how close that runs to capacity.
+ */
+export async function liveCapacity(
+  workers: Workers,
+  url: string,
+  boundary: string,
+  subscribers: number,
+  clients: number,
+  seconds: number,
+): Promise<number> {
+  const subs = spread(workers, subscribers)
+    .filter((part) => part.length > 0)
+    .map((part, w) =>
+      workers.run(w, { kind: "subscribe", url, boundary, subscribers: part.length, record: false }),
+    );
+  await sleep(1_000);
+  const rate = await appends(workers, url, {
+    boundary,
+    clients,
+    eventsPerAppend: 1,
+    conditional: false,
+    seconds,
+  });
+  for (const s of subs) workers.stop(s);
+  await all(subs);
+  return rate;
+}
+
+/**
  * Pub/sub through one group of 4 members (on the last worker) while `publishers` publish from
  * worker 0 for `seconds`: messages/s received, and latency from publish call to receipt, in ms.
  */
