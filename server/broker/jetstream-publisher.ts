@@ -14,6 +14,7 @@ import {
   wireText,
 } from "./jetstream.js";
 import type { MessageAuth } from "./message-auth.js";
+import { pause, Waker } from "./waker.js";
 
 export interface JetStreamPublisherOptions {
   readonly store: EventStore;
@@ -475,62 +476,6 @@ export class JetStreamPublisher {
 
 export function msgId(position: Position): string {
   return `${position.commit}:${position.prepare}`;
-}
-
-/** A wake-up that is not lost when it comes while nobody waits. */
-class Waker {
-  private pending = false;
-  private external = false;
-  private waiting: (() => void) | undefined;
-  /** When the last wake came (Date.now()); 0 while none came (the sweep took the boundary up). */
-  last = 0;
-
-  /** `external`: for a commit whose events were not handed over (another process's, or unknown). */
-  wake(external: boolean): void {
-    this.pending = true;
-    this.external ||= external;
-    this.last = Date.now();
-    this.waiting?.();
-  }
-
-  /** Whether an external wake came since the last call. */
-  takeExternal(): boolean {
-    const external = this.external;
-    this.external = false;
-    return external;
-  }
-
-  /** Whether a wake came since the last wait or take; either way, none is pending after. */
-  take(): boolean {
-    const pending = this.pending;
-    this.pending = false;
-    return pending;
-  }
-
-  /** On a wake (also one since the last wait): true; after `ms` or on abort: false. */
-  async wait(ms: number, signal: AbortSignal): Promise<boolean> {
-    if (this.take()) return true;
-    await pause(ms, signal, (done) => {
-      this.waiting = done;
-    });
-    this.waiting = undefined;
-    return this.take();
-  }
-}
-
-/** Resolves after `ms` or on abort, whichever is first; `early` receives a way to end it sooner. */
-function pause(ms: number, signal: AbortSignal, early?: (done: () => void) => void): Promise<void> {
-  if (signal.aborted) return Promise.resolve();
-  return new Promise((resolve) => {
-    const done = () => {
-      clearTimeout(timer);
-      signal.removeEventListener("abort", done);
-      resolve();
-    };
-    const timer = setTimeout(done, ms);
-    signal.addEventListener("abort", done, { once: true });
-    early?.(done);
-  });
 }
 
 /** The promise, or a rejection as soon as `signal` aborts. */
