@@ -149,16 +149,7 @@ export async function live(
   rate: number,
   seconds: number,
 ): Promise<Live> {
-  const subs = spread(workers, subscribers).map((part, w) => ({
-    size: part.length,
-    running: workers.run(w, {
-      kind: "subscribe",
-      url,
-      boundary,
-      subscribers: part.length,
-      record: true,
-    }),
-  }));
+  const subs = subscribe(workers, url, boundary, subscribers, true);
   await sleep(1_000);
   const written = await workers.run(0, { kind: "write", url, boundary, rate, seconds }).done;
   for (const s of subs) workers.stop(s.running, s.size * written.count);
@@ -188,11 +179,7 @@ export async function liveCapacity(
   clients: number,
   seconds: number,
 ): Promise<number> {
-  const subs = spread(workers, subscribers)
-    .filter((part) => part.length > 0)
-    .map((part, w) =>
-      workers.run(w, { kind: "subscribe", url, boundary, subscribers: part.length, record: false }),
-    );
+  const subs = subscribe(workers, url, boundary, subscribers, false);
   await sleep(1_000);
   const rate = await appends(workers, url, {
     boundary,
@@ -201,9 +188,23 @@ export async function liveCapacity(
     conditional: false,
     seconds,
   });
-  for (const s of subs) workers.stop(s);
-  await all(subs);
+  for (const s of subs) workers.stop(s.running);
+  await all(subs.map((s) => s.running));
   return rate;
+}
+
+/** `subscribers` live subscriptions to `boundary`, spread over the workers; each part's size. */
+function subscribe(
+  workers: Workers,
+  url: string,
+  boundary: string,
+  subscribers: number,
+  record: boolean,
+): { size: number; running: Running }[] {
+  return spread(workers, subscribers).map((part, w) => ({
+    size: part.length,
+    running: workers.run(w, { kind: "subscribe", url, boundary, subscribers: part.length, record }),
+  }));
 }
 
 /**
