@@ -10,7 +10,11 @@ import {
   streamNames,
   wireText,
 } from "../server/broker/jetstream.js";
-import { JetStreamPublisher, msgId } from "../server/broker/jetstream-publisher.js";
+import {
+  JetStreamPublisher,
+  type JetStreamPublisherOptions,
+  msgId,
+} from "../server/broker/jetstream-publisher.js";
 import { JetStreamSource } from "../server/broker/jetstream-source.js";
 import { MessageAuth } from "../server/broker/message-auth.js";
 import type { EventStore } from "../server/store/event-store.js";
@@ -68,7 +72,7 @@ async function openStore(schema: string): Promise<EventStore> {
 async function startPublisher(
   store: EventStore,
   namespace: string,
-  options: { handOverBytes?: number } = {},
+  options: Partial<JetStreamPublisherOptions> = {},
 ): Promise<JetStreamPublisher> {
   const publisher = new JetStreamPublisher({ store, nc, namespace, auth, log: quiet, ...options });
   await publisher.start();
@@ -590,5 +594,94 @@ describe("JetStreamPublisher from memory", () => {
     }
     expect(holder?.counts.fromMemory).toBeGreaterThan(0);
     expect((await expectStreamMirrorsLog(a, ns, live)).length).toBe(1 + 93);
+  });
+});
+
+describe("JetStreamPublisher acknowledgements", () => {
+  /** The events of the messages this deployment signed, in stream order. */
+  async function signedEvents(namespace: string): Promise<StoredEvent[]> {
+    const { stream, subject } = streamNames(namespace, B);
+    const { state } = await jsm.streams.info(stream);
+    const out: StoredEvent[] = [];
+    for (let seq = state.first_seq; seq <= state.last_seq && state.messages > 0; seq++) {
+      const m = await jsm.streams.getMessage(stream, { seq });
+      if (m && auth.verify({ subject, headers: m.header, data: m.data })) {
+        out.push(...decodeEvents(m.data));
+      }
+    }
+    return out;
+  }
+
+  it("asks for an ack for one message in 32, and confirms a quiet boundary's last ones by reading the stream", async () => {
+    const ns = freshNamespace();
+    const store = await openStore(ns);
+    const reported: Position[] = [];
+    const observer = { published: (_: string, p: Position) => reported.push(p), released() {} };
+    // Long enough that neither the age of a publish nor a quiet spell asks for confirmation here.
+    const publisher = await startPublisher(store, ns, { confirmMs: 60_000, observer });
+    const live = await untilLive(store, ns);
+    const before = { ...publisher.counts };
+    for (let i = 0; i < 100; i++) await append(store, 1);
+    await untilPublished(store, ns);
+    expect(publisher.counts.messages - before.messages).toBe(100);
+    const acked = publisher.counts.acked - before.acked;
+    expect(acked).toBeGreaterThanOrEqual(3);
+    expect(acked).toBeLessThanOrEqual(4);
+    expect(publisher.counts.confirmations).toBe(before.confirmations);
+    // Unacknowledged, the last ones are not reported as published.
+    const head = await store.head(B);
+    expect(reported.some((p) => samePosition(p, head))).toBe(false);
+    expect((await expectStreamMirrorsLog(store, ns, live)).length).toBe(1 + 100);
+  });
+
+  it("confirms what a quiet boundary published without an ack, and reports it then", async () => {
+    const ns = freshNamespace();
+    const store = await openStore(ns);
+    const reported: Position[] = [];
+    const observer = { published: (_: string, p: Position) => reported.push(p), released() {} };
+    const publisher = await startPublisher(store, ns, { confirmMs: 100, observer });
+    const live = await untilLive(store, ns);
+    await eventually(() => reported.some((p) => samePosition(p, live)), "the probe confirmed");
+    const before = { ...publisher.counts };
+    for (let i = 0; i < 5; i++) await append(store, 1);
+    const head = await store.head(B);
+    await eventually(() => reported.some((p) => samePosition(p, head)), "the head reported");
+    expect(publisher.counts.confirmations).toBeGreaterThan(before.confirmations);
+    expect((await expectStreamMirrorsLog(store, ns, live)).length).toBe(1 + 5);
+  });
+
+  it("finds the publishes JetStream refused without a word, and publishes them again", async () => {
+    const ns = freshNamespace();
+    const store = await openStore(ns);
+    const warnings: string[] = [];
+    const logger = { ...quiet, warn: (_: object, message: string) => warnings.push(message) };
+    const publisher = new JetStreamPublisher({
+      store,
+      nc,
+      namespace: ns,
+      auth,
+      log: logger,
+      confirmMs: 100,
+    });
+    await publisher.start();
+    cleanups.push(() => publisher.close());
+    const live = await untilLive(store, ns);
+    for (let i = 0; i < 3; i++) await append(store, 1);
+    await untilPublished(store, ns);
+    // Somebody else's message takes the next sequence: the publisher's next messages expect
+    // another one, and JetStream drops them without an answer (none was asked for).
+    nc.publish(streamNames(ns, B).subject, new TextEncoder().encode("not an event"));
+    await nc.flush();
+    for (let i = 0; i < 5; i++) await append(store, 1);
+    const head = await store.head(B);
+    await eventually(
+      async () => samePosition((await signedEvents(ns)).at(-1)?.position, head),
+      "the head published",
+    );
+    expect(warnings).toContain("publishing failed; resuming from the stream's end");
+    const all = await log(store);
+    const from = all.findIndex((e) => samePosition(e.position, live));
+    expect(await signedEvents(ns)).toEqual(all.slice(from));
+    expect(all.length - from).toBe(1 + 3 + 5);
   });
 });

@@ -13,7 +13,7 @@ import {
   streamNames,
   wireText,
 } from "./jetstream.js";
-import type { MessageAuth } from "./message-auth.js";
+import { type MessageAuth, MSG_ID_HEADER } from "./message-auth.js";
 import { pause, Waker } from "./waker.js";
 
 export interface JetStreamPublisherOptions {
@@ -37,6 +37,12 @@ export interface JetStreamPublisherOptions {
   readonly handOverBytes?: number;
   /** Metrics of how far each boundary is published (server/observability). */
   readonly observer?: PublisherObserver;
+  /**
+   * How long publishes may go without JetStream confirming them: a message published this long
+   * after the last confirmation asks for an ack, and a boundary that goes quiet this long with
+   * messages unconfirmed reads the stream to confirm them.
+   */
+  readonly confirmMs?: number;
 }
 
 /** How the publisher came by what it published (for tests and metrics). */
@@ -45,6 +51,11 @@ export interface PublisherCounts {
   readBacks: number;
   /** Events published from what this process's appends handed over. */
   fromMemory: number;
+  /** Messages published, and of those, how many asked for JetStream's ack. */
+  messages: number;
+  acked: number;
+  /** Reads of a quiet boundary's stream that confirmed the messages not acknowledged. */
+  confirmations: number;
 }
 
 /** Hears how far the boundaries this process publishes are in their streams. */
@@ -58,16 +69,36 @@ export interface PublisherObserver {
 /** How a holder stopped publishing: idle (with how far the stream carries the boundary), or not. */
 type PublishEnd = { readonly idle: Position } | "yielded" | "stopped";
 
-/** Where the stream ends: the position of its last event and the stream sequence of it. */
+/**
+ * Where the stream ends: the position of its last event, the stream sequence of its last message
+ * and that message's id (when it has one). When messages were published since JetStream last
+ * confirmed one (by an ack, or by confirm()), `unconfirmed` holds how many, and since when
+ * (performance.now()).
+ */
 interface Tail {
   readonly last: Position;
   readonly seq: number;
+  readonly id?: string | undefined;
+  readonly unconfirmed?: { readonly since: number; readonly count: number };
 }
 
 const LOCK_PREFIX = "orisun-publisher:";
+const EXPECTED_LAST_ID_HEADER = "Nats-Expected-Last-Msg-Id";
 const PAGE = 1_000;
 /** Publishes awaiting their ack; enough to hide the round trip, few enough to bound memory. */
 const WINDOW = 128;
+/**
+ * A message asks for JetStream's ack when this many were published since the last confirmation
+ * (or CONFIRM_MS passed); the others go without a reply subject, so JetStream stores them
+ * without answering and the holder is not woken by an ack for every commit. Each names the id
+ * of the message it must follow (JetStream's expected last message id), so once JetStream
+ * refuses (or never gets) one, it refuses every later one too: the next ack, or the
+ * confirmation of a quiet boundary, shows the stream ending short, and the holder resumes from
+ * where it ends. The expected sequence alone would not do: when somebody else's message took
+ * the sequence of a refused one, the next one would land after it, and leave a gap.
+ */
+const ACK_EVERY = 32;
+const CONFIRM_MS = 50;
 /**
  * Events per message at most. Consecutive events share a message (a 100-event append is one
  * publish, not 100): publishing one event per message cost half the rate of 100-event appends.
@@ -112,7 +143,13 @@ export class JetStreamPublisher {
   private readonly held = new Set<string>();
   private readonly handedOver: HandedOver;
   private unhandOver: (() => void) | undefined;
-  readonly counts: PublisherCounts = { readBacks: 0, fromMemory: 0 };
+  readonly counts: PublisherCounts = {
+    readBacks: 0,
+    fromMemory: 0,
+    messages: 0,
+    acked: 0,
+    confirmations: 0,
+  };
 
   constructor(private readonly options: JetStreamPublisherOptions) {
     this.handedOver = new HandedOver(options.handOverBytes ?? HAND_OVER_BYTES);
@@ -297,7 +334,15 @@ export class JetStreamPublisher {
         // another process's commit, and after a wait that no signal ended.
         let mustRead = true;
         const waited = async () => {
-          const woken = await wake.wait(idleMs, signal);
+          let woken = false;
+          if (tail.unconfirmed) {
+            woken = await wake.wait(this.options.confirmMs ?? CONFIRM_MS, signal);
+            if (!woken && !signal.aborted) {
+              tail = await this.confirm(boundary, tail);
+              this.options.observer?.published(boundary, tail.last);
+            }
+          }
+          if (!woken) woken = await wake.wait(idleMs, signal);
           if (wake.takeExternal() || !woken) mustRead = true;
           return woken;
         };
@@ -330,7 +375,7 @@ export class JetStreamPublisher {
             continue;
           }
           tail = await this.publishPage(boundary, events, tail, signal);
-          this.options.observer?.published(boundary, tail.last);
+          if (!tail.unconfirmed) this.options.observer?.published(boundary, tail.last);
           failures = 0;
           // A short page reached the head: the next read would find nothing unless something
           // committed meanwhile, and then a wake is pending (the waker latches it). Saves one
@@ -364,20 +409,43 @@ export class JetStreamPublisher {
     const info = await ensureStream(jsm, this.options.namespace, boundary);
     const seq = info.state.last_seq;
     const oldest = Math.max(info.state.first_seq, seq - TAIL_SEARCH + 1, 1);
+    // The id of the stream's last message (whoever published it), for the next one to expect.
+    let id: string | undefined;
     for (let at = seq; at >= oldest; at--) {
       // Null or a throw: removed meanwhile (aged out or deleted).
       const m = await jsm.streams.getMessage(info.config.name, { seq: at }).catch(() => null);
       if (!m) break;
+      if (at === seq) id = m.header?.get(MSG_ID_HEADER) || undefined;
       if (!this.options.auth.verify({ subject: m.subject, headers: m.header, data: m.data })) {
         continue;
       }
       const lastEvent = decodeEvents(m.data).at(-1);
-      if (lastEvent) return { last: lastEvent.position, seq };
+      if (lastEvent) return { last: lastEvent.position, seq, id };
     }
     // Empty (or nothing signed nearby): it goes on from what was published before a holder let
     // the boundary go. New (never published): history is served from the store; the stream
     // carries what commits from now on (a feed fills any gap this leaves from the store).
-    return { last: await this.resumePoint(boundary), seq };
+    return { last: await this.resumePoint(boundary), seq, id };
+  }
+
+  /**
+   * Confirms the messages published without an ack: the last of them is at the sequence it was
+   * meant for (each followed the one before, so then all of them are). When it is not (JetStream
+   * refused or never got one), throws, and the holder resumes from where the stream ends.
+   */
+  private async confirm(boundary: string, published: Tail): Promise<Tail> {
+    const { stream } = streamNames(this.options.namespace, boundary);
+    this.counts.confirmations++;
+    const m = await this.manager()
+      .streams.getMessage(stream, { seq: published.seq })
+      .catch(() => null);
+    if (published.id === undefined || m?.header.get(MSG_ID_HEADER) !== published.id) {
+      throw new Error(
+        `the stream does not hold ${msgId(published.last)} at sequence ${published.seq}: ` +
+          "a publish did not land",
+      );
+    }
+    return { last: published.last, seq: published.seq, id: published.id };
   }
 
   /** What was published when a holder last let the boundary go, else the store's head. */
@@ -395,7 +463,10 @@ export class JetStreamPublisher {
     return await this.options.store.head(boundary);
   }
 
-  /** Publishes in order with up to WINDOW acks pending; returns the new tail. */
+  /**
+   * Publishes in order, every ACK_EVERY-th message asking for an ack, with up to WINDOW of those
+   * pending; returns the new tail.
+   */
   private async publishPage(
     boundary: string,
     events: readonly StoredEvent[],
@@ -403,24 +474,39 @@ export class JetStreamPublisher {
     signal: AbortSignal,
   ): Promise<Tail> {
     const { subject } = streamNames(this.options.namespace, boundary);
+    const { nc, auth } = this.options;
     const js = this.manager().jetstream();
-    const limit = (this.options.nc.info?.max_payload ?? 1024 * 1024) - HEADER_ROOM;
-    const pending: { ack: Promise<PubAck> | undefined; position: Position }[] = [];
-    let { last, seq } = tail;
+    const limit = (nc.info?.max_payload ?? 1024 * 1024) - HEADER_ROOM;
+    // Each message's position and the sequence it takes; an ack (if asked for) must agree.
+    const pending: {
+      ack: Promise<PubAck> | undefined;
+      position: Position;
+      seq: number;
+      id: string | undefined;
+    }[] = [];
+    let { last, seq, id: lastId, unconfirmed } = tail;
     let expected = seq;
+    let expectedId = lastId;
+    let acksPending = 0;
     const settle = async () => {
       const entry = pending.shift();
       if (!entry) return;
       if (entry.ack) {
+        acksPending--;
         const ack = await abortable(entry.ack, signal);
         if (ack.duplicate) throw new Error(`${msgId(entry.position)} is in the stream already`);
-        seq = ack.seq;
+        if (ack.seq !== entry.seq) {
+          throw new Error(`${msgId(entry.position)} took sequence ${ack.seq}, not ${entry.seq}`);
+        }
       }
+      seq = entry.seq;
+      lastId = entry.id;
       last = entry.position;
     };
     const enqueue = async (ack: Promise<PubAck> | undefined, position: Position) => {
-      pending.push({ ack, position });
-      if (pending.length >= WINDOW) await settle();
+      pending.push({ ack, position, seq: expected, id: expectedId });
+      if (ack) acksPending++;
+      while (acksPending >= WINDOW) await settle();
     };
     // The message being filled: wire texts, their bytes with the brackets and commas, last position.
     let texts: string[] = [];
@@ -429,15 +515,28 @@ export class JetStreamPublisher {
     const flush = async () => {
       if (!through) return;
       const payload = encodeEvents(texts);
-      const id = this.options.auth.messageId(msgId(through));
-      const ack = js.publish(subject, payload, {
-        msgID: id,
-        expect: { lastSequence: expected },
-        headers: this.options.auth.headers(subject, id, payload, expected),
-      });
-      // Awaited in settle(); this only keeps a failure after an earlier one from going unhandled.
-      ack.catch(() => {});
+      const id = auth.messageId(msgId(through));
+      const headers = auth.headers(subject, id, payload, expected);
+      if (expectedId !== undefined) headers.set(EXPECTED_LAST_ID_HEADER, expectedId);
+      let ack: Promise<PubAck> | undefined;
+      const now = performance.now();
+      this.counts.messages++;
+      if (
+        unconfirmed &&
+        (unconfirmed.count + 1 >= ACK_EVERY ||
+          now - unconfirmed.since >= (this.options.confirmMs ?? CONFIRM_MS))
+      ) {
+        ack = js.publish(subject, payload, { headers });
+        // Awaited in settle(); this only keeps a failure after an earlier one from going unhandled.
+        ack.catch(() => {});
+        this.counts.acked++;
+        unconfirmed = undefined;
+      } else {
+        nc.publish(subject, payload, { headers });
+        unconfirmed = { since: unconfirmed?.since ?? now, count: (unconfirmed?.count ?? 0) + 1 };
+      }
       expected++;
+      expectedId = id;
       const position = through;
       texts = [];
       bytes = 2;
@@ -465,7 +564,7 @@ export class JetStreamPublisher {
     }
     if (!signal.aborted) await flush();
     while (pending.length > 0 && !signal.aborted) await settle();
-    return { last, seq };
+    return { last, seq, id: lastId, unconfirmed };
   }
 
   private manager(): JetStreamManager {

@@ -10,7 +10,7 @@ import { type MsgHdrs, headers as natsHeaders } from "@nats-io/transport-node";
 /** The header carrying a message's signature: base64url of an HMAC-SHA256. */
 export const SIGNATURE_HEADER = "Orisun-Signature";
 /** JetStream's deduplication header, which also identifies the message to the signature. */
-const MSG_ID_HEADER = "Nats-Msg-Id";
+export const MSG_ID_HEADER = "Nats-Msg-Id";
 /** JetStream stores a message only right after this stream sequence (when the header is set). */
 const EXPECTED_SEQUENCE_HEADER = "Nats-Expected-Last-Sequence";
 /** Name what is signed, so that a signature made for one use never verifies for another. */
@@ -38,8 +38,8 @@ export class MessageAuth {
   }
 
   /**
-   * Headers for a publish: the signature (JetStream adds the message id and expected sequence
-   * headers itself, from the same values).
+   * Headers for a publish: JetStream's message id and (when given) expected sequence, and the
+   * signature over them, the subject and the payload.
    */
   headers(
     subject: string,
@@ -49,6 +49,8 @@ export class MessageAuth {
   ): MsgHdrs {
     const h = natsHeaders();
     const expected = expectedLastSequence === undefined ? "" : String(expectedLastSequence);
+    h.set(MSG_ID_HEADER, msgId);
+    if (expected !== "") h.set(EXPECTED_SEQUENCE_HEADER, expected);
     h.set(SIGNATURE_HEADER, this.sign(subject, msgId, expected, data));
     return h;
   }
