@@ -435,16 +435,23 @@ async function appendGroup(workers: Workers, server: Server, run: number): Promi
     }
   };
   const base = { eventsPerAppend: 1, conditional: true, seconds: SECONDS };
-  for (const clients of [1, 16, 64]) {
-    await timed(
-      `cond${clients}`,
-      `conditional 1-event appends, ${clientCount(clients)} (events/s)`,
-      {
-        ...base,
-        clients,
-        boundary: boundary(`cond${clients}_${run}`),
-      },
-    );
+  // With the references group, the reference handlers run right after each client count.
+  const handlers = runs("references") ? await startReferenceHandlers() : [];
+  try {
+    for (const clients of [1, 16, 64]) {
+      await timed(
+        `cond${clients}`,
+        `conditional 1-event appends, ${clientCount(clients)} (events/s)`,
+        {
+          ...base,
+          clients,
+          boundary: boundary(`cond${clients}_${run}`),
+        },
+      );
+      await measureReferenceHandlers(workers, handlers, clients);
+    }
+  } finally {
+    await stopReferenceHandlers(handlers);
   }
   await timed("cond100x16", "conditional 100-event appends, 16 clients (events/s)", {
     ...base,
@@ -772,52 +779,80 @@ async function emmettGroup(workers: Workers, run: number): Promise<void> {
 const cpuPerCall = (serverPercent: number, callsPerSecond: number) =>
   (serverPercent / 100 / callsPerSecond) * 1e6;
 
+/** A reference handler (trivial-server.ts) running, with its key and description. */
+interface ReferenceHandler {
+  readonly key: string;
+  readonly what: string;
+  readonly server: Server;
+}
+
 /**
- * The floor the stack sets: the same conditional 1-event appends against trivial-server.ts, a
- * connect-fastify SaveEvents handler that answers at once, and its CPU per call.
+ * The floor the stack sets: trivial-server.ts, a connect-fastify SaveEvents handler that answers
+ * at once; the same with `SELECT 1` on PostgreSQL; and with that and a JetStream publish (the
+ * floor of a lone append). Started together, so that each can be measured right after Orisun's
+ * appends at the same client count: this machine's speed drifts within minutes.
  */
-async function trivialGroup(workers: Workers): Promise<void> {
-  if (GIVEN_URL) return;
-  for (const [key, what, pgUrl, natsUrl] of [
-    ["trivial", "a trivial connect-fastify SaveEvents handler", undefined, undefined],
-    ["select1", "a connect-fastify SaveEvents handler that runs SELECT 1", PG_URL, undefined],
-    [
-      "floor",
-      "a connect-fastify SaveEvents handler that runs SELECT 1, then publishes to JetStream and waits for the ack",
-      PG_URL,
-      NATS_URL,
-    ],
-  ] as const) {
-    const server = await startTrivialServer(pgUrl, natsUrl);
-    try {
-      for (const clients of [1, 16, 64]) {
-        const { result, cpu } = await measure(workers, server.pid, () =>
-          appends(workers, server.url, {
-            boundary: "trivial",
-            clients,
-            eventsPerAppend: 1,
-            conditional: true,
-            seconds: SECONDS,
-          }),
-        );
-        note(
-          `${key}${clients}`,
-          REFERENCE,
-          `${what}, ${clientCount(clients)} (calls/s)`,
-          result,
-          cpu,
-        );
-        note(
-          `cpu.${key}${clients}`,
-          REFERENCE,
-          `server CPU per call, ${what}, ${clientCount(clients)} (µs)`,
-          cpuPerCall(cpu.server ?? Number.NaN, result),
-          cpu,
-        );
-      }
-    } finally {
-      await server.stop();
+async function startReferenceHandlers(): Promise<ReferenceHandler[]> {
+  if (GIVEN_URL) return [];
+  const handlers: ReferenceHandler[] = [];
+  try {
+    for (const [key, what, pgUrl, natsUrl] of [
+      ["trivial", "a trivial connect-fastify SaveEvents handler", undefined, undefined],
+      ["select1", "a connect-fastify SaveEvents handler that runs SELECT 1", PG_URL, undefined],
+      [
+        "floor",
+        "a connect-fastify SaveEvents handler that runs SELECT 1, then publishes to JetStream",
+        PG_URL,
+        NATS_URL,
+      ],
+    ] as const) {
+      handlers.push({ key, what, server: await startTrivialServer(pgUrl, natsUrl) });
     }
+  } catch (error) {
+    await stopReferenceHandlers(handlers);
+    throw error;
+  }
+  return handlers;
+}
+
+async function stopReferenceHandlers(handlers: readonly ReferenceHandler[]): Promise<void> {
+  for (const { server } of handlers) await server.stop();
+}
+
+/** The same conditional 1-event appends against each reference handler, and its CPU per call. */
+async function measureReferenceHandlers(
+  workers: Workers,
+  handlers: readonly ReferenceHandler[],
+  clients: number,
+): Promise<void> {
+  for (const { key, what, server } of handlers) {
+    const { result, cpu } = await measure(workers, server.pid, () =>
+      appends(workers, server.url, {
+        boundary: "trivial",
+        clients,
+        eventsPerAppend: 1,
+        conditional: true,
+        seconds: SECONDS,
+      }),
+    );
+    note(`${key}${clients}`, REFERENCE, `${what}, ${clientCount(clients)} (calls/s)`, result, cpu);
+    note(
+      `cpu.${key}${clients}`,
+      REFERENCE,
+      `server CPU per call, ${what}, ${clientCount(clients)} (µs)`,
+      cpuPerCall(cpu.server ?? Number.NaN, result),
+      cpu,
+    );
+  }
+}
+
+/** The reference handlers alone (BENCH_ONLY=references without append). */
+async function trivialGroup(workers: Workers): Promise<void> {
+  const handlers = await startReferenceHandlers();
+  try {
+    for (const clients of [1, 16, 64]) await measureReferenceHandlers(workers, handlers, clients);
+  } finally {
+    await stopReferenceHandlers(handlers);
   }
 }
 
@@ -961,7 +996,7 @@ async function main(): Promise<void> {
       if (runs("embedded") && !GIVEN_URL) await embeddedGroup(workers, run);
       if (runs("workers") && !GIVEN_URL) await workersGroup(workers, run);
       if (runs("references")) await pgbenchGroup(workers, run);
-      if (runs("references")) await trivialGroup(workers);
+      if (runs("references") && !runs("append")) await trivialGroup(workers);
       if (runs("emmett")) await emmettGroup(workers, run);
       if (runs("backup")) await backupGroup(workers, run);
     }
