@@ -47,7 +47,7 @@ export function startServer(env: Record<string, string>): Promise<Server> {
 /**
  * The trivial connect-fastify server of trivial-server.ts, for the CPU-per-call reference; with
  * `pgUrl`, each SaveEvents first runs `SELECT 1` there, and with `natsUrl` too it then publishes
- * to JetStream and waits for the ack.
+ * to JetStream (without waiting for an ack).
  */
 export function startTrivialServer(pgUrl?: string, natsUrl?: string): Promise<Server> {
   return spawnAndWait("dist/bench/trivial-server.js", (port) => ({

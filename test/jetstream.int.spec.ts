@@ -612,11 +612,19 @@ describe("JetStreamPublisher acknowledgements", () => {
     return out;
   }
 
+  /** An observer that keeps every position reported as published. */
+  function reporting() {
+    const reported: Position[] = [];
+    return {
+      reported,
+      observer: { published: (_: string, p: Position) => reported.push(p), released() {} },
+    };
+  }
+
   it("asks for an ack for one message in 32, and confirms a quiet boundary's last ones by reading the stream", async () => {
     const ns = freshNamespace();
     const store = await openStore(ns);
-    const reported: Position[] = [];
-    const observer = { published: (_: string, p: Position) => reported.push(p), released() {} };
+    const { reported, observer } = reporting();
     // Long enough that neither the age of a publish nor a quiet spell asks for confirmation here.
     const publisher = await startPublisher(store, ns, { confirmMs: 60_000, observer });
     const live = await untilLive(store, ns);
@@ -637,8 +645,7 @@ describe("JetStreamPublisher acknowledgements", () => {
   it("confirms what a quiet boundary published without an ack, and reports it then", async () => {
     const ns = freshNamespace();
     const store = await openStore(ns);
-    const reported: Position[] = [];
-    const observer = { published: (_: string, p: Position) => reported.push(p), released() {} };
+    const { reported, observer } = reporting();
     const publisher = await startPublisher(store, ns, { confirmMs: 100, observer });
     const live = await untilLive(store, ns);
     await eventually(() => reported.some((p) => samePosition(p, live)), "the probe confirmed");
