@@ -193,7 +193,7 @@ export class Metrics {
     });
     new Gauge({
       name: "orisun_publisher_lag_events",
-      help: "Events committed but not yet in the boundary's JetStream stream, by boundary this process publishes",
+      help: "Events committed but not yet confirmed in the boundary's JetStream stream (acks are asked for in bulk), by boundary this process publishes",
       labelNames: ["boundary"],
       aggregator: "max",
       registers,
