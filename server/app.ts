@@ -1,5 +1,10 @@
 import { randomUUID } from "node:crypto";
-import { cors as connectCors, createContextValues } from "@connectrpc/connect";
+import {
+  cors as connectCors,
+  createContextValues,
+  createMethodImplSpec,
+  type ServiceImpl,
+} from "@connectrpc/connect";
 import { fastifyConnectPlugin } from "@connectrpc/connect-fastify";
 import cors from "@fastify/cors";
 import Fastify, { type FastifyBaseLogger } from "fastify";
@@ -40,6 +45,7 @@ import { HealthMonitor } from "./health/monitor.js";
 import { databaseDependency, natsDependency } from "./health/probes.js";
 import { clientOf } from "./http/client-identity.js";
 import { registerConsole } from "./http/console.js";
+import { grpcUnaryPath } from "./http/grpc-unary-path.js";
 import { registerMetricsRoute } from "./http/metrics-route.js";
 import { createOnePort, type OnePort } from "./http/one-port.js";
 import { startObservability } from "./observability/observability.js";
@@ -70,16 +76,26 @@ const SUBSCRIPTION_LIMITS = {
   bufferBytes: 32 * 1024 * 1024,
 };
 
+/** A client's X-Request-Id when it is a plain token of up to 64 characters, else a new UUID. */
+function requestIdOf(given: string | string[] | undefined): string {
+  return typeof given === "string" && /^[\w.-]{1,64}$/.test(given) ? given : randomUUID();
+}
+
+export interface AppOptions {
+  /**
+   * Unary gRPC calls of SaveEvents served straight from the HTTP/2 stream (grpc-unary-path.ts);
+   * false leaves them to Fastify and Connect, for tests that compare the two.
+   */
+  readonly grpcUnaryPath?: boolean;
+}
+
 /** Wires store, API and the one listening port together and starts listening. */
-export async function startApp(config: Config): Promise<RunningApp> {
+export async function startApp(config: Config, options: AppOptions = {}): Promise<RunningApp> {
   let onePort: OnePort | undefined;
   const app = Fastify({
     logger: loggerOptions(config),
     logController: new RequestLogController(),
-    genReqId: (req) => {
-      const given = req.headers["x-request-id"];
-      return typeof given === "string" && /^[\w.-]{1,64}$/.test(given) ? given : randomUUID();
-    },
+    genReqId: (req) => requestIdOf(req.headers["x-request-id"]),
     serverFactory: (handler) => {
       onePort = createOnePort(handler, config.tls, config.connections, (fields, message) =>
         app.log.warn(fields, message),
@@ -252,14 +268,21 @@ export async function startApp(config: Config): Promise<RunningApp> {
       maxAge: 7200,
     });
   }
+  const eventStore: ServiceImpl<typeof EventStore> = {
+    ...storeHandlers(deps),
+    ...decisionHandler(deps),
+    ...subscribeHandler(subscribeDeps),
+    ...pubsubHandler(pubsubDeps),
+  };
+  const interceptors = [
+    ...(observability.interceptor ? [observability.interceptor] : []),
+    errorInterceptor,
+    authorization.interceptor,
+    subscriptionSlots.interceptor,
+  ];
   await app.register(fastifyConnectPlugin, {
     routes: (router) => {
-      router.service(EventStore, {
-        ...storeHandlers(deps),
-        ...decisionHandler(deps),
-        ...subscribeHandler(subscribeDeps),
-        ...pubsubHandler(pubsubDeps),
-      });
+      router.service(EventStore, eventStore);
       router.service(
         Admin,
         adminHandlers({
@@ -292,12 +315,7 @@ export async function startApp(config: Config): Promise<RunningApp> {
         }
       });
     },
-    interceptors: [
-      ...(observability.interceptor ? [observability.interceptor] : []),
-      errorInterceptor,
-      authorization.interceptor,
-      subscriptionSlots.interceptor,
-    ],
+    interceptors,
     jsonOptions,
     requestGate,
     readMaxBytes: config.limits.maxRequestBytes,
@@ -308,6 +326,29 @@ export async function startApp(config: Config): Promise<RunningApp> {
         .set(kConnection, connectionOf(req.raw))
         .set(kClient, clientOf(req.raw, mutualTls)),
   });
+  if (options.grpcUnaryPath !== false) {
+    onePort?.routeStreams(
+      grpcUnaryPath({
+        routes: [
+          createMethodImplSpec(
+            EventStore.method.saveEvents,
+            eventStore.saveEvents.bind(eventStore),
+          ) as Parameters<typeof grpcUnaryPath>[0]["routes"][number],
+        ],
+        interceptors,
+        requestGate,
+        readMaxBytes: config.limits.maxRequestBytes,
+        log: app.log,
+        requestId: requestIdOf,
+        contextValues: (stream, requestId, log) =>
+          createContextValues()
+            .set(kRequestLog, log)
+            .set(kRequestId, requestId)
+            .set(kConnection, connectionOf(stream))
+            .set(kClient, clientOf(stream, mutualTls)),
+      }),
+    );
+  }
   await registerConsole(app, { boundaries: config.boundaries });
   if (observability.metrics) {
     await registerMetricsRoute(app, {

@@ -1,5 +1,5 @@
 import type { IncomingMessage } from "node:http";
-import type { Http2ServerRequest } from "node:http2";
+import type { Http2ServerRequest, ServerHttp2Stream } from "node:http2";
 import { createContextKey, type Interceptor } from "@connectrpc/connect";
 import { StoreError } from "../store/errors.js";
 
@@ -7,7 +7,11 @@ import { StoreError } from "../store/errors.js";
 export const kConnection = createContextKey<object | undefined>(undefined);
 
 /** HTTP/2 requests share their session; each HTTP/2 stream has a socket proxy of its own. */
-export function connectionOf(req: IncomingMessage | Http2ServerRequest): object {
+export function connectionOf(
+  req: IncomingMessage | Http2ServerRequest | ServerHttp2Stream,
+): object {
+  // An HTTP/2 stream served without Fastify (grpc-unary-path.ts).
+  if ("session" in req) return req.session ?? req;
   return ("stream" in req ? req.stream.session : undefined) ?? req.socket;
 }
 

@@ -7,6 +7,7 @@ import * as net from "node:net";
 import type { TLSSocket } from "node:tls";
 import type { ConnectionLimits, TlsConfig } from "../config.js";
 import { ConnectionGuard, rateLimited, type Warn } from "./connection-guard.js";
+import type { StreamRoute } from "./grpc-unary-path.js";
 
 /** Fastify's request handler; it also serves HTTP/2 compat requests, which lack a few HTTP/1 fields. */
 type Handler = (req: IncomingMessage, res: ServerResponse) => void;
@@ -24,6 +25,36 @@ export interface OnePort {
   drain(): void;
   /** Destroys every remaining connection. */
   destroy(): void;
+  /** Offers every HTTP/2 stream to `route` before Fastify (grpc-unary-path.ts). */
+  routeStreams(route: StreamRoute): void;
+}
+
+/**
+ * Puts a stream route in front of Node's HTTP/2 compatibility layer: each stream is offered to
+ * the route first, and only those it declines become the request and response Fastify serves.
+ * Node adds that layer as the server's one "stream" listener when it is given a request handler.
+ */
+function routeFirst(
+  server: http2.Http2Server | http2.Http2SecureServer,
+  route: () => StreamRoute | undefined,
+): void {
+  const [compat, ...others] = server.listeners("stream");
+  if (compat === undefined || others.length > 0) {
+    throw new Error("Node's HTTP/2 server no longer has one compatibility stream listener");
+  }
+  server.removeListener("stream", compat as (...args: unknown[]) => void);
+  server.on(
+    "stream",
+    (
+      stream: http2.ServerHttp2Stream,
+      headers: http2.IncomingHttpHeaders,
+      flags: number,
+      rawHeaders: string[],
+    ) => {
+      if (route()?.(stream, headers)) return;
+      compat.call(server, stream, headers, flags, rawHeaders);
+    },
+  );
 }
 
 /**
@@ -44,6 +75,10 @@ export function createOnePort(
   warn: Warn,
 ): OnePort {
   const guard = new ConnectionGuard(limits, warn);
+  let streamRoute: StreamRoute | undefined;
+  const routeStreams = (route: StreamRoute) => {
+    streamRoute = route;
+  };
   const sessions = new Set<Http2Session>();
   const sockets = new Set<Socket>();
   const h2Options: http2.ServerOptions = {
@@ -136,6 +171,7 @@ export function createOnePort(
     });
     startHttp1Checks(secure);
     track(secure);
+    routeFirst(secure, () => streamRoute);
     const warnCertificate = rateLimited(warn);
     secure.on("secureConnection", (socket: TLSSocket) => {
       if (clientCa !== undefined && !socket.authorized && socket.getPeerCertificate()?.subject) {
@@ -158,6 +194,7 @@ export function createOnePort(
       destroy: () => {
         for (const socket of sockets) socket.destroy();
       },
+      routeStreams,
     };
   }
 
@@ -191,6 +228,7 @@ export function createOnePort(
   startHttp1Checks(h1);
   const h2 = http2.createServer(h2Options, handler as unknown as Http2Handler);
   track(h2);
+  routeFirst(h2, () => streamRoute);
   front.on("close", () => {
     h1.close();
     h2.close();
@@ -231,5 +269,6 @@ export function createOnePort(
     destroy: () => {
       for (const socket of sockets) socket.destroy();
     },
+    routeStreams,
   };
 }

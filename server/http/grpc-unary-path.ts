@@ -1,0 +1,301 @@
+import type { IncomingHttpHeaders, ServerHttp2Stream } from "node:http2";
+import {
+  Code,
+  ConnectError,
+  type ContextValues,
+  createHandlerContext,
+  type HandlerContext,
+  type Interceptor,
+  type MethodImplSpec,
+} from "@connectrpc/connect";
+import {
+  createMethodSerializationLookup,
+  invokeUnaryImplementation,
+} from "@connectrpc/connect/protocol";
+import { parseTimeout, setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
+import type { FastifyBaseLogger } from "fastify";
+
+/** A unary method served here, with the implementation Connect's router has (createMethodImplSpec). */
+export type UnaryRoute = MethodImplSpec & { kind: "unary" };
+
+export interface GrpcUnaryPathOptions {
+  readonly routes: readonly UnaryRoute[];
+  /** The interceptors Connect's router runs, in the same order. */
+  readonly interceptors: readonly Interceptor[];
+  /** The request gate Connect's router runs (request-decoding.ts). */
+  readonly requestGate: (context: HandlerContext) => void;
+  /** Connect's readMaxBytes: the largest request message. */
+  readonly readMaxBytes: number;
+  readonly log: FastifyBaseLogger;
+  /** Request id taken from the x-request-id header, or made up (as Fastify's genReqId). */
+  readonly requestId: (given: string | string[] | undefined) => string;
+  /** The context values Connect's router would give the call. */
+  readonly contextValues: (
+    stream: ServerHttp2Stream,
+    requestId: string,
+    log: FastifyBaseLogger,
+  ) => ContextValues;
+}
+
+/** Takes an HTTP/2 stream if it is a call this path serves; false leaves it to Fastify and Connect. */
+export type StreamRoute = (stream: ServerHttp2Stream, headers: IncomingHttpHeaders) => boolean;
+
+/** gRPC's binary content types; `+json`, gRPC-Web and Connect's protocol stay with Connect. */
+const BINARY = new Set(["application/grpc", "application/grpc+proto"]);
+const ENVELOPE_HEADER = 5;
+const COMPRESSED_FLAG = 0b01;
+/** The reason the call's context is aborted with once it is answered: it releases its listeners. */
+const ANSWERED = new Error("the call was answered");
+
+/**
+ * Unary gRPC calls with binary protobuf bodies (what every gRPC client sends by default), served
+ * straight from the HTTP/2 stream: the body is read into one buffer, decoded, handed to the
+ * same interceptors and implementation as Connect's router, and the answer is written as one
+ * DATA frame and trailers. Connect's own gRPC handler does the same through Fastify's routing and
+ * request objects, Node's HTTP/2 compatibility layer and a pipeline of async iterables, which
+ * cost a trivial call several times what the call itself costs (README, "Performance").
+ *
+ * What the call sees is Connect's: its HandlerContext (made by Connect's createHandlerContext),
+ * its interceptor invocation, its message (de)serialisation and limits, its grpc-timeout parsing
+ * and its trailer encoding of errors. The protocol errors of reading the body (size over
+ * readMaxBytes, a compressed or incomplete envelope, no message or two) carry Connect's codes and
+ * messages. Anything else (JSON, compression, gRPC-Web, the Connect protocol, other methods) is
+ * left to Connect.
+ */
+export function grpcUnaryPath(options: GrpcUnaryPathOptions): StreamRoute {
+  const routes = new Map(
+    options.routes.map((spec) => [
+      `/${spec.method.parent.typeName}/${spec.method.name}`,
+      {
+        spec,
+        serialization: createMethodSerializationLookup(spec.method, undefined, undefined, {
+          readMaxBytes: options.readMaxBytes,
+          writeMaxBytes: 0xffffffff,
+        }),
+      },
+    ]),
+  );
+  // The request log of process/request-log.ts: a line as a call arrives at trace, one when it is
+  // answered at debug.
+  const trace = options.log.level === "trace";
+  const debug = trace || options.log.level === "debug";
+  type Route = NonNullable<ReturnType<typeof routes.get>>;
+
+  async function serve(route: Route, stream: ServerHttp2Stream, headers: IncomingHttpHeaders) {
+    const started = performance.now();
+    const requestId = options.requestId(headers["x-request-id"]);
+    const log = options.log.child({ reqId: requestId });
+    if (trace) log.trace({ method: "POST", url: headers[":path"] }, "incoming request");
+    let answered = false;
+    const closed = new AbortController();
+    // A client that resets the stream (cancels) or goes away: the store lets go of the call.
+    stream.once("close", () => {
+      if (!answered) closed.abort(new ConnectError("the client closed the stream", Code.Canceled));
+    });
+    // Without a listener, a stream error (a reset while writing) would end the process.
+    stream.on("error", () => {});
+
+    const timeout = parseTimeout(single(headers["grpc-timeout"]) ?? null, Number.MAX_SAFE_INTEGER);
+    const method = route.spec.method;
+    const context = createHandlerContext({
+      ...route.spec,
+      service: method.parent,
+      requestMethod: "POST",
+      protocolName: "grpc",
+      timeoutMs: timeout.timeoutMs,
+      // No shutdown signal, as with Connect's router here: a call in flight is let finish.
+      requestSignal: closed.signal,
+      requestHeader: webHeaders(headers),
+      url: `${stream.session?.encrypted ? "https" : "http"}://${single(headers[":authority"])}${headers[":path"]}`,
+      responseHeader: { "content-type": "application/grpc+proto" },
+      responseTrailer: { "grpc-status": "0" },
+      contextValues: options.contextValues(stream, requestId, log),
+    });
+    let body: Buffer | undefined;
+    try {
+      options.requestGate(context);
+      if (timeout.error) throw timeout.error;
+      const serialization = route.serialization.getI(true);
+      const input = await readUnaryMessage(stream, options.readMaxBytes, context.signal, (bytes) =>
+        serialization.parse(bytes),
+      );
+      const output = await invokeUnaryImplementation(
+        route.spec,
+        context,
+        input,
+        options.interceptors as Interceptor[],
+      );
+      body = envelope(route.serialization.getO(true).serialize(output));
+    } catch (caught) {
+      const error =
+        caught instanceof ConnectError
+          ? caught
+          : new ConnectError("internal error", Code.Internal, undefined, undefined, caught);
+      // As Connect's handler: the request gate hears of the error first and may correct it.
+      context.abort(error);
+      setTrailerStatus(context.responseTrailer, error);
+    }
+    answered = true;
+    context.abort(ANSWERED);
+    const trailers = plainHeaders(context.responseTrailer);
+    if (!stream.destroyed && !stream.closed) {
+      try {
+        stream.respond(
+          { ":status": 200, ...plainHeaders(context.responseHeader) },
+          { waitForTrailers: true },
+        );
+        stream.once("wantTrailers", () => stream.sendTrailers(trailers));
+        stream.end(body);
+      } catch {
+        // The client went away between the check and the write: nothing left to tell it.
+      }
+    }
+    if (debug) {
+      log.debug(
+        {
+          method: "POST",
+          url: headers[":path"],
+          status: 200,
+          grpcStatus: Number(trailers["grpc-status"]),
+          ms: Math.round((performance.now() - started) * 100) / 100,
+        },
+        "request",
+      );
+    }
+  }
+
+  return (stream, headers) => {
+    const path = headers[":path"];
+    const route = path === undefined ? undefined : routes.get(path);
+    if (route === undefined || headers[":method"] !== "POST") return false;
+    if (!BINARY.has(headers["content-type"] ?? "")) return false;
+    const encoding = headers["grpc-encoding"];
+    if (encoding !== undefined && encoding !== "identity") return false;
+    void serve(route, stream, headers);
+    return true;
+  };
+}
+
+/**
+ * Reads the request body: exactly one enveloped message, as Connect's gRPC handler requires of a
+ * unary call, with its errors in its order. No more than two envelopes of at most `maxBytes`
+ * each are ever held; a longer body is refused as soon as its second envelope is complete, and
+ * whatever follows an error is dropped as it arrives.
+ */
+function readUnaryMessage<T>(
+  stream: ServerHttp2Stream,
+  maxBytes: number,
+  signal: AbortSignal,
+  parse: (bytes: Uint8Array) => T,
+): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const messages: T[] = [];
+    let header = Buffer.alloc(0);
+    let data: Buffer | undefined;
+    let filled = 0;
+    const finish = (error: unknown, value?: T) => {
+      stream.off("data", onData);
+      stream.off("end", onEnd);
+      signal.removeEventListener("abort", onAbort);
+      if (error === undefined) resolve(value as T);
+      else {
+        // The rest of the body is not wanted: read and dropped, so that nothing is held.
+        stream.resume();
+        reject(error);
+      }
+    };
+    const onAbort = () => finish(signal.reason);
+    const onData = (chunk: Buffer) => {
+      try {
+        let at = 0;
+        while (at < chunk.length) {
+          if (data === undefined) {
+            const take = Math.min(ENVELOPE_HEADER - header.length, chunk.length - at);
+            header = Buffer.concat([header, chunk.subarray(at, at + take)]);
+            at += take;
+            if (header.length < ENVELOPE_HEADER) return;
+            const length = header.readUInt32BE(1);
+            if (length > maxBytes) {
+              throw new ConnectError(
+                `message size ${length} is larger than configured readMaxBytes ${maxBytes}`,
+                Code.ResourceExhausted,
+              );
+            }
+            data = Buffer.allocUnsafe(length);
+            filled = 0;
+          }
+          const take = Math.min(data.length - filled, chunk.length - at);
+          chunk.copy(data, filled, at, at + take);
+          filled += take;
+          at += take;
+          if (filled < data.length) return;
+          if ((header[0] ?? 0) & COMPRESSED_FLAG) {
+            throw new ConnectError(
+              "received compressed envelope, but do not know how to decompress",
+              Code.Internal,
+            );
+          }
+          messages.push(parse(data));
+          header = Buffer.alloc(0);
+          data = undefined;
+          if (messages.length > 1) {
+            throw new ConnectError(
+              "protocol error: received extra input message for unary method",
+              Code.Unimplemented,
+            );
+          }
+        }
+      } catch (error) {
+        finish(error);
+      }
+    };
+    const onEnd = () => {
+      if (header.length > 0 || data !== undefined) {
+        finish(new ConnectError("protocol error: incomplete envelope", Code.InvalidArgument));
+      } else if (messages.length === 0) {
+        finish(
+          new ConnectError(
+            "protocol error: missing input message for unary method",
+            Code.Unimplemented,
+          ),
+        );
+      } else finish(undefined, messages[0]);
+    };
+    if (signal.aborted) return reject(signal.reason);
+    signal.addEventListener("abort", onAbort, { once: true });
+    stream.on("data", onData);
+    stream.on("end", onEnd);
+  });
+}
+
+function envelope(message: Uint8Array): Buffer {
+  const out = Buffer.allocUnsafe(ENVELOPE_HEADER + message.length);
+  out[0] = 0;
+  out.writeUInt32BE(message.length, 1);
+  out.set(message, ENVELOPE_HEADER);
+  return out;
+}
+
+function single(value: string | string[] | undefined): string | undefined {
+  return Array.isArray(value) ? value[0] : value;
+}
+
+/** The request's headers as Connect's Node adapter gives them: pseudo-headers left out. */
+function webHeaders(headers: IncomingHttpHeaders): Headers {
+  const out = new Headers();
+  for (const key in headers) {
+    if (key.startsWith(":")) continue;
+    const value = headers[key];
+    if (Array.isArray(value)) for (const v of value) out.append(key, v);
+    else if (value !== undefined) out.append(key, value);
+  }
+  return out;
+}
+
+function plainHeaders(headers: Headers): Record<string, string> {
+  const out: Record<string, string> = {};
+  headers.forEach((value, key) => {
+    out[key] = value;
+  });
+  return out;
+}

@@ -1,0 +1,218 @@
+import * as http2 from "node:http2";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { SaveEventsRequestSchema, WriteResultSchema } from "../gen/orisun/v1/eventstore_pb.js";
+import { type RunningApp, startApp } from "../server/app.js";
+import { loadConfig } from "../server/config.js";
+import { basic } from "./support/auth.js";
+import { freshDataDir } from "./support/databases.js";
+
+/**
+ * SaveEvents over binary gRPC is served straight from the HTTP/2 stream (grpc-unary-path.ts);
+ * with `grpcUnaryPath: false` the same server hands it to Fastify and Connect. Every answer,
+ * right or wrong input, must be the same from both: status, message, details and body.
+ */
+const MAX_REQUEST_BYTES = 4096;
+const ADMIN_PASSWORD = "unary-Admin-pw";
+let lean: RunningApp;
+let connect: RunningApp;
+
+function start(grpcUnaryPath: boolean): Promise<RunningApp> {
+  return startApp(
+    loadConfig(
+      {
+        ORISUN_PORT: "0",
+        ORISUN_HOST: "127.0.0.1",
+        ORISUN_DATA_DIR: freshDataDir(),
+        ORISUN_LOG_LEVEL: "silent",
+        ORISUN_AUTH: "on",
+        ORISUN_ADMIN_PASSWORD: ADMIN_PASSWORD,
+        ORISUN_MAX_REQUEST_BYTES: String(MAX_REQUEST_BYTES),
+      },
+      [],
+    ),
+    { grpcUnaryPath },
+  );
+}
+
+beforeAll(async () => {
+  [lean, connect] = await Promise.all([start(true), start(false)]);
+}, 60_000);
+
+afterAll(async () => {
+  await Promise.all([lean?.close(), connect?.close()]);
+});
+
+interface Answer {
+  /** The names of every response header and trailer. */
+  names: string[];
+  status: number | undefined;
+  contentType: string | undefined;
+  grpcStatus: string | undefined;
+  grpcMessage: string | undefined;
+  details: string | undefined;
+  body: Buffer;
+}
+
+/** One POST to SaveEvents with `body` as it is, over a connection of its own. */
+async function call(
+  app: RunningApp,
+  body: Buffer,
+  headers: Record<string, string> = {},
+): Promise<Answer> {
+  const session = http2.connect(app.url);
+  try {
+    return await new Promise<Answer>((resolve, reject) => {
+      const stream = session.request({
+        ":method": "POST",
+        ":path": "/orisun.v1.EventStore/SaveEvents",
+        "content-type": "application/grpc",
+        te: "trailers",
+        authorization: basic("admin", ADMIN_PASSWORD),
+        ...headers,
+      });
+      let head: http2.IncomingHttpHeaders = {};
+      let trailers: http2.IncomingHttpHeaders = {};
+      const chunks: Buffer[] = [];
+      stream.on("response", (h) => {
+        head = h;
+      });
+      stream.on("trailers", (t) => {
+        trailers = t;
+      });
+      stream.on("data", (chunk: Buffer) => chunks.push(chunk));
+      stream.on("error", reject);
+      stream.on("close", () => {
+        const all = { ...head, ...trailers };
+        const text = (key: string) => {
+          const value = all[key];
+          return value === undefined ? undefined : String(value);
+        };
+        resolve({
+          names: Object.keys(all).sort(),
+          status: Number(head[":status"]),
+          contentType: text("content-type"),
+          grpcStatus: text("grpc-status"),
+          grpcMessage: text("grpc-message"),
+          details: text("grpc-status-details-bin"),
+          body: Buffer.concat(chunks),
+        });
+      });
+      stream.end(body);
+    });
+  } finally {
+    session.close();
+  }
+}
+
+function envelope(message: Uint8Array, flags = 0): Buffer {
+  const out = Buffer.alloc(5 + message.length);
+  out[0] = flags;
+  out.writeUInt32BE(message.length, 1);
+  out.set(message, 5);
+  return out;
+}
+
+function save(boundary: string, tag: string, condition?: { after: bigint }): Uint8Array {
+  return toBinary(
+    SaveEventsRequestSchema,
+    create(SaveEventsRequestSchema, {
+      boundary,
+      events: [
+        {
+          eventId: crypto.randomUUID(),
+          eventType: "Deposited",
+          tags: [{ key: "account", value: tag }],
+          data: '{"amount":1}',
+        },
+      ],
+      ...(condition && {
+        consistencyCondition: {
+          consistencyMarker: {
+            commitPosition: condition.after,
+            preparePosition: condition.after,
+          },
+          criteria: { criteria: [{ tags: [{ key: "account", value: tag }] }] },
+        },
+      }),
+    }),
+  );
+}
+
+/** The same call on both servers, one after the other; the two answers. */
+async function both(body: Buffer, headers?: Record<string, string>) {
+  const a = await call(lean, body, headers);
+  const b = await call(connect, body, headers);
+  return [a, b] as const;
+}
+
+describe("SaveEvents over binary gRPC without Fastify and Connect's pipeline", () => {
+  it("appends and answers as Connect does", async () => {
+    const [a, b] = await both(envelope(save("default", "acct-1")));
+    expect(a.grpcStatus).toBe("0");
+    expect({ ...a, body: undefined }).toEqual({ ...b, body: undefined });
+    const position = fromBinary(WriteResultSchema, a.body.subarray(5)).logPosition;
+    expect(position?.commitPosition).toBeGreaterThan(0n);
+    expect(a.body.readUInt32BE(1)).toBe(a.body.length - 5);
+    expect(fromBinary(WriteResultSchema, b.body.subarray(5)).logPosition).toEqual(position);
+  });
+
+  it("refuses a failed condition with ABORTED and the same ErrorInfo", async () => {
+    await both(envelope(save("default", "acct-2")));
+    const [a, b] = await both(envelope(save("default", "acct-2", { after: 0n })));
+    expect(a.grpcStatus).toBe("10");
+    expect(a.details).toBeDefined();
+    expect(a).toEqual(b);
+  });
+
+  const wrong: [string, () => Buffer, Record<string, string>?][] = [
+    ["a request that breaks a rule", () => envelope(save("", "acct-3"))],
+    ["bytes that are not protobuf", () => envelope(Buffer.from([0xff, 0xff, 0xff, 0xff]))],
+    [
+      "a message over ORISUN_MAX_REQUEST_BYTES",
+      () => envelope(Buffer.alloc(MAX_REQUEST_BYTES + 1, 0)),
+    ],
+    ["a compressed envelope without grpc-encoding", () => envelope(save("default", "c"), 1)],
+    [
+      "two messages",
+      () => Buffer.concat([envelope(save("default", "d")), envelope(save("default", "e"))]),
+    ],
+    ["no message", () => Buffer.alloc(0)],
+    ["an incomplete envelope", () => envelope(save("default", "f")).subarray(0, 9)],
+    ["a bad grpc-timeout", () => envelope(save("default", "g")), { "grpc-timeout": "soon" }],
+    ["no credentials", () => envelope(save("default", "h")), { authorization: "" }],
+    [
+      "a wrong password",
+      () => envelope(save("default", "i")),
+      { authorization: basic("admin", "not-the-password") },
+    ],
+  ];
+  for (const [name, body, headers] of wrong) {
+    it(`answers ${name} with Connect's status and message`, async () => {
+      const [a, b] = await both(body(), headers);
+      expect(a.grpcStatus).not.toBe("0");
+      expect(a).toEqual(b);
+    });
+  }
+
+  it("wrote nothing for any refused call: each store holds the same two events", async () => {
+    for (const app of [lean, connect]) {
+      const events = await app.store.read({
+        boundary: "default",
+        query: [],
+        count: 100,
+        direction: "asc",
+      });
+      expect(events.map((e) => e.tags[0]?.value)).toEqual(["acct-1", "acct-2"]);
+    }
+  });
+
+  it("leaves JSON, compression and gRPC-Web to Connect", async () => {
+    const json = await call(lean, Buffer.alloc(0), { "content-type": "application/grpc+json" });
+    expect(json.contentType).toBe("application/grpc+json");
+    const web = await call(lean, envelope(save("default", "w")), {
+      "content-type": "application/grpc-web+proto",
+    });
+    expect(web.contentType).toBe("application/grpc-web+proto");
+  });
+});
