@@ -45,7 +45,7 @@ import { HealthMonitor } from "./health/monitor.js";
 import { databaseDependency, natsDependency } from "./health/probes.js";
 import { clientOf } from "./http/client-identity.js";
 import { registerConsole } from "./http/console.js";
-import { grpcUnaryPath } from "./http/grpc-unary-path.js";
+import { grpcUnaryPath, type UnaryRoute } from "./http/grpc-unary-path.js";
 import { registerMetricsRoute } from "./http/metrics-route.js";
 import { createOnePort, type OnePort } from "./http/one-port.js";
 import { startObservability } from "./observability/observability.js";
@@ -83,8 +83,8 @@ function requestIdOf(given: string | string[] | undefined): string {
 
 export interface AppOptions {
   /**
-   * Unary gRPC calls of SaveEvents served straight from the HTTP/2 stream (grpc-unary-path.ts);
-   * false leaves them to Fastify and Connect, for tests that compare the two.
+   * SaveEvents and PublishToPubSub over binary gRPC served straight from the HTTP/2 stream
+   * (grpc-unary-path.ts); false leaves them to Fastify and Connect, for tests that compare the two.
    */
   readonly grpcUnaryPath?: boolean;
 }
@@ -329,12 +329,17 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
   if (options.grpcUnaryPath !== false) {
     onePort?.routeStreams(
       grpcUnaryPath({
+        // The calls made most often, whose answers are a few bytes (never worth compressing).
         routes: [
           createMethodImplSpec(
             EventStore.method.saveEvents,
             eventStore.saveEvents.bind(eventStore),
-          ) as Parameters<typeof grpcUnaryPath>[0]["routes"][number],
-        ],
+          ),
+          createMethodImplSpec(
+            EventStore.method.publishToPubSub,
+            eventStore.publishToPubSub.bind(eventStore),
+          ),
+        ] as UnaryRoute[],
         interceptors,
         requestGate,
         readMaxBytes: config.limits.maxRequestBytes,

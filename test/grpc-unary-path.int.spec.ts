@@ -1,14 +1,19 @@
 import * as http2 from "node:http2";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { SaveEventsRequestSchema, WriteResultSchema } from "../gen/orisun/v1/eventstore_pb.js";
+import {
+  PublishRequestSchema,
+  SaveEventsRequestSchema,
+  WriteResultSchema,
+} from "../gen/orisun/v1/eventstore_pb.js";
 import { type RunningApp, startApp } from "../server/app.js";
 import { loadConfig } from "../server/config.js";
 import { basic } from "./support/auth.js";
 import { freshDataDir } from "./support/databases.js";
 
 /**
- * SaveEvents over binary gRPC is served straight from the HTTP/2 stream (grpc-unary-path.ts);
+ * SaveEvents and PublishToPubSub over binary gRPC are served straight from the HTTP/2 stream
+ * (grpc-unary-path.ts);
  * with `grpcUnaryPath: false` the same server hands it to Fastify and Connect. Every answer,
  * right or wrong input, must be the same from both: status, message, details and body.
  */
@@ -28,6 +33,7 @@ function start(grpcUnaryPath: boolean): Promise<RunningApp> {
         ORISUN_AUTH: "on",
         ORISUN_ADMIN_PASSWORD: ADMIN_PASSWORD,
         ORISUN_MAX_REQUEST_BYTES: String(MAX_REQUEST_BYTES),
+        ORISUN_MAX_MESSAGE_BYTES: "1024",
       },
       [],
     ),
@@ -54,18 +60,22 @@ interface Answer {
   body: Buffer;
 }
 
-/** One POST to SaveEvents with `body` as it is, over a connection of its own. */
+const SAVE = "/orisun.v1.EventStore/SaveEvents";
+const PUBLISH = "/orisun.v1.EventStore/PublishToPubSub";
+
+/** One POST of `body` as it is to `path`, over a connection of its own. */
 async function call(
   app: RunningApp,
   body: Buffer,
   headers: Record<string, string> = {},
+  path = SAVE,
 ): Promise<Answer> {
   const session = http2.connect(app.url);
   try {
     return await new Promise<Answer>((resolve, reject) => {
       const stream = session.request({
         ":method": "POST",
-        ":path": "/orisun.v1.EventStore/SaveEvents",
+        ":path": path,
         "content-type": "application/grpc",
         te: "trailers",
         authorization: basic("admin", ADMIN_PASSWORD),
@@ -139,10 +149,14 @@ function save(boundary: string, tag: string, condition?: { after: bigint }): Uin
   );
 }
 
+function publish(subject: string, data: Uint8Array): Uint8Array {
+  return toBinary(PublishRequestSchema, create(PublishRequestSchema, { subject, data }));
+}
+
 /** The same call on both servers, one after the other; the two answers. */
-async function both(body: Buffer, headers?: Record<string, string>) {
-  const a = await call(lean, body, headers);
-  const b = await call(connect, body, headers);
+async function both(body: Buffer, headers?: Record<string, string>, path = SAVE) {
+  const a = await call(lean, body, headers, path);
+  const b = await call(connect, body, headers, path);
   return [a, b] as const;
 }
 
@@ -205,6 +219,36 @@ describe("SaveEvents over binary gRPC without Fastify and Connect's pipeline", (
       });
       expect(events.map((e) => e.tags[0]?.value)).toEqual(["acct-1", "acct-2"]);
     }
+  });
+
+  it("publishes to pub/sub and refuses a bad subject or a message too large as Connect does", async () => {
+    const [ok, okConnect] = await both(
+      envelope(publish("orders.created", new Uint8Array(8))),
+      {},
+      PUBLISH,
+    );
+    expect(ok.grpcStatus).toBe("0");
+    expect(ok).toEqual(okConnect);
+    for (const body of [
+      envelope(publish("orders.*", new Uint8Array(8))),
+      envelope(publish("orders.created", new Uint8Array(2048))),
+      envelope(Buffer.from([0x0a, 0xff])),
+    ]) {
+      const [a, b] = await both(body, {}, PUBLISH);
+      expect(a.grpcStatus).not.toBe("0");
+      expect(a).toEqual(b);
+    }
+  });
+
+  it("answers a client that accepts gzip (as grpc-js does) as Connect does", async () => {
+    const accepts = { "grpc-accept-encoding": "identity,deflate,gzip" };
+    const [a, b] = await both(envelope(save("default", "acct-gz")), accepts);
+    expect(a.names).toContain("grpc-encoding");
+    expect({ ...a, body: undefined }).toEqual({ ...b, body: undefined });
+    expect(a.body[0]).toBe(b.body[0]);
+    const [c, d] = await both(envelope(save("", "x")), accepts);
+    expect(c.grpcStatus).toBe("3");
+    expect(c).toEqual(d);
   });
 
   it("leaves JSON, compression and gRPC-Web to Connect", async () => {

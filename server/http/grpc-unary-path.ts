@@ -9,10 +9,13 @@ import {
   type MethodImplSpec,
 } from "@connectrpc/connect";
 import {
+  compressionNegotiate,
   createMethodSerializationLookup,
+  envelopeCompress,
   invokeUnaryImplementation,
 } from "@connectrpc/connect/protocol";
 import { parseTimeout, setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
+import { compressionBrotli, compressionGzip } from "@connectrpc/connect-node";
 import type { FastifyBaseLogger } from "fastify";
 
 /** A unary method served here, with the implementation Connect's router has (createMethodImplSpec). */
@@ -44,6 +47,9 @@ export type StreamRoute = (stream: ServerHttp2Stream, headers: IncomingHttpHeade
 const BINARY = new Set(["application/grpc", "application/grpc+proto"]);
 const ENVELOPE_HEADER = 5;
 const COMPRESSED_FLAG = 0b01;
+/** What connect-fastify offers clients for compressed answers, and from what size it compresses. */
+const ACCEPT_COMPRESSION = [compressionGzip, compressionBrotli];
+const COMPRESS_MIN_BYTES = 1024;
 /** The reason the call's context is aborted with once it is answered: it releases its listeners. */
 const ANSWERED = new Error("the call was answered");
 
@@ -56,8 +62,8 @@ const ANSWERED = new Error("the call was answered");
  * cost a trivial call several times what the call itself costs (README, "Performance").
  *
  * What the call sees is Connect's: its HandlerContext (made by Connect's createHandlerContext),
- * its interceptor invocation, its message (de)serialisation and limits, its grpc-timeout parsing
- * and its trailer encoding of errors. The protocol errors of reading the body (size over
+ * its interceptor invocation, its message (de)serialisation and limits, its grpc-timeout parsing,
+ * its choice of compression for the answer and its trailer encoding of errors. The protocol errors of reading the body (size over
  * readMaxBytes, a compressed or incomplete envelope, no message or two) carry Connect's codes and
  * messages. Anything else (JSON, compression, gRPC-Web, the Connect protocol, other methods) is
  * left to Connect.
@@ -111,6 +117,14 @@ export function grpcUnaryPath(options: GrpcUnaryPathOptions): StreamRoute {
       responseTrailer: { "grpc-status": "0" },
       contextValues: options.contextValues(stream, requestId, log),
     });
+    // Requests are never compressed here (see the route below); answers as Connect would.
+    const compression = compressionNegotiate(
+      ACCEPT_COMPRESSION,
+      null,
+      single(headers["grpc-accept-encoding"]) ?? null,
+      "grpc-accept-encoding",
+    ).response;
+    if (compression) context.responseHeader.set("grpc-encoding", compression.name);
     let body: Buffer | undefined;
     try {
       options.requestGate(context);
@@ -125,7 +139,12 @@ export function grpcUnaryPath(options: GrpcUnaryPathOptions): StreamRoute {
         input,
         options.interceptors as Interceptor[],
       );
-      body = envelope(route.serialization.getO(true).serialize(output));
+      const { flags, data } = await envelopeCompress(
+        { flags: 0, data: route.serialization.getO(true).serialize(output) },
+        compression,
+        COMPRESS_MIN_BYTES,
+      );
+      body = envelope(data, flags);
     } catch (caught) {
       const error =
         caught instanceof ConnectError
@@ -268,9 +287,9 @@ function readUnaryMessage<T>(
   });
 }
 
-function envelope(message: Uint8Array): Buffer {
+function envelope(message: Uint8Array, flags: number): Buffer {
   const out = Buffer.allocUnsafe(ENVELOPE_HEADER + message.length);
-  out[0] = 0;
+  out[0] = flags;
   out.writeUInt32BE(message.length, 1);
   out.set(message, ENVELOPE_HEADER);
   return out;
