@@ -6,16 +6,15 @@ import {
   SaveEventsRequestSchema,
   WriteResultSchema,
 } from "../gen/orisun/v1/eventstore_pb.js";
-import { type RunningApp, startApp } from "../server/app.js";
-import { loadConfig } from "../server/config.js";
+import type { RunningApp } from "../server/app.js";
 import { basic } from "./support/auth.js";
-import { freshDataDir } from "./support/databases.js";
+import { startEmbeddedApp } from "./support/embedded-app.js";
 
 /**
  * SaveEvents and PublishToPubSub over binary gRPC are served straight from the HTTP/2 stream
- * (grpc-unary-path.ts);
- * with `grpcUnaryPath: false` the same server hands it to Fastify and Connect. Every answer,
- * right or wrong input, must be the same from both: status, message, details and body.
+ * (grpc-unary-path.ts); with `grpcUnaryPath: false` the same server hands them to Fastify and
+ * Connect. Every answer, right or wrong input, must be the same from both: header and trailer
+ * names, status, message, details and body.
  */
 const MAX_REQUEST_BYTES = 4096;
 const ADMIN_PASSWORD = "unary-Admin-pw";
@@ -23,20 +22,13 @@ let lean: RunningApp;
 let connect: RunningApp;
 
 function start(grpcUnaryPath: boolean): Promise<RunningApp> {
-  return startApp(
-    loadConfig(
-      {
-        ORISUN_PORT: "0",
-        ORISUN_HOST: "127.0.0.1",
-        ORISUN_DATA_DIR: freshDataDir(),
-        ORISUN_LOG_LEVEL: "silent",
-        ORISUN_AUTH: "on",
-        ORISUN_ADMIN_PASSWORD: ADMIN_PASSWORD,
-        ORISUN_MAX_REQUEST_BYTES: String(MAX_REQUEST_BYTES),
-        ORISUN_MAX_MESSAGE_BYTES: "1024",
-      },
-      [],
-    ),
+  return startEmbeddedApp(
+    {
+      ORISUN_AUTH: "on",
+      ORISUN_ADMIN_PASSWORD: ADMIN_PASSWORD,
+      ORISUN_MAX_REQUEST_BYTES: String(MAX_REQUEST_BYTES),
+      ORISUN_MAX_MESSAGE_BYTES: "1024",
+    },
     { grpcUnaryPath },
   );
 }
@@ -249,6 +241,25 @@ describe("SaveEvents over binary gRPC without Fastify and Connect's pipeline", (
     const [c, d] = await both(envelope(save("", "x")), accepts);
     expect(c.grpcStatus).toBe("3");
     expect(c).toEqual(d);
+  });
+
+  it("lets go of a call whose client cancels mid-body, and goes on serving", async () => {
+    const session = http2.connect(lean.url);
+    const stream = session.request({
+      ":method": "POST",
+      ":path": SAVE,
+      "content-type": "application/grpc",
+      authorization: basic("admin", ADMIN_PASSWORD),
+    });
+    const closed = new Promise((resolve) => stream.on("close", resolve));
+    stream.on("error", () => {});
+    stream.write(envelope(save("default", "cancelled")).subarray(0, 12));
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    stream.close(http2.constants.NGHTTP2_CANCEL);
+    await closed;
+    session.close();
+    const after = await call(lean, envelope(save("", "x")));
+    expect(after.grpcStatus).toBe("3");
   });
 
   it("leaves JSON, compression and gRPC-Web to Connect", async () => {

@@ -59,14 +59,15 @@ const ANSWERED = new Error("the call was answered");
  * same interceptors and implementation as Connect's router, and the answer is written as one
  * DATA frame and trailers. Connect's own gRPC handler does the same through Fastify's routing and
  * request objects, Node's HTTP/2 compatibility layer and a pipeline of async iterables, which
- * cost a trivial call several times what the call itself costs (README, "Performance").
+ * cost a trivial call several times what the call itself costs (README, design notes, "Unary
+ * gRPC without Fastify and Connect's pipeline").
  *
  * What the call sees is Connect's: its HandlerContext (made by Connect's createHandlerContext),
  * its interceptor invocation, its message (de)serialisation and limits, its grpc-timeout parsing,
- * its choice of compression for the answer and its trailer encoding of errors. The protocol errors of reading the body (size over
- * readMaxBytes, a compressed or incomplete envelope, no message or two) carry Connect's codes and
- * messages. Anything else (JSON, compression, gRPC-Web, the Connect protocol, other methods) is
- * left to Connect.
+ * its choice of compression for the answer and its trailer encoding of errors. The protocol
+ * errors of reading the body (size over readMaxBytes, a compressed or incomplete envelope, no
+ * message or two) carry Connect's codes and messages. Anything else (JSON, a compressed request,
+ * gRPC-Web, the Connect protocol, other methods) is left to Connect.
  */
 export function grpcUnaryPath(options: GrpcUnaryPathOptions): StreamRoute {
   const routes = new Map(

@@ -1,9 +1,12 @@
-import { type RunningApp, startApp } from "../../server/app.js";
+import { type AppOptions, type RunningApp, startApp } from "../../server/app.js";
 import { loadConfig } from "../../server/config.js";
 import { freshDataDir } from "./databases.js";
 
 /** The server in this process on the embedded store, on a free loopback port, logging nothing. */
-export function startEmbeddedApp(env: Record<string, string> = {}): Promise<RunningApp> {
+export function startEmbeddedApp(
+  env: Record<string, string> = {},
+  options: AppOptions = {},
+): Promise<RunningApp> {
   return startApp(
     loadConfig(
       {
@@ -15,5 +18,6 @@ export function startEmbeddedApp(env: Record<string, string> = {}): Promise<Runn
       },
       [],
     ),
+    options,
   );
 }
