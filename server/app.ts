@@ -329,7 +329,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
   if (options.grpcUnaryPath !== false) {
     onePort?.routeStreams(
       grpcUnaryPath({
-        // The calls made most often, whose answers are a few bytes (never worth compressing).
+        // The calls made most often, one per event or message, with answers of a few bytes.
         routes: [
           createMethodImplSpec(
             EventStore.method.saveEvents,

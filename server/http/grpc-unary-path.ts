@@ -1,4 +1,5 @@
 import type { IncomingHttpHeaders, ServerHttp2Stream } from "node:http2";
+import * as http2 from "node:http2";
 import {
   Code,
   ConnectError,
@@ -191,7 +192,11 @@ export function grpcUnaryPath(options: GrpcUnaryPathOptions): StreamRoute {
     if (!BINARY.has(headers["content-type"] ?? "")) return false;
     const encoding = headers["grpc-encoding"];
     if (encoding !== undefined && encoding !== "identity") return false;
-    void serve(route, stream, headers);
+    serve(route, stream, headers).catch((error: unknown) => {
+      // Only a fault of this file gets here (every call's own error is answered in trailers).
+      options.log.error({ err: error, url: path }, "unary gRPC call failed");
+      if (!stream.destroyed) stream.close(http2.constants.NGHTTP2_INTERNAL_ERROR);
+    });
     return true;
   };
 }
