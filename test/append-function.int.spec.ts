@@ -96,10 +96,12 @@ describe.each(targets)("one-round-trip append on $name", (target) => {
   /** An appender, as one process has, whose statements are recorded. */
   function appender() {
     const statements: string[] = [];
-    const db = new Kysely<Database>({
-      dialect: new PostgresDialect({ pool: counting(setUp.pool(), statements) }),
+    const pool = counting(setUp.pool(), statements);
+    const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
+    const a = new Appender(db, pool, limits, () => {}, "test", {
+      maxBytes: 1 << 20,
+      idleMs: 60_000,
     });
-    const a = new Appender(db, limits, () => {}, "test", { maxBytes: 1 << 20, idleMs: 60_000 });
     return { a, statements, db };
   }
 

@@ -509,6 +509,36 @@ describe.each(storeTargets)("DCB store contract on $name", (target) => {
         expect(ms).toBeLessThanOrEqual(after + 1_000);
       }
     });
+
+    it("the events handed to live delivery carry the stored date, from the one-statement and the full path", async () => {
+      const boundary = freshBoundary("handed-date");
+      const handed: StoredEvent[] = [];
+      const off = store.onCommit((b, _head, events) => {
+        if (b === boundary) handed.push(...events);
+      });
+      try {
+        // A lone append takes the one statement. The two sent while it runs wait and go together
+        // into one batch, where the second's condition matches the first's event: that batch
+        // takes the full transaction, which commits the first and rejects the second.
+        const lone = store.append({ boundary, events: [event("T", [])] });
+        const plain = store.append({ boundary, events: [event("A", [])] });
+        const conflicting = store.append({
+          boundary,
+          events: [event("C", [])],
+          condition: { after: START, query: [{ types: ["A"], tags: [] }] },
+        });
+        await lone;
+        await plain;
+        await expect(conflicting).rejects.toMatchObject({ kind: "condition_failed" });
+      } finally {
+        off();
+      }
+      const stored = await readAll(boundary);
+      expect(handed.map((e) => e.id)).toEqual(stored.map((e) => e.id));
+      expect(handed.map((e) => e.createdAt.getTime())).toEqual(
+        stored.map((e) => e.createdAt.getTime()),
+      );
+    });
   });
 
   describe("event ids", () => {

@@ -1,5 +1,5 @@
-import { type Kysely, type RawBuilder, sql } from "kysely";
-import { type Database, encodeTag } from "./schema.js";
+import type { PostgresPoolClient } from "kysely";
+import { encodeTag } from "./schema.js";
 import type { Position, Query } from "./types.js";
 
 /**
@@ -99,9 +99,19 @@ BEGIN
 END
 $fn$`;
 
-/** The statement that calls it; pglite-pool.ts recognises it as the start of a transaction. */
+/**
+ * The start of the statement that calls it: pglite-pool.ts recognises it as the start of a
+ * transaction, and pg-pool.ts prepares it once per connection. The commit timestamp comes back as
+ * epoch milliseconds, the form reads give it in (query-sql.ts), so nothing parses a date.
+ */
 export const CALL_APPEND =
-  "SELECT outcome, before_commit, before_prepare, created FROM orisun_append(";
+  "SELECT outcome, before_commit, before_prepare, (extract(epoch FROM date_trunc('milliseconds', created)) * 1000)::int8 AS created_ms FROM orisun_append(";
+
+/**
+ * The whole statement. Its NOTIFY payload is `schema/boundary/instance` (commit-signals.ts), the
+ * schema being the committing connection's search_path.
+ */
+const APPEND_STATEMENT = `${CALL_APPEND}$1::text, $2::int8, $3::int8, $4::int8, $5::int8, $6::json, $7::json, $8::int8, current_schema() || '/' || $1::text || '/' || $9::text)`;
 
 /** A condition for orisun_append: `decided` when the caller checked it in memory. */
 export interface FunctionCheck {
@@ -127,7 +137,8 @@ export type FunctionOutcome =
 
 /** One call of orisun_append (see APPEND_FUNCTION), outside any transaction. */
 export async function callAppend(
-  db: Kysely<Database>,
+  /** A pooled connection of the store's pool, taken straight: no query builder on this path. */
+  connection: PostgresPoolClient,
   boundary: string,
   /** The head the `decided` checks assumed; undefined when none was decided in memory. */
   expected: Position | undefined,
@@ -136,8 +147,8 @@ export async function callAppend(
   checks: readonly FunctionCheck[],
   events: readonly FunctionEvent[],
   commits: number,
-  /** notifyPayload(): an expression, evaluated by the caller's session. */
-  payload: RawBuilder<string>,
+  /** Names the calling process in the commit's NOTIFY (see commit-signals.ts). */
+  instance: string,
 ): Promise<FunctionOutcome> {
   const checksJson = JSON.stringify(
     checks.map((c) => ({
@@ -160,21 +171,29 @@ export async function callAppend(
   );
   const position = (p: Position | undefined, part: "commit" | "prepare") =>
     p === undefined ? null : p[part].toString();
-  const { rows } = await sql<{
+  const { rows } = await connection.query<{
     outcome: "ok" | "stale" | "violated" | "failed";
     before_commit: string;
     before_prepare: string;
-    created: Date | null;
-  }>`${sql.raw(CALL_APPEND)}${boundary}, ${position(expected, "commit")}::int8, ${position(expected, "prepare")}::int8, ${position(marker, "commit")}::int8, ${position(marker, "prepare")}::int8, ${checksJson}::json, ${eventsJson}::json, ${commits}::int8, ${payload})`.execute(
-    db,
-  );
+    created_ms: string | null;
+  }>(APPEND_STATEMENT, [
+    boundary,
+    position(expected, "commit"),
+    position(expected, "prepare"),
+    position(marker, "commit"),
+    position(marker, "prepare"),
+    checksJson,
+    eventsJson,
+    commits,
+    instance,
+  ]);
   const row = rows[0];
   if (!row) throw new Error("orisun_append returned no row");
   if (row.outcome !== "ok") return { outcome: row.outcome };
-  if (!row.created) throw new Error("orisun_append returned no commit timestamp");
+  if (row.created_ms === null) throw new Error("orisun_append returned no commit timestamp");
   return {
     outcome: "ok",
     before: { commit: BigInt(row.before_commit), prepare: BigInt(row.before_prepare) },
-    created: row.created,
+    created: new Date(Number(row.created_ms)),
   };
 }

@@ -1,4 +1,10 @@
-import { type Kysely, sql, type Transaction } from "kysely";
+import {
+  type Kysely,
+  type PostgresPool,
+  type PostgresPoolClient,
+  sql,
+  type Transaction,
+} from "kysely";
 import {
   callAppend,
   type FunctionCheck,
@@ -143,8 +149,13 @@ export class Appender {
   readonly recent: RecentCommits;
 
   /** `instance` names this process in its commit NOTIFYs, so it can ignore its own echo. */
+  /**
+   * `connections` is the pool `db` runs on: the one-statement append takes a connection from it
+   * directly, without the query builder, as the hottest path of the store.
+   */
   constructor(
     private readonly db: Kysely<Database>,
+    private readonly connections: PostgresPool,
     private readonly limits: GroupCommitLimits,
     private readonly onCommit: CommitListener,
     private readonly instance: string,
@@ -235,9 +246,13 @@ export class Appender {
     const attempt = async () => {
       // On a connection of its own first: a request is sent once the batch holds one, and a
       // caller that gave up while the pool had none for it was not sent (nothing is written).
-      const once = await this.db
-        .connection()
-        .execute((connection) => this.commitAtOnce(connection, boundary, batch));
+      const connection = await this.connections.connect();
+      let once: BatchResult | undefined;
+      try {
+        once = await this.commitAtOnce(connection, boundary, batch);
+      } finally {
+        connection.release();
+      }
       if (once) return once;
       full = true;
       return this.db.transaction().execute(async (trx) => {
@@ -290,7 +305,7 @@ export class Appender {
    * retries included.
    */
   private async commitAtOnce(
-    connection: Kysely<Database>,
+    connection: PostgresPoolClient,
     boundary: string,
     batch: readonly Pending[],
   ): Promise<BatchResult | undefined> {
@@ -365,7 +380,7 @@ export class Appender {
         checks,
         rows,
         accepted.length,
-        notifyPayload(boundary, this.instance),
+        this.instance,
       );
     } catch (error) {
       if (isDuplicateEventId(error)) return undefined;

@@ -1,7 +1,7 @@
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import type { PGlite } from "@electric-sql/pglite";
-import { Kysely, PostgresDialect } from "kysely";
+import { Kysely, PostgresDialect, type PostgresPool } from "kysely";
 import pg from "pg";
 import { migrate } from "./migrations.js";
 import { guardedPool } from "./pg-pool.js";
@@ -45,6 +45,8 @@ const KEEPALIVE_MS = 10_000;
 
 export interface OpenDatabase {
   readonly db: Kysely<Database>;
+  /** The pool `db` runs on, for the one statement that skips the query builder (append.ts). */
+  readonly connections: PostgresPool;
   readonly embedded: boolean;
   /** A raw connection pool for LISTEN and other session-bound work; undefined when embedded. */
   readonly pool: pg.Pool | undefined;
@@ -66,9 +68,10 @@ export async function openDatabase(options: DatabaseOptions): Promise<OpenDataba
     await pglite.exec(
       `CREATE SCHEMA IF NOT EXISTS "${options.schema}"; SET search_path TO "${options.schema}"`,
     );
-    const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool: pglitePool(pglite) }) });
+    const connections = pglitePool(pglite);
+    const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool: connections }) });
     await migrate(db as Kysely<unknown>, options.schema);
-    return { db, embedded: true, pool: undefined, pglite };
+    return { db, connections, embedded: true, pool: undefined, pglite };
   }
 
   const timeouts = options.timeouts ?? DEFAULT_TIMEOUTS;
@@ -109,8 +112,9 @@ export async function openDatabase(options: DatabaseOptions): Promise<OpenDataba
   // the queries of a transaction) would emit an unhandled 'error' and crash the process. Its
   // query fails on its own, and the pool discards the client when it comes back.
   pool.on("connect", (client) => client.on("error", options.onIdleError));
-  const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool: guardedPool(pool) }) });
-  return { db, embedded: false, pool, pglite: undefined };
+  const connections = guardedPool(pool);
+  const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool: connections }) });
+  return { db, connections, embedded: false, pool, pglite: undefined };
 }
 
 async function ensureSchema(url: string, schema: string, connectMs: number): Promise<void> {

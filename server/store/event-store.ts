@@ -90,6 +90,7 @@ export class EventStore {
     );
     this.appender = new Appender(
       database.db,
+      database.connections,
       options.groupCommit,
       (boundary, head, events) => {
         for (const listener of this.listeners) listener(boundary, head, events);
