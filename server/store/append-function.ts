@@ -1,4 +1,5 @@
 import type { PostgresPoolClient } from "kysely";
+import { notifyPayloadText } from "./commit-signals.js";
 import { encodeTag } from "./schema.js";
 import type { Position, Query } from "./types.js";
 
@@ -107,11 +108,8 @@ $fn$`;
 export const CALL_APPEND =
   "SELECT outcome, before_commit, before_prepare, (extract(epoch FROM date_trunc('milliseconds', created)) * 1000)::int8 AS created_ms FROM orisun_append(";
 
-/**
- * The whole statement. Its NOTIFY payload is `schema/boundary/instance` (commit-signals.ts), the
- * schema being the committing connection's search_path.
- */
-const APPEND_STATEMENT = `${CALL_APPEND}$1::text, $2::int8, $3::int8, $4::int8, $5::int8, $6::json, $7::json, $8::int8, current_schema() || '/' || $1::text || '/' || $9::text)`;
+/** The whole statement: $1 the boundary, …, $9 the instance that the NOTIFY payload names. */
+const APPEND_STATEMENT = `${CALL_APPEND}$1::text, $2::int8, $3::int8, $4::int8, $5::int8, $6::json, $7::json, $8::int8, ${notifyPayloadText("$1::text", "$9::text")})`;
 
 /** A condition for orisun_append: `decided` when the caller checked it in memory. */
 export interface FunctionCheck {

@@ -148,10 +148,10 @@ export class Appender {
   /** The windows of condition checks in memory (read for tests and metrics). */
   readonly recent: RecentCommits;
 
-  /** `instance` names this process in its commit NOTIFYs, so it can ignore its own echo. */
   /**
    * `connections` is the pool `db` runs on: the one-statement append takes a connection from it
-   * directly, without the query builder, as the hottest path of the store.
+   * directly, without the query builder, as the hottest path of the store. `instance` names this
+   * process in its commit NOTIFYs, so it can ignore their echo.
    */
   constructor(
     private readonly db: Kysely<Database>,

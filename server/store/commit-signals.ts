@@ -65,3 +65,8 @@ export class CommitSignals {
 export function notifyPayload(boundary: string, instance: string): RawBuilder<string> {
   return sql<string>`current_schema() || '/' || ${boundary} || '/' || ${instance}`;
 }
+
+/** The same payload as SQL text over two text expressions, for a statement written by hand. */
+export function notifyPayloadText(boundary: string, instance: string): string {
+  return `current_schema() || '/' || ${boundary} || '/' || ${instance}`;
+}
