@@ -1,5 +1,5 @@
 import { PGlite } from "@electric-sql/pglite";
-import { Kysely, PostgresDialect, type PostgresPool, type PostgresPoolClient } from "kysely";
+import { Kysely, PostgresDialect, type PostgresPool, type PostgresPoolClient, sql } from "kysely";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Appender } from "../server/store/append.js";
@@ -8,8 +8,8 @@ import { StoreError } from "../server/store/errors.js";
 import { migrate } from "../server/store/migrations.js";
 import { guardedPool } from "../server/store/pg-pool.js";
 import { pglitePool } from "../server/store/pglite-pool.js";
-import type { Database } from "../server/store/schema.js";
-import type { AppendRequest, Position } from "../server/store/types.js";
+import { type Database, encodeTag } from "../server/store/schema.js";
+import type { AppendRequest, Position, Tag } from "../server/store/types.js";
 import { dropSchema, freshSchema, PG_URL } from "./support/databases.js";
 
 /** A pool whose every statement is recorded: the round trips an append makes. */
@@ -233,6 +233,79 @@ describe.each(targets)("one-round-trip append on $name", (target) => {
       .where("name", "=", "batch")
       .executeTakeFirstOrThrow();
     expect(boundary).toEqual({ last_commit: "6", last_prepare: "505", event_count: "505" });
+  });
+
+  it("text that array literals must quote arrives exactly, in one statement", async () => {
+    const { a, statements, db } = appender();
+    const awkward = [
+      { key: 'q"uote', value: "back\\slash" },
+      { key: "{braces}", value: "a,b" },
+      { key: "NULL", value: "" },
+      { key: "é 😀", value: "tab\there" },
+    ];
+    const data = '{\n\t"text": "line\\nbreak \\"quoted\\" 😀",\r\n "n": [1, 2]}';
+    const metadata = '{"by": "x\\\\y"}';
+    const position = await a.append({
+      boundary: "awkward",
+      events: [
+        { id: 'id "1" \\ {x}', type: "Type, with {all}", tags: awkward, data, metadata },
+        { id: "id2", type: "Plain", tags: [], data: "{}", metadata: "" },
+      ],
+    });
+    expect(position).toEqual({ commit: 1n, prepare: 2n });
+    expect(statements).toHaveLength(1);
+    const rows = await db
+      .selectFrom("orisun_events")
+      .select([
+        "event_id",
+        "event_type",
+        "tags",
+        sql<string>`data::text`.as("data"),
+        sql<string | null>`metadata::text`.as("metadata"),
+      ])
+      .where("boundary", "=", "awkward")
+      .orderBy("prepare_position")
+      .execute();
+    expect(rows).toEqual([
+      {
+        event_id: 'id "1" \\ {x}',
+        event_type: "Type, with {all}",
+        tags: awkward.map(encodeTag),
+        data,
+        metadata,
+      },
+      { event_id: "id2", event_type: "Plain", tags: [], data: "{}", metadata: null },
+    ]);
+  });
+
+  it("the JSON version of the function stays, for processes of an earlier build", async () => {
+    const pool = setUp.pool();
+    const client = await pool.connect();
+    try {
+      const events = JSON.stringify([
+        {
+          dc: "1",
+          dp: "1",
+          id: "old1",
+          type: "T",
+          tags: [encodeTag(tag[0] as Tag)],
+          data: "{}",
+          meta: "",
+        },
+      ]);
+      const { rows } = await client.query<{ outcome: string }>(
+        "SELECT outcome FROM orisun_append($1, NULL, NULL, NULL, NULL, '[]'::json, $2::json, 1, 'x')",
+        ["earlier", events],
+      );
+      expect(rows).toEqual([{ outcome: "ok" }]);
+      const stored = await client.query<{ event_id: string }>(
+        "SELECT event_id FROM orisun_events WHERE boundary = 'earlier'",
+        [],
+      );
+      expect(stored.rows).toEqual([{ event_id: "old1" }]);
+    } finally {
+      client.release();
+    }
   });
 
   it("a marker after the head writes nothing in the function and gets the full path's answer", async () => {

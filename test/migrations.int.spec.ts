@@ -67,6 +67,7 @@ describe("schema migrations at start-up", () => {
       { name: "2026-12-02-append-function" },
       { name: "2026-12-02-auth-principals" },
       { name: "2026-12-02-event-count" },
+      { name: "2026-12-03-append-rows" },
     ]);
     // And a restart applies nothing again (it would fail: the tables exist).
     const again = await openPostgresStore(name, 1);

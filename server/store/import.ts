@@ -1,4 +1,5 @@
 import { type Kysely, sql } from "kysely";
+import { arrayLiteral, element } from "./array-literal.js";
 import type { BoundaryCap } from "./boundary-cap.js";
 import { notifyPayload } from "./commit-signals.js";
 import { databaseError } from "./database-errors.js";
@@ -146,9 +147,7 @@ async function write(
   }
   // Columns as array literals for unnest. Measured on 100,000 events: PostgreSQL inserts them in
   // 0.78-0.88 s this way and in 1.19 s from json_to_recordset of the same rows (COPY: 0.67 s).
-  // Written here, they cost a third of the CPU of pg's own array serialiser; joined from arrays,
-  // not built with +=, which makes each column a rope of string nodes that live until the
-  // statement is sent and are copied at every scavenge.
+  // Written by array-literal.ts, at a third of the CPU of pg's own array serialiser.
   const n = events.length;
   const commits = new Array<bigint>(n);
   const prepares = new Array<bigint>(n);
@@ -171,7 +170,6 @@ async function write(
     seconds[i] = e.createdAt.seconds;
     micros[i] = e.createdAt.micros;
   }
-  const literal = (values: readonly unknown[]) => `{${values.join(",")}}`;
   // One statement, as in append.ts: the events, the new head and count, and the NOTIFY
   // (delivered at commit, once per boundary). An id already stored is skipped by ON CONFLICT and
   // counted below, so the transaction rolls back with a clear error instead of a driver one.
@@ -183,10 +181,10 @@ async function write(
         NULLIF(x.meta, '')::json,
         -- Exact: both parts are integers well inside float8's 53 bits.
         to_timestamp(x.s::float8) + x.us * interval '1 microsecond'
-      FROM unnest(${literal(commits)}::int8[], ${literal(prepares)}::int8[],
-        ${literal(ids)}::text[], ${literal(types)}::text[], ${literal(tags)}::text[],
-        ${literal(data)}::text[], ${literal(metadata)}::text[], ${literal(seconds)}::int8[],
-        ${literal(micros)}::int4[]) AS x(c, p, id, type, tags, data, meta, s, us)
+      FROM unnest(${arrayLiteral(commits)}::int8[], ${arrayLiteral(prepares)}::int8[],
+        ${arrayLiteral(ids)}::text[], ${arrayLiteral(types)}::text[], ${arrayLiteral(tags)}::text[],
+        ${arrayLiteral(data)}::text[], ${arrayLiteral(metadata)}::text[], ${arrayLiteral(seconds)}::int8[],
+        ${arrayLiteral(micros)}::int4[]) AS x(c, p, id, type, tags, data, meta, s, us)
       ON CONFLICT (boundary, event_id) DO NOTHING
       RETURNING 1
     ), counted AS (
@@ -203,7 +201,7 @@ async function write(
   if ((result.rows[0]?.n ?? 0) !== n) {
     const taken = await sql<{ event_id: string }>`
       SELECT event_id FROM orisun_events
-      WHERE boundary = ${boundary} AND event_id = ANY(${literal(ids)}::text[])
+      WHERE boundary = ${boundary} AND event_id = ANY(${arrayLiteral(ids)}::text[])
         AND (commit_position, prepare_position)
           <= (${head.commit.toString()}::int8, ${head.prepare.toString()}::int8)
       LIMIT 1`.execute(trx);
@@ -216,20 +214,6 @@ async function write(
   written.heads.set(boundary, last.position);
   written.imported += n;
   return last.position;
-}
-
-/** What JSON.stringify would escape differently from an array literal (which keeps them as is). */
-// biome-ignore lint/suspicious/noControlCharactersInRegex: control characters are what it finds
-const CONTROL_OR_SURROGATE = /[\u0000-\u001f\ud800-\udfff]/;
-
-/**
- * An element of an array literal: quoted, with " and \ escaped. JSON.stringify does exactly that
- * (natively, several times faster than a replace) for text without control characters and
- * surrogates, which it would escape as \n or \u001f where the literal needs them as they are.
- */
-function element(text: string): string {
-  if (!CONTROL_OR_SURROGATE.test(text)) return JSON.stringify(text);
-  return `"${text.replace(/[\\"]/g, "\\$&")}"`;
 }
 
 /** An event's distinct tags as a text[] literal. */

@@ -1,5 +1,5 @@
 import { type Kysely, sql } from "kysely";
-import { APPEND_FUNCTION } from "./append-function.js";
+import { APPEND_FUNCTION, APPEND_ROWS_FUNCTION } from "./append-function.js";
 
 interface Migration {
   up(db: Kysely<unknown>): Promise<void>;
@@ -124,6 +124,13 @@ const migrations: Record<string, Migration> = {
   "2026-12-02-append-function": {
     async up(db: Kysely<unknown>) {
       await sql.raw(APPEND_FUNCTION).execute(db);
+    },
+  },
+  // The same, with the events as arrays (faster for PostgreSQL to read); the JSON version stays
+  // for processes of earlier builds that share the database during an upgrade.
+  "2026-12-03-append-rows": {
+    async up(db: Kysely<unknown>) {
+      await sql.raw(APPEND_ROWS_FUNCTION).execute(db);
     },
   },
 };
