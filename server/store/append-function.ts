@@ -5,12 +5,13 @@ import { encodeTag } from "./schema.js";
 import type { Position, Query } from "./types.js";
 
 /**
- * orisun_append(), installed by migration 2026-12-02-append-function: the common append in one
- * statement, so one round trip where the transaction of append.ts takes five (BEGIN, lock, look-up,
- * insert, COMMIT). Called outside any transaction, it is its own: it locks (creating) the
- * boundary's row, checks the conditions the caller could not decide in memory, inserts the events
- * at positions after the head it locked, advances the head and event count, and notifies, all or
- * nothing. It writes nothing and answers
+ * orisun_append_rows() (migration 2026-12-03-append-rows; its first version, orisun_append(), came
+ * with 2026-12-02-append-function and differs only in taking the events as JSON): the common
+ * append in one statement, so one round trip where the transaction of append.ts takes five
+ * (BEGIN, lock, look-up, insert, COMMIT). Called outside any transaction, it is its own: it locks
+ * (creating) the boundary's row, checks the conditions the caller could not decide in memory,
+ * inserts the events at positions after the head it locked, advances the head and event count,
+ * and notifies, all or nothing. It writes nothing and answers
  * - 'stale' when a condition's marker lies after the head: the caller's in-batch checks assumed
  *   every new event lies after every marker;
  * - 'violated' when an event matching a condition exists after its marker and the log holds one
