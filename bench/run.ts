@@ -41,6 +41,7 @@ import {
   startServer,
   startTrivialServer,
 } from "./server.js";
+import { deploymentId, removeServerData } from "./server-data.js";
 import { Workers } from "./workers.js";
 import {
   appends,
@@ -289,30 +290,6 @@ async function machine(): Promise<string> {
   ].join("; ");
 }
 
-/** The deployment id that names a server's JetStream streams, stored in its schema. */
-async function deploymentId(schema: string): Promise<string> {
-  const { rows } = await sql(PG_URL, `SELECT id FROM "${schema}".orisun_deployment`);
-  return String(rows[0]?.id);
-}
-
-/** Deletes the JetStream streams a spawned server made (named from its deployment id). */
-async function deleteStreams(deployment: string): Promise<void> {
-  const nc = await connect({ servers: NATS_URL });
-  try {
-    const jsm = await jetstreamManager(nc);
-    for await (const name of jsm.streams.names()) {
-      if (
-        name.startsWith(`ORISUN_EVENTS_${deployment}_`) ||
-        name === `ORISUN_PUBSUB_${deployment}`
-      ) {
-        await jsm.streams.delete(name);
-      }
-    }
-  } finally {
-    await nc.close();
-  }
-}
-
 /**
  * Waits until the boundary's JetStream publisher has copied it up to its head, so that it does not
  * compete with what is measured next. A publisher that finds its stream new starts at the head
@@ -328,7 +305,7 @@ async function publisherCatchUp(
     `SELECT last_prepare FROM "${schema}".orisun_boundaries WHERE name = '${boundary}'`,
   );
   const head = String(rows[0]?.last_prepare);
-  const stream = `ORISUN_EVENTS_${await deploymentId(schema)}_${boundary}`;
+  const stream = `ORISUN_EVENTS_${await deploymentId(PG_URL, schema)}_${boundary}`;
   const nc = await connect({ servers: NATS_URL });
   const started = performance.now();
   let messages = 0;
@@ -369,9 +346,7 @@ async function postgresServer(schema: string, env: Record<string, string> = {}):
     async stop() {
       await server.stop();
       rmSync(dir, { recursive: true, force: true });
-      const deployment = await deploymentId(schema);
-      await sql(PG_URL, `DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
-      await deleteStreams(deployment);
+      await removeServerData(PG_URL, NATS_URL, schema);
     },
   };
 }

@@ -32,9 +32,12 @@ async function freePort(): Promise<number> {
   });
 }
 
-/** Spawns dist/server/main.js with `env` (plus BENCH_SERVER_NODE_OPTIONS) and waits until it answers. */
-export function startServer(env: Record<string, string>): Promise<Server> {
-  return spawnAndWait("dist/server/main.js", (port) => ({
+/**
+ * Spawns dist/server/main.js with `env` (plus BENCH_SERVER_NODE_OPTIONS) and waits until it
+ * answers; `root` is the checkout whose build runs (this one unless given).
+ */
+export function startServer(env: Record<string, string>, root = ROOT): Promise<Server> {
+  return spawnAndWait(`${root}dist/server/main.js`, (port) => ({
     NODE_OPTIONS: process.env.BENCH_SERVER_NODE_OPTIONS ?? "",
     ORISUN_LOG_LEVEL: "warn",
     ORISUN_PORT: String(port),
@@ -50,20 +53,20 @@ export function startServer(env: Record<string, string>): Promise<Server> {
  * to JetStream (without waiting for an ack).
  */
 export function startTrivialServer(pgUrl?: string, natsUrl?: string): Promise<Server> {
-  return spawnAndWait("dist/bench/trivial-server.js", (port) => ({
+  return spawnAndWait(`${ROOT}dist/bench/trivial-server.js`, (port) => ({
     PORT: String(port),
     ...(pgUrl && { PG_URL: pgUrl }),
     ...(natsUrl && { NATS_URL: natsUrl }),
   }));
 }
 
-/** Spawns `script` (from the repository root) on a free port and waits until it answers. */
+/** Spawns `script` (a path) on a free port and waits until it answers. */
 async function spawnAndWait(
   script: string,
   env: (port: number) => Record<string, string>,
 ): Promise<Server> {
   const port = await freePort();
-  const child: ChildProcess = spawn(process.execPath, [`${ROOT}${script}`], {
+  const child: ChildProcess = spawn(process.execPath, [script], {
     env: { PATH: process.env.PATH ?? "", ...env(port) },
     stdio: ["ignore", "ignore", "inherit"],
   });

@@ -1,0 +1,130 @@
+/**
+ * An A/B of two servers that sees one machine state: both run at once, on PostgreSQL + NATS in
+ * schemas of their own, and the load alternates between them in short bursts (A then B, then B
+ * then A, …). On a shared virtual machine whose speed moves by 2× within minutes, whole runs
+ * one after the other compare machine states more than builds; bursts a few seconds apart do not.
+ * Prints each side's server CPU per append and appends/s, and the pairwise ratios B/A (medians
+ * over the rounds, and in how many rounds B was lower or higher).
+ *
+ *   npm run build && node dist/bench/interleaved.js A B
+ *
+ * A and B: a checkout with a built dist/ (a git worktree of another commit, say), "." for this
+ * one, or "trivial" for the trivial connect-fastify handler of this one (trivial-server.ts).
+ * Settings: AB_CLIENTS (1), AB_EVENTS per append (1), AB_BURST_SECONDS (2), AB_ROUNDS (20),
+ * AB_ENV_A and AB_ENV_B (JSON, more server environment), AB_AUTH_B=1 (calls to B carry a bench
+ * writer's password; start B with ORISUN_AUTH=on and ORISUN_ADMIN_PASSWORD=bench-admin-password
+ * in AB_ENV_B), BENCH_PG_URL, BENCH_NATS_URL.
+ */
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { benchWriter } from "./auth-cost.js";
+import { processCpuSeconds, type Server, startServer, startTrivialServer } from "./server.js";
+import { removeServerData } from "./server-data.js";
+import { Workers } from "./workers.js";
+import { appends, median } from "./workloads.js";
+
+const PG_URL = process.env.BENCH_PG_URL ?? "postgres://postgres@127.0.0.1:5432/test";
+const NATS_URL = process.env.BENCH_NATS_URL ?? "nats://127.0.0.1:4222";
+const CLIENTS = Number(process.env.AB_CLIENTS ?? 1);
+const EVENTS = Number(process.env.AB_EVENTS ?? 1);
+const BURST = Number(process.env.AB_BURST_SECONDS ?? 2);
+const ROUNDS = Number(process.env.AB_ROUNDS ?? 20);
+
+interface Side {
+  readonly name: string;
+  readonly server: Server;
+  readonly authorization: string | undefined;
+  readonly rounds: { cpuMicros: number; rate: number }[];
+  cleanup(): Promise<void>;
+}
+
+async function start(name: string, index: number): Promise<Side> {
+  const rounds: Side["rounds"] = [];
+  if (name === "trivial") {
+    const server = await startTrivialServer();
+    return { name, server, authorization: undefined, rounds, cleanup: () => server.stop() };
+  }
+  const root = `${resolve(name)}/`;
+  const schema = `bench_ab_${process.pid}_${index}`;
+  const dir = mkdtempSync(join(tmpdir(), "orisun-ab-"));
+  const extra = process.env[index === 0 ? "AB_ENV_A" : "AB_ENV_B"];
+  const server = await startServer(
+    {
+      ORISUN_PG_URL: PG_URL,
+      ORISUN_PG_SCHEMA: schema,
+      ORISUN_NATS_URL: NATS_URL,
+      ORISUN_DATA_DIR: dir,
+      ...(extra ? (JSON.parse(extra) as Record<string, string>) : {}),
+    },
+    root,
+  );
+  const authorization =
+    index === 1 && process.env.AB_AUTH_B === "1" ? await benchWriter(server.url) : undefined;
+  return {
+    name,
+    server,
+    authorization,
+    rounds,
+    async cleanup() {
+      await server.stop();
+      rmSync(dir, { recursive: true, force: true });
+      await removeServerData(PG_URL, NATS_URL, schema);
+    },
+  };
+}
+
+async function burst(workers: Workers, side: Side, boundary: string, seconds: number) {
+  return appends(workers, side.server.url, {
+    boundary,
+    clients: CLIENTS,
+    eventsPerAppend: EVENTS,
+    conditional: true,
+    seconds,
+    ...(side.authorization === undefined ? {} : { authorization: side.authorization }),
+  });
+}
+
+const [a, b] = process.argv.slice(2);
+if (a === undefined || b === undefined) {
+  console.error(
+    'usage: node dist/bench/interleaved.js A B   (a built checkout, ".", or "trivial")',
+  );
+  process.exit(2);
+}
+const workers = Workers.start(1);
+const sides: Side[] = [];
+try {
+  sides.push(await start(a, 0), await start(b, 1));
+  for (const side of sides) await burst(workers, side, "warm", 3);
+  for (let round = 0; round < ROUNDS; round++) {
+    for (const side of round % 2 === 0 ? sides : [...sides].reverse()) {
+      const pid = side.server.pid as number;
+      const cpu0 = processCpuSeconds(pid);
+      const started = performance.now();
+      const rate = await burst(workers, side, `round${round}`, BURST);
+      const cpu = processCpuSeconds(pid) - cpu0;
+      const appended = (rate / EVENTS) * ((performance.now() - started) / 1_000);
+      side.rounds.push({ cpuMicros: (cpu / appended) * 1e6, rate });
+    }
+  }
+  const [sa, sb] = sides as [Side, Side];
+  const count = (xs: number[], f: (x: number) => boolean) => xs.filter(f).length;
+  for (const [i, side] of sides.entries()) {
+    console.log(
+      `${i === 0 ? "A" : "B"} (${side.name}): server CPU per append ${Math.round(median(side.rounds.map((r) => r.cpuMicros)))} µs, ` +
+        `${Math.round(median(side.rounds.map((r) => r.rate)))} events/s (medians of ${ROUNDS} bursts)`,
+    );
+  }
+  const cpu = sb.rounds.map((r, i) => r.cpuMicros / (sa.rounds[i]?.cpuMicros ?? Number.NaN));
+  const rate = sb.rounds.map((r, i) => r.rate / (sa.rounds[i]?.rate ?? Number.NaN));
+  console.log(
+    `B/A server CPU per append: ${median(cpu).toFixed(3)}× (pairwise median; B lower in ${count(cpu, (x) => x < 1)} of ${ROUNDS})`,
+  );
+  console.log(
+    `B/A events/s: ${median(rate).toFixed(3)}× (pairwise median; B higher in ${count(rate, (x) => x > 1)} of ${ROUNDS})`,
+  );
+} finally {
+  await Promise.all(sides.map((side) => side.cleanup()));
+  await workers.close();
+}
