@@ -20,12 +20,10 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { benchWriter } from "./auth-cost.js";
 import { processCpuSeconds, type Server, startServer, startTrivialServer } from "./server.js";
-import { removeServerData } from "./server-data.js";
+import { NATS_URL, PG_URL, removeServerData } from "./server-data.js";
 import { Workers } from "./workers.js";
 import { appends, median } from "./workloads.js";
 
-const PG_URL = process.env.BENCH_PG_URL ?? "postgres://postgres@127.0.0.1:5432/test";
-const NATS_URL = process.env.BENCH_NATS_URL ?? "nats://127.0.0.1:4222";
 const CLIENTS = Number(process.env.AB_CLIENTS ?? 1);
 const EVENTS = Number(process.env.AB_EVENTS ?? 1);
 const BURST = Number(process.env.AB_BURST_SECONDS ?? 2);

@@ -16,9 +16,9 @@ import { Metrics } from "../server/observability/metrics.js";
 import { observeAppends } from "../server/observability/observe-appends.js";
 import { rpcInterceptor } from "../server/observability/rpc-interceptor.js";
 import { startServer } from "./server.js";
+import { PG_URL } from "./server-data.js";
 import { median } from "./workloads.js";
 
-const PG_URL = process.env.BENCH_PG_URL ?? "postgres://postgres@127.0.0.1:5432/test";
 const ROUNDS = Number(process.env.METRICS_COST_ROUNDS ?? 6);
 const APPENDS = Number(process.env.METRICS_COST_APPENDS ?? 500);
 

@@ -41,7 +41,7 @@ import {
   startServer,
   startTrivialServer,
 } from "./server.js";
-import { deploymentId, removeServerData } from "./server-data.js";
+import { deploymentId, NATS_URL, PG_URL, removeServerData } from "./server-data.js";
 import { Workers } from "./workers.js";
 import {
   appends,
@@ -57,8 +57,6 @@ import {
   pubsub,
 } from "./workloads.js";
 
-const PG_URL = process.env.BENCH_PG_URL ?? "postgres://postgres@127.0.0.1:5432/test";
-const NATS_URL = process.env.BENCH_NATS_URL ?? "nats://127.0.0.1:4222";
 const GIVEN_URL = process.env.BENCH_URL;
 const GIVEN_SCHEMA = process.env.BENCH_URL_PG_SCHEMA ?? "public";
 const BIG = Number(process.env.BENCH_CATCHUP_EVENTS ?? 1_000_000);

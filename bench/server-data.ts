@@ -6,6 +6,10 @@ import { jetstreamManager } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
 import { sql } from "./references.js";
 
+/** The PostgreSQL and NATS that spawned servers use. */
+export const PG_URL = process.env.BENCH_PG_URL ?? "postgres://postgres@127.0.0.1:5432/test";
+export const NATS_URL = process.env.BENCH_NATS_URL ?? "nats://127.0.0.1:4222";
+
 /** The deployment id that names a server's JetStream streams, stored in its schema. */
 export async function deploymentId(pgUrl: string, schema: string): Promise<string> {
   const { rows } = await sql(pgUrl, `SELECT id FROM "${schema}".orisun_deployment`);

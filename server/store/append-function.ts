@@ -1,7 +1,7 @@
 import type { PostgresPoolClient } from "kysely";
-import { arrayLiteral, element } from "./array-literal.js";
+import { arrayLiteral, element, textArray } from "./array-literal.js";
 import { notifyPayloadText } from "./commit-signals.js";
-import { encodeTag } from "./schema.js";
+import { encodeTag, epochMillisSql } from "./schema.js";
 import type { Position, Query } from "./types.js";
 
 /**
@@ -142,8 +142,7 @@ export const APPEND_ROWS_FUNCTION = appendFunction(
  * transaction, and pg-pool.ts prepares it once per connection. The commit timestamp comes back as
  * epoch milliseconds, the form reads give it in (query-sql.ts), so nothing parses a date.
  */
-export const CALL_APPEND =
-  "SELECT outcome, before_commit, before_prepare, (extract(epoch FROM date_trunc('milliseconds', created)) * 1000)::int8 AS created_ms FROM orisun_append_rows(";
+export const CALL_APPEND = `SELECT outcome, before_commit, before_prepare, ${epochMillisSql("created")} AS created_ms FROM orisun_append_rows(`;
 
 /**
  * The whole statement: $1 the boundary, $2-$5 the expected head and the marker, $6 the checks,
@@ -215,7 +214,7 @@ export async function callAppend(
     column((e) => e.prepares),
     column((e) => element(e.id)),
     column((e) => element(e.type)),
-    column((e) => element(arrayLiteral(e.tags.map(element)))),
+    column((e) => element(textArray(e.tags))),
     column((e) => element(e.data)),
     column((e) => element(e.metadata)),
     commits,

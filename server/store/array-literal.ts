@@ -20,3 +20,8 @@ export function element(text: string): string {
 export function arrayLiteral(values: readonly unknown[]): string {
   return `{${values.join(",")}}`;
 }
+
+/** A text[] literal of `values`. */
+export function textArray(values: readonly string[]): string {
+  return arrayLiteral(values.map(element));
+}

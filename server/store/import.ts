@@ -1,5 +1,5 @@
 import { type Kysely, sql } from "kysely";
-import { arrayLiteral, element } from "./array-literal.js";
+import { arrayLiteral, element, textArray } from "./array-literal.js";
 import type { BoundaryCap } from "./boundary-cap.js";
 import { notifyPayload } from "./commit-signals.js";
 import { databaseError } from "./database-errors.js";
@@ -218,7 +218,7 @@ async function write(
 
 /** An event's distinct tags as a text[] literal. */
 function tagArray(list: EventToImport["tags"]): string {
-  return `{${[...new Set(list.map(encodeTag))].map(element).join(",")}}`;
+  return textArray([...new Set(list.map(encodeTag))]);
 }
 
 function abandoned(): StoreError {

@@ -1,5 +1,5 @@
 import { type Kysely, type RawBuilder, sql } from "kysely";
-import { type Database, encodeTag } from "./schema.js";
+import { type Database, encodeTag, epochMillisSql } from "./schema.js";
 import type { Condition, Criterion, Position, Query, ReadRequest } from "./types.js";
 
 /**
@@ -44,9 +44,7 @@ export function selectEvents(db: Kysely<Database>, request: ReadRequest) {
       sql<string | null>`metadata::text`.as("metadata"),
       "commit_position",
       "prepare_position",
-      sql<string>`(extract(epoch FROM date_trunc('milliseconds', date_created)) * 1000)::int8`.as(
-        "created_ms",
-      ),
+      sql<string>`${sql.raw(epochMillisSql("date_created"))}`.as("created_ms"),
     ])
     .where("boundary", "=", request.boundary)
     .where(querySql(request.query));

@@ -74,3 +74,11 @@ export function decodeTag(encoded: string): { key: string; value: string } {
   const [key, value] = JSON.parse(encoded) as [string, string];
   return { key, value };
 }
+
+/**
+ * SQL for a timestamptz column as epoch milliseconds (int8, truncated as a Date holds it): the
+ * form reads and the append statement return dates in, so that no date is parsed.
+ */
+export function epochMillisSql(column: string): string {
+  return `(extract(epoch FROM date_trunc('milliseconds', ${column})) * 1000)::int8`;
+}
