@@ -9,7 +9,9 @@
  *   npm run build && node dist/bench/interleaved.js A B
  *
  * A and B: a checkout with a built dist/ (a git worktree of another commit, say), "." for this
- * one, or "trivial" for the trivial connect-fastify handler of this one (trivial-server.ts).
+ * one, "trivial" for the trivial connect-fastify handler of this one (trivial-server.ts), or
+ * "floor" for that handler running SELECT 1 and a JetStream publish per call (what a lone append
+ * cannot do without).
  * Settings: AB_CLIENTS (1), AB_EVENTS per append (1), AB_BURST_SECONDS (2), AB_ROUNDS (20),
  * AB_ENV_A and AB_ENV_B (JSON, more server environment), AB_AUTH_B=1 (calls to B carry a bench
  * writer's password; start B with ORISUN_AUTH=on and ORISUN_ADMIN_PASSWORD=bench-admin-password
@@ -39,8 +41,10 @@ interface Side {
 
 async function start(name: string, index: number): Promise<Side> {
   const rounds: Side["rounds"] = [];
-  if (name === "trivial") {
-    const server = await startTrivialServer();
+  if (name === "trivial" || name === "floor") {
+    const server = await (name === "floor"
+      ? startTrivialServer(PG_URL, NATS_URL)
+      : startTrivialServer());
     return { name, server, authorization: undefined, rounds, cleanup: () => server.stop() };
   }
   const root = `${resolve(name)}/`;

@@ -6,7 +6,8 @@
  *
  * BENCH_RUNS (3) repetitions; BENCH_SECONDS (5) per timed workload; BENCH_CATCHUP_EVENTS
  * (1,000,000) in the boundary that paging reads, catch-up and COPY share; BENCH_LIVE_RATE (1,000)
- * appends/s under 50 live subscribers; BENCH_MEMORY_SECONDS (600) for the memory run;
+ * appends/s under 50 live subscribers after BENCH_LIVE_WARMUP_SECONDS (2) of the same load that are
+ * not timed; BENCH_MEMORY_SECONDS (600) for the memory run;
  * BENCH_WORKERS (one per core) load-generator processes; BENCH_BACKUP_EVENTS (100,000) that the
  * CLI exports and imports; BENCH_ONLY=group[,group…] with groups append, auth, live, pubsub,
  * reads, catchup, embedded, memory, references, emmett, plans, workers (1 vs one server process
@@ -65,6 +66,7 @@ const RUNS = Number(process.env.BENCH_RUNS ?? 3);
 const LIVE_RATE = Number(process.env.BENCH_LIVE_RATE ?? 1_000);
 const CATCHUP_WINDOW = 4 * 1024 * 1024;
 const LIVE_SUBSCRIBERS = Number(process.env.BENCH_LIVE_SUBSCRIBERS ?? 50);
+const LIVE_WARMUP = Number(process.env.BENCH_LIVE_WARMUP_SECONDS ?? 2);
 /** Closed-loop append clients that find the appends' capacity with the live subscribers on. */
 const LIVE_CAPACITY_CLIENTS = 64;
 const MEMORY_SECONDS = Number(process.env.BENCH_MEMORY_SECONDS ?? 600);
@@ -475,7 +477,15 @@ async function liveGroup(workers: Workers, server: Server, run: number): Promise
   const schedule0 = server.pid === undefined ? undefined : mainThreadSchedule(server.pid);
   const started = performance.now();
   const { result, cpu } = await measure(workers, server.pid, () =>
-    live(workers, server.url, boundary(`live_${run}`), LIVE_SUBSCRIBERS, LIVE_RATE, SECONDS),
+    live(
+      workers,
+      server.url,
+      boundary(`live_${run}`),
+      LIVE_SUBSCRIBERS,
+      LIVE_RATE,
+      LIVE_WARMUP,
+      SECONDS,
+    ),
   );
   const rate = LIVE_RATE.toLocaleString("en");
   if (server.pid !== undefined && schedule0) {
@@ -511,9 +521,15 @@ async function liveGroup(workers: Workers, server: Server, run: number): Promise
     "live, same run: deliveries received (fraction)",
     result.delivered,
   );
+  note(
+    "live.warmupP99",
+    ORISUN,
+    `live, same run: append call to receipt p99 in the ${LIVE_WARMUP} s warm-up before (ms)`,
+    result.warmupP99,
+  );
   // The same appends with nobody subscribed: what the appends alone cost the call-to-receipt.
   const alone = await measure(workers, server.pid, () =>
-    live(workers, server.url, boundary(`alone_${run}`), 0, LIVE_RATE, SECONDS),
+    live(workers, server.url, boundary(`alone_${run}`), 0, LIVE_RATE, LIVE_WARMUP, SECONDS),
   );
   note(
     "live.aloneP99",

@@ -39,8 +39,11 @@ export type Job =
   | { kind: "catchup"; url: string; boundary: string; total: number; windowBytes?: number }
   /** Live subscribers; latency from the `t` (epoch ms) the writer put in each event's data. */
   | { kind: "subscribe"; url: string; boundary: string; subscribers: number; record: boolean }
-  /** Appends one event at a time at `rate` events/s for `seconds`, not waiting for answers. */
-  | { kind: "write"; url: string; boundary: string; rate: number; seconds: number }
+  /**
+   * Appends one event at a time at `rate` events/s for `warmup` and then `seconds` seconds, not
+   * waiting for answers; the warm-up's events say so in their data (`"w":1`) and are not timed.
+   */
+  | { kind: "write"; url: string; boundary: string; rate: number; warmup: number; seconds: number }
   /** Members of one pub/sub group; latency from the `t` in each message's data. */
   | { kind: "members"; url: string; members: number; group: string }
   /** Publishers, each with one publish in flight, for `seconds`. */
@@ -335,6 +338,7 @@ async function receiveUntilStopped<T>(
 async function subscribe(id: number, job: Extract<Job, { kind: "subscribe" }>) {
   const latencies: number[] = [];
   const sinceCommit: number[] = [];
+  const warmup: number[] = [];
   const client = api(job.url);
   const result = await receiveUntilStopped(
     id,
@@ -343,19 +347,22 @@ async function subscribe(id: number, job: Extract<Job, { kind: "subscribe" }>) {
     (e) => {
       if (!job.record) return;
       const at = now();
-      latencies.push(at - (JSON.parse(e.data) as { t: number }).t);
+      const data = JSON.parse(e.data) as { t: number; w?: 1 };
+      (data.w ? warmup : latencies).push(at - data.t);
+      if (data.w) return;
       const created = e.date_created;
       if (created) sinceCommit.push(at - Number(created.seconds) * 1_000 - created.nanos / 1e6);
     },
   );
-  result.samples = { latencies, sinceCommit };
+  result.samples = { latencies, sinceCommit, warmup };
   return result;
 }
 
 async function write(job: Extract<Job, { kind: "write" }>): Promise<JobResult> {
   const client = api(job.url);
   const appendLatencies: number[] = [];
-  const total = Math.round(job.rate * job.seconds);
+  const warmup = Math.round(job.rate * job.warmup);
+  const total = warmup + Math.round(job.rate * job.seconds);
   const perTick = Math.max(1, Math.round(job.rate / 100));
   const writes: Promise<unknown>[] = [];
   const start = performance.now();
@@ -364,10 +371,12 @@ async function write(job: Extract<Job, { kind: "write" }>): Promise<JobResult> {
     if (wait > 0) await sleep(wait);
     for (let k = 0; k < perTick && i < total; k++, i++) {
       const at = now();
+      const timed = i >= warmup;
+      const data = timed ? `{"t":${at}}` : `{"t":${at},"w":1}`;
       writes.push(
         client
-          .saveEvents({ boundary: job.boundary, events: [event(`live-${i}`, "x", `{"t":${at}}`)] })
-          .then(() => appendLatencies.push(now() - at)),
+          .saveEvents({ boundary: job.boundary, events: [event(`live-${i}`, "x", data)] })
+          .then(() => timed && appendLatencies.push(now() - at)),
       );
     }
   }
