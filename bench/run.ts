@@ -355,38 +355,68 @@ async function postgresServer(schema: string, env: Record<string, string> = {}):
  * Conditional 1-event appends against a server with authentication off and one with it on (a
  * non-admin user's password on every call), in alternating order from run to run.
  */
+/**
+ * Authentication off and on, both servers up at once: each client count's SECONDS are cut into
+ * bursts of about a second that alternate between them (off, on, on, off, …), so that the ratio
+ * compares one machine state rather than two moments (this machine's speed moves by 2× within
+ * minutes). A side's rate and CPU are the means over its bursts.
+ */
 async function authGroup(workers: Workers, run: number): Promise<void> {
-  const modes = run % 2 === 0 ? (["off", "on"] as const) : (["on", "off"] as const);
-  for (const mode of modes) {
-    const server = await postgresServer(
-      `bench_${ID}_auth_${mode}_${run}`,
-      mode === "on" ? AUTH_ON_ENV : {},
-    );
-    try {
-      const authorization = mode === "on" ? await benchWriter(server.url) : undefined;
-      for (const clients of [1, 16]) {
-        const { result, cpu } = await measure(workers, server.pid, () =>
-          appends(workers, server.url, {
-            boundary: `auth_${clients}_${run}`,
-            clients,
-            eventsPerAppend: 1,
-            conditional: true,
-            seconds: SECONDS,
-            ...(authorization === undefined ? {} : { authorization }),
-          }),
-        );
+  const off = await postgresServer(`bench_${ID}_auth_off_${run}`, {});
+  const on = await postgresServer(`bench_${ID}_auth_on_${run}`, AUTH_ON_ENV);
+  try {
+    const sides = [
+      { mode: "off", server: off, authorization: undefined },
+      { mode: "on", server: on, authorization: await benchWriter(on.url) },
+    ];
+    const bursts = Math.max(2, Math.round(SECONDS));
+    for (const clients of [1, 16]) {
+      const measured = new Map<string, { result: number; cpu: Cpu }[]>();
+      for (let b = 0; b < bursts; b++) {
+        for (const side of b % 2 === 0 ? sides : [...sides].reverse()) {
+          const { server, authorization } = side;
+          const burst = await measure(workers, server.pid, () =>
+            appends(workers, server.url, {
+              // A boundary per burst: the clients start over with marker 0 and ids from 0.
+              boundary: `auth_${clients}_${run}_${b}`,
+              clients,
+              eventsPerAppend: 1,
+              conditional: true,
+              seconds: SECONDS / bursts,
+              ...(authorization === undefined ? {} : { authorization }),
+            }),
+          );
+          measured.set(side.mode, [...(measured.get(side.mode) ?? []), burst]);
+        }
+      }
+      for (const { mode } of sides) {
+        const all = measured.get(mode) ?? [];
         note(
           `auth.${mode}${clients}`,
           ORISUN,
           `auth ${mode}, conditional 1-event appends, ${clientCount(clients)} (events/s)`,
-          result,
-          cpu,
+          mean(all.map((m) => m.result)),
+          meanCpu(all.map((m) => m.cpu)),
         );
       }
-    } finally {
-      await server.stop();
     }
+  } finally {
+    await Promise.all([off.stop(), on.stop()]);
   }
+}
+
+const mean = (values: readonly number[]) => values.reduce((a, v) => a + v, 0) / values.length;
+
+function meanCpu(cpus: readonly Cpu[]): Cpu {
+  const of = (pick: (cpu: Cpu) => number | undefined) => {
+    const values = cpus.map(pick);
+    return values.every((v) => v !== undefined) ? mean(values as number[]) : undefined;
+  };
+  return {
+    generator: of((c) => c.generator),
+    server: of((c) => c.server),
+    machine: mean(cpus.map((c) => c.machine)),
+  };
 }
 
 /** With BENCH_URL, boundaries carry the invocation's id so that earlier data cannot interfere. */
