@@ -68,7 +68,19 @@ describe("schema migrations at start-up", () => {
       { name: "2026-12-02-auth-principals" },
       { name: "2026-12-02-event-count" },
       { name: "2026-12-03-append-rows" },
+      { name: "2026-12-03-tags-statistics" },
     ]);
+    // The tags column samples 500 × 300 rows in ANALYZE (see the migration).
+    const target = await withClient(
+      async (client) =>
+        (
+          await client.query(
+            `SELECT attstattarget::int AS n FROM pg_attribute
+             WHERE attrelid = '"${name}".orisun_events'::regclass AND attname = 'tags'`,
+          )
+        ).rows[0],
+    );
+    expect(target).toEqual({ n: 500 });
     // And a restart applies nothing again (it would fail: the tables exist).
     const again = await openPostgresStore(name, 1);
     await again.close();
