@@ -353,13 +353,10 @@ async function postgresServer(schema: string, env: Record<string, string> = {}):
 
 /**
  * Conditional 1-event appends against a server with authentication off and one with it on (a
- * non-admin user's password on every call), in alternating order from run to run.
- */
-/**
- * Authentication off and on, both servers up at once: each client count's SECONDS are cut into
- * bursts of about a second that alternate between them (off, on, on, off, …), so that the ratio
- * compares one machine state rather than two moments (this machine's speed moves by 2× within
- * minutes). A side's rate and CPU are the means over its bursts.
+ * non-admin user's password on every call), both up at once: each client count's SECONDS are
+ * cut into bursts of about a second that alternate between them (off, on, on, off, …), so that
+ * the ratio compares one machine state rather than two moments (this machine's speed moves by 2×
+ * within minutes). A side's rate and CPU are the means over its bursts.
  */
 async function authGroup(workers: Workers, run: number): Promise<void> {
   const off = await postgresServer(`bench_${ID}_auth_off_${run}`, {});
