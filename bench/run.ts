@@ -368,7 +368,7 @@ async function authGroup(workers: Workers, run: number): Promise<void> {
     ];
     const bursts = Math.max(2, Math.round(SECONDS));
     for (const clients of [1, 16]) {
-      const measured = new Map<string, { result: number; cpu: Cpu }[]>();
+      const measured = new Map(sides.map((side) => [side, [] as { result: number; cpu: Cpu }[]]));
       for (let b = 0; b < bursts; b++) {
         for (const side of b % 2 === 0 ? sides : [...sides].reverse()) {
           const { server, authorization } = side;
@@ -383,11 +383,10 @@ async function authGroup(workers: Workers, run: number): Promise<void> {
               ...(authorization === undefined ? {} : { authorization }),
             }),
           );
-          measured.set(side.mode, [...(measured.get(side.mode) ?? []), burst]);
+          measured.get(side)?.push(burst);
         }
       }
-      for (const { mode } of sides) {
-        const all = measured.get(mode) ?? [];
+      for (const [{ mode }, all] of measured) {
         note(
           `auth.${mode}${clients}`,
           ORISUN,

@@ -348,8 +348,11 @@ async function subscribe(id: number, job: Extract<Job, { kind: "subscribe" }>) {
       if (!job.record) return;
       const at = now();
       const data = JSON.parse(e.data) as { t: number; w?: 1 };
-      (data.w ? warmup : latencies).push(at - data.t);
-      if (data.w) return;
+      if (data.w) {
+        warmup.push(at - data.t);
+        return;
+      }
+      latencies.push(at - data.t);
       const created = e.date_created;
       if (created) sinceCommit.push(at - Number(created.seconds) * 1_000 - created.nanos / 1e6);
     },
