@@ -9,9 +9,11 @@
  *   npm run build && node dist/bench/interleaved.js A B
  *
  * A and B: a checkout with a built dist/ (a git worktree of another commit, say), "." for this
- * one, "trivial" for the trivial connect-fastify handler of this one (trivial-server.ts), or
+ * one, "trivial" for the trivial connect-fastify handler of this one (trivial-server.ts),
  * "floor" for that handler running SELECT 1 and a JetStream publish per call (what a lone append
- * cannot do without).
+ * cannot do without), "bare" for a bare node:http2 server answering at once (bare-server.ts),
+ * "bare-commit" for that server committing one row per SaveEvents, or "pgbench" for pgbench
+ * inserting the same number of rows per transaction into a lean table (no server: no CPU column).
  * Settings: AB_CLIENTS (1), AB_EVENTS per append (1), AB_BURST_SECONDS (2), AB_ROUNDS (20),
  * AB_ENV_A and AB_ENV_B (JSON, more server environment), AB_AUTH_B=1 (calls to B carry a bench
  * writer's password; start B with ORISUN_AUTH=on and ORISUN_ADMIN_PASSWORD=bench-admin-password
@@ -21,7 +23,14 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { benchWriter } from "./auth-cost.js";
-import { processCpuSeconds, type Server, startServer, startTrivialServer } from "./server.js";
+import { Pgbench } from "./references.js";
+import {
+  processCpuSeconds,
+  type Server,
+  startBareServer,
+  startServer,
+  startTrivialServer,
+} from "./server.js";
 import { NATS_URL, PG_URL, removeServerData } from "./server-data.js";
 import { Workers } from "./workers.js";
 import { appends, median } from "./workloads.js";
@@ -33,22 +42,58 @@ const ROUNDS = Number(process.env.AB_ROUNDS ?? 20);
 
 interface Side {
   readonly name: string;
-  readonly server: Server;
-  readonly authorization: string | undefined;
+  /** The server's process; none for pgbench, whose rounds have no CPU per append. */
+  readonly pid: number | undefined;
   readonly rounds: { cpuMicros: number; rate: number }[];
+  /** Events/s of `seconds` of appends to `boundary`. */
+  burst(boundary: string, seconds: number): Promise<number>;
   cleanup(): Promise<void>;
 }
 
+function serverSide(name: string, server: Server, authorization?: string) {
+  return {
+    name,
+    pid: server.pid,
+    rounds: [],
+    burst: (boundary: string, seconds: number) =>
+      appends(workers, server.url, {
+        boundary,
+        clients: CLIENTS,
+        eventsPerAppend: EVENTS,
+        conditional: true,
+        seconds,
+        ...(authorization === undefined ? {} : { authorization }),
+      }),
+  };
+}
+
 async function start(name: string, index: number): Promise<Side> {
-  const rounds: Side["rounds"] = [];
-  if (name === "trivial" || name === "floor") {
-    const server = await (name === "floor"
-      ? startTrivialServer(PG_URL, NATS_URL)
-      : startTrivialServer());
-    return { name, server, authorization: undefined, rounds, cleanup: () => server.stop() };
+  const schema = `bench_ab_${process.pid}_${index}`;
+  if (name === "pgbench") {
+    const pgbench = await Pgbench.create(PG_URL, schema);
+    return {
+      name,
+      pid: undefined,
+      rounds: [],
+      burst: (_, seconds) => pgbench.rowsPerSecond(CLIENTS, EVENTS, seconds, "lean", false),
+      cleanup: () => pgbench.drop(),
+    };
+  }
+  const reference =
+    name === "trivial"
+      ? startTrivialServer()
+      : name === "floor"
+        ? startTrivialServer(PG_URL, NATS_URL)
+        : name === "bare"
+          ? startBareServer()
+          : name === "bare-commit"
+            ? startBareServer(PG_URL)
+            : undefined;
+  if (reference) {
+    const server = await reference;
+    return { ...serverSide(name, server), cleanup: () => server.stop() };
   }
   const root = `${resolve(name)}/`;
-  const schema = `bench_ab_${process.pid}_${index}`;
   const dir = mkdtempSync(join(tmpdir(), "orisun-ab-"));
   const extra = process.env[index === 0 ? "AB_ENV_A" : "AB_ENV_B"];
   const server = await startServer(
@@ -64,10 +109,7 @@ async function start(name: string, index: number): Promise<Side> {
   const authorization =
     index === 1 && process.env.AB_AUTH_B === "1" ? await benchWriter(server.url) : undefined;
   return {
-    name,
-    server,
-    authorization,
-    rounds,
+    ...serverSide(name, server, authorization),
     async cleanup() {
       await server.stop();
       rmSync(dir, { recursive: true, force: true });
@@ -76,21 +118,10 @@ async function start(name: string, index: number): Promise<Side> {
   };
 }
 
-async function burst(workers: Workers, side: Side, boundary: string, seconds: number) {
-  return appends(workers, side.server.url, {
-    boundary,
-    clients: CLIENTS,
-    eventsPerAppend: EVENTS,
-    conditional: true,
-    seconds,
-    ...(side.authorization === undefined ? {} : { authorization: side.authorization }),
-  });
-}
-
 const [a, b] = process.argv.slice(2);
 if (a === undefined || b === undefined) {
   console.error(
-    'usage: node dist/bench/interleaved.js A B   (a built checkout, ".", or "trivial")',
+    'usage: node dist/bench/interleaved.js A B   (a built checkout, ".", trivial, floor, bare, bare-commit or pgbench)',
   );
   process.exit(2);
 }
@@ -98,14 +129,14 @@ const workers = Workers.start(1);
 const sides: Side[] = [];
 try {
   sides.push(await start(a, 0), await start(b, 1));
-  for (const side of sides) await burst(workers, side, "warm", 3);
+  for (const side of sides) await side.burst("warm", 3);
   for (let round = 0; round < ROUNDS; round++) {
     for (const side of round % 2 === 0 ? sides : [...sides].reverse()) {
-      const pid = side.server.pid as number;
-      const cpu0 = processCpuSeconds(pid);
+      const cpuSeconds = () => (side.pid === undefined ? Number.NaN : processCpuSeconds(side.pid));
+      const cpu0 = cpuSeconds();
       const started = performance.now();
-      const rate = await burst(workers, side, `round${round}`, BURST);
-      const cpu = processCpuSeconds(pid) - cpu0;
+      const rate = await side.burst(`round${round}`, BURST);
+      const cpu = cpuSeconds() - cpu0;
       const appended = (rate / EVENTS) * ((performance.now() - started) / 1_000);
       side.rounds.push({ cpuMicros: (cpu / appended) * 1e6, rate });
     }
@@ -113,16 +144,19 @@ try {
   const [sa, sb] = sides as [Side, Side];
   const count = (xs: number[], f: (x: number) => boolean) => xs.filter(f).length;
   for (const [i, side] of sides.entries()) {
+    const cpu = median(side.rounds.map((r) => r.cpuMicros));
     console.log(
-      `${i === 0 ? "A" : "B"} (${side.name}): server CPU per append ${Math.round(median(side.rounds.map((r) => r.cpuMicros)))} µs, ` +
+      `${i === 0 ? "A" : "B"} (${side.name}): ` +
+        (Number.isNaN(cpu) ? "" : `server CPU per append ${Math.round(cpu)} µs, `) +
         `${Math.round(median(side.rounds.map((r) => r.rate)))} events/s (medians of ${ROUNDS} bursts)`,
     );
   }
   const cpu = sb.rounds.map((r, i) => r.cpuMicros / (sa.rounds[i]?.cpuMicros ?? Number.NaN));
   const rate = sb.rounds.map((r, i) => r.rate / (sa.rounds[i]?.rate ?? Number.NaN));
-  console.log(
-    `B/A server CPU per append: ${median(cpu).toFixed(3)}× (pairwise median; B lower in ${count(cpu, (x) => x < 1)} of ${ROUNDS})`,
-  );
+  if (!Number.isNaN(median(cpu)))
+    console.log(
+      `B/A server CPU per append: ${median(cpu).toFixed(3)}× (pairwise median; B lower in ${count(cpu, (x) => x < 1)} of ${ROUNDS})`,
+    );
   console.log(
     `B/A events/s: ${median(rate).toFixed(3)}× (pairwise median; B higher in ${count(rate, (x) => x > 1)} of ${ROUNDS})`,
   );

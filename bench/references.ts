@@ -128,7 +128,8 @@ export class Pgbench {
 
   /**
    * Rows per second with `clients` connections, each inserting `rows` rows per transaction, after
-   * quiesce(). pgbench runs min(clients, cores) threads: more threads than cores measured slower
+   * quiesce() unless `quiet` is false (bursts a few seconds apart, as bench/interleaved.ts runs
+   * them, would spend more time in CHECKPOINT than in pgbench). pgbench runs min(clients, cores) threads: more threads than cores measured slower
    * (16 clients: 10,731 rows/s with -j 2, 8,283 with -j 16; 64: 12,670 and 11,058).
    */
   async rowsPerSecond(
@@ -136,6 +137,7 @@ export class Pgbench {
     rows: number,
     seconds: number,
     table: PgbenchTable = "lean",
+    quiet = true,
   ): Promise<number> {
     const s = `"${this.schema}"`;
     const script = join(this.dir, `${table}-${rows}.sql`);
@@ -146,7 +148,7 @@ export class Pgbench {
         ? `INSERT INTO ${s}.events (id, type, tags, data) ${rows === 1 ? `VALUES (${lean})` : `SELECT ${lean} FROM ${series}`};\n`
         : `INSERT INTO ${s}.orisun_events (boundary, commit_position, prepare_position, event_id, event_type, tags, data) SELECT 'b', p, p, gen_random_uuid()::text, 'Deposited', ARRAY['["account","c' || :client_id || '"]'], '{"amount": 1}' FROM (SELECT nextval('${s}.positions') AS p FROM ${series}) AS x;\n`;
     writeFileSync(script, text);
-    await quiesce(this.url);
+    if (quiet) await quiesce(this.url);
     const out = await run("pgbench", [
       "-n",
       "-f",

@@ -39,6 +39,7 @@ import {
   givenServer,
   mainThreadSchedule,
   type Server,
+  startBareServer,
   startServer,
   startTrivialServer,
 } from "./server.js";
@@ -175,8 +176,21 @@ const comparisons: Comparison[] = [
     },
     {
       key: `cond${n}`,
+      // The least any durable append on Node costs: an HTTP/2 answer after one committed row.
+      reference: {
+        key: `bare${n}`,
+        name: `a bare HTTP/2 handler committing a row, ${clientCount(n)}`,
+      },
+    },
+    {
+      key: `cond${n}`,
       reference: { key: `emmett${n}`, name: `Emmett, ${clientCount(n)}` },
       target: { op: ">=", ratio: 1.5, text: "≥ 1.5×" },
+    },
+    {
+      key: `bare${n}`,
+      // Below the pgbench target here, no append server in Node could meet it on this machine.
+      reference: { key: `pgbench1x${n}`, name: `pgbench 1 row/tx, ${clientCount(n)}` },
     },
   ]),
   {
@@ -270,6 +284,10 @@ const comparisons: Comparison[] = [
         key: `cpu.floor${n}`,
         name: `a SELECT 1 + JetStream publish handler, ${clientCount(n)}`,
       },
+    },
+    {
+      key: `cpu.bare${n}`,
+      reference: { key: `cpu.trivial${n}`, name: `a trivial handler, ${clientCount(n)}` },
     },
   ]),
   {
@@ -804,24 +822,34 @@ interface ReferenceHandler {
 /**
  * The floor the stack sets: trivial-server.ts, a connect-fastify SaveEvents handler that answers
  * at once; the same with `SELECT 1` on PostgreSQL; and with that and a JetStream publish (the
- * floor of a lone append). Started together, so that each can be measured right after Orisun's
- * appends at the same client count: this machine's speed drifts within minutes.
+ * floor of a lone append). And bare-server.ts, a bare node:http2 handler that commits one row per
+ * SaveEvents: the least any durable append served from Node costs, without Connect or Fastify.
+ * Started together, so that each can be measured right after Orisun's appends at the same client
+ * count: this machine's speed drifts within minutes.
  */
 async function startReferenceHandlers(): Promise<ReferenceHandler[]> {
   if (GIVEN_URL) return [];
   const handlers: ReferenceHandler[] = [];
   try {
-    for (const [key, what, pgUrl, natsUrl] of [
-      ["trivial", "a trivial connect-fastify SaveEvents handler", undefined, undefined],
-      ["select1", "a connect-fastify SaveEvents handler that runs SELECT 1", PG_URL, undefined],
+    for (const [key, what, start] of [
+      ["trivial", "a trivial connect-fastify SaveEvents handler", () => startTrivialServer()],
+      [
+        "select1",
+        "a connect-fastify SaveEvents handler that runs SELECT 1",
+        () => startTrivialServer(PG_URL),
+      ],
       [
         "floor",
         "a connect-fastify SaveEvents handler that runs SELECT 1, then publishes to JetStream",
-        PG_URL,
-        NATS_URL,
+        () => startTrivialServer(PG_URL, NATS_URL),
+      ],
+      [
+        "bare",
+        "a bare node:http2 SaveEvents handler that commits one row (INSERT, autocommit)",
+        () => startBareServer(PG_URL),
       ],
     ] as const) {
-      handlers.push({ key, what, server: await startTrivialServer(pgUrl, natsUrl) });
+      handlers.push({ key, what, server: await start() });
     }
   } catch (error) {
     await stopReferenceHandlers(handlers);

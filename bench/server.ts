@@ -60,6 +60,17 @@ export function startTrivialServer(pgUrl?: string, natsUrl?: string): Promise<Se
   }));
 }
 
+/**
+ * The bare node:http2 server of bare-server.ts: any gRPC call answered at once; with `pgUrl`, each
+ * SaveEvents first commits one row to a lean table.
+ */
+export function startBareServer(pgUrl?: string): Promise<Server> {
+  return spawnAndWait(`${ROOT}dist/bench/bare-server.js`, (port) => ({
+    PORT: String(port),
+    ...(pgUrl && { PG_URL: pgUrl }),
+  }));
+}
+
 /** Spawns `script` (a path) on a free port and waits until it answers. */
 async function spawnAndWait(
   script: string,
