@@ -205,6 +205,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
         log: app.log,
         idleMs: config.boundaryIdleMs,
         sweepMs: config.publisherSweepMs,
+        lingerMs: config.publishLingerMs,
         handOverBytes: config.publishBufferBytes,
         observer: observability.metrics?.publisher,
       })

@@ -43,6 +43,8 @@ export interface Config {
   readonly boundaryIdleMs: number;
   /** How often the publisher looks for boundaries with commits nobody published. */
   readonly publisherSweepMs: number;
+  /** The least time between two JetStream messages of one boundary; 0: every commit at once. */
+  readonly publishLingerMs: number;
   /** Estimated bytes of its own commits a publisher holds to publish from memory, all boundaries. */
   readonly publishBufferBytes: number;
   readonly logLevel: string;
@@ -220,6 +222,21 @@ function duration(env: Source, name: string, fallback: number): number {
   return Number(match[1]) * unit;
 }
 
+/**
+ * A short wait that may be none: 0 to 1s. It holds back live delivery, so a longer one is
+ * refused rather than taken.
+ */
+function linger(env: Source, name: string, fallback: number): number {
+  const raw = env[name];
+  if (raw === undefined || raw === "") return fallback;
+  const match = /^(\d+)(ms|s)$/.exec(raw.trim());
+  const ms = match ? Number(match[1]) * (match[2] === "s" ? 1000 : 1) : Number.NaN;
+  if (!(ms <= 1000)) {
+    throw new ConfigError(`${name}: must be a duration from 0ms to 1s, like 5ms, got "${raw}"`);
+  }
+  return ms;
+}
+
 /** A duration that Node's timers can hold: longer ones would fire at once. */
 function timeout(env: Source, name: string, fallback: number): number {
   const ms = duration(env, name, fallback);
@@ -390,6 +407,7 @@ export function loadConfig(
     ),
     boundaryIdleMs: duration(merged, "ORISUN_BOUNDARY_IDLE", 120_000),
     publisherSweepMs: duration(merged, "ORISUN_PUBLISHER_SWEEP", 5_000),
+    publishLingerMs: linger(merged, "ORISUN_PUBLISH_LINGER", 5),
     publishBufferBytes: integer(
       merged,
       "ORISUN_PUBLISH_BUFFER_BYTES",

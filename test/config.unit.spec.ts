@@ -430,6 +430,19 @@ describe("per-boundary bounds", () => {
   });
 });
 
+describe("ORISUN_PUBLISH_LINGER", () => {
+  it("defaults to 5 ms, takes 0 to switch it off and durations up to 1s", () => {
+    expect(loadConfig({}, []).publishLingerMs).toBe(5);
+    expect(loadConfig({ ORISUN_PUBLISH_LINGER: "0ms" }, []).publishLingerMs).toBe(0);
+    expect(loadConfig({ ORISUN_PUBLISH_LINGER: "20ms" }, []).publishLingerMs).toBe(20);
+    expect(loadConfig({ ORISUN_PUBLISH_LINGER: "1s" }, []).publishLingerMs).toBe(1_000);
+  });
+
+  it.each(["2s", "1001ms", "5", "-1ms", "1m", "soon"])("rejects %s, naming it", (value) => {
+    rejects({ ORISUN_PUBLISH_LINGER: value }, "ORISUN_PUBLISH_LINGER");
+  });
+});
+
 describe("ORISUN_PUBLISH_BUFFER_BYTES", () => {
   it("defaults to 64 MiB and is read from the environment", () => {
     expect(loadConfig({}, []).publishBufferBytes).toBe(64 * 1024 * 1024);

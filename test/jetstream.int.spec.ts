@@ -294,6 +294,27 @@ describe("JetStreamPublisher", () => {
     expect(entries.length).toBe(1 + 100);
   });
 
+  it("with lingerMs, commits that come sooner than it after a message go out together", async () => {
+    const ns = freshNamespace();
+    const store = await openStore(ns);
+    const publisher = await startPublisher(store, ns, { lingerMs: 2_000 });
+    const live = await untilLive(store, ns);
+    // Quiet for longer than the linger: the next commit goes out at once.
+    await new Promise((r) => setTimeout(r, 2_100));
+    const before = { ...publisher.counts };
+    const started = performance.now();
+    await append(store, 1);
+    await untilPublished(store, ns);
+    expect(performance.now() - started).toBeLessThan(1_500);
+    // Sequential commits within the linger share messages.
+    for (let i = 0; i < 20; i++) await append(store, 1);
+    await untilPublished(store, ns);
+    const messages = publisher.counts.messages - before.messages;
+    expect(messages).toBeGreaterThanOrEqual(2);
+    expect(messages).toBeLessThanOrEqual(4);
+    expect((await expectStreamMirrorsLog(store, ns, live)).length).toBe(1 + 21);
+  });
+
   it("after a restart publishes what was committed meanwhile, nothing twice", async () => {
     const ns = freshNamespace();
     const store = await openStore(ns);
