@@ -652,10 +652,14 @@ describe("JetStreamPublisher acknowledgements", () => {
     const before = { ...publisher.counts };
     for (let i = 0; i < 100; i++) await append(store, 1);
     await untilPublished(store, ns);
-    expect(publisher.counts.messages - before.messages).toBe(100);
+    // A message per commit, unless a commit came before the publisher's turn after the one before
+    // (on a loaded machine, once in a while): then the two share a message.
+    const messages = publisher.counts.messages - before.messages;
+    expect(messages).toBeGreaterThanOrEqual(80);
+    expect(messages).toBeLessThanOrEqual(100);
     const acked = publisher.counts.acked - before.acked;
-    expect(acked).toBeGreaterThanOrEqual(3);
-    expect(acked).toBeLessThanOrEqual(4);
+    expect(acked).toBeGreaterThanOrEqual(Math.floor(messages / 32));
+    expect(acked).toBeLessThanOrEqual(Math.ceil(messages / 32));
     expect(publisher.counts.confirmations).toBe(before.confirmations);
     // Unacknowledged, the last ones are not reported as published.
     const head = await store.head(B);
