@@ -9,10 +9,10 @@
  *   npm run build && node dist/bench/interleaved.js A B
  *
  * A and B: a checkout with a built dist/ (a git worktree of another commit, say), "." for this
- * one, "trivial" for the trivial connect-fastify handler of this one (trivial-server.ts),
- * "floor" for that handler running SELECT 1 and a JetStream publish per call (what a lone append
- * cannot do without), "bare" for a bare node:http2 server answering at once (bare-server.ts),
- * "bare-commit" for that server committing one row per SaveEvents, or "pgbench" for pgbench
+ * one, a reference handler of server.ts's REFERENCE_HANDLERS ("trivial" for the trivial
+ * connect-fastify handler, "select1" and "floor" for that handler running SELECT 1 and then a
+ * JetStream publish per call, "bare" for a bare node:http2 server answering at once, "bare-commit"
+ * for that server committing one row per SaveEvents), or "pgbench" for pgbench
  * inserting the same number of rows per transaction into a lean table (no server: no CPU column).
  * Settings: AB_CLIENTS (1), AB_EVENTS per append (1), AB_BURST_SECONDS (2), AB_ROUNDS (20),
  * AB_ENV_A and AB_ENV_B (JSON, more server environment), AB_AUTH_B=1 (calls to B carry a bench
@@ -25,11 +25,11 @@ import { join, resolve } from "node:path";
 import { benchWriter } from "./auth-cost.js";
 import { Pgbench } from "./references.js";
 import {
+  isReferenceName,
   processCpuSeconds,
+  REFERENCE_HANDLERS,
   type Server,
-  startBareServer,
   startServer,
-  startTrivialServer,
 } from "./server.js";
 import { NATS_URL, PG_URL, removeServerData } from "./server-data.js";
 import { Workers } from "./workers.js";
@@ -79,18 +79,8 @@ async function start(name: string, index: number): Promise<Side> {
       cleanup: () => pgbench.drop(),
     };
   }
-  const reference =
-    name === "trivial"
-      ? startTrivialServer()
-      : name === "floor"
-        ? startTrivialServer(PG_URL, NATS_URL)
-        : name === "bare"
-          ? startBareServer()
-          : name === "bare-commit"
-            ? startBareServer(PG_URL)
-            : undefined;
-  if (reference) {
-    const server = await reference;
+  if (isReferenceName(name)) {
+    const server = await REFERENCE_HANDLERS[name].start(PG_URL, NATS_URL);
     return { ...serverSide(name, server), cleanup: () => server.stop() };
   }
   const root = `${resolve(name)}/`;
@@ -121,7 +111,7 @@ async function start(name: string, index: number): Promise<Side> {
 const [a, b] = process.argv.slice(2);
 if (a === undefined || b === undefined) {
   console.error(
-    'usage: node dist/bench/interleaved.js A B   (a built checkout, ".", trivial, floor, bare, bare-commit or pgbench)',
+    'usage: node dist/bench/interleaved.js A B   (a built checkout, ".", trivial, select1, floor, bare, bare-commit or pgbench)',
   );
   process.exit(2);
 }

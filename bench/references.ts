@@ -129,8 +129,9 @@ export class Pgbench {
   /**
    * Rows per second with `clients` connections, each inserting `rows` rows per transaction, after
    * quiesce() unless `quiet` is false (bursts a few seconds apart, as bench/interleaved.ts runs
-   * them, would spend more time in CHECKPOINT than in pgbench). pgbench runs min(clients, cores) threads: more threads than cores measured slower
-   * (16 clients: 10,731 rows/s with -j 2, 8,283 with -j 16; 64: 12,670 and 11,058).
+   * them, would spend more time in CHECKPOINT than in pgbench). pgbench runs min(clients, cores)
+   * threads: more threads than cores measured slower (16 clients: 10,731 rows/s with -j 2, 8,283
+   * with -j 16; 64: 12,670 and 11,058).
    */
   async rowsPerSecond(
     clients: number,

@@ -38,10 +38,10 @@ import {
   CORES,
   givenServer,
   mainThreadSchedule,
+  REFERENCE_HANDLERS,
+  type ReferenceName,
   type Server,
-  startBareServer,
   startServer,
-  startTrivialServer,
 } from "./server.js";
 import { deploymentId, NATS_URL, PG_URL, removeServerData } from "./server-data.js";
 import { Workers } from "./workers.js";
@@ -178,7 +178,7 @@ const comparisons: Comparison[] = [
       key: `cond${n}`,
       // The least any durable append on Node costs: an HTTP/2 answer after one committed row.
       reference: {
-        key: `bare${n}`,
+        key: `bare-commit${n}`,
         name: `a bare HTTP/2 handler committing a row, ${clientCount(n)}`,
       },
     },
@@ -188,7 +188,7 @@ const comparisons: Comparison[] = [
       target: { op: ">=", ratio: 1.5, text: "≥ 1.5×" },
     },
     {
-      key: `bare${n}`,
+      key: `bare-commit${n}`,
       // Below the pgbench target here, no append server in Node could meet it on this machine.
       reference: { key: `pgbench1x${n}`, name: `pgbench 1 row/tx, ${clientCount(n)}` },
     },
@@ -286,7 +286,7 @@ const comparisons: Comparison[] = [
       },
     },
     {
-      key: `cpu.bare${n}`,
+      key: `cpu.bare-commit${n}`,
       reference: { key: `cpu.trivial${n}`, name: `a trivial handler, ${clientCount(n)}` },
     },
   ]),
@@ -812,7 +812,7 @@ async function emmettGroup(workers: Workers, run: number): Promise<void> {
 const cpuPerCall = (serverPercent: number, callsPerSecond: number) =>
   (serverPercent / 100 / callsPerSecond) * 1e6;
 
-/** A reference handler (trivial-server.ts) running, with its key and description. */
+/** A reference handler (server.ts's REFERENCE_HANDLERS) running, with its key and description. */
 interface ReferenceHandler {
   readonly key: string;
   readonly what: string;
@@ -831,25 +831,10 @@ async function startReferenceHandlers(): Promise<ReferenceHandler[]> {
   if (GIVEN_URL) return [];
   const handlers: ReferenceHandler[] = [];
   try {
-    for (const [key, what, start] of [
-      ["trivial", "a trivial connect-fastify SaveEvents handler", () => startTrivialServer()],
-      [
-        "select1",
-        "a connect-fastify SaveEvents handler that runs SELECT 1",
-        () => startTrivialServer(PG_URL),
-      ],
-      [
-        "floor",
-        "a connect-fastify SaveEvents handler that runs SELECT 1, then publishes to JetStream",
-        () => startTrivialServer(PG_URL, NATS_URL),
-      ],
-      [
-        "bare",
-        "a bare node:http2 SaveEvents handler that commits one row (INSERT, autocommit)",
-        () => startBareServer(PG_URL),
-      ],
-    ] as const) {
-      handlers.push({ key, what, server: await start() });
+    const keys: ReferenceName[] = ["trivial", "select1", "floor", "bare-commit"];
+    for (const key of keys) {
+      const { what, start } = REFERENCE_HANDLERS[key];
+      handlers.push({ key, what, server: await start(PG_URL, NATS_URL) });
     }
   } catch (error) {
     await stopReferenceHandlers(handlers);

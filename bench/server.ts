@@ -71,6 +71,41 @@ export function startBareServer(pgUrl?: string): Promise<Server> {
   }));
 }
 
+/**
+ * The reference handlers by name, for the table (run.ts) and the A/B (interleaved.ts): what each
+ * is, and how to start it against the bench's PostgreSQL and NATS.
+ */
+export const REFERENCE_HANDLERS = {
+  trivial: {
+    what: "a trivial connect-fastify SaveEvents handler",
+    start: () => startTrivialServer(),
+  },
+  select1: {
+    what: "a connect-fastify SaveEvents handler that runs SELECT 1",
+    start: (pgUrl: string) => startTrivialServer(pgUrl),
+  },
+  floor: {
+    what: "a connect-fastify SaveEvents handler that runs SELECT 1, then publishes to JetStream",
+    start: (pgUrl: string, natsUrl: string) => startTrivialServer(pgUrl, natsUrl),
+  },
+  bare: {
+    what: "a bare node:http2 SaveEvents handler that answers at once",
+    start: () => startBareServer(),
+  },
+  "bare-commit": {
+    what: "a bare node:http2 SaveEvents handler that commits one row (INSERT, autocommit)",
+    start: (pgUrl: string) => startBareServer(pgUrl),
+  },
+} satisfies Record<
+  string,
+  { what: string; start(pgUrl: string, natsUrl: string): Promise<Server> }
+>;
+
+export type ReferenceName = keyof typeof REFERENCE_HANDLERS;
+
+export const isReferenceName = (name: string): name is ReferenceName =>
+  Object.hasOwn(REFERENCE_HANDLERS, name);
+
 /** Spawns `script` (a path) on a free port and waits until it answers. */
 async function spawnAndWait(
   script: string,
