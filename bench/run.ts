@@ -13,7 +13,8 @@
  * reads, catchup, embedded, memory, references, emmett, plans, workers (1 vs one server process
  * per core, ORISUN_WORKERS; other groups run one), backup; BENCH_URL uses a
  * server you started (its schema for COPY: BENCH_URL_PG_SCHEMA, default public);
- * BENCH_SERVER_NODE_OPTIONS (e.g. --cpu-prof) goes to the spawned servers.
+ * BENCH_SERVER_NODE_OPTIONS (e.g. --cpu-prof) goes to the spawned servers; BENCH_CLIENT=grpc-js
+ * sends SaveEvents with @grpc/grpc-js instead of lean-grpc.ts's client.
  */
 import { mkdtempSync, rmSync } from "node:fs";
 import { cpus, tmpdir, totalmem } from "node:os";

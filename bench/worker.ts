@@ -2,13 +2,20 @@
  * A load-generator process, forked by workers.ts: it runs the jobs the bench sends it, each over
  * this process's own gRPC channel, and answers with counts, latency samples and its CPU time.
  * Several of these share the load so that one Node event loop is never the limit. The client is
- * @grpc/grpc-js with the .proto loaded at run time: on this project's 2-core machine it spent
- * about 0.4 ms of CPU per unary call against 0.9 ms for connect-node's gRPC transport, and CPU the
+ * @grpc/grpc-js with the .proto loaded at run time (on this project's 2-core machine it spent
+ * about 0.4 ms of CPU per unary call against 0.9 ms for connect-node's gRPC transport), except
+ * SaveEvents, which goes through lean-grpc.ts's leaner client unless BENCH_CLIENT=grpc-js: CPU the
  * generator uses is CPU the server and PostgreSQL do not get.
  */
 import { fileURLToPath } from "node:url";
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
+import {
+  type EventToSave,
+  leanSaveEvents,
+  type Position,
+  type SaveEventsCall,
+} from "./lean-grpc.js";
 
 export type Job =
   /** `clients` loops appending `eventsPerAppend` events at a time, each on its own tag, for `seconds`. */
@@ -66,26 +73,9 @@ export type Reply =
   | { id: number; error: string; cpuMicros: number };
 
 /** The messages as @grpc/proto-loader presents them: field names as in the .proto, int64 as strings. */
-interface Position {
-  commit_position: string;
-  prepare_position: string;
-}
-interface Tag {
-  key: string;
-  value: string;
-}
-interface EventToSave {
-  event_id: string;
-  event_type: string;
-  tags: Tag[];
-  data: string;
-}
 interface Event extends EventToSave {
   position: Position | null;
   date_created: { seconds: string; nanos: number } | null;
-}
-interface Query {
-  criteria: { tags: Tag[] }[];
 }
 interface Stream<T> extends AsyncIterable<T> {
   cancel(): void;
@@ -93,11 +83,7 @@ interface Stream<T> extends AsyncIterable<T> {
 
 /** The calls the jobs make, as promises and async iterables. */
 interface Api {
-  saveEvents(request: {
-    boundary: string;
-    events: EventToSave[];
-    consistency_condition?: { consistency_marker: Position; criteria: Query };
-  }): Promise<{ log_position: Position | null }>;
+  saveEvents: SaveEventsCall;
   getEvents(request: {
     boundary: string;
     count: number;
@@ -158,7 +144,10 @@ function connect(url: string, authorization: string | undefined, windowBytes?: n
     (request: unknown) =>
       (client[method] as (request: unknown) => Stream<T>).call(client, request);
   return {
-    saveEvents: unary("SaveEvents"),
+    saveEvents:
+      process.env.BENCH_CLIENT === "grpc-js"
+        ? unary("SaveEvents")
+        : leanSaveEvents(url, authorization),
     getEvents: unary("GetEvents"),
     subscribeToEvents: stream("SubscribeToEvents"),
     publishToPubSub: unary("PublishToPubSub"),
