@@ -190,8 +190,18 @@ function position(value: unknown): EventJson["position"] {
   };
 }
 
+/** The last date parsed: the events of one commit share theirs, and an export keeps them together. */
+let lastDate: { text: string; value: NonNullable<EventJson["dateCreated"]> } | undefined;
+
 function timestamp(value: unknown): EventJson["dateCreated"] {
   if (value === null || value === undefined) return undefined;
+  if (value === lastDate?.text) return lastDate.value;
+  const parsed = parseTimestamp(value);
+  lastDate = { text: value as string, value: parsed };
+  return parsed;
+}
+
+function parseTimestamp(value: unknown): NonNullable<EventJson["dateCreated"]> {
   const m = typeof value === "string" ? RFC3339.exec(value) : null;
   if (!m) throw new Error("dateCreated: must be an RFC 3339 date-time string");
   const ms = Date.parse(`${m[1]}-${m[2]}-${m[3]}T${m[4]}:${m[5]}:${m[6]}${m[8]}`);

@@ -1,12 +1,12 @@
-import { createReadStream, mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { createInterface } from "node:readline";
 import type { Readable } from "node:stream";
 import { ConnectError, createClient, type Transport } from "@connectrpc/connect";
 import { Admin } from "../../gen/orisun/v1/admin_pb.js";
 import { EventStore } from "../../gen/orisun/v1/eventstore_pb.js";
 import { type EventJson, eventFromJson } from "./event-json.js";
+import { lines, openFile } from "./lines.js";
 import { Output } from "./output.js";
 import { Progress } from "./progress.js";
 
@@ -66,12 +66,7 @@ export async function importEvents(via: Transport, options: ImportOptions): Prom
     }
   };
   if (!options.append) {
-    return stream(
-      via,
-      options,
-      stdin ? process.stdin : createReadStream(options.file as string),
-      empty,
-    );
+    return stream(via, options, stdin ? process.stdin : openFile(options.file as string), empty);
   }
   const spoolDir = stdin ? mkdtempSync(join(tmpdir(), "orisun-import-")) : undefined;
   try {
@@ -79,22 +74,16 @@ export async function importEvents(via: Transport, options: ImportOptions): Prom
       spoolDir === undefined ? (options.file as string) : join(spoolDir, "events.ndjson");
     const copy = spoolDir === undefined ? undefined : new Output(path);
     const checker = new FileCheck(options, empty);
-    for await (const { line, n } of lines(stdin ? process.stdin : createReadStream(path))) {
-      await copy?.write(`${line}\n`);
-      checker.check(parseLine(line, n, options), n);
+    for await (const chunk of lines(stdin ? process.stdin : openFile(path))) {
+      for (const { line, n } of chunk) {
+        await copy?.write(`${line}\n`);
+        checker.check(parseLine(line, n, options), n);
+      }
     }
     await copy?.close();
     return await append(via, options, path, checker.targets);
   } finally {
     if (spoolDir !== undefined) rmSync(spoolDir, { recursive: true, force: true });
-  }
-}
-
-async function* lines(input: Readable): AsyncGenerator<{ line: string; n: number }> {
-  let n = 0;
-  for await (const line of createInterface({ input, crlfDelay: Number.POSITIVE_INFINITY })) {
-    n++;
-    if (line.trim() !== "") yield { line, n };
   }
 }
 
@@ -228,21 +217,23 @@ async function* batches(
     commit = [];
     commitBytes = 0;
   };
-  for await (const { line, n } of lines(input)) {
-    const parsed = parseLine(line, n, options);
-    each?.(parsed, n);
-    if (parsed.target !== target) {
-      closeCommit();
-      flush();
-      target = parsed.target;
-    } else if (
-      !wholeCommits ||
-      parsed.event.position?.commitPosition !== commit[0]?.event.position?.commitPosition
-    ) {
-      closeCommit();
+  for await (const chunk of lines(input)) {
+    for (const { line, n } of chunk) {
+      const parsed = parseLine(line, n, options);
+      each?.(parsed, n);
+      if (parsed.target !== target) {
+        closeCommit();
+        flush();
+        target = parsed.target;
+      } else if (
+        !wholeCommits ||
+        parsed.event.position?.commitPosition !== commit[0]?.event.position?.commitPosition
+      ) {
+        closeCommit();
+      }
+      commit.push(parsed);
+      commitBytes += parsed.bytes;
     }
-    commit.push(parsed);
-    commitBytes += parsed.bytes;
     yield* ready.splice(0);
   }
   closeCommit();
@@ -344,7 +335,7 @@ async function append(
   };
 
   try {
-    for await (const { target, batch } of batches(createReadStream(path), options, false)) {
+    for await (const { target, batch } of batches(openFile(path), options, false)) {
       await dispatch(
         target,
         batch.map((p) => p.event),
