@@ -58,6 +58,24 @@ describe("recent commits, for condition checks in memory", () => {
     expect(recent.violated("b", at(4), at(2), owner("b"))).toBe(false);
   });
 
+  it("slides over many commits at its limit: exact answers and constant bytes", () => {
+    const recent = new RecentCommits(limits(5));
+    let full = 0;
+    for (let n = 1; n <= 100; n++) {
+      recent.committed("b", at(n - 1), at(n), [event(n, `o${n % 3}`)]);
+      if (n < 6) continue;
+      full ||= recent.bytes;
+      expect(recent.bytes).toBe(full);
+      // Held: events n-4..n, so a marker at n-5 is the oldest it answers for.
+      expect(recent.violated("b", at(n), at(n - 6), owner("x"))).toBeUndefined();
+      expect(recent.violated("b", at(n), at(n - 5), owner(`o${(n - 4) % 3}`))).toBe(true);
+      expect(recent.violated("b", at(n), at(n - 4), owner(`o${(n - 4) % 3}`))).toBe(
+        [n - 3, n - 2, n - 1, n].some((k) => k % 3 === (n - 4) % 3),
+      );
+      expect(recent.violated("b", at(n), at(n - 5), owner("x"))).toBe(false);
+    }
+  });
+
   it("forgets a boundary whose last transaction had no known outcome", () => {
     const recent = new RecentCommits(limits(100));
     recent.committed("b", at(0), at(1), [event(1, "a")]);

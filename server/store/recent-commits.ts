@@ -22,7 +22,9 @@ interface Window {
   from: Position;
   /** The boundary's head after the last event held. */
   head: Position;
-  events: RecentEvent[];
+  /** The events held are events[start..]; the slots before it were emptied (see trim). */
+  events: (RecentEvent | undefined)[];
+  start: number;
   /** estimateBytes of the window and its events. */
   bytes: number;
   /** When a commit or a check last used it (for idle expiry). */
@@ -97,7 +99,7 @@ export class RecentCommits {
     }
     this.touch(boundary, window);
     if (comparePositions(after, window.from) < 0) return undefined;
-    for (let i = window.events.length - 1; i >= 0; i--) {
+    for (let i = window.events.length - 1; i >= window.start; i--) {
       const event = window.events[i] as RecentEvent;
       if (comparePositions(event.position, after) <= 0) return false;
       if (matches(event, query)) return true;
@@ -111,7 +113,7 @@ export class RecentCommits {
     let window = this.windows.get(boundary);
     if (!window || comparePositions(window.head, before) !== 0) {
       this.forget(boundary);
-      window = { from: before, head: before, events: [], bytes: WINDOW_BYTES, used: 0 };
+      window = { from: before, head: before, events: [], start: 0, bytes: WINDOW_BYTES, used: 0 };
       this.total += window.bytes;
     }
     this.touch(boundary, window);
@@ -122,7 +124,7 @@ export class RecentCommits {
       this.total += bytes;
     }
     window.head = head;
-    this.trim(window, window.events.length - this.limits.maxEvents);
+    this.trim(window, window.events.length - window.start - this.limits.maxEvents);
     for (const [name, lru] of this.windows) {
       if (this.total <= this.limits.maxBytes) break;
       if (lru === window) break;
@@ -131,8 +133,8 @@ export class RecentCommits {
     // Only this window is left over the budget: it keeps what fits of its newest events.
     let excess = 0;
     let over = this.total - this.limits.maxBytes;
-    while (over > 0 && excess < window.events.length) {
-      over -= estimateBytes(window.events[excess] as RecentEvent);
+    while (over > 0 && window.start + excess < window.events.length) {
+      over -= estimateBytes(window.events[window.start + excess] as RecentEvent);
       excess++;
     }
     this.trim(window, excess);
@@ -154,16 +156,28 @@ export class RecentCommits {
     window.used = this.now();
   }
 
-  /** Drops the window's `count` oldest events; it then answers only after the last dropped. */
+  /**
+   * Drops the window's `count` oldest events; it then answers only after the last dropped. Their
+   * slots are emptied and removed from the array only once they are half of it: a full window
+   * trims a few events per commit, and moving its 10,000 others each time showed in a profile of
+   * 16 clients' appends (113 ms of 9.1 s busy).
+   */
   private trim(window: Window, count: number): void {
     if (count <= 0) return;
-    const dropped = window.events.splice(0, count);
-    for (const event of dropped) {
-      const bytes = estimateBytes(event);
+    const end = window.start + count;
+    window.from = (window.events[end - 1] as RecentEvent).position;
+    for (let i = window.start; i < end; i++) {
+      const bytes = estimateBytes(window.events[i] as RecentEvent);
       window.bytes -= bytes;
       this.total -= bytes;
+      // The event is let go now; only its 8-byte slot waits for the splice.
+      window.events[i] = undefined;
     }
-    window.from = (dropped.at(-1) as RecentEvent).position;
+    window.start = end;
+    if (end * 2 >= window.events.length) {
+      window.events.splice(0, end);
+      window.start = 0;
+    }
   }
 
   private expireIdle(): void {
