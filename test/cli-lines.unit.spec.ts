@@ -44,6 +44,30 @@ describe("the import's line reader", () => {
     expect(out).toEqual([{ line: "é€", n: 1 }]);
   });
 
+  it("joins a line from many chunks without a break, after a lone \\r too", async () => {
+    const long = "x".repeat(1000);
+    const pieces = Array.from({ length: 10 }, () => "x".repeat(100));
+    expect(await read(["a\r", ...pieces, "\nb"])).toEqual([
+      { line: "a", n: 1 },
+      { line: long, n: 2 },
+      { line: "b", n: 3 },
+    ]);
+  });
+
+  it("refuses a line longer than its limit, naming the line, before reading on", async () => {
+    const chunks = ["ok\n", "y".repeat(10), "y".repeat(10), "never read\n"];
+    const seen: string[] = [];
+    const reading = (async () => {
+      for await (const chunk of lines(Readable.from(chunks.map((c) => Buffer.from(c))), 15)) {
+        seen.push(...chunk.map((l) => l.line));
+      }
+    })();
+    await expect(reading).rejects.toThrow(
+      /^line 2: longer than 15 characters, which no exported event is; nothing was written$/,
+    );
+    expect(seen).toEqual(["ok"]);
+  });
+
   it("reads nothing from an empty input", async () => {
     expect(await read([])).toEqual([]);
     expect(await read(["\n\r\n"])).toEqual([]);
