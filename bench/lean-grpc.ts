@@ -3,7 +3,7 @@
  * project's generated protobuf codec, and nothing else. A load generator shares this machine's two
  * cores with the server, PostgreSQL and NATS, so every µs it spends per call is taken from what it
  * measures; pgbench's reference has a client written in C. Against the bare node:http2 handler,
- * @grpc/grpc-js (its channel, call stack, interceptors and protobufjs) spent 2.0–2.6× the CPU per
+ * @grpc/grpc-js (its channel, call stack, interceptors and protobufjs) spent 1.9–2.6× the CPU per
  * call of this one at 16 and 64 clients. BENCH_CLIENT=grpc-js puts grpc-js back.
  *
  * It is a complete unary call: the request framed as gRPC's length-prefixed message, the answer's
