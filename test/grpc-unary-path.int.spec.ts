@@ -55,12 +55,16 @@ interface Answer {
 const SAVE = "/orisun.v1.EventStore/SaveEvents";
 const PUBLISH = "/orisun.v1.EventStore/PublishToPubSub";
 
-/** One POST of `body` as it is to `path`, over a connection of its own. */
+/**
+ * One POST of `body` as it is to `path`, over a connection of its own; with `pauseMs`, its first
+ * 7 bytes, then the rest that much later.
+ */
 async function call(
   app: RunningApp,
   body: Buffer,
   headers: Record<string, string> = {},
   path = SAVE,
+  pauseMs?: number,
 ): Promise<Answer> {
   const session = http2.connect(app.url);
   try {
@@ -100,7 +104,11 @@ async function call(
           body: Buffer.concat(chunks),
         });
       });
-      stream.end(body);
+      if (pauseMs === undefined) stream.end(body);
+      else {
+        stream.write(body.subarray(0, 7));
+        setTimeout(() => stream.end(body.subarray(7)), pauseMs);
+      }
     });
   } finally {
     session.close();
@@ -146,9 +154,9 @@ function publish(subject: string, data: Uint8Array): Uint8Array {
 }
 
 /** The same call on both servers, one after the other; the two answers. */
-async function both(body: Buffer, headers?: Record<string, string>, path = SAVE) {
-  const a = await call(lean, body, headers, path);
-  const b = await call(connect, body, headers, path);
+async function both(body: Buffer, headers?: Record<string, string>, path = SAVE, pauseMs?: number) {
+  const a = await call(lean, body, headers, path, pauseMs);
+  const b = await call(connect, body, headers, path, pauseMs);
   return [a, b] as const;
 }
 
@@ -241,6 +249,16 @@ describe("SaveEvents over binary gRPC without Fastify and Connect's pipeline", (
     const [c, d] = await both(envelope(save("", "x")), accepts);
     expect(c.grpcStatus).toBe("3");
     expect(c).toEqual(d);
+  });
+
+  it("answers a call whose deadline passes before its body is in as Connect does", async () => {
+    const body = envelope(save("default", "late"));
+    const [a, b] = await both(body, { "grpc-timeout": "100m" }, SAVE, 400);
+    expect(a.grpcStatus).toBe("4");
+    expect(a).toEqual(b);
+    // Nothing was stored: the same append with a condition on its tag from the start succeeds.
+    const [c] = await both(envelope(save("default", "late", { after: 0n })));
+    expect(c.grpcStatus).toBe("0");
   });
 
   it("lets go of a call whose client cancels mid-body, and goes on serving", async () => {

@@ -132,7 +132,7 @@ export function grpcUnaryPath(options: GrpcUnaryPathOptions): StreamRoute {
       options.requestGate(context);
       if (timeout.error) throw timeout.error;
       const serialization = route.serialization.getI(true);
-      const input = await readUnaryMessage(stream, options.readMaxBytes, context.signal, (bytes) =>
+      const input = await readUnaryMessage(stream, options.readMaxBytes, (bytes) =>
         serialization.parse(bytes),
       );
       const output = await invokeUnaryImplementation(
@@ -205,12 +205,13 @@ export function grpcUnaryPath(options: GrpcUnaryPathOptions): StreamRoute {
  * Reads the request body: exactly one enveloped message, as Connect's gRPC handler requires of a
  * unary call, with its errors in its order. No more than two envelopes of at most `maxBytes`
  * each are ever held; a longer body is refused as soon as its second envelope is complete, and
- * whatever follows an error is dropped as it arrives.
+ * whatever follows an error is dropped as it arrives. A deadline that passes meanwhile does not
+ * stop the read, as it does not in Connect's handler: the implementation then refuses the call
+ * with its own DEADLINE_EXCEEDED, so both paths give the same answer.
  */
 function readUnaryMessage<T>(
   stream: ServerHttp2Stream,
   maxBytes: number,
-  signal: AbortSignal,
   parse: (bytes: Uint8Array) => T,
 ): Promise<T> {
   return new Promise<T>((resolve, reject) => {
@@ -221,7 +222,7 @@ function readUnaryMessage<T>(
     const finish = (error: unknown, value?: T) => {
       stream.off("data", onData);
       stream.off("end", onEnd);
-      signal.removeEventListener("abort", onAbort);
+      stream.off("close", onClose);
       if (error === undefined) resolve(value as T);
       else {
         // The rest of the body is not wanted: read and dropped, so that nothing is held.
@@ -229,7 +230,7 @@ function readUnaryMessage<T>(
         reject(error);
       }
     };
-    const onAbort = () => finish(signal.reason);
+    const onClose = () => finish(new ConnectError("the client closed the stream", Code.Canceled));
     const onData = (chunk: Buffer) => {
       try {
         let at = 0;
@@ -286,8 +287,9 @@ function readUnaryMessage<T>(
         );
       } else finish(undefined, messages[0]);
     };
-    if (signal.aborted) return reject(signal.reason);
-    signal.addEventListener("abort", onAbort, { once: true });
+    if (stream.closed)
+      return reject(new ConnectError("the client closed the stream", Code.Canceled));
+    stream.once("close", onClose);
     stream.on("data", onData);
     stream.on("end", onEnd);
   });
