@@ -132,7 +132,8 @@ export function grpcUnaryPath(options: GrpcUnaryPathOptions): StreamRoute {
       options.requestGate(context);
       if (timeout.error) throw timeout.error;
       const serialization = route.serialization.getI(true);
-      const input = await readUnaryMessage(stream, options.readMaxBytes, (bytes) =>
+      // Only the client's going away stops the read, not the deadline (see readUnaryMessage).
+      const input = await readUnaryMessage(stream, options.readMaxBytes, closed.signal, (bytes) =>
         serialization.parse(bytes),
       );
       const output = await invokeUnaryImplementation(
@@ -205,13 +206,15 @@ export function grpcUnaryPath(options: GrpcUnaryPathOptions): StreamRoute {
  * Reads the request body: exactly one enveloped message, as Connect's gRPC handler requires of a
  * unary call, with its errors in its order. No more than two envelopes of at most `maxBytes`
  * each are ever held; a longer body is refused as soon as its second envelope is complete, and
- * whatever follows an error is dropped as it arrives. A deadline that passes meanwhile does not
- * stop the read, as it does not in Connect's handler: the implementation then refuses the call
- * with its own DEADLINE_EXCEEDED, so both paths give the same answer.
+ * whatever follows an error is dropped as it arrives. `signal` stops the read; it is the client's
+ * closing the stream only, not the deadline: Connect's handler reads the body past a deadline too,
+ * and the implementation then refuses the call with its own DEADLINE_EXCEEDED, so both paths give
+ * the same answer.
  */
 function readUnaryMessage<T>(
   stream: ServerHttp2Stream,
   maxBytes: number,
+  signal: AbortSignal,
   parse: (bytes: Uint8Array) => T,
 ): Promise<T> {
   return new Promise<T>((resolve, reject) => {
@@ -222,7 +225,7 @@ function readUnaryMessage<T>(
     const finish = (error: unknown, value?: T) => {
       stream.off("data", onData);
       stream.off("end", onEnd);
-      stream.off("close", onClose);
+      signal.removeEventListener("abort", onAbort);
       if (error === undefined) resolve(value as T);
       else {
         // The rest of the body is not wanted: read and dropped, so that nothing is held.
@@ -230,7 +233,7 @@ function readUnaryMessage<T>(
         reject(error);
       }
     };
-    const onClose = () => finish(new ConnectError("the client closed the stream", Code.Canceled));
+    const onAbort = () => finish(signal.reason);
     const onData = (chunk: Buffer) => {
       try {
         let at = 0;
@@ -287,9 +290,8 @@ function readUnaryMessage<T>(
         );
       } else finish(undefined, messages[0]);
     };
-    if (stream.closed)
-      return reject(new ConnectError("the client closed the stream", Code.Canceled));
-    stream.once("close", onClose);
+    if (signal.aborted) return reject(signal.reason);
+    signal.addEventListener("abort", onAbort, { once: true });
     stream.on("data", onData);
     stream.on("end", onEnd);
   });
