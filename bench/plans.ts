@@ -41,7 +41,7 @@ export async function queryPlans(
     poolSize: 1,
     dataDir,
     onIdleError: () => {},
-    groupCommit: { maxEvents: 10_000, maxBytes: 8 * 1024 * 1024 },
+    groupCommit: { maxEvents: 10_000, maxBytes: 8 * 1024 * 1024, maxWaitMs: 5 },
   });
   const client = new pg.Client({ connectionString: url, options: `-c search_path="${schema}"` });
   await client.connect();

@@ -126,6 +126,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     groupCommit: {
       maxEvents: config.limits.maxEventsPerSave,
       maxBytes: config.limits.maxRequestBytes * 2,
+      maxWaitMs: config.groupCommitWaitMs,
     },
     maxBoundaries: config.maxBoundaries,
     recentCommitsBytes: config.recentCommitsBytes,

@@ -45,6 +45,8 @@ export interface Config {
   readonly publisherSweepMs: number;
   /** The least time between two JetStream messages of one boundary; 0: every commit at once. */
   readonly publishLingerMs: number;
+  /** Longest a group-commit transaction waits for more requests to join it; 0: never. */
+  readonly groupCommitWaitMs: number;
   /** Estimated bytes of its own commits a publisher holds to publish from memory, all boundaries. */
   readonly publishBufferBytes: number;
   readonly logLevel: string;
@@ -223,8 +225,8 @@ function duration(env: Source, name: string, fallback: number): number {
 }
 
 /**
- * A short wait that may be none: 0 to 1s. It holds back live delivery, so a longer one is
- * refused rather than taken.
+ * A short wait that may be none: 0 to 1s. It holds back appends or live delivery, so a longer one
+ * is refused rather than taken.
  */
 function linger(env: Source, name: string, fallback: number): number {
   const raw = env[name];
@@ -408,6 +410,7 @@ export function loadConfig(
     boundaryIdleMs: duration(merged, "ORISUN_BOUNDARY_IDLE", 120_000),
     publisherSweepMs: duration(merged, "ORISUN_PUBLISHER_SWEEP", 5_000),
     publishLingerMs: linger(merged, "ORISUN_PUBLISH_LINGER", 5),
+    groupCommitWaitMs: linger(merged, "ORISUN_GROUP_COMMIT_WAIT", 5),
     publishBufferBytes: integer(
       merged,
       "ORISUN_PUBLISH_BUFFER_BYTES",

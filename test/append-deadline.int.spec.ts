@@ -31,7 +31,7 @@ describe.each(["pglite", "postgres"] as const)("an append's deadline on %s", (ki
       poolSize: 1,
       dataDir,
       onIdleError: () => {},
-      groupCommit: { maxEvents: 10_000, maxBytes: 8 * 1024 * 1024 },
+      groupCommit: { maxEvents: 10_000, maxBytes: 8 * 1024 * 1024, maxWaitMs: 5 },
     });
     cleanups.push(() => store.close());
     await store.append(request("first"));

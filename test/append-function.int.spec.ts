@@ -82,7 +82,7 @@ const targets: Target[] = [
   },
 ];
 
-const limits = { maxEvents: 10_000, maxBytes: 8 * 1024 * 1024 };
+const limits = { maxEvents: 10_000, maxBytes: 8 * 1024 * 1024, maxWaitMs: 5 };
 const tag = [{ key: "user", value: "ada" }];
 const query = [{ types: [], tags: tag }];
 

@@ -6,7 +6,7 @@ import type { ImportRequest } from "../server/store/import.js";
 import type { AppendRequest } from "../server/store/types.js";
 import { dropSchema, freshDataDir, freshSchema, PG_URL } from "./support/databases.js";
 
-const groupCommit = { maxEvents: 10_000, maxBytes: 8 * 1024 * 1024 };
+const groupCommit = { maxEvents: 10_000, maxBytes: 8 * 1024 * 1024, maxWaitMs: 5 };
 
 function request(boundary: string, id: string): AppendRequest {
   return {

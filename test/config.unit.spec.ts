@@ -443,6 +443,19 @@ describe("ORISUN_PUBLISH_LINGER", () => {
   });
 });
 
+describe("ORISUN_GROUP_COMMIT_WAIT", () => {
+  it("defaults to 5 ms, takes 0 to switch it off and durations up to 1s", () => {
+    expect(loadConfig({}, []).groupCommitWaitMs).toBe(5);
+    expect(loadConfig({ ORISUN_GROUP_COMMIT_WAIT: "0ms" }, []).groupCommitWaitMs).toBe(0);
+    expect(loadConfig({ ORISUN_GROUP_COMMIT_WAIT: "2ms" }, []).groupCommitWaitMs).toBe(2);
+    expect(loadConfig({ ORISUN_GROUP_COMMIT_WAIT: "1s" }, []).groupCommitWaitMs).toBe(1_000);
+  });
+
+  it.each(["2s", "1001ms", "5", "-1ms", "soon"])("rejects %s, naming it", (value) => {
+    rejects({ ORISUN_GROUP_COMMIT_WAIT: value }, "ORISUN_GROUP_COMMIT_WAIT");
+  });
+});
+
 describe("ORISUN_PUBLISH_BUFFER_BYTES", () => {
   it("defaults to 64 MiB and is read from the environment", () => {
     expect(loadConfig({}, []).publishBufferBytes).toBe(64 * 1024 * 1024);

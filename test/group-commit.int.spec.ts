@@ -1,10 +1,11 @@
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { StoreError } from "../server/store/errors.js";
-import type { EventStore } from "../server/store/event-store.js";
+import { EventStore } from "../server/store/event-store.js";
 import type { Position } from "../server/store/types.js";
 import {
   dropSchema,
+  freshDataDir,
   freshSchema,
   openPostgresStore,
   PG_URL,
@@ -170,5 +171,157 @@ describe("an append that waited for another process's transaction on PostgreSQL"
       await store.read({ boundary: "stale_miss", query: [], count: 10, direction: "asc" })
     ).map((e) => e.id);
     expect(ids).toEqual(["start", "other-b", "claim"]);
+  });
+});
+
+// After a transaction of N requests the next waits until N/2 requests are queued, or as long as
+// that transaction took (at most maxWaitMs): callers answered together come back together
+// (server/store/append.ts, Appender.drain).
+describe("the transaction after a large one waits for its callers to come back, on PostgreSQL", () => {
+  const schema = freshSchema("refill");
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+  const sessions: pg.Client[] = [];
+  const stores: EventStore[] = [];
+  beforeAll(async () => {
+    for (let i = 0; i < 3; i++) {
+      const client = new pg.Client({
+        connectionString: PG_URL,
+        options: `-c search_path="${schema}"`,
+      });
+      await client.connect();
+      sessions.push(client);
+    }
+  });
+  afterAll(async () => {
+    for (const client of sessions) await client.end();
+    for (const store of stores) await store.close();
+    await dropSchema(schema);
+  });
+
+  /** A store whose transactions' sizes (requests per transaction) are recorded in order. */
+  async function open(maxWaitMs: number) {
+    const batches: number[] = [];
+    const store = await EventStore.open({
+      url: PG_URL,
+      schema,
+      poolSize: 4,
+      dataDir: freshDataDir(),
+      onIdleError: () => {},
+      groupCommit: { maxEvents: 10_000, maxBytes: 8 * 1024 * 1024, maxWaitMs },
+      observer: {
+        transaction: (_boundary, requests, run) => {
+          batches.push(requests);
+          return run();
+        },
+        committed: () => {},
+      },
+    });
+    stores.push(store);
+    return { store, batches };
+  }
+
+  /**
+   * Session `n`'s uncommitted event with this id (at a position of its own): an append of the same
+   * id waits for it.
+   */
+  async function holdId(n: 0 | 1, boundary: string, id: string) {
+    const [session, watcher] = [sessions[n] as pg.Client, sessions[2] as pg.Client];
+    await session.query("BEGIN");
+    await session.query(
+      `INSERT INTO orisun_events
+        (boundary, commit_position, prepare_position, event_id, event_type, tags, data)
+       VALUES ($1, $2, $2, $3, 'T', '{}', '{}')`,
+      [boundary, 1_000_000 + n, id],
+    );
+    const { rows } = await session.query<{ pid: number }>("SELECT pg_backend_pid() AS pid");
+    const pid = rows[0]?.pid;
+    return {
+      /** Resolves once a session of the store waits for this one. */
+      async blocking() {
+        for (let i = 0; i < 500; i++) {
+          const { rows: waiting } = await watcher.query(
+            "SELECT 1 FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+            [pid],
+          );
+          if (waiting.length > 0) return;
+          await sleep(10);
+        }
+        throw new Error(`no append waited for the held id ${id}`);
+      },
+      release: () => session.query("ROLLBACK"),
+    };
+  }
+
+  const one = (boundary: string, id: string) => ({
+    boundary,
+    events: [{ id, type: "T", tags: [], data: "{}", metadata: "" }],
+  });
+
+  /**
+   * A lone request, then eight that queue behind it and commit together in a transaction held
+   * for `holdMs`; resolves once those eight are answered. Transactions so far: 1, 1, 8.
+   */
+  async function afterEight(store: EventStore, boundary: string, holdMs: number) {
+    await store.append(one(boundary, "start"));
+    const a = await holdId(0, boundary, "a");
+    const b = await holdId(1, boundary, "b1");
+    const first = store.append(one(boundary, "a"));
+    await a.blocking();
+    const eight = Array.from({ length: 8 }, (_, i) => store.append(one(boundary, `b${i + 1}`)));
+    await a.release();
+    await first;
+    await b.blocking();
+    await sleep(holdMs);
+    await b.release();
+    await Promise.all(eight);
+  }
+
+  it("takes the callers that come back within the wait into one transaction", async () => {
+    const { store, batches } = await open(5_000);
+    await afterEight(store, "refill_join", 1_000);
+    const started = performance.now();
+    const c = [store.append(one("refill_join", "c1"))];
+    await sleep(50);
+    for (let i = 2; i <= 4; i++) c.push(store.append(one("refill_join", `c${i}`)));
+    const positions = await Promise.all(c);
+    // The fourth request made half of the eight: the transaction started then, not after the
+    // wait's 1 s (as long as the last transaction took).
+    expect(performance.now() - started).toBeLessThan(1_000);
+    expect(batches).toEqual([1, 1, 8, 4]);
+    expect(new Set(positions.map((p) => p.commit)).size).toBe(4);
+  });
+
+  it("sends what has come once the wait is over", async () => {
+    const { store, batches } = await open(100);
+    await afterEight(store, "refill_timeout", 300);
+    const started = performance.now();
+    await store.append(one("refill_timeout", "c1"));
+    // The last transaction took over 300 ms, and maxWaitMs caps the wait at 100.
+    expect(performance.now() - started).toBeGreaterThanOrEqual(90);
+    expect(batches).toEqual([1, 1, 8, 1]);
+  });
+
+  it("does not wait when maxWaitMs is 0", async () => {
+    const { store, batches } = await open(0);
+    await afterEight(store, "refill_off", 300);
+    await store.append(one("refill_off", "c1"));
+    await sleep(50);
+    await Promise.all([2, 3, 4].map((i) => store.append(one("refill_off", `c${i}`))));
+    expect(batches).toEqual([1, 1, 8, 1, 1, 2]);
+  });
+
+  it("never holds back callers that come one or two at a time", async () => {
+    const { store, batches } = await open(5_000);
+    for (let i = 0; i < 10; i++) await store.append(one("refill_lone", `e${i}`));
+    for (let i = 0; i < 10; i++) {
+      const started = performance.now();
+      await Promise.all([
+        store.append(one("refill_lone", `p${i}`)),
+        store.append(one("refill_lone", `q${i}`)),
+      ]);
+      // After a transaction of one or two, the next goes at once: no 5 s wait.
+      expect(performance.now() - started).toBeLessThan(2_000);
+    }
+    expect(batches.slice(0, 10)).toEqual(Array.from({ length: 10 }, () => 1));
   });
 });

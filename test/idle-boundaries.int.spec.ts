@@ -241,7 +241,7 @@ describe("idle boundaries", () => {
       // Unused with a URL.
       dataDir: "",
       onIdleError: () => {},
-      groupCommit: { maxEvents: 10_000, maxBytes: 8 * 1024 * 1024 },
+      groupCommit: { maxEvents: 10_000, maxBytes: 8 * 1024 * 1024, maxWaitMs: 5 },
       recentCommitsBytes: budget,
     });
     try {

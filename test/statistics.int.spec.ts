@@ -18,7 +18,7 @@ describe("planner statistics after a bulk load", () => {
       poolSize: 4,
       dataDir: freshDataDir(),
       onIdleError: () => {},
-      groupCommit: { maxEvents: 10_000, maxBytes: 8 * 1024 * 1024 },
+      groupCommit: { maxEvents: 10_000, maxBytes: 8 * 1024 * 1024, maxWaitMs: 5 },
       statistics: { minEvents: 5_000, minIntervalMs: 0 },
     });
   });

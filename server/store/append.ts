@@ -35,6 +35,11 @@ export interface GroupCommitLimits {
   readonly maxEvents: number;
   /** Most data+metadata bytes one transaction takes (likewise). */
   readonly maxBytes: number;
+  /**
+   * Longest a transaction waits for more requests to join it (see Appender.drain); 0: never.
+   * It also waits no longer than the boundary's previous transaction took.
+   */
+  readonly maxWaitMs: number;
 }
 
 interface Pending {
@@ -145,6 +150,11 @@ export type CommitListener = (
  */
 export class Appender {
   private readonly queues = new Map<string, Pending[]>();
+  /** Drains waiting for their boundary's queue to refill, woken once it holds `need` requests. */
+  private readonly refills = new Map<
+    string,
+    { readonly need: number; readonly wake: () => void }
+  >();
   /** The windows of condition checks in memory (read for tests and metrics). */
   readonly recent: RecentCommits;
 
@@ -202,6 +212,8 @@ export class Appender {
       const queue = this.queues.get(request.boundary);
       if (queue) {
         queue.push(pending);
+        const refill = this.refills.get(request.boundary);
+        if (refill && queue.length >= refill.need) refill.wake();
         return;
       }
       this.queues.set(request.boundary, [pending]);
@@ -209,16 +221,37 @@ export class Appender {
     });
   }
 
-  /** Runs one transaction after another while the boundary has waiting requests. */
+  /**
+   * Runs one transaction after another while the boundary has waiting requests.
+   *
+   * After a transaction of N requests, the next one starts once N/2 requests wait for it, or
+   * after as long as that transaction took (at most `maxWaitMs`), whichever comes first. Under a
+   * steady load from many callers, the answered ones come back a moment after the transaction
+   * ends; without the wait, the one or two that were quicker went alone and the rest waited a
+   * whole transaction behind them, so that half the transactions carried a single request. A
+   * transaction of one or two requests is followed at once, so a lone caller never waits.
+   */
   private async drain(boundary: string): Promise<void> {
+    // The last transaction's requests (0 after a wait or a failure) and duration.
+    let last = 0;
+    let lastMs = 0;
     for (;;) {
       const queue = this.queues.get(boundary) ?? [];
+      const need = Math.ceil(last / 2);
+      if (need > 1 && queue.length < need && this.limits.maxWaitMs > 0) {
+        await this.refill(boundary, need, Math.min(lastMs, this.limits.maxWaitMs));
+        last = 0;
+        continue;
+      }
       if (queue.length === 0) {
         this.queues.delete(boundary);
         return;
       }
       const batch = this.takeBatch(queue);
+      const started = performance.now();
       const failure = await this.run(boundary, batch);
+      last = failure === undefined ? batch.length : 0;
+      lastMs = performance.now() - started;
       if (failure === undefined) continue;
       if (batch.length > 1 && failure.kind === "internal") {
         // One request the database refused (beyond what validation catches) must not sink the
@@ -235,6 +268,19 @@ export class Appender {
         for (const pending of queue.splice(0)) pending.reject(failure);
       }
     }
+  }
+
+  /** Resolves once the boundary's queue holds `need` requests, or after `ms` (at least 1 ms). */
+  private refill(boundary: string, need: number, ms: number): Promise<void> {
+    return new Promise((done) => {
+      const wake = () => {
+        clearTimeout(timer);
+        this.refills.delete(boundary);
+        done();
+      };
+      const timer = setTimeout(wake, Math.max(1, Math.round(ms)));
+      this.refills.set(boundary, { need, wake });
+    });
   }
 
   /** One transaction for the batch; settles every request unless it returns the failure. */

@@ -116,7 +116,7 @@ export interface StoreTarget {
   open(): Promise<{ store: EventStore; cleanup: () => Promise<void> }>;
 }
 
-const groupCommit = { maxEvents: 10_000, maxBytes: 8 * 1024 * 1024 };
+const groupCommit = { maxEvents: 10_000, maxBytes: 8 * 1024 * 1024, maxWaitMs: 5 };
 
 /** A store on the test PostgreSQL in `schema` (created and migrated if new). */
 export function openPostgresStore(schema: string, poolSize = 10): Promise<EventStore> {
