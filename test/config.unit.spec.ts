@@ -430,29 +430,19 @@ describe("per-boundary bounds", () => {
   });
 });
 
-describe("ORISUN_PUBLISH_LINGER", () => {
+describe.each([
+  ["ORISUN_PUBLISH_LINGER", "publishLingerMs"],
+  ["ORISUN_GROUP_COMMIT_WAIT", "groupCommitWaitMs"],
+] as const)("%s", (name, field) => {
   it("defaults to 5 ms, takes 0 to switch it off and durations up to 1s", () => {
-    expect(loadConfig({}, []).publishLingerMs).toBe(5);
-    expect(loadConfig({ ORISUN_PUBLISH_LINGER: "0ms" }, []).publishLingerMs).toBe(0);
-    expect(loadConfig({ ORISUN_PUBLISH_LINGER: "20ms" }, []).publishLingerMs).toBe(20);
-    expect(loadConfig({ ORISUN_PUBLISH_LINGER: "1s" }, []).publishLingerMs).toBe(1_000);
+    expect(loadConfig({}, [])[field]).toBe(5);
+    expect(loadConfig({ [name]: "0ms" }, [])[field]).toBe(0);
+    expect(loadConfig({ [name]: "20ms" }, [])[field]).toBe(20);
+    expect(loadConfig({ [name]: "1s" }, [])[field]).toBe(1_000);
   });
 
   it.each(["2s", "1001ms", "5", "-1ms", "1m", "soon"])("rejects %s, naming it", (value) => {
-    rejects({ ORISUN_PUBLISH_LINGER: value }, "ORISUN_PUBLISH_LINGER");
-  });
-});
-
-describe("ORISUN_GROUP_COMMIT_WAIT", () => {
-  it("defaults to 5 ms, takes 0 to switch it off and durations up to 1s", () => {
-    expect(loadConfig({}, []).groupCommitWaitMs).toBe(5);
-    expect(loadConfig({ ORISUN_GROUP_COMMIT_WAIT: "0ms" }, []).groupCommitWaitMs).toBe(0);
-    expect(loadConfig({ ORISUN_GROUP_COMMIT_WAIT: "2ms" }, []).groupCommitWaitMs).toBe(2);
-    expect(loadConfig({ ORISUN_GROUP_COMMIT_WAIT: "1s" }, []).groupCommitWaitMs).toBe(1_000);
-  });
-
-  it.each(["2s", "1001ms", "5", "-1ms", "soon"])("rejects %s, naming it", (value) => {
-    rejects({ ORISUN_GROUP_COMMIT_WAIT: value }, "ORISUN_GROUP_COMMIT_WAIT");
+    rejects({ [name]: value }, name);
   });
 });
 

@@ -37,7 +37,8 @@ export interface GroupCommitLimits {
   readonly maxBytes: number;
   /**
    * Longest a transaction waits for more requests to join it (see Appender.drain); 0: never.
-   * It also waits no longer than the boundary's previous transaction took.
+   * It also waits no longer than the boundary's previous transaction took (timers count whole
+   * milliseconds, so at least 1 ms).
    */
   readonly maxWaitMs: number;
 }
@@ -225,11 +226,12 @@ export class Appender {
    * Runs one transaction after another while the boundary has waiting requests.
    *
    * After a transaction of N requests, the next one starts once N/2 requests wait for it, or
-   * after as long as that transaction took (at most `maxWaitMs`), whichever comes first. Under a
-   * steady load from many callers, the answered ones come back a moment after the transaction
-   * ends; without the wait, the one or two that were quicker went alone and the rest waited a
-   * whole transaction behind them, so that half the transactions carried a single request. A
-   * transaction of one or two requests is followed at once, so a lone caller never waits.
+   * after as long as that transaction took (in whole milliseconds, at least 1, at most
+   * `maxWaitMs`), whichever comes first. Under a steady load from many callers, the answered
+   * ones come back a moment after the transaction ends; without the wait, the one or two that
+   * were quicker went alone and the rest waited a whole transaction behind them, so that half
+   * the transactions carried a single request. A transaction of one or two requests is followed
+   * at once, so a lone caller never waits.
    */
   private async drain(boundary: string): Promise<void> {
     // The last transaction's requests (0 after a wait or a failure) and duration.
