@@ -3,13 +3,13 @@ import { Kysely, PostgresDialect, type PostgresPool, type PostgresPoolClient, sq
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Appender } from "../server/store/append.js";
-import { CALL_APPEND } from "../server/store/append-function.js";
+import { CALL_APPEND, RECENT_CHECK_EVENTS } from "../server/store/append-function.js";
 import { StoreError } from "../server/store/errors.js";
 import { migrate } from "../server/store/migrations.js";
 import { guardedPool } from "../server/store/pg-pool.js";
 import { pglitePool } from "../server/store/pglite-pool.js";
 import { type Database, encodeTag } from "../server/store/schema.js";
-import type { AppendRequest, Position, Tag } from "../server/store/types.js";
+import type { AppendRequest, Position, Query, Tag } from "../server/store/types.js";
 import { dropSchema, freshSchema, PG_URL } from "./support/databases.js";
 
 /** A pool whose every statement is recorded: the round trips an append makes. */
@@ -155,6 +155,41 @@ describe.each(targets)("one-round-trip append on $name", (target) => {
     const ok = await one.a.append(request("two", ["a3"], { commit: 2n, prepare: 2n }));
     expect(ok).toEqual({ commit: 3n, prepare: 3n });
     expect(one.statements.slice(before)).toHaveLength(1);
+  });
+
+  it(`checks a marker up to ${RECENT_CHECK_EVENTS} events back by walking them, one further back through the indexes, both exactly`, async () => {
+    const mine = appender();
+    const other = appender();
+    const b = "walk";
+    const untagged = (prefix: string, n: number) =>
+      Array.from({ length: n }, (_, i) => event(`${prefix}${i}`, [{ key: "filler", value: "x" }]));
+    // Another process writes every event: this one's window never knows the boundary, so the
+    // function checks every condition.
+    await other.a.append({ boundary: b, events: untagged("f", RECENT_CHECK_EVENTS + 200) });
+    const tagged = await other.a.append({ boundary: b, events: [event("t1")] });
+    await other.a.append({ boundary: b, events: untagged("g", 20) });
+    const start = { commit: 0n, prepare: 0n };
+    const before = { commit: tagged.commit - 1n, prepare: tagged.prepare - 1n };
+    const nobody = [{ types: [], tags: [{ key: "user", value: "nobody" }] }];
+    const claim = (id: string, after: Position, q: Query) =>
+      mine.a.append({ boundary: b, events: [event(id, [])], condition: { after, query: q } });
+    const kind = (p: Promise<unknown>) =>
+      p.then(
+        () => "ok",
+        (e: unknown) => (e instanceof StoreError ? e.kind : String(e)),
+      );
+    // Over a thousand events after the marker: through the indexes.
+    expect(await kind(claim("c1", start, query))).toBe("condition_failed");
+    expect(await kind(claim("c2", start, nobody))).toBe("ok");
+    // Twenty-odd events after the marker: walked.
+    expect(await kind(claim("c3", before, query))).toBe("condition_failed");
+    expect(await kind(claim("c4", tagged, query))).toBe("ok");
+    expect(await kind(claim("c5", tagged, nobody))).toBe("ok");
+    // A match-all condition sees any event after its marker, walked or not.
+    const head = await mine.a.append({ boundary: b, events: [event("c6", [])] });
+    expect(await kind(claim("c7", before, []))).toBe("condition_failed");
+    expect(await kind(claim("c8", start, []))).toBe("condition_failed");
+    expect(await kind(claim("c9", head, []))).toBe("ok");
   });
 
   it("client ids: an exact retry answers the original position, a mixed one ALREADY_EXISTS, nothing is written twice", async () => {

@@ -1,6 +1,7 @@
 import type { CompiledQuery, Kysely } from "kysely";
 import type pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { RECENT_CHECK_SQL } from "../server/store/append-function.js";
 import type { EventStore } from "../server/store/event-store.js";
 import { selectConditionViolation, selectEvents } from "../server/store/query-sql.js";
 import type { Database } from "../server/store/schema.js";
@@ -35,6 +36,7 @@ interface PlanNode {
   readonly "Relation Name"?: string;
   readonly "Index Name"?: string;
   readonly "Index Cond"?: string;
+  readonly "Actual Rows"?: number;
   readonly Plans?: readonly PlanNode[];
 }
 
@@ -143,6 +145,48 @@ describe("indexes serve every query shape (PostgreSQL)", () => {
       expect(used, JSON.stringify(plan)).not.toContain("orisun_events_pkey");
     } finally {
       await client.query("SET enable_seqscan = off");
+    }
+  });
+
+  it("the append function's walk after a recent marker reads those events on the primary key, on a boundary the statistics have not seen", async () => {
+    // Appended after the ANALYZE above: PostgreSQL estimates "fresh" at one row. Planned with
+    // that estimate, a check was read through the (boundary, event_id) index, all 3,000 events.
+    const fresh = "fresh";
+    const events = (prefix: string, n: number): EventToAppend[] =>
+      Array.from({ length: n }, (_, i) => ({
+        id: `${prefix}${i}`,
+        type: "T",
+        tags: [{ key: "kind", value: "k1" }],
+        data: "{}",
+        metadata: "",
+      }));
+    await store.append({ boundary: fresh, events: events("f", 3_000) });
+    const marker = await store.append({ boundary: fresh, events: events("g", 1) });
+    await store.append({ boundary: fresh, events: events("h", 10) });
+    // As the function runs it (append-function.ts).
+    await client.query("SET enable_sort = off");
+    try {
+      const text = RECENT_CHECK_SQL.replace(
+        "%s",
+        `tags @> '{"[\\"entity\\",\\"none\\"]"}'::text[]`,
+      );
+      const result = await client.query<{ "QUERY PLAN": [{ Plan: PlanNode }] }>(
+        `EXPLAIN (ANALYZE, FORMAT JSON) ${text}`,
+        [fresh, marker.commit, marker.prepare],
+      );
+      const plan = result.rows[0]?.["QUERY PLAN"][0]?.Plan;
+      if (!plan) throw new Error("no plan");
+      const scans = nodes(plan).filter((n) => n["Index Name"] || n["Relation Name"]);
+      expect(
+        scans.map((n) => n["Index Name"]),
+        JSON.stringify(plan),
+      ).toEqual(["orisun_events_pkey"]);
+      // The ten events after the marker, not the boundary.
+      expect(scans[0]?.["Actual Rows"], JSON.stringify(plan)).toBe(10);
+      const { rows } = await client.query(text, [fresh, marker.commit, marker.prepare]);
+      expect(rows[0]).toEqual({ coalesce: false, count: "10" });
+    } finally {
+      await client.query("RESET enable_sort");
     }
   });
 

@@ -24,12 +24,41 @@ import type { Position, Query } from "./types.js";
  * Each statement of a volatile plpgsql function takes a new snapshot, so the checks after the
  * lock see every commit before it, as in append.ts. Checks marked `m` were decided in memory
  * against the head `expected`: they are skipped when the locked head is that head, and checked
- * here otherwise. Each check is planned with its values (EXECUTE), in the shape of
- * selectConditionViolation (its MATERIALIZED fence keeps PostgreSQL off a walk of the primary
- * key for a tag nobody has used).
+ * here otherwise, each planned with its values (EXECUTE): first over the events after its marker
+ * (RECENT_CHECK_SQL), and only when more than RECENT_CHECK_EVENTS lie there in the shape of
+ * selectConditionViolation (FENCED_CHECK_SQL).
  *
  * The function's SQL, for each way of passing the events (the two versions below).
  */
+/** Most events after a marker that a check walks before it asks the indexes instead. */
+export const RECENT_CHECK_EVENTS = 1_000;
+
+/**
+ * A check over the events after its marker, walked on the primary key in position order: whether
+ * one matches (%s: the criteria, by format()) and how many it read, at most one more than
+ * RECENT_CHECK_EVENTS. $1 the boundary, $2 and $3 the marker. The function runs it with
+ * enable_sort off, so that the primary key, the only index in that order, serves it whatever
+ * PostgreSQL estimates: a boundary new since the last ANALYZE is estimated at one row, and a
+ * check was then read through the (boundary, event_id) index, every event of the boundary rather
+ * than the few after the marker (README, "All the cores").
+ */
+export const RECENT_CHECK_SQL =
+  "SELECT coalesce(bool_or(%s), false), count(*) FROM (SELECT event_type, tags" +
+  " FROM orisun_events WHERE boundary = $1 AND (commit_position, prepare_position) > ($2, $3)" +
+  ` ORDER BY commit_position, prepare_position LIMIT ${RECENT_CHECK_EVENTS + 1}) AS recent`;
+
+/**
+ * A check on a marker further back, as selectConditionViolation: the MATERIALIZED fence keeps
+ * PostgreSQL off a walk of the primary key for a tag nobody has used.
+ */
+export const FENCED_CHECK_SQL =
+  "WITH matches AS MATERIALIZED (SELECT commit_position FROM orisun_events" +
+  " WHERE boundary = $1 AND (commit_position, prepare_position) > ($2, $3) AND (%s))" +
+  " SELECT true FROM matches LIMIT 1";
+
+/** A SQL string literal. */
+const sqlString = (text: string) => `'${text.replaceAll("'", "''")}'`;
+
 function appendFunction(
   /** The function's name and its parameters for the events. */
   name: string,
@@ -40,7 +69,7 @@ function appendFunction(
   rows: string,
 ): string {
   return `
-CREATE FUNCTION ${name}(
+CREATE OR REPLACE FUNCTION ${name}(
   p_boundary text,
   p_expected_commit int8, p_expected_prepare int8,
   p_marker_commit int8, p_marker_prepare int8,
@@ -54,6 +83,8 @@ DECLARE
   v_check json;
   v_where text;
   v_found boolean;
+  v_seen int8;
+  v_sort text := current_setting('enable_sort');
   v_count int8;
 BEGIN
   INSERT INTO orisun_boundaries AS b (name) VALUES (p_boundary)
@@ -80,12 +111,18 @@ BEGIN
         END || ')', ' OR '), 'TRUE')
       INTO v_where
       FROM json_array_elements(v_check->'q') AS c;
-    v_found := false;
-    EXECUTE format('WITH matches AS MATERIALIZED (SELECT commit_position FROM orisun_events'
-      ' WHERE boundary = $1 AND (commit_position, prepare_position) > ($2, $3) AND (%s))'
-      ' SELECT true FROM matches LIMIT 1', v_where)
-      INTO v_found
+    -- The events after the marker first, on the primary key (the only sort-free plan).
+    PERFORM set_config('enable_sort', 'off', true);
+    EXECUTE format(${sqlString(RECENT_CHECK_SQL)}, v_where)
+      INTO v_found, v_seen
       USING p_boundary, (v_check->>'c')::int8, (v_check->>'p')::int8;
+    PERFORM set_config('enable_sort', v_sort, true);
+    IF NOT v_found AND v_seen > ${RECENT_CHECK_EVENTS} THEN
+      EXECUTE format(${sqlString(FENCED_CHECK_SQL)}, v_where)
+        INTO v_found
+        USING p_boundary, (v_check->>'c')::int8, (v_check->>'p')::int8;
+      v_found := coalesce(v_found, false);
+    END IF;
     IF v_found THEN
       outcome := CASE WHEN EXISTS (SELECT 1 FROM orisun_events WHERE boundary = p_boundary
           AND ${anyId})

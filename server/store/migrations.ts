@@ -146,6 +146,15 @@ const migrations: Record<string, Migration> = {
       await sql`ALTER TABLE orisun_events ALTER COLUMN tags SET STATISTICS 500`.execute(db);
     },
   },
+  // Both versions of the append function again: a condition check walks the events after its
+  // marker on the primary key first (append-function.ts, RECENT_CHECK_SQL). On a boundary new
+  // since the last ANALYZE, each check had read all of the boundary's events.
+  "2026-12-04-recent-checks": {
+    async up(db: Kysely<unknown>) {
+      await sql.raw(APPEND_FUNCTION).execute(db);
+      await sql.raw(APPEND_ROWS_FUNCTION).execute(db);
+    },
+  },
 };
 
 /** Where applied migrations are recorded: Kysely's table and layout, which earlier builds used. */
