@@ -4,32 +4,6 @@ import { notifyPayloadText } from "./commit-signals.js";
 import { encodeTag, epochMillisSql } from "./schema.js";
 import type { Position, Query } from "./types.js";
 
-/**
- * orisun_append_rows() (migration 2026-12-03-append-rows; its first version, orisun_append(), came
- * with 2026-12-02-append-function and differs only in taking the events as JSON): the common
- * append in one statement, so one round trip where the transaction of append.ts takes five
- * (BEGIN, lock, look-up, insert, COMMIT). Called outside any transaction, it is its own: it locks
- * (creating) the boundary's row, checks the conditions the caller could not decide in memory,
- * inserts the events at positions after the head it locked, advances the head and event count,
- * and notifies, all or nothing. It writes nothing and answers
- * - 'stale' when a condition's marker lies after the head: the caller's in-batch checks assumed
- *   every new event lies after every marker;
- * - 'violated' when an event matching a condition exists after its marker and the log holds one
- *   of the batch's event ids: the caller takes the full path, which first looks for an exact
- *   retry (a conditional append retried after it was stored violates its own condition);
- * - 'failed' when a condition is violated and no event id is stored: a lone request has failed
- *   its condition, and a batch takes the full path, which rejects only the violating requests.
- * A duplicate event id raises unique_violation (23505), and the caller takes the full path too.
- *
- * Each statement of a volatile plpgsql function takes a new snapshot, so the checks after the
- * lock see every commit before it, as in append.ts. Checks marked `m` were decided in memory
- * against the head `expected`: they are skipped when the locked head is that head, and checked
- * here otherwise, each planned with its values (EXECUTE): first over the events after its marker
- * (RECENT_CHECK_SQL), and only when more than RECENT_CHECK_EVENTS lie there in the shape of
- * selectConditionViolation (FENCED_CHECK_SQL).
- *
- * The function's SQL, for each way of passing the events (the two versions below).
- */
 /** Most events after a marker that a check walks before it asks the indexes instead. */
 export const RECENT_CHECK_EVENTS = 1_000;
 
@@ -59,6 +33,32 @@ export const FENCED_CHECK_SQL =
 /** A SQL string literal. */
 const sqlString = (text: string) => `'${text.replaceAll("'", "''")}'`;
 
+/**
+ * orisun_append_rows() (migration 2026-12-03-append-rows; its first version, orisun_append(), came
+ * with 2026-12-02-append-function and differs only in taking the events as JSON): the common
+ * append in one statement, so one round trip where the transaction of append.ts takes five
+ * (BEGIN, lock, look-up, insert, COMMIT). Called outside any transaction, it is its own: it locks
+ * (creating) the boundary's row, checks the conditions the caller could not decide in memory,
+ * inserts the events at positions after the head it locked, advances the head and event count,
+ * and notifies, all or nothing. It writes nothing and answers
+ * - 'stale' when a condition's marker lies after the head: the caller's in-batch checks assumed
+ *   every new event lies after every marker;
+ * - 'violated' when an event matching a condition exists after its marker and the log holds one
+ *   of the batch's event ids: the caller takes the full path, which first looks for an exact
+ *   retry (a conditional append retried after it was stored violates its own condition);
+ * - 'failed' when a condition is violated and no event id is stored: a lone request has failed
+ *   its condition, and a batch takes the full path, which rejects only the violating requests.
+ * A duplicate event id raises unique_violation (23505), and the caller takes the full path too.
+ *
+ * Each statement of a volatile plpgsql function takes a new snapshot, so the checks after the
+ * lock see every commit before it, as in append.ts. Checks marked `m` were decided in memory
+ * against the head `expected`: they are skipped when the locked head is that head, and checked
+ * here otherwise, each planned with its values (EXECUTE): first over the events after its marker
+ * (RECENT_CHECK_SQL), and only when more than RECENT_CHECK_EVENTS lie there in the shape of
+ * selectConditionViolation (FENCED_CHECK_SQL).
+ *
+ * The function's SQL, for each way of passing the events (the two versions below).
+ */
 function appendFunction(
   /** The function's name and its parameters for the events. */
   name: string,
