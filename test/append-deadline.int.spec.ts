@@ -2,7 +2,13 @@ import { rmSync } from "node:fs";
 import { afterEach, describe, expect, it } from "vitest";
 import { EventStore } from "../server/store/event-store.js";
 import type { AppendRequest } from "../server/store/types.js";
-import { dropSchema, freshDataDir, freshSchema, PG_URL } from "./support/databases.js";
+import {
+  dropSchema,
+  freshDataDir,
+  freshSchema,
+  GROUP_COMMIT,
+  PG_URL,
+} from "./support/databases.js";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const cleanups: (() => Promise<void>)[] = [];
@@ -31,7 +37,7 @@ describe.each(["pglite", "postgres"] as const)("an append's deadline on %s", (ki
       poolSize: 1,
       dataDir,
       onIdleError: () => {},
-      groupCommit: { maxEvents: 10_000, maxBytes: 8 * 1024 * 1024, maxWaitMs: 5 },
+      groupCommit: GROUP_COMMIT,
     });
     cleanups.push(() => store.close());
     await store.append(request("first"));

@@ -10,7 +10,7 @@ import { guardedPool } from "../server/store/pg-pool.js";
 import { pglitePool } from "../server/store/pglite-pool.js";
 import { type Database, encodeTag } from "../server/store/schema.js";
 import type { AppendRequest, Position, Query, Tag } from "../server/store/types.js";
-import { dropSchema, freshSchema, PG_URL } from "./support/databases.js";
+import { dropSchema, freshSchema, GROUP_COMMIT, PG_URL } from "./support/databases.js";
 
 /** A pool whose every statement is recorded: the round trips an append makes. */
 function counting(pool: PostgresPool, statements: string[]): PostgresPool {
@@ -82,7 +82,6 @@ const targets: Target[] = [
   },
 ];
 
-const limits = { maxEvents: 10_000, maxBytes: 8 * 1024 * 1024, maxWaitMs: 5 };
 const tag = [{ key: "user", value: "ada" }];
 const query = [{ types: [], tags: tag }];
 
@@ -98,7 +97,7 @@ describe.each(targets)("one-round-trip append on $name", (target) => {
     const statements: string[] = [];
     const pool = counting(setUp.pool(), statements);
     const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
-    const a = new Appender(db, pool, limits, () => {}, "test", {
+    const a = new Appender(db, pool, GROUP_COMMIT, () => {}, "test", {
       maxBytes: 1 << 20,
       idleMs: 60_000,
     });

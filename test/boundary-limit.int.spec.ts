@@ -4,9 +4,13 @@ import { afterEach, describe, expect, it } from "vitest";
 import { EventStore, type EventStoreOptions } from "../server/store/event-store.js";
 import type { ImportRequest } from "../server/store/import.js";
 import type { AppendRequest } from "../server/store/types.js";
-import { dropSchema, freshDataDir, freshSchema, PG_URL } from "./support/databases.js";
-
-const groupCommit = { maxEvents: 10_000, maxBytes: 8 * 1024 * 1024, maxWaitMs: 5 };
+import {
+  dropSchema,
+  freshDataDir,
+  freshSchema,
+  GROUP_COMMIT,
+  PG_URL,
+} from "./support/databases.js";
 
 function request(boundary: string, id: string): AppendRequest {
   return {
@@ -41,7 +45,7 @@ function database(kind: "pglite" | "postgres"): (maxBoundaries: number) => Promi
       poolSize: kind === "postgres" ? 4 : 1,
       dataDir,
       onIdleError: () => {},
-      groupCommit,
+      groupCommit: GROUP_COMMIT,
       maxBoundaries,
     };
     const store = await EventStore.open(options);

@@ -7,6 +7,7 @@ import {
   dropSchema,
   freshDataDir,
   freshSchema,
+  GROUP_COMMIT,
   openPostgresStore,
   PG_URL,
   storeTargets,
@@ -207,7 +208,7 @@ describe("the transaction after a large one waits for its callers to come back, 
       poolSize: 4,
       dataDir: freshDataDir(),
       onIdleError: () => {},
-      groupCommit: { maxEvents: 10_000, maxBytes: 8 * 1024 * 1024, maxWaitMs },
+      groupCommit: { ...GROUP_COMMIT, maxWaitMs },
       observer: {
         transaction: (_boundary, requests, run) => {
           batches.push(requests);

@@ -13,6 +13,7 @@ import type { EventToAppend, Position } from "../server/store/types.js";
 import {
   dropSchema,
   freshSchema,
+  GROUP_COMMIT,
   NATS_URL,
   openPostgresStore,
   PG_URL,
@@ -241,7 +242,7 @@ describe("idle boundaries", () => {
       // Unused with a URL.
       dataDir: "",
       onIdleError: () => {},
-      groupCommit: { maxEvents: 10_000, maxBytes: 8 * 1024 * 1024, maxWaitMs: 5 },
+      groupCommit: GROUP_COMMIT,
       recentCommitsBytes: budget,
     });
     try {

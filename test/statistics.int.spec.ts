@@ -1,7 +1,13 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { EventStore } from "../server/store/event-store.js";
 import { selectEvents } from "../server/store/query-sql.js";
-import { dropSchema, freshDataDir, freshSchema, PG_URL } from "./support/databases.js";
+import {
+  dropSchema,
+  freshDataDir,
+  freshSchema,
+  GROUP_COMMIT,
+  PG_URL,
+} from "./support/databases.js";
 
 // The planner picks between the primary key and the tag index by its row estimates. After a
 // bulk load they are stale unless something analyzes the table; this machine's PostgreSQL runs
@@ -18,7 +24,7 @@ describe("planner statistics after a bulk load", () => {
       poolSize: 4,
       dataDir: freshDataDir(),
       onIdleError: () => {},
-      groupCommit: { maxEvents: 10_000, maxBytes: 8 * 1024 * 1024, maxWaitMs: 5 },
+      groupCommit: GROUP_COMMIT,
       statistics: { minEvents: 5_000, minIntervalMs: 0 },
     });
   });

@@ -116,7 +116,8 @@ export interface StoreTarget {
   open(): Promise<{ store: EventStore; cleanup: () => Promise<void> }>;
 }
 
-const groupCommit = { maxEvents: 10_000, maxBytes: 8 * 1024 * 1024, maxWaitMs: 5 };
+/** The server's group-commit defaults, for stores the tests open themselves. */
+export const GROUP_COMMIT = { maxEvents: 10_000, maxBytes: 8 * 1024 * 1024, maxWaitMs: 5 };
 
 /** A store on the test PostgreSQL in `schema` (created and migrated if new). */
 export function openPostgresStore(schema: string, poolSize = 10): Promise<EventStore> {
@@ -126,7 +127,7 @@ export function openPostgresStore(schema: string, poolSize = 10): Promise<EventS
     poolSize,
     dataDir: freshDataDir(),
     onIdleError: () => {},
-    groupCommit,
+    groupCommit: GROUP_COMMIT,
   });
 }
 
@@ -141,7 +142,7 @@ export const storeTargets: readonly StoreTarget[] = [
         poolSize: 1,
         dataDir: freshDataDir(),
         onIdleError: () => {},
-        groupCommit,
+        groupCommit: GROUP_COMMIT,
       };
       const store = await EventStore.open(options);
       return { store, cleanup: () => store.close() };
