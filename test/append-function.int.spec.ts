@@ -3,7 +3,8 @@ import { Kysely, PostgresDialect, type PostgresPool, type PostgresPoolClient, sq
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Appender } from "../server/store/append.js";
-import { CALL_APPEND, RECENT_CHECK_EVENTS } from "../server/store/append-function.js";
+import { CALL_APPEND } from "../server/store/append-function.js";
+import { RECENT_CHECK_EVENTS } from "../server/store/condition-check.js";
 import { StoreError } from "../server/store/errors.js";
 import { migrate } from "../server/store/migrations.js";
 import { guardedPool } from "../server/store/pg-pool.js";
@@ -189,6 +190,50 @@ describe.each(targets)("one-round-trip append on $name", (target) => {
     expect(await kind(claim("c7", before, []))).toBe("condition_failed");
     expect(await kind(claim("c8", start, []))).toBe("condition_failed");
     expect(await kind(claim("c9", head, []))).toBe("ok");
+  });
+
+  it("the full transaction checks as the function does: walked, or through the indexes, exactly", async () => {
+    const mine = appender();
+    const other = appender();
+    const b = "full-walk";
+    const filler = (prefix: string, n: number) =>
+      Array.from({ length: n }, (_, i) => event(`${prefix}${i}`, [{ key: "filler", value: "x" }]));
+    await other.a.append({ boundary: b, events: filler("f", RECENT_CHECK_EVENTS + 200) });
+    const tagged = await other.a.append({ boundary: b, events: [event("t1")] });
+    await other.a.append({ boundary: b, events: filler("g", 20) });
+    const start = { commit: 0n, prepare: 0n };
+    const before = { commit: tagged.commit - 1n, prepare: tagged.prepare - 1n };
+    const nobody = [{ types: [], tags: [{ key: "user", value: "nobody" }] }];
+    // A large append of this process holds the boundary so that the four claims queue behind it
+    // and go as one batch. Its stretch lies after every marker, so no claim is decided in memory.
+    const big = mine.a.append({ boundary: b, events: filler("big", 300) });
+    const claim = (id: string, after: Position, q: Query) =>
+      mine.a.append({ boundary: b, events: [event(id, [])], condition: { after, query: q } }).then(
+        () => "ok",
+        (e: unknown) => (e instanceof StoreError ? e.kind : String(e)),
+      );
+    const sent = mine.statements.length;
+    const outcomes = Promise.all([
+      claim("c1", start, query), // over a thousand events after the marker: indexes, violated
+      claim("c2", tagged, query), // 320 after: walked, holds
+      claim("c3", before, query), // walked, violated
+      claim("c4", start, nobody), // indexes, holds
+    ]);
+    await big;
+    expect(await outcomes).toEqual(["condition_failed", "ok", "condition_failed", "ok"]);
+    // The function declined the batch (a condition failed): the transaction decided it, its
+    // checks by orisun_violated.
+    const after = mine.statements.slice(sent + 1);
+    expect(after[0]?.startsWith(CALL_APPEND)).toBe(true);
+    expect(after.some((s) => s.includes("orisun_violated("))).toBe(true);
+    const stored = await mine.db
+      .selectFrom("orisun_events")
+      .select("event_id")
+      .where("boundary", "=", b)
+      .where("event_id", "in", ["c1", "c2", "c3", "c4"])
+      .orderBy("commit_position")
+      .execute();
+    expect(stored.map((r) => r.event_id)).toEqual(["c2", "c4"]);
   });
 
   it("client ids: an exact retry answers the original position, a mixed one ALREADY_EXISTS, nothing is written twice", async () => {

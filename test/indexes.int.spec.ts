@@ -1,9 +1,9 @@
 import type { CompiledQuery, Kysely } from "kysely";
 import type pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { RECENT_CHECK_SQL } from "../server/store/append-function.js";
+import { checkSql } from "../server/store/condition-check.js";
 import type { EventStore } from "../server/store/event-store.js";
-import { selectConditionViolation, selectEvents } from "../server/store/query-sql.js";
+import { selectEvents } from "../server/store/query-sql.js";
 import type { Database } from "../server/store/schema.js";
 import type {
   Condition,
@@ -25,11 +25,6 @@ if (!postgres) throw new Error("no postgres target");
 
 const readQuery = (db: Kysely<Database>, request: ReadRequest): CompiledQuery =>
   selectEvents(db, request).compile();
-const conditionQuery = (
-  db: Kysely<Database>,
-  boundary: string,
-  condition: Condition,
-): CompiledQuery => selectConditionViolation(db, boundary, condition).compile();
 
 interface PlanNode {
   readonly "Node Type": string;
@@ -43,6 +38,8 @@ interface PlanNode {
 function nodes(plan: PlanNode): PlanNode[] {
   return [plan, ...(plan.Plans ?? []).flatMap(nodes)];
 }
+
+type Statement = Pick<CompiledQuery, "sql" | "parameters">;
 
 const INDEXES = new Set(["orisun_events_pkey", "orisun_events_type_idx", "orisun_events_tags_idx"]);
 
@@ -85,7 +82,15 @@ describe("indexes serve every query shape (PostgreSQL)", () => {
     await cleanup();
   });
 
-  async function explain(query: CompiledQuery): Promise<PlanNode> {
+  /** orisun_violated's fenced check, as it runs it (condition-check.ts). */
+  async function conditionQuery(boundary: string, { after, query }: Condition): Promise<Statement> {
+    return {
+      sql: await checkSql(client, query),
+      parameters: [boundary, after.commit.toString(), after.prepare.toString()],
+    };
+  }
+
+  async function explain(query: Statement): Promise<PlanNode> {
     const result = await client.query<{ "QUERY PLAN": [{ Plan: PlanNode }] }>(
       `EXPLAIN (FORMAT JSON) ${query.sql}`,
       query.parameters as unknown[],
@@ -137,9 +142,7 @@ describe("indexes serve every query shape (PostgreSQL)", () => {
     try {
       const query: Query = [{ types: [], tags: [{ key: "entity", value: "never-used" }] }];
       const start = { commit: 0n, prepare: 0n };
-      const plan = await explain(
-        conditionQuery(store.database.db, boundary, { after: start, query }),
-      );
+      const plan = await explain(await conditionQuery(boundary, { after: start, query }));
       const used = nodes(plan).map((n) => n["Index Name"]);
       expect(used, JSON.stringify(plan)).toContain("orisun_events_tags_idx");
       expect(used, JSON.stringify(plan)).not.toContain("orisun_events_pkey");
@@ -165,12 +168,13 @@ describe("indexes serve every query shape (PostgreSQL)", () => {
     await store.append({ boundary: fresh, events: events("f", 3_000) });
     const marker = await store.append({ boundary: fresh, events: events("g", 1) });
     await store.append({ boundary: fresh, events: events("h", 10) });
-    // As the function runs it (append-function.ts).
+    // As orisun_violated runs it (condition-check.ts).
     await client.query("SET enable_sort = off");
     try {
-      const text = RECENT_CHECK_SQL.replace(
-        "%s",
-        `tags @> '{"[\\"entity\\",\\"none\\"]"}'::text[]`,
+      const text = await checkSql(
+        client,
+        [{ types: [], tags: [{ key: "entity", value: "none" }] }],
+        "walk",
       );
       const result = await client.query<{ "QUERY PLAN": [{ Plan: PlanNode }] }>(
         `EXPLAIN (ANALYZE, FORMAT JSON) ${text}`,
@@ -195,10 +199,7 @@ describe("indexes serve every query shape (PostgreSQL)", () => {
   it("the check itself finds a Seq Scan when one is used", async () => {
     await client.query("SET enable_seqscan = on");
     try {
-      const plan = await explain({
-        sql: "SELECT * FROM orisun_events",
-        parameters: [],
-      } as unknown as CompiledQuery);
+      const plan = await explain({ sql: "SELECT * FROM orisun_events", parameters: [] });
       expect(nodes(plan).some((n) => n["Node Type"] === "Seq Scan")).toBe(true);
     } finally {
       await client.query("SET enable_seqscan = off");
@@ -207,16 +208,12 @@ describe("indexes serve every query shape (PostgreSQL)", () => {
 
   describe.each(shapes)("$name", ({ query }) => {
     it("condition check after a position", async () => {
-      expectIndexed(
-        await explain(conditionQuery(store.database.db, boundary, { after: middle, query })),
-      );
+      expectIndexed(await explain(await conditionQuery(boundary, { after: middle, query })));
     });
 
     it("condition check from the start", async () => {
       const start = { commit: 0n, prepare: 0n };
-      expectIndexed(
-        await explain(conditionQuery(store.database.db, boundary, { after: start, query })),
-      );
+      expectIndexed(await explain(await conditionQuery(boundary, { after: start, query })));
     });
 
     for (const direction of ["asc", "desc"] as const) {

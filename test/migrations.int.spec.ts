@@ -70,6 +70,7 @@ describe("schema migrations at start-up", () => {
       { name: "2026-12-03-append-rows" },
       { name: "2026-12-03-tags-statistics" },
       { name: "2026-12-04-recent-checks" },
+      { name: "2026-12-05-condition-check" },
     ]);
     // The tags column samples 500 × 300 rows in ANALYZE (see the migration).
     const target = await withClient(

@@ -1,37 +1,9 @@
 import type { PostgresPoolClient } from "kysely";
 import { arrayLiteral, element, textArray } from "./array-literal.js";
 import { notifyPayloadText } from "./commit-signals.js";
-import { encodeTag, epochMillisSql } from "./schema.js";
+import { queryJson } from "./condition-check.js";
+import { epochMillisSql } from "./schema.js";
 import type { Position, Query } from "./types.js";
-
-/** Most events after a marker that a check walks before it asks the indexes instead. */
-export const RECENT_CHECK_EVENTS = 1_000;
-
-/**
- * A check over the events after its marker, walked on the primary key in position order: whether
- * one matches (%s: the criteria, by format()) and how many it read, at most one more than
- * RECENT_CHECK_EVENTS. $1 the boundary, $2 and $3 the marker. The function runs it with
- * enable_sort off, so that the primary key, the only index in that order, serves it whatever
- * PostgreSQL estimates: a boundary new since the last ANALYZE is estimated at one row, and a
- * check was then read through the (boundary, event_id) index, every event of the boundary rather
- * than the few after the marker (README, "All the cores").
- */
-export const RECENT_CHECK_SQL =
-  "SELECT coalesce(bool_or(%s), false), count(*) FROM (SELECT event_type, tags" +
-  " FROM orisun_events WHERE boundary = $1 AND (commit_position, prepare_position) > ($2, $3)" +
-  ` ORDER BY commit_position, prepare_position LIMIT ${RECENT_CHECK_EVENTS + 1}) AS recent`;
-
-/**
- * A check on a marker further back, as selectConditionViolation: the MATERIALIZED fence keeps
- * PostgreSQL off a walk of the primary key for a tag nobody has used.
- */
-export const FENCED_CHECK_SQL =
-  "WITH matches AS MATERIALIZED (SELECT commit_position FROM orisun_events" +
-  " WHERE boundary = $1 AND (commit_position, prepare_position) > ($2, $3) AND (%s))" +
-  " SELECT true FROM matches LIMIT 1";
-
-/** A SQL string literal. */
-const sqlString = (text: string) => `'${text.replaceAll("'", "''")}'`;
 
 /**
  * orisun_append_rows() (migration 2026-12-03-append-rows; its first version, orisun_append(), came
@@ -53,9 +25,7 @@ const sqlString = (text: string) => `'${text.replaceAll("'", "''")}'`;
  * Each statement of a volatile plpgsql function takes a new snapshot, so the checks after the
  * lock see every commit before it, as in append.ts. Checks marked `m` were decided in memory
  * against the head `expected`: they are skipped when the locked head is that head, and checked
- * here otherwise, each planned with its values (EXECUTE): first over the events after its marker
- * (RECENT_CHECK_SQL), and only when more than RECENT_CHECK_EVENTS lie there in the shape of
- * selectConditionViolation (FENCED_CHECK_SQL).
+ * here otherwise, by orisun_violated (condition-check.ts), as the full transaction checks them.
  *
  * The function's SQL, for each way of passing the events (the two versions below).
  */
@@ -81,10 +51,6 @@ DECLARE
   v_prepare int8;
   v_fresh boolean;
   v_check json;
-  v_where text;
-  v_found boolean;
-  v_seen int8;
-  v_sort text := current_setting('enable_sort');
   v_count int8;
 BEGIN
   INSERT INTO orisun_boundaries AS b (name) VALUES (p_boundary)
@@ -101,29 +67,8 @@ BEGIN
   v_fresh := (v_commit, v_prepare) IS NOT DISTINCT FROM (p_expected_commit, p_expected_prepare);
   FOR v_check IN SELECT json_array_elements(p_checks) LOOP
     CONTINUE WHEN v_fresh AND (v_check->>'m')::boolean;
-    SELECT coalesce(string_agg('(' || CASE
-        WHEN json_array_length(c->'types') = 0 AND json_array_length(c->'tags') = 0 THEN 'TRUE'
-        ELSE concat_ws(' AND ',
-          CASE WHEN json_array_length(c->'types') > 0 THEN format('event_type = ANY(%L::text[])',
-            ARRAY(SELECT json_array_elements_text(c->'types'))) END,
-          CASE WHEN json_array_length(c->'tags') > 0 THEN format('tags @> %L::text[]',
-            ARRAY(SELECT json_array_elements_text(c->'tags'))) END)
-        END || ')', ' OR '), 'TRUE')
-      INTO v_where
-      FROM json_array_elements(v_check->'q') AS c;
-    -- The events after the marker first, on the primary key (the only sort-free plan).
-    PERFORM set_config('enable_sort', 'off', true);
-    EXECUTE format(${sqlString(RECENT_CHECK_SQL)}, v_where)
-      INTO v_found, v_seen
-      USING p_boundary, (v_check->>'c')::int8, (v_check->>'p')::int8;
-    PERFORM set_config('enable_sort', v_sort, true);
-    IF NOT v_found AND v_seen > ${RECENT_CHECK_EVENTS} THEN
-      EXECUTE format(${sqlString(FENCED_CHECK_SQL)}, v_where)
-        INTO v_found
-        USING p_boundary, (v_check->>'c')::int8, (v_check->>'p')::int8;
-      v_found := coalesce(v_found, false);
-    END IF;
-    IF v_found THEN
+    IF orisun_violated(p_boundary, (v_check->>'c')::int8, (v_check->>'p')::int8, v_check->'q')
+    THEN
       outcome := CASE WHEN EXISTS (SELECT 1 FROM orisun_events WHERE boundary = p_boundary
           AND ${anyId})
         THEN 'violated' ELSE 'failed' END;
@@ -229,7 +174,7 @@ export async function callAppend(
       m: c.decided,
       c: c.after.commit.toString(),
       p: c.after.prepare.toString(),
-      q: c.query.map((k) => ({ types: k.types, tags: k.tags.map(encodeTag) })),
+      q: queryJson(c.query),
     })),
   );
   const column = <T>(f: (e: FunctionEvent) => T) => arrayLiteral(events.map(f));

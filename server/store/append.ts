@@ -13,10 +13,10 @@ import {
 } from "./append-function.js";
 import type { AppendObserver, BatchOutcome } from "./append-observer.js";
 import { notifyPayload } from "./commit-signals.js";
+import { queryJson } from "./condition-check.js";
 import { databaseError, isConnectionLost } from "./database-errors.js";
 import { quote, StoreError } from "./errors.js";
 import { matches } from "./matcher.js";
-import { selectConditionViolation, violatedConditions } from "./query-sql.js";
 import { RecentCommits, type RecentCommitsLimits, type RecentEvent } from "./recent-commits.js";
 import { type Database, encodeTag } from "./schema.js";
 import {
@@ -684,13 +684,11 @@ interface StoredCommits {
   readonly commits: ReadonlyMap<bigint, { size: number; last: Position }>;
 }
 
-/** Condition checks sharing one statement, as in violatedConditions: far below 65,535 parameters. */
-const CHECKS_PER_STATEMENT = 200;
-
 /**
  * What the checks after the lock need, in one round trip (a lone append waits for each of its
  * round trips in turn): which of the batch's event ids the log holds already, and which
- * conditions an event after their marker violates. Both read after the lock, as before.
+ * conditions an event after their marker violates, each checked by orisun_violated as the append
+ * function checks them (condition-check.ts). Both read after the lock, as before.
  */
 async function lookUp(
   trx: Transaction<Database>,
@@ -700,17 +698,24 @@ async function lookUp(
   inDatabase: (index: number) => boolean,
 ): Promise<{ stored: StoredCommits; violated: Set<number> }> {
   const ids = batch.flatMap((p) => p.request.events.map((e) => e.id));
-  const conditioned = batch.flatMap((p, i) =>
-    p.request.condition && inDatabase(i) ? [{ i, condition: p.request.condition }] : [],
-  );
-  const first = conditioned.slice(0, CHECKS_PER_STATEMENT);
-  const checks = first.map(
-    ({ i, condition }) => sql`(${selectConditionViolation(trx, boundary, condition, i)})`,
+  const checks = batch.flatMap(({ request: { condition } }, i) =>
+    condition && inDatabase(i)
+      ? [
+          {
+            i,
+            c: condition.after.commit.toString(),
+            p: condition.after.prepare.toString(),
+            q: queryJson(condition.query),
+          },
+        ]
+      : [],
   );
   const violations =
     checks.length === 0
       ? sql``
-      : sql`UNION ALL SELECT NULL, NULL, v.i FROM (${sql.join(checks, sql` UNION ALL `)}) AS v`;
+      : sql`UNION ALL SELECT NULL, NULL, x.i
+    FROM json_to_recordset(${JSON.stringify(checks)}::json) AS x(i int4, c int8, p int8, q json)
+    WHERE orisun_violated(${boundary}, x.c, x.p, x.q)`;
   const { rows } = await sql<{
     event_id: string | null;
     commit_position: string | null;
@@ -727,11 +732,6 @@ async function lookUp(
     else if (row.event_id !== null && row.commit_position !== null) {
       found.push({ event_id: row.event_id, commit_position: row.commit_position });
     }
-  }
-  if (conditioned.length > first.length) {
-    const more: (Condition | undefined)[] = batch.map(() => undefined);
-    for (const { i, condition } of conditioned.slice(first.length)) more[i] = condition;
-    for (const i of await violatedConditions(trx, boundary, more)) violated.add(i);
   }
   return { stored: await storedCommits(trx, boundary, found), violated };
 }

@@ -1,5 +1,6 @@
 import { type Kysely, sql } from "kysely";
 import { APPEND_FUNCTION, APPEND_ROWS_FUNCTION } from "./append-function.js";
+import { CRITERIA_FUNCTION, VIOLATED_FUNCTION } from "./condition-check.js";
 
 interface Migration {
   up(db: Kysely<unknown>): Promise<void>;
@@ -147,10 +148,21 @@ const migrations: Record<string, Migration> = {
     },
   },
   // Both versions of the append function again: a condition check walks the events after its
-  // marker on the primary key first (append-function.ts, RECENT_CHECK_SQL). On a boundary new
-  // since the last ANALYZE, each check had read all of the boundary's events.
+  // marker on the primary key first (now in condition-check.ts). On a boundary new since the
+  // last ANALYZE, each check had read all of the boundary's events.
   "2026-12-04-recent-checks": {
     async up(db: Kysely<unknown>) {
+      await sql.raw(APPEND_FUNCTION).execute(db);
+      await sql.raw(APPEND_ROWS_FUNCTION).execute(db);
+    },
+  },
+  // The condition check as functions of its own (condition-check.ts), which the full transaction
+  // calls too: its checks were the fenced query alone, which on a boundary new since the last
+  // ANALYZE read all of the boundary's events. Both append functions call it.
+  "2026-12-05-condition-check": {
+    async up(db: Kysely<unknown>) {
+      await sql.raw(CRITERIA_FUNCTION).execute(db);
+      await sql.raw(VIOLATED_FUNCTION).execute(db);
       await sql.raw(APPEND_FUNCTION).execute(db);
       await sql.raw(APPEND_ROWS_FUNCTION).execute(db);
     },

@@ -1,6 +1,6 @@
 import { type Kysely, type RawBuilder, sql } from "kysely";
 import { type Database, encodeTag, epochMillisSql } from "./schema.js";
-import type { Condition, Criterion, Position, Query, ReadRequest } from "./types.js";
+import type { Criterion, Position, Query, ReadRequest } from "./types.js";
 
 /**
  * The SQL twin of matcher.ts. Each criterion becomes `event_type = ANY(types) AND tags @> tags`,
@@ -56,57 +56,4 @@ export function selectEvents(db: Kysely<Database>, request: ReadRequest) {
     .orderBy("commit_position", direction)
     .orderBy("prepare_position", direction)
     .limit(request.count);
-}
-
-/**
- * The DCB condition check of append.ts: one row if an event matching the query lies after the
- * marker. The matches are fenced in a MATERIALIZED CTE so that PostgreSQL plans them as if it had
- * to find all of them; planned for LIMIT 1, it walks the primary key hoping to meet a match early,
- * which for the common case of a tag nobody has used yet (a new entity, a free username) reads the
- * whole boundary (measured at 1M events: 175 ms as a walk, 3 ms through the GIN index). Execution
- * still stops at the first row.
- */
-export function selectConditionViolation(
-  db: Kysely<Database>,
-  boundary: string,
-  condition: Condition,
-  /** Returned as column `i` when violated, so that several checks can share one statement. */
-  index = 0,
-) {
-  return db
-    .with(
-      (cte) => cte("matches").materialized(),
-      (q) =>
-        q
-          .selectFrom("orisun_events")
-          .select("commit_position")
-          .where("boundary", "=", boundary)
-          .where(positionSql(">", condition.after))
-          .where(querySql(condition.query)),
-    )
-    .selectFrom("matches")
-    .select(sql<number>`${sql.lit(index)}::int4`.as("i"))
-    .limit(1);
-}
-
-/**
- * The condition checks of a whole group-commit batch in one round trip (each check is an
- * independent subquery; in-batch conflicts are checked in memory): the indexes of the violated.
- */
-export async function violatedConditions(
-  db: Kysely<Database>,
-  boundary: string,
-  conditions: readonly (Condition | undefined)[],
-): Promise<Set<number>> {
-  const checks = conditions.flatMap((condition, i) =>
-    condition ? [selectConditionViolation(db, boundary, condition, i)] : [],
-  );
-  const violated = new Set<number>();
-  // Chunks keep each statement well below PostgreSQL's 65,535 bind parameters.
-  for (let start = 0; start < checks.length; start += 200) {
-    const chunk = checks.slice(start, start + 200).map((check) => sql`(${check})`);
-    const { rows } = await sql<{ i: number }>`${sql.join(chunk, sql` UNION ALL `)}`.execute(db);
-    for (const row of rows) violated.add(row.i);
-  }
-  return violated;
 }
