@@ -5,7 +5,6 @@ import {
   createMethodImplSpec,
   type ServiceImpl,
 } from "@connectrpc/connect";
-import { fastifyConnectPlugin } from "@connectrpc/connect-fastify";
 import cors from "@fastify/cors";
 import Fastify, { type FastifyBaseLogger } from "fastify";
 import { Health } from "../gen/grpc/health/v1/health_pb.js";
@@ -44,6 +43,7 @@ import type { Config } from "./config.js";
 import { HealthMonitor } from "./health/monitor.js";
 import { databaseDependency, natsDependency } from "./health/probes.js";
 import { clientOf } from "./http/client-identity.js";
+import { connectPlugin } from "./http/connect-plugin.js";
 import { registerConsole } from "./http/console.js";
 import { grpcUnaryPath, type UnaryRoute } from "./http/grpc-unary-path.js";
 import { registerMetricsRoute } from "./http/metrics-route.js";
@@ -282,7 +282,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     authorization.interceptor,
     subscriptionSlots.interceptor,
   ];
-  await app.register(fastifyConnectPlugin, {
+  await app.register(connectPlugin, {
     routes: (router) => {
       router.service(EventStore, eventStore);
       router.service(

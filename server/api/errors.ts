@@ -2,6 +2,7 @@ import { Code, ConnectError, createContextKey, type Interceptor } from "@connect
 import type { FastifyBaseLogger } from "fastify";
 import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
 import { AuthError, type AuthErrorKind } from "../auth/auth-error.js";
+import { isClientGone } from "../http/client-gone.js";
 import { StoreError, type StoreErrorKind } from "../store/errors.js";
 
 /** The request's logger (bound to its request id), handed over from Fastify. */
@@ -81,6 +82,11 @@ export const errorInterceptor: Interceptor = (next) => async (req) => {
         try {
           yield* messages;
         } catch (error) {
+          // A write to a client that went away fails, and the failure is thrown in here.
+          if (isClientGone(error)) {
+            log?.debug({ rpc, reason: String(error) }, "client went away");
+            throw new ConnectError("the client went away", Code.Canceled);
+          }
           throw toConnectError(error, log, id, rpc);
         }
       })(),

@@ -1,0 +1,96 @@
+import {
+  Code,
+  ConnectError,
+  type ConnectRouter,
+  type ConnectRouterOptions,
+  type ContextValues,
+  createConnectRouter,
+} from "@connectrpc/connect";
+import * as protoConnect from "@connectrpc/connect/protocol-connect";
+import * as protoGrpc from "@connectrpc/connect/protocol-grpc";
+import * as protoGrpcWeb from "@connectrpc/connect/protocol-grpc-web";
+import {
+  compressionBrotli,
+  compressionGzip,
+  universalRequestFromNodeRequest,
+  universalResponseToNodeResponse,
+} from "@connectrpc/connect-node";
+import type { FastifyInstance, FastifyRequest } from "fastify";
+import { isClientGone } from "./client-gone.js";
+
+export interface ConnectPluginOptions extends ConnectRouterOptions {
+  readonly routes: (router: ConnectRouter) => void;
+  /** Context values for a call, from its Fastify request. */
+  readonly contextValues: (req: FastifyRequest) => ContextValues;
+}
+
+/**
+ * Connect's routes on Fastify: @connectrpc/connect-fastify's plugin (2.2), except for what a
+ * failed response writes. That plugin prints every failure but ABORTED to stderr with
+ * console.error, as a multi-line stack outside the JSON log; a subscriber that disconnects while
+ * the server writes to it fails the write with ECANCELED or EPIPE, which Connect reports as
+ * INTERNAL, so every such disconnect printed a stack. Here a client that went away is a debug
+ * line, and any other failure an error line, both through the request's logger.
+ */
+export function connectPlugin(
+  instance: FastifyInstance,
+  options: ConnectPluginOptions,
+  done: (error?: Error) => void,
+): void {
+  const router = createConnectRouter({
+    acceptCompression: [compressionGzip, compressionBrotli],
+    ...options,
+  });
+  options.routes(router);
+  // The body is Connect's to read: Fastify must not parse or refuse any of its content types.
+  const untouched = (
+    _req: unknown,
+    _payload: unknown,
+    parsed: (e: null, body: undefined) => void,
+  ) => parsed(null, undefined);
+  instance.addContentTypeParser(
+    [
+      protoConnect.contentTypeUnaryJson,
+      protoConnect.contentTypeStreamJson,
+      protoGrpcWeb.contentTypeProto,
+      protoGrpcWeb.contentTypeJson,
+      protoGrpc.contentTypeProto,
+      protoGrpc.contentTypeJson,
+    ],
+    untouched,
+  );
+  for (const type of [
+    protoGrpc.contentTypeRegExp,
+    protoGrpcWeb.contentTypeRegExp,
+    protoConnect.contentTypeRegExp,
+  ]) {
+    instance.addContentTypeParser(type, untouched);
+  }
+  for (const handler of router.handlers) {
+    instance.all(handler.requestPath, async (req, reply) => {
+      try {
+        const response = await handler(
+          universalRequestFromNodeRequest(
+            req.raw,
+            reply.raw,
+            undefined,
+            options.contextValues(req),
+          ),
+        );
+        // Headers set on the reply (by hooks) reach the client only through reply.send, which
+        // is not used here.
+        for (const [key, value] of Object.entries(reply.getHeaders())) {
+          if (value !== undefined) reply.raw.setHeader(key, value);
+        }
+        await universalResponseToNodeResponse(response, reply.raw);
+      } catch (error) {
+        const rpc = handler.method.name;
+        if (isClientGone(error)) req.log.debug({ rpc, reason: String(error) }, "client went away");
+        else if (ConnectError.from(error).code !== Code.Aborted) {
+          req.log.error({ err: error, rpc }, "response failed");
+        }
+      }
+    });
+  }
+  done();
+}
