@@ -71,6 +71,7 @@ describe("schema migrations at start-up", () => {
       { name: "2026-12-03-tags-statistics" },
       { name: "2026-12-04-recent-checks" },
       { name: "2026-12-05-condition-check" },
+      { name: "2026-12-05-tags-pending-list" },
     ]);
     // The tags column samples 500 × 300 rows in ANALYZE (see the migration).
     const target = await withClient(
@@ -83,6 +84,16 @@ describe("schema migrations at start-up", () => {
         ).rows[0],
     );
     expect(target).toEqual({ n: 500 });
+    // The tags index's pending list is 256 kB, not PostgreSQL's 4 MB (see the migration).
+    const index = await withClient(
+      async (client) =>
+        (
+          await client.query(
+            `SELECT reloptions FROM pg_class WHERE oid = '"${name}".orisun_events_tags_idx'::regclass`,
+          )
+        ).rows[0],
+    );
+    expect(index).toEqual({ reloptions: ["gin_pending_list_limit=256"] });
     // And a restart applies nothing again (it would fail: the tables exist).
     const again = await openPostgresStore(name, 1);
     await again.close();
