@@ -82,11 +82,9 @@ export const errorInterceptor: Interceptor = (next) => async (req) => {
         try {
           yield* messages;
         } catch (error) {
-          // A write to a client that went away fails, and the failure is thrown in here.
-          if (isClientGone(error)) {
-            log?.debug({ rpc, reason: String(error) }, "client went away");
-            throw new ConnectError("the client went away", Code.Canceled);
-          }
+          // A write to a client that went away fails, and the failure is thrown in here; the
+          // route logs it once, at debug (http/connect-plugin.ts).
+          if (isClientGone(error)) throw new ConnectError("the client went away", Code.Canceled);
           throw toConnectError(error, log, id, rpc);
         }
       })(),
