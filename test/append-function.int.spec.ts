@@ -157,20 +157,28 @@ describe.each(targets)("one-round-trip append on $name", (target) => {
     expect(one.statements.slice(before)).toHaveLength(1);
   });
 
+  const filler = (prefix: string, n: number) =>
+    Array.from({ length: n }, (_, i) => event(`${prefix}${i}`, [{ key: "filler", value: "x" }]));
+  const start = { commit: 0n, prepare: 0n };
+  const nobody = [{ types: [], tags: [{ key: "user", value: "nobody" }] }];
+
+  /**
+   * A boundary written by another process, so that this one's window never knows it and every
+   * condition is checked in SQL: over a thousand filler events, one matching `query` (`tagged`;
+   * `before` is the position just before it), then twenty more.
+   */
+  async function walkable(boundary: string): Promise<{ tagged: Position; before: Position }> {
+    const other = appender();
+    await other.a.append({ boundary, events: filler("f", RECENT_CHECK_EVENTS + 200) });
+    const tagged = await other.a.append({ boundary, events: [event("t1")] });
+    await other.a.append({ boundary, events: filler("g", 20) });
+    return { tagged, before: { commit: tagged.commit - 1n, prepare: tagged.prepare - 1n } };
+  }
+
   it(`checks a marker up to ${RECENT_CHECK_EVENTS} events back by walking them, one further back through the indexes, both exactly`, async () => {
     const mine = appender();
-    const other = appender();
     const b = "walk";
-    const untagged = (prefix: string, n: number) =>
-      Array.from({ length: n }, (_, i) => event(`${prefix}${i}`, [{ key: "filler", value: "x" }]));
-    // Another process writes every event: this one's window never knows the boundary, so the
-    // function checks every condition.
-    await other.a.append({ boundary: b, events: untagged("f", RECENT_CHECK_EVENTS + 200) });
-    const tagged = await other.a.append({ boundary: b, events: [event("t1")] });
-    await other.a.append({ boundary: b, events: untagged("g", 20) });
-    const start = { commit: 0n, prepare: 0n };
-    const before = { commit: tagged.commit - 1n, prepare: tagged.prepare - 1n };
-    const nobody = [{ types: [], tags: [{ key: "user", value: "nobody" }] }];
+    const { tagged, before } = await walkable(b);
     const claim = (id: string, after: Position, q: Query) =>
       mine.a.append({ boundary: b, events: [event(id, [])], condition: { after, query: q } });
     const kind = (p: Promise<unknown>) =>
@@ -194,16 +202,8 @@ describe.each(targets)("one-round-trip append on $name", (target) => {
 
   it("the full transaction checks as the function does: walked, or through the indexes, exactly", async () => {
     const mine = appender();
-    const other = appender();
     const b = "full-walk";
-    const filler = (prefix: string, n: number) =>
-      Array.from({ length: n }, (_, i) => event(`${prefix}${i}`, [{ key: "filler", value: "x" }]));
-    await other.a.append({ boundary: b, events: filler("f", RECENT_CHECK_EVENTS + 200) });
-    const tagged = await other.a.append({ boundary: b, events: [event("t1")] });
-    await other.a.append({ boundary: b, events: filler("g", 20) });
-    const start = { commit: 0n, prepare: 0n };
-    const before = { commit: tagged.commit - 1n, prepare: tagged.prepare - 1n };
-    const nobody = [{ types: [], tags: [{ key: "user", value: "nobody" }] }];
+    const { tagged, before } = await walkable(b);
     // A large append of this process holds the boundary so that the four claims queue behind it
     // and go as one batch. Its stretch lies after every marker, so no claim is decided in memory.
     const big = mine.a.append({ boundary: b, events: filler("big", 300) });
