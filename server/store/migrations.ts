@@ -174,7 +174,7 @@ const migrations: Record<string, Migration> = {
   // for a tag nobody has: 0.62-0.70 ms at the median instead of 2.4-2.8 (p99 3.8-4.0 ms instead
   // of 12-15); the slowest insert 80-335 ms instead of 520-950; inserts/s 5,750-5,810 against
   // 5,160-5,420. Without a list (fastupdate off): searches 0.18-0.21 ms, but 100-event appends
-  // made 0.83x the events/s (README, "Indexes" under Design notes).
+  // made 0.83x the events/s (README, "The tags index's pending list" under Design notes).
   "2026-12-05-tags-pending-list": {
     async up(db: Kysely<unknown>) {
       await sql`ALTER INDEX orisun_events_tags_idx SET (gin_pending_list_limit = 256)`.execute(db);
