@@ -5,7 +5,7 @@ import type { CompiledQuery } from "kysely";
 import pg from "pg";
 import { checkSql } from "../server/store/condition-check.js";
 import { EventStore } from "../server/store/event-store.js";
-import { selectEvents } from "../server/store/query-sql.js";
+import { probesTags, selectEvents, selectSparseEvents } from "../server/store/query-sql.js";
 import type { Condition, Query, ReadRequest, Tag } from "../server/store/types.js";
 import { median } from "./workloads.js";
 
@@ -30,8 +30,9 @@ const criterion = (types: string[], tags: Tag[]): Query => [{ types, tags }];
 /**
  * The planner's choices for every read and condition shape at `events` events: a boundary loaded
  * in SQL (20 types; an `entity` tag with 200k values, 5 events each at 1M; a `kind` tag with 7
- * values, 14% each; a `rare` tag on 5 events), analyzed, each shape timed with EXPLAIN ANALYZE.
- * The store's own SQL (query-sql.ts) is what runs. The schema is dropped afterwards.
+ * values, 14% each; an `id` tag of each event's own; a `rare` tag on 5 events), analyzed, each
+ * shape timed with EXPLAIN ANALYZE. The store's own SQL (query-sql.ts) is what runs: for a tag
+ * query, the statement it settles on (read.ts). The schema is dropped afterwards.
  */
 export async function queryPlans(
   url: string,
@@ -58,7 +59,8 @@ export async function queryPlans(
       `INSERT INTO orisun_events
          (boundary, commit_position, prepare_position, event_id, event_type, tags, data)
        SELECT $1, i, i, 'e' || i, 'Type' || (i % 20),
-         ARRAY['["entity","e' || (i % $3::int8) || '"]', '["kind","k' || (i % 7) || '"]']
+         ARRAY['["entity","e' || (i % $3::int8) || '"]', '["kind","k' || (i % 7) || '"]',
+           '["id","u' || i || '"]']
            || CASE WHEN i % ($2::int8 / 5) = 0 THEN ARRAY['["rare","yes"]'] ELSE ARRAY[]::text[] END,
          ('{"i":' || i || '}')::json
        FROM generate_series(1, $2::int8) AS i`,
@@ -68,43 +70,62 @@ export async function queryPlans(
 
     const middle = { commit: BigInt(events / 2), prepare: BigInt(events / 2) };
     const start = { commit: 0n, prepare: 0n };
-    const read = (query: Query, extra: Partial<ReadRequest> = {}) =>
-      selectEvents(store.database.db, {
-        boundary: BOUNDARY,
-        query,
-        count: 1_000,
-        direction: "asc",
-        ...extra,
-      }).compile();
+    const request = (query: Query, extra: Partial<ReadRequest>): ReadRequest => ({
+      boundary: BOUNDARY,
+      query,
+      count: 1_000,
+      direction: "asc",
+      ...extra,
+    });
+    // The statement the store runs once it knows the query (read.ts): the sparse read for a tag
+    // query with few matches, else the planner's read.
+    const read = async (query: Query, extra: Partial<ReadRequest> = {}): Promise<Statement> => {
+      if (probesTags(query)) {
+        const sparse = selectSparseEvents(request(query, extra)).compile(store.database.db);
+        const { rows } = await client.query(sparse.sql, sparse.parameters as unknown[]);
+        if (rows[0]?.dense === false) return sparse;
+      }
+      return plannersRead(query, extra);
+    };
+    const plannersRead = (query: Query, extra: Partial<ReadRequest> = {}) =>
+      selectEvents(request(query, extra)).compile(store.database.db);
     // The fenced form of orisun_violated: every marker here lies over a thousand events back.
     const check = async ({ after, query }: Condition) =>
       ({
         sql: await checkSql(client, query),
         parameters: [BOUNDARY, after.commit.toString(), after.prepare.toString()],
       }) satisfies Statement;
+    const nobody = criterion([], [tag("user", "nobody")]);
+    const entity = criterion([], [tag("entity", "e123")]);
+    const kind = criterion([], [tag("kind", "k3")]);
     const shapes: [string, Statement][] = [
-      ["read, a tag on 5 events", read(criterion([], [tag("rare", "yes")]))],
-      ["read, a tag on no event", read(criterion([], [tag("user", "nobody")]))],
-      ["read, an entity tag (5 events)", read(criterion([], [tag("entity", "e123")]))],
-      ["read, a tag on 14%, first page", read(criterion([], [tag("kind", "k3")]))],
+      ["read 10, a tag on no event", await read(nobody, { count: 10 })],
+      ["read 10, an entity tag (5 events)", await read(entity, { count: 10 })],
       [
-        "read, a tag on 14%, page from the middle",
-        read(criterion([], [tag("kind", "k3")]), { from: middle }),
+        "read 10, an id tag (1 event)",
+        await read(criterion([], [tag("id", "u4242")]), { count: 10 }),
       ],
-      ["read, a type (5%)", read(criterion(["Type7"], []))],
-      ["read, a type and an entity tag", read(criterion(["Type3"], [tag("entity", "e123")]))],
+      ["the planner's read alone, 10, a tag on no event", plannersRead(nobody, { count: 10 })],
+      ["read, a tag on 5 events", await read(criterion([], [tag("rare", "yes")]))],
+      ["read, a tag on no event", await read(nobody)],
+      ["read, an entity tag (5 events)", await read(entity)],
+      ["read, a tag on 14%, first page", await read(kind)],
+      [
+        "the probe that finds a tag on 14% dense (its first read in a process)",
+        selectSparseEvents(request(kind, {})).compile(store.database.db),
+      ],
+      ["read, a tag on 14%, page from the middle", await read(kind, { from: middle })],
+      ["read, a type (5%)", await read(criterion(["Type7"], []))],
+      ["read, a type and an entity tag", await read(criterion(["Type3"], [tag("entity", "e123")]))],
       [
         "read, two entity tags OR'ed",
-        read([
+        await read([
           { types: [], tags: [tag("entity", "e1")] },
           { types: [], tags: [tag("entity", "e2")] },
         ]),
       ],
-      ["read, everything, page from the middle", read([], { from: middle })],
-      [
-        "read, a tag on 14%, backwards from the end",
-        read(criterion([], [tag("kind", "k3")]), { direction: "desc" }),
-      ],
+      ["read, everything, page from the middle", await read([], { from: middle })],
+      ["read, a tag on 14%, backwards from the end", await read(kind, { direction: "desc" })],
       [
         "condition, a tag nobody has used (passes)",
         await check({ after: start, query: criterion([], [tag("user", "new")]) }),

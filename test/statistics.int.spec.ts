@@ -63,13 +63,13 @@ describe("planner statistics after a bulk load", () => {
     }
     await expect.poll(lastAnalyze, { timeout: 20_000 }).not.toBeNull();
 
-    const middle = selectEvents(store.database.db, {
+    const middle = selectEvents({
       boundary: "big",
       query: [],
       from: { commit: 15n, prepare: 30_000n },
       count: 1_000,
       direction: "asc",
-    }).compile();
+    }).compile(store.database.db);
     const { rows } = await pool().query(
       `EXPLAIN (FORMAT JSON) ${middle.sql}`,
       middle.parameters as unknown[],

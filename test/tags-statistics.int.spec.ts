@@ -52,7 +52,7 @@ describe("the tags' statistics (PostgreSQL)", () => {
   });
 
   it("keep a page of two rare tags OR'ed on the tags index after every ANALYZE", async () => {
-    const read = selectEvents(store.database.db, {
+    const read = selectEvents({
       boundary: "big",
       query: [
         { types: [], tags: [{ key: "entity", value: "e1" }] },
@@ -60,7 +60,7 @@ describe("the tags' statistics (PostgreSQL)", () => {
       ],
       count: 1_000,
       direction: "asc",
-    }).compile();
+    }).compile(store.database.db);
     const used: string[][] = [];
     for (let i = 0; i < ANALYZES; i++) {
       await client.query("ANALYZE orisun_events");

@@ -6,6 +6,7 @@ import { BoundaryCap, DEFAULT_MAX_BOUNDARIES } from "./boundary-cap.js";
 import { CommitSignals } from "./commit-signals.js";
 import { type DatabaseOptions, type OpenDatabase, openDatabase } from "./database.js";
 import { databaseError } from "./database-errors.js";
+import { DenseQueries } from "./dense-queries.js";
 import { StoreError } from "./errors.js";
 import { FairGate } from "./fair-gate.js";
 import { type ImportRequest, type ImportResult, importEvents } from "./import.js";
@@ -54,6 +55,8 @@ export class EventStore {
   private readonly boundaries: BoundaryCap;
   /** Catch-up reads queue here, so that a storm of them leaves the rest of the pool to others. */
   private readonly catchUps: FairGate;
+  /** Tag queries with too many matches for the sparse read (read.ts). */
+  private readonly dense = new DenseQueries();
   /** Commits of every process, as hints for those who follow the log. */
   readonly signals: CommitSignals;
   /** Locks exclusive across every process on this database. */
@@ -159,7 +162,13 @@ export class EventStore {
     const { signal } = options;
     const release = options.catchUp ? await this.catchUps.acquire(signal) : undefined;
     try {
-      return await readEvents(this.database.db, request, signal, !this.database.embedded);
+      return await readEvents(
+        this.database.db,
+        request,
+        this.dense,
+        signal,
+        !this.database.embedded,
+      );
     } catch (error) {
       if (signal?.aborted) throw readAbandoned(error);
       throw databaseError(error);

@@ -1,5 +1,6 @@
 import type { Kysely } from "kysely";
-import { selectEvents } from "./query-sql.js";
+import type { DenseQueries } from "./dense-queries.js";
+import { type EventRow, probesTags, selectEvents, selectSparseEvents } from "./query-sql.js";
 import type { Database } from "./schema.js";
 import { type Position, type ReadRequest, START, type StoredEvent } from "./types.js";
 
@@ -7,31 +8,46 @@ import { type Position, type ReadRequest, START, type StoredEvent } from "./type
  * Matching events of a boundary in `direction` order, starting at `from` inclusive. When `signal`
  * aborts, the read is dropped if it has not started; one in progress is cancelled on the server
  * when `cancel` (PostgreSQL: PGlite has no second session to cancel from), else left to finish.
+ *
+ * A query whose every criterion names a tag is first read as a sparse one (selectSparseEvents),
+ * unless `dense` knows it has too many matches for that; a probe that finds too many records it
+ * there and the read goes to the planner.
  */
 export async function readEvents(
   db: Kysely<Database>,
   request: ReadRequest,
+  dense: DenseQueries,
   signal?: AbortSignal,
   cancel = false,
 ): Promise<StoredEvent[]> {
-  const rows = await selectEvents(db, request).execute({
+  const options = {
     signal,
-    inflightQueryAbortStrategy: cancel ? "cancel query" : "ignore query",
-  });
-  // One JSON.parse per row for its tags, where pg's array parser (a loop in JS over the escaped
-  // quotes) and a JSON.parse per tag cost more; a number for the date instead of pg's
-  // timestamp parser.
-  return rows.map((row) => ({
-    boundary: request.boundary,
-    id: row.event_id,
-    type: row.event_type,
-    tags: (JSON.parse(row.tags) as [string, string][]).map(([key, value]) => ({ key, value })),
-    data: row.data,
-    metadata: row.metadata ?? "",
-    position: { commit: BigInt(row.commit_position), prepare: BigInt(row.prepare_position) },
-    createdAt: new Date(Number(row.created_ms)),
-  }));
+    inflightQueryAbortStrategy: cancel ? ("cancel query" as const) : ("ignore query" as const),
+  };
+  if (probesTags(request.query) && !dense.has(request.boundary, request.query)) {
+    const { rows } = await selectSparseEvents(request).execute(db, options);
+    if (!rows[0]?.dense) {
+      return rows.flatMap((row) => (row.event_id === null ? [] : [toEvent(request, row)]));
+    }
+    dense.add(request.boundary, request.query);
+  }
+  const { rows } = await selectEvents(request).execute(db, options);
+  return rows.map((row) => toEvent(request, row));
 }
+
+// One JSON.parse per row for its tags, where pg's array parser (a loop in JS over the escaped
+// quotes) and a JSON.parse per tag cost more; a number for the date instead of pg's timestamp
+// parser.
+const toEvent = (request: ReadRequest, row: EventRow): StoredEvent => ({
+  boundary: request.boundary,
+  id: row.event_id,
+  type: row.event_type,
+  tags: (JSON.parse(row.tags) as [string, string][]).map(([key, value]) => ({ key, value })),
+  data: row.data,
+  metadata: row.metadata ?? "",
+  position: { commit: BigInt(row.commit_position), prepare: BigInt(row.prepare_position) },
+  createdAt: new Date(Number(row.created_ms)),
+});
 
 /** The position of the boundary's last event; START for a boundary with no events. */
 export async function headPosition(

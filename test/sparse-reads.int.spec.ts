@@ -1,0 +1,261 @@
+import { type CompiledQuery, Kysely, PostgresDialect } from "kysely";
+import type pg from "pg";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { DenseQueries } from "../server/store/dense-queries.js";
+import type { EventStore } from "../server/store/event-store.js";
+import { matches } from "../server/store/matcher.js";
+import { SPARSE_MATCHES, selectEvents } from "../server/store/query-sql.js";
+import { readEvents } from "../server/store/read.js";
+import type { Database } from "../server/store/schema.js";
+import {
+  comparePositions,
+  type EventToAppend,
+  type Query,
+  type ReadRequest,
+  type StoredEvent,
+} from "../server/store/types.js";
+import { storeTargets } from "./support/databases.js";
+
+/**
+ * Reads of tag queries (read.ts): the sparse read for a query whose tags at most SPARSE_MATCHES
+ * events of its boundary carry, the planner's read past that, and the memory of dense queries between them,
+ * all returning exactly what the log holds.
+ */
+
+const EVENTS = 3_000;
+
+/** Tags whose counts sit on both sides of the sparse read's limit, and some that never repeat. */
+function event(prefix: string, i: number): EventToAppend {
+  const tags = [
+    { key: "n", value: `v${i}` },
+    { key: "few", value: `f${i % 300}` },
+  ];
+  if (i % 3 === 0) tags.push({ key: "m1000", value: "yes" });
+  if (i % 3 === 0 || i === 1) tags.push({ key: "m1001", value: "yes" });
+  if (i % 2 === 0) tags.push({ key: "half", value: "yes" });
+  return { id: `${prefix}${i}`, type: `T${i % 5}`, tags, data: `{"i":${i}}`, metadata: "" };
+}
+
+const tag = (key: string, value: string) => ({ key, value });
+const QUERIES: readonly Query[] = [
+  [{ types: [], tags: [tag("n", "v123")] }],
+  [{ types: [], tags: [tag("n", "nobody")] }],
+  [{ types: [], tags: [tag("few", "f7")] }],
+  [{ types: [], tags: [tag("m1000", "yes")] }],
+  [{ types: [], tags: [tag("m1001", "yes")] }],
+  [{ types: [], tags: [tag("half", "yes")] }],
+  [{ types: [], tags: [tag("m1000", "yes"), tag("few", "f3")] }],
+  [{ types: ["T1", "T2"], tags: [tag("m1001", "yes")] }],
+  [
+    { types: [], tags: [tag("n", "v5")] },
+    { types: [], tags: [tag("few", "f9")] },
+  ],
+  // A criterion of types alone: the planner's read only.
+  [
+    { types: ["T3"], tags: [] },
+    { types: [], tags: [tag("n", "v8")] },
+  ],
+];
+
+/** Deterministic, so that a failure replays. */
+function random(seed: number): () => number {
+  let s = seed;
+  return () => {
+    s = (s * 1_103_515_245 + 12_345) % 2 ** 31;
+    return s / 2 ** 31;
+  };
+}
+
+describe.each(storeTargets)("sparse reads on $name", (target) => {
+  let store: EventStore;
+  let cleanup: () => Promise<void>;
+  let log: StoredEvent[];
+
+  beforeAll(async () => {
+    ({ store, cleanup } = await target.open());
+    for (let from = 0; from < EVENTS; from += 500) {
+      const batch = Array.from({ length: 500 }, (_, k) => event("r", from + k));
+      await store.append({ boundary: "r", events: batch });
+      // Another boundary with the same tags: its matches neither count nor show.
+      await store.append({
+        boundary: "other",
+        events: batch.map((e) => ({ ...e, id: `o${e.id}` })),
+      });
+    }
+    log = await store.read({ boundary: "r", query: [], count: EVENTS, direction: "asc" });
+    expect(log).toHaveLength(EVENTS);
+  }, 120_000);
+  afterAll(() => cleanup());
+
+  function expected(request: ReadRequest): string[] {
+    const ordered = request.direction === "asc" ? log : [...log].reverse();
+    return ordered
+      .filter((e) => matches(e, request.query))
+      .filter((e) => {
+        if (request.until && comparePositions(e.position, request.until) > 0) return false;
+        if (!request.from) return true;
+        const c = comparePositions(e.position, request.from);
+        return request.direction === "asc" ? c >= 0 : c <= 0;
+      })
+      .slice(0, request.count)
+      .map((e) => e.id);
+  }
+
+  it("the tags on both sides of the limit have the counts the tests rely on", () => {
+    const count = (key: string) => log.filter((e) => e.tags.some((t) => t.key === key)).length;
+    expect([count("m1000"), count("m1001")]).toEqual([SPARSE_MATCHES, SPARSE_MATCHES + 1]);
+  });
+
+  it("return what the log holds, for random pages of every query, whichever read serves them", async () => {
+    const next = random(7);
+    const pick = <T>(items: readonly T[]): T => items[Math.floor(next() * items.length)] as T;
+    const position = () => pick(log).position;
+    for (let i = 0; i < 250; i++) {
+      const request: ReadRequest = {
+        boundary: "r",
+        query: pick(QUERIES),
+        count: pick([1, 10, 100, 999, 1_000, 1_001, 5_000]),
+        direction: pick(["asc", "desc"] as const),
+        from: next() < 0.5 ? position() : undefined,
+        until: next() < 0.3 ? position() : undefined,
+      };
+      const got = await store.read(request);
+      expect(
+        got.map((e) => e.id),
+        JSON.stringify(request, (_, v) => (typeof v === "bigint" ? String(v) : v)),
+      ).toEqual(expected(request));
+    }
+  }, 120_000);
+
+  it("remember exactly the queries whose tags more events than the limit carry, and read them the same", async () => {
+    const dense = new DenseQueries();
+    for (const query of QUERIES) {
+      const request: ReadRequest = { boundary: "r", query, count: 10, direction: "desc" };
+      const first = await readEvents(store.database.db, request, dense);
+      const again = await readEvents(store.database.db, request, dense);
+      expect(first.map((e) => e.id)).toEqual(expected(request));
+      expect(again).toEqual(first);
+    }
+    const remembered = QUERIES.filter((query) => dense.has("r", query));
+    // Types aside: T1 and T2 hold 400 of the 1,001 events tagged m1001.
+    expect(remembered).toEqual([QUERIES[4], QUERIES[5], QUERIES[7]]);
+    // Counted in the boundary read, not the table: "other" holds as many again.
+    expect(dense.has("other", QUERIES[3] ?? [])).toBe(false);
+  });
+
+  it("return every event of a sparse query for a page larger than the limit", async () => {
+    const request: ReadRequest = {
+      boundary: "r",
+      query: [{ types: [], tags: [tag("m1000", "yes")] }],
+      count: 5_000,
+      direction: "asc",
+    };
+    const got = await store.read(request);
+    expect(got).toHaveLength(SPARSE_MATCHES);
+    expect(got).toEqual(log.filter((e) => matches(e, request.query)));
+  });
+});
+
+interface PlanNode {
+  readonly "Node Type": string;
+  readonly "Relation Name"?: string;
+  readonly "Index Name"?: string;
+  readonly "Actual Rows"?: number;
+  readonly "Actual Loops"?: number;
+  readonly "Rows Removed by Filter"?: number;
+  readonly "Rows Removed by Index Recheck"?: number;
+  readonly Plans?: readonly PlanNode[];
+}
+
+const nodes = (plan: PlanNode): PlanNode[] => [plan, ...(plan.Plans ?? []).flatMap(nodes)];
+
+describe("a tag that ANALYZE did not list (PostgreSQL)", () => {
+  const postgres = storeTargets.find((t) => t.name === "postgres");
+  if (!postgres) throw new Error("no postgres target");
+  const BOUNDARY_EVENTS = 50_000;
+  let store: EventStore;
+  let cleanup: () => Promise<void>;
+  let db: Kysely<Database>;
+  let pool: pg.Pool;
+  const statements: CompiledQuery[] = [];
+
+  beforeAll(async () => {
+    ({ store, cleanup } = await postgres.open());
+    if (!store.database.pool) throw new Error("no pg pool");
+    pool = store.database.pool;
+    // Each event has a tag of its own, as when every entity has one, and one of seven common
+    // ones. ANALYZE then lists only the common ones, and PostgreSQL estimates every other tag at
+    // its 0.5% default (the least common listed frequency halved, at most 0.5%).
+    await pool.query(
+      `INSERT INTO orisun_boundaries (name, last_commit, last_prepare) VALUES ('own', $1, $1)`,
+      [BOUNDARY_EVENTS],
+    );
+    await pool.query(
+      `INSERT INTO orisun_events
+         (boundary, commit_position, prepare_position, event_id, event_type, tags, data)
+       SELECT 'own', i, i, 'e' || i, 'T' || (i % 20),
+         ARRAY['["entity","e' || i || '"]', '["kind","k' || (i % 7) || '"]'], '{}'::json
+       FROM generate_series(1, $1::int8) AS i`,
+      [BOUNDARY_EVENTS],
+    );
+    await pool.query("ANALYZE orisun_events");
+    // The store's own connections, with every statement it runs written down.
+    db = new Kysely<Database>({
+      dialect: new PostgresDialect({ pool: store.database.connections }),
+      log: (event) => {
+        if (event.level === "query") statements.push(event.query);
+      },
+    });
+  }, 120_000);
+  afterAll(() => cleanup());
+
+  /** Rows the statement read from orisun_events: returned by its scans or filtered out by them. */
+  async function rowsTouched(statement: CompiledQuery): Promise<number> {
+    const { rows } = await pool.query<{ "QUERY PLAN": [{ Plan: PlanNode }] }>(
+      `EXPLAIN (ANALYZE, FORMAT JSON) ${statement.sql}`,
+      statement.parameters as unknown[],
+    );
+    const plan = rows[0]?.["QUERY PLAN"][0]?.Plan;
+    if (!plan) throw new Error("no plan");
+    return nodes(plan)
+      .filter((n) => n["Relation Name"] === "orisun_events")
+      .reduce(
+        (sum, n) =>
+          sum +
+          ((n["Actual Rows"] ?? 0) + (n["Rows Removed by Filter"] ?? 0)) * (n["Actual Loops"] ?? 1),
+        0,
+      );
+  }
+
+  it("the planner's read of a page of 10 walks the boundary (what the sparse read is for)", async () => {
+    const request: ReadRequest = {
+      boundary: "own",
+      query: [{ types: [], tags: [tag("entity", "nobody")] }],
+      count: 10,
+      direction: "asc",
+    };
+    expect(await rowsTouched(selectEvents(request).compile(db))).toBeGreaterThanOrEqual(
+      BOUNDARY_EVENTS,
+    );
+  });
+
+  it.each([
+    ["a tag nobody has", [], "nobody", []],
+    ["a tag of one event", [], "e4242", ["e4242"]],
+    ["a type and a tag of one event", ["T2"], "e4242", ["e4242"]],
+  ])("a page of 10 for %s reads only its matches", async (_, types, value, ids) => {
+    const request: ReadRequest = {
+      boundary: "own",
+      query: [{ types, tags: [tag("entity", value)] }],
+      count: 10,
+      direction: "asc",
+    };
+    statements.length = 0;
+    const events = await readEvents(db, request, new DenseQueries());
+    expect(events.map((e) => e.id)).toEqual(ids);
+    expect(statements).toHaveLength(1);
+    const [statement] = statements;
+    if (!statement) throw new Error("no statement");
+    expect(await rowsTouched(statement)).toBeLessThanOrEqual(2 * ids.length + 1);
+  });
+});
