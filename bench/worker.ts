@@ -42,6 +42,19 @@ export type Job =
     }
   /** One reader paging through the boundary with GetEvents and from_position. */
   | { kind: "page"; url: string; boundary: string; pageSize: number }
+  /**
+   * One reader asking for pages of `count` events with an `account` tag, one call after the
+   * other for `seconds`; `value` undefined: a value nobody has, new each call (a decision about
+   * a new entity). Samples `ms`, each call's latency.
+   */
+  | {
+      kind: "lookup";
+      url: string;
+      boundary: string;
+      value: string | undefined;
+      count: number;
+      seconds: number;
+    }
   /** One subscription from the start, until `total` events arrived. */
   | { kind: "catchup"; url: string; boundary: string; total: number; windowBytes?: number }
   /** Live subscribers; latency from the `t` (epoch ms) the writer put in each event's data. */
@@ -88,6 +101,7 @@ interface Api {
     boundary: string;
     count: number;
     from_position?: Position;
+    criteria?: { criteria: { tags: { key: string; value: string }[] }[] };
   }): Promise<{ events: Event[] }>;
   subscribeToEvents(request: { boundary: string }): Stream<Event>;
   publishToPubSub(request: { id: string; subject: string; data: Buffer }): Promise<unknown>;
@@ -228,6 +242,26 @@ async function load(job: Extract<Job, { kind: "load" }>): Promise<JobResult> {
     }),
   );
   return { count, ms: performance.now() - started, samples: {} };
+}
+
+async function lookup(job: Extract<Job, { kind: "lookup" }>): Promise<JobResult> {
+  const client = api(job.url);
+  const started = performance.now();
+  const end = started + job.seconds * 1_000;
+  const ms: number[] = [];
+  let count = 0;
+  for (let i = 0; performance.now() < end; i++) {
+    const value = job.value ?? `nobody-${process.pid}-${i}`;
+    const t = performance.now();
+    const { events } = await client.getEvents({
+      boundary: job.boundary,
+      count: job.count,
+      criteria: { criteria: [{ tags: [{ key: "account", value }] }] },
+    });
+    ms.push(performance.now() - t);
+    count += events.length;
+  }
+  return { count, ms: performance.now() - started, samples: { ms } };
 }
 
 async function page(job: Extract<Job, { kind: "page" }>): Promise<JobResult> {
@@ -418,6 +452,8 @@ function run(id: number, job: Job): Promise<JobResult> {
       return load(job);
     case "page":
       return page(job);
+    case "lookup":
+      return lookup(job);
     case "catchup":
       return catchUp(job);
     case "subscribe":

@@ -116,6 +116,23 @@ export async function paging(
   return { rate: r.count / (r.ms / 1_000), count: r.count };
 }
 
+/**
+ * One reader's pages of `count` events with an `account` tag `value` (undefined: one nobody has,
+ * new each call) for `seconds`: latency p50 and p99 in ms, and the events each call returned.
+ */
+export async function lookups(
+  workers: Workers,
+  url: string,
+  boundary: string,
+  value: string | undefined,
+  count: number,
+  seconds: number,
+): Promise<{ p50: number; p99: number; perCall: number }> {
+  const r = await workers.run(0, { kind: "lookup", url, boundary, value, count, seconds }).done;
+  const ms = r.samples.ms ?? [];
+  return { p50: percentile(ms, 50), p99: percentile(ms, 99), perCall: r.count / ms.length };
+}
+
 /** One subscription from the start until `total` events arrived; events/s. */
 export async function catchUp(
   workers: Workers,
