@@ -89,12 +89,17 @@ export async function queryPlans(
     };
     const plannersRead = (query: Query, extra: Partial<ReadRequest> = {}) =>
       selectEvents(request(query, extra)).compile(store.database.db);
-    // The fenced form of orisun_violated: every marker here lies over a thousand events back.
-    const check = async ({ after, query }: Condition) =>
-      ({
-        sql: await checkSql(client, query),
-        parameters: [BOUNDARY, after.commit.toString(), after.prepare.toString()],
-      }) satisfies Statement;
+    // orisun_violated past its walk (every marker here lies over a thousand events back): the
+    // sparse check for a tag query whose tags few events carry, else the fenced check.
+    const check = async ({ after, query }: Condition, form?: "fenced"): Promise<Statement> => {
+      const parameters = [BOUNDARY, after.commit.toString(), after.prepare.toString()];
+      if (form === undefined && probesTags(query)) {
+        const sparse = { sql: await checkSql(client, query, "sparse"), parameters };
+        const { rows } = await client.query(sparse.sql, parameters);
+        if (rows[0]?.dense === false) return sparse;
+      }
+      return { sql: await checkSql(client, query), parameters };
+    };
     const nobody = criterion([], [tag("user", "nobody")]);
     const entity = criterion([], [tag("entity", "e123")]);
     const kind = criterion([], [tag("kind", "k3")]);
@@ -137,6 +142,24 @@ export async function queryPlans(
       [
         "condition, a tag on 14% after the middle (fails)",
         await check({ after: middle, query: criterion([], [tag("kind", "k3")]) }),
+      ],
+      [
+        "the probe that finds a tag on 14% dense, before each of its fenced checks",
+        {
+          sql: await checkSql(client, kind, "sparse"),
+          parameters: [BOUNDARY, middle.commit.toString(), middle.prepare.toString()],
+        },
+      ],
+      [
+        "condition, a type and an entity tag after the middle (fails)",
+        await check({ after: middle, query: criterion(["Type3"], [tag("entity", "e123")]) }),
+      ],
+      [
+        "the fenced check alone, a type and an entity tag after the middle (fails)",
+        await check(
+          { after: middle, query: criterion(["Type3"], [tag("entity", "e123")]) },
+          "fenced",
+        ),
       ],
       [
         "condition, a type after the middle (fails)",

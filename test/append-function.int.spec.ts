@@ -198,6 +198,34 @@ describe.each(targets)("one-round-trip append on $name", (target) => {
     expect(await kind(claim("c7", before, []))).toBe("condition_failed");
     expect(await kind(claim("c8", start, []))).toBe("condition_failed");
     expect(await kind(claim("c9", head, []))).toBe("ok");
+    // Further back, a query whose every criterion names a tag is checked among the events that
+    // carry its tags when they are few (the sparse check), else fenced: the filler tag is on
+    // 1,220 events, all "Registered", like the tagged one.
+    const filled = [{ key: "filler", value: "x" }];
+    const cases: [Query, string][] = [
+      [[{ types: ["Registered"], tags: tag }], "condition_failed"], // sparse, violated
+      [[{ types: ["Other"], tags: tag }], "ok"], // sparse, the type holds it
+      [[{ types: [], tags: [...tag, ...filled] }], "ok"], // sparse: no event has both
+      [
+        [
+          { types: [], tags: [{ key: "user", value: "ghost" }] },
+          { types: [], tags: tag },
+        ],
+        "condition_failed",
+      ],
+      [[{ types: ["Registered"], tags: filled }], "condition_failed"], // dense: fenced
+      [[{ types: ["Other"], tags: filled }], "ok"], // dense: fenced, holds
+      [
+        [
+          { types: ["Other"], tags: [] },
+          { types: [], tags: tag },
+        ],
+        "condition_failed",
+      ], // fenced
+    ];
+    for (const [i, [q, outcome]] of cases.entries()) {
+      expect(await kind(claim(`d${i}`, start, q)), JSON.stringify(q)).toBe(outcome);
+    }
   });
 
   it("the full transaction checks as the function does: walked, or through the indexes, exactly", async () => {

@@ -1,6 +1,7 @@
 import { type CompiledQuery, Kysely, PostgresDialect } from "kysely";
 import type pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { checkSql } from "../server/store/condition-check.js";
 import { DenseQueries } from "../server/store/dense-queries.js";
 import type { EventStore } from "../server/store/event-store.js";
 import { matches } from "../server/store/matcher.js";
@@ -209,8 +210,8 @@ describe("a tag that ANALYZE did not list (PostgreSQL)", () => {
   }, 120_000);
   afterAll(() => cleanup());
 
-  /** Rows the statement read from orisun_events: returned by its scans or filtered out by them. */
-  async function rowsTouched(statement: CompiledQuery): Promise<number> {
+  /** Index entries and rows the statement read: returned by its scans or filtered out by them. */
+  async function rowsTouched(statement: { sql: string; parameters: readonly unknown[] }) {
     const { rows } = await pool.query<{ "QUERY PLAN": [{ Plan: PlanNode }] }>(
       `EXPLAIN (ANALYZE, FORMAT JSON) ${statement.sql}`,
       statement.parameters as unknown[],
@@ -218,7 +219,7 @@ describe("a tag that ANALYZE did not list (PostgreSQL)", () => {
     const plan = rows[0]?.["QUERY PLAN"][0]?.Plan;
     if (!plan) throw new Error("no plan");
     return nodes(plan)
-      .filter((n) => n["Relation Name"] === "orisun_events")
+      .filter((n) => n["Relation Name"] === "orisun_events" || n["Index Name"])
       .reduce(
         (sum, n) =>
           sum +
@@ -256,6 +257,28 @@ describe("a tag that ANALYZE did not list (PostgreSQL)", () => {
     expect(statements).toHaveLength(1);
     const [statement] = statements;
     if (!statement) throw new Error("no statement");
-    expect(await rowsTouched(statement)).toBeLessThanOrEqual(2 * ids.length + 1);
+    // The tag's index entries, its rows, and the page fetched by ctid.
+    expect(await rowsTouched(statement)).toBeLessThanOrEqual(3 * ids.length);
+  });
+
+  it("a condition far back on a type and a tag of one event reads the tag's events, not the type's", async () => {
+    // As orisun_violated runs them past the walk (condition-check.ts).
+    const query: Query = [{ types: ["T2"], tags: [tag("entity", "e4242")] }];
+    const statement = async (form: "fenced" | "sparse", at: bigint) => ({
+      sql: await checkSql(pool, query, form),
+      parameters: ["own", String(at), String(at)],
+    });
+    // The fenced check ANDs the type index, whose bitmap holds T2's 2,500 events.
+    expect(await rowsTouched(await statement("fenced", 0n))).toBeGreaterThanOrEqual(2_500);
+    expect(await rowsTouched(await statement("sparse", 0n))).toBeLessThanOrEqual(3);
+    for (const [at, found] of [
+      [0n, true],
+      [4241n, true],
+      [4242n, false],
+    ] as const) {
+      const { sql, parameters } = await statement("sparse", at);
+      const { rows } = await pool.query(sql, parameters);
+      expect(rows[0], String(at)).toEqual({ dense: false, found });
+    }
   });
 });

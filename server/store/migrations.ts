@@ -1,6 +1,6 @@
 import { type Kysely, sql } from "kysely";
 import { APPEND_FUNCTION, APPEND_ROWS_FUNCTION } from "./append-function.js";
-import { CRITERIA_FUNCTION, VIOLATED_FUNCTION } from "./condition-check.js";
+import { CRITERIA_FUNCTION, TAG_CRITERIA_FUNCTION, VIOLATED_FUNCTION } from "./condition-check.js";
 
 interface Migration {
   up(db: Kysely<unknown>): Promise<void>;
@@ -178,6 +178,15 @@ const migrations: Record<string, Migration> = {
   "2026-12-05-tags-pending-list": {
     async up(db: Kysely<unknown>) {
       await sql`ALTER INDEX orisun_events_tags_idx SET (gin_pending_list_limit = 256)`.execute(db);
+    },
+  },
+  // A condition on a marker over RECENT_CHECK_EVENTS back, whose every criterion names a tag, is
+  // checked among the events that carry its tags when they are few, through the GIN index alone
+  // (condition-check.ts, SPARSE_CHECK_SQL): with a type too, the fenced query AND'ed the type index.
+  "2026-12-05-tags-sparse-check": {
+    async up(db: Kysely<unknown>) {
+      await sql.raw(TAG_CRITERIA_FUNCTION).execute(db);
+      await sql.raw(VIOLATED_FUNCTION).execute(db);
     },
   },
 };
