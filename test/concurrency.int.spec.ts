@@ -368,6 +368,63 @@ describe("two store instances on one PostgreSQL schema", () => {
     expect(await one.head(boundary)).toEqual(log.at(-1)?.position);
   });
 
+  it("claims on markers over 1,000 events back are won exactly once across both, sparse or fenced", async () => {
+    // Every check goes past the walk of the events after its marker: to the sparse check (a tag,
+    // with or without a type), or the fenced one when a criterion's tags are on 1,200 events.
+    const boundary = "far";
+    const [one] = stores as [EventStore, EventStore];
+    const fill: AppendRequest = {
+      boundary,
+      events: Array.from({ length: 1_200 }, (_, i) => ({
+        id: `f${i}`,
+        type: "Filler",
+        tags: [tag("filler", "x")],
+        data: "{}",
+        metadata: "",
+      })),
+    };
+    const attempts: Attempt[] = [{ request: fill, result: await one.append(fill) }];
+    await Promise.all(
+      Array.from({ length: 16 }, async (_, w) => {
+        const random = prng(7_000 + w);
+        for (let n = 0; n < 30; n++) {
+          const slot = tag("slot", `s${Math.floor(random() * 40)}`);
+          const roll = random();
+          const query: Query =
+            roll < 0.4
+              ? [{ types: [], tags: [slot] }]
+              : roll < 0.7
+                ? [{ types: ["Claimed"], tags: [slot] }]
+                : [
+                    { types: ["Claimed"], tags: [slot] },
+                    { types: ["Claimed"], tags: [tag("filler", "x")] },
+                  ];
+          const request: AppendRequest = {
+            boundary,
+            events: [{ id: `w${w}-${n}`, type: "Claimed", tags: [slot], data: "{}", metadata: "" }],
+            condition: { after: START, query },
+          };
+          const attempt: Attempt = { request };
+          attempts.push(attempt);
+          try {
+            attempt.result = await (stores[w % 2] as EventStore).append(request);
+          } catch (error) {
+            if (!(error instanceof StoreError)) throw error;
+            attempt.error = error;
+          }
+        }
+      }),
+    );
+    expect(attempts.filter((a) => a.error && a.error.kind !== "condition_failed")).toEqual([]);
+    const log = await readAll(one, boundary);
+    verifyLog(log, attempts);
+    const claims = log.filter((e) => e.type === "Claimed").map((e) => e.tags[0]?.value);
+    // Each slot claimed at most once, and the slots someone tried were all claimed.
+    expect(new Set(claims).size).toBe(claims.length);
+    const tried = new Set(attempts.slice(1).map((a) => a.request.events[0]?.tags[0]?.value));
+    expect(new Set(claims)).toEqual(tried);
+  });
+
   it("a store on another schema of the same database opens and is isolated", async () => {
     // ORISUN_PG_SCHEMA: two deployments may share one database under different schemas.
     const other = freshSchema("other");
