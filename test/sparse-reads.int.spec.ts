@@ -138,10 +138,9 @@ describe.each(storeTargets)("sparse reads on $name", (target) => {
       expect(again).toEqual(first);
     }
     const remembered = QUERIES.filter((query) => dense.has("r", query));
-    // Types aside: T1 and T2 hold 400 of the 1,001 events tagged m1001.
+    // Types aside: T1 and T2 hold 400 of the 1,001 events tagged m1001. Counted in the boundary
+    // read, not the table: with "other", 2,000 events carry m1000.
     expect(remembered).toEqual([QUERIES[4], QUERIES[5], QUERIES[7]]);
-    // Counted in the boundary read, not the table: "other" holds as many again.
-    expect(dense.has("other", QUERIES[3] ?? [])).toBe(false);
   });
 
   it("return every event of a sparse query for a page larger than the limit", async () => {
