@@ -1,7 +1,7 @@
 import { type CompiledQuery, Kysely, PostgresDialect } from "kysely";
 import type pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { checkSql } from "../server/store/condition-check.js";
+import { checkSql, queryJson } from "../server/store/condition-check.js";
 import { DenseQueries } from "../server/store/dense-queries.js";
 import type { EventStore } from "../server/store/event-store.js";
 import { matches } from "../server/store/matcher.js";
@@ -209,7 +209,13 @@ describe("a tag that ANALYZE did not list (PostgreSQL)", () => {
   }, 120_000);
   afterAll(() => cleanup());
 
-  /** Index entries and rows the statement read: returned by its scans or filtered out by them. */
+  /** Index entries and rows a scan node read: returned, or filtered out. */
+  const entries = (n: PlanNode): number =>
+    n["Relation Name"] === "orisun_events" || n["Index Name"]
+      ? ((n["Actual Rows"] ?? 0) + (n["Rows Removed by Filter"] ?? 0)) * (n["Actual Loops"] ?? 1)
+      : 0;
+
+  /** Index entries and rows the statement read. */
   async function rowsTouched(statement: { sql: string; parameters: readonly unknown[] }) {
     const { rows } = await pool.query<{ "QUERY PLAN": [{ Plan: PlanNode }] }>(
       `EXPLAIN (ANALYZE, FORMAT JSON) ${statement.sql}`,
@@ -217,14 +223,7 @@ describe("a tag that ANALYZE did not list (PostgreSQL)", () => {
     );
     const plan = rows[0]?.["QUERY PLAN"][0]?.Plan;
     if (!plan) throw new Error("no plan");
-    return nodes(plan)
-      .filter((n) => n["Relation Name"] === "orisun_events" || n["Index Name"])
-      .reduce(
-        (sum, n) =>
-          sum +
-          ((n["Actual Rows"] ?? 0) + (n["Rows Removed by Filter"] ?? 0)) * (n["Actual Loops"] ?? 1),
-        0,
-      );
+    return nodes(plan).reduce((sum, n) => sum + entries(n), 0);
   }
 
   it("the planner's read of a page of 10 walks the boundary (what the sparse read is for)", async () => {
@@ -258,6 +257,73 @@ describe("a tag that ANALYZE did not list (PostgreSQL)", () => {
     if (!statement) throw new Error("no statement");
     // The tag's index entries, its rows, and the page fetched by ctid.
     expect(await rowsTouched(statement)).toBeLessThanOrEqual(3 * ids.length);
+  });
+
+  it("100 criteria OR'ed are probed one at a time: a read and a check far back touch only their matches", async () => {
+    // OR'ed in one scan, PostgreSQL adds up the estimates (100 × 0.5%) and scans the boundary.
+    const query: Query = Array.from({ length: 100 }, (_, i) => ({
+      types: [],
+      tags: [tag("entity", `nobody${i}`)],
+    }));
+    const read: ReadRequest = { boundary: "own", query, count: 10, direction: "asc" };
+    expect(await rowsTouched(selectEvents(read).compile(db))).toBeGreaterThanOrEqual(
+      BOUNDARY_EVENTS,
+    );
+    statements.length = 0;
+    expect(await readEvents(db, read, new DenseQueries())).toEqual([]);
+    const [statement] = statements;
+    if (!statement) throw new Error("no statement");
+    expect(await rowsTouched(statement)).toBe(0);
+    const check = { sql: await checkSql(pool, query, "sparse"), parameters: ["own", "0", "0"] };
+    expect(await rowsTouched(check)).toBe(0);
+    const { rows } = await pool.query(check.sql, check.parameters);
+    expect(rows[0]).toEqual({ dense: false, found: false });
+  });
+
+  it("a dense check of 100 criteria, probed and then fenced, reads a fraction of the boundary", async () => {
+    // kind k3 is on 7,143 events, so the probe finds the query dense and orisun_violated goes on
+    // to the fenced check, which PostgreSQL plans for every match: a BitmapOr of the criteria.
+    const query: Query = [
+      { types: ["Never"], tags: [tag("kind", "k3")] },
+      ...Array.from({ length: 99 }, (_, i) => ({ types: [], tags: [tag("entity", `nobody${i}`)] })),
+    ];
+    // auto_explain reports every statement orisun_violated runs, with its plan, as a notice.
+    const client = await pool.connect();
+    const plans: PlanNode[] = [];
+    client.on("notice", (notice) => {
+      const text = notice.message ?? "";
+      const json = text.slice(text.indexOf("{"));
+      if (text.includes('"Plan"')) plans.push((JSON.parse(json) as { Plan: PlanNode }).Plan);
+    });
+    try {
+      await client.query("LOAD 'auto_explain'");
+      for (const setting of [
+        "auto_explain.log_min_duration = 0",
+        "auto_explain.log_nested_statements = on",
+        "auto_explain.log_analyze = on",
+        "auto_explain.log_format = json",
+        "client_min_messages = log",
+      ]) {
+        await client.query(`SET ${setting}`);
+      }
+      const { rows } = await client.query(
+        "SELECT orisun_violated('own', 0, 0, $1::json) AS violated",
+        [JSON.stringify(queryJson(query))],
+      );
+      expect(rows[0]).toEqual({ violated: false });
+      // The walk's 1,001 rows, the probe's 1,001, and k3's events, not the boundary.
+      const touched = plans.flatMap(nodes).reduce((sum, n) => sum + entries(n), 0);
+      expect(plans.length).toBeGreaterThanOrEqual(3); // the walk, the probe, the fenced check
+      expect(touched).toBeLessThan(BOUNDARY_EVENTS / 2);
+    } finally {
+      client.release(true); // its settings go with it
+    }
+  });
+
+  it("the store's connections compile no statement (JIT off)", async () => {
+    // The check above spent 157 of its 169 ms compiling with JIT on (README, "Many criteria").
+    const { rows } = await pool.query<{ jit: string }>("SHOW jit");
+    expect(rows[0]?.jit).toBe("off");
   });
 
   it("a condition far back on a type and a tag of one event reads the tag's events, not the type's", async () => {

@@ -13,8 +13,8 @@ import type { Query } from "./types.js";
  * most RECENT_CHECK_EVENTS + 1 rows (RECENT_CHECK_SQL). Only when more than RECENT_CHECK_EVENTS lie
  * there does it ask the indexes: a query whose every criterion names a tag through the events
  * that carry its tags, if no more than SPARSE_MATCHES do (SPARSE_CHECK_SQL), and otherwise, or for
- * a query with a criterion of types alone, the fenced query (FENCED_CHECK_SQL). Each statement is
- * planned with its values (EXECUTE).
+ * a query with a criterion of types alone, the fenced query (FENCED_CHECK_SQL). Each statement
+ * is planned with its values (EXECUTE).
  *
  * Why the walk: on a boundary new since the last ANALYZE, PostgreSQL estimates one row and read a
  * check through an index that holds the whole boundary (orisun_events_event_id_key, or the type
@@ -23,7 +23,8 @@ import type { Query } from "./types.js";
  * the primary key, the only index in position order, is the only plan left.
  *
  * orisun_criteria(query): the query as SQL text for a WHERE clause, each value quoted by format().
- * orisun_tag_criteria(query): its tags alone, `tags @> … OR …`; NULL when a criterion has none.
+ * orisun_tag_probe(query): the sparse check's probe for the query's tags, one subquery a criterion
+ * (SPARSE_PROBE_SQL); NULL when a criterion names no tag.
  */
 
 /** Most events after a marker that a check walks before it asks the indexes instead. */
@@ -51,21 +52,34 @@ export const FENCED_CHECK_SQL =
   " SELECT true FROM matches LIMIT 1";
 
 /**
- * A check on a marker further back, for a query whose every criterion names a tag: the probe lists
- * at most SPARSE_MATCHES + 1 events of the boundary that carry the tags of some criterion (%s: the
- * tags alone), which PostgreSQL reads through the GIN index alone for a rare tag; with no more than
- * SPARSE_MATCHES, they hold every match, and the check is decided among them by position and the
- * whole query (%s: the criteria). Returns whether the probe found more (`dense`: decide with
- * FENCED_CHECK_SQL instead) and whether a match lies after the marker.
+ * The events of the boundary ($1) that carry the tags of one criterion (%L: the tags), at most
+ * SPARSE_MATCHES + 1: the sparse check's probe is the UNION ALL of one such subquery a criterion
+ * (which stops at the thousand-and-first row; an event counted twice can only make it dense). Each
+ * is planned alone, for a LIMIT of a thousand, so PostgreSQL reads a rare tag through the GIN
+ * index and stops a common one after a thousand events (the same probe serves reads: query-sql.ts).
+ * OR'ed in one scan under that LIMIT, the criteria's estimates add up: 100 tags nobody has looked
+ * like 39% of the boundary, which PostgreSQL then scanned whole, 9 s at 1M events, inside the
+ * append function, holding the boundary's lock (README, "Many criteria").
+ */
+export const SPARSE_PROBE_SQL =
+  "(SELECT ctid AS row_id FROM orisun_events WHERE boundary = $1 AND tags @> %L::text[]" +
+  ` LIMIT ${SPARSE_MATCHES + 1})`;
+
+/**
+ * A check on a marker further back, for a query whose every criterion names a tag: the probe (%s:
+ * orisun_tag_probe) lists at most SPARSE_MATCHES + 1 events of the boundary that carry the tags of
+ * some criterion; with no more than SPARSE_MATCHES, they hold every match, and the check is decided
+ * among them by position and the whole query (%s: the criteria). Returns whether the probe found
+ * more (`dense`: decide with FENCED_CHECK_SQL instead) and whether a match lies after the marker.
  *
  * Why: with the type in the fenced query, PostgreSQL estimated a rare tag at its 0.5% default and
  * AND'ed the GIN index with the type index, whose bitmap holds the type's every event after the
  * marker: 2.9 ms for a type and a tag of 5 events at 1M events (4.6 ms with two types), against
- * 0.1 ms for the tag alone (README, "Reading a rare tag"). The same probe serves reads (query-sql.ts).
+ * 0.1 ms for the tag alone (README, "Reading a rare tag").
  */
 export const SPARSE_CHECK_SQL =
-  "WITH probe AS MATERIALIZED (SELECT ctid AS row_id FROM orisun_events" +
-  ` WHERE boundary = $1 AND (%s) LIMIT ${SPARSE_MATCHES + 1})` +
+  "WITH probe AS MATERIALIZED (SELECT row_id FROM (%s) AS tagged" +
+  ` LIMIT ${SPARSE_MATCHES + 1})` +
   ` SELECT (SELECT count(*) FROM probe) > ${SPARSE_MATCHES} AS dense, EXISTS (SELECT FROM orisun_events` +
   " WHERE ctid = ANY (ARRAY(SELECT row_id FROM probe))" +
   " AND (commit_position, prepare_position) > ($2, $3) AND (%s)) AS found";
@@ -88,12 +102,12 @@ LANGUAGE sql STABLE AS $fn$
   FROM json_array_elements(p_query) AS c
 $fn$`;
 
-export const TAG_CRITERIA_FUNCTION = `
-CREATE OR REPLACE FUNCTION orisun_tag_criteria(p_query json) RETURNS text
+export const TAG_PROBE_FUNCTION = `
+CREATE OR REPLACE FUNCTION orisun_tag_probe(p_query json) RETURNS text
 LANGUAGE sql STABLE AS $fn$
   SELECT CASE WHEN bool_and(json_array_length(c->'tags') > 0) THEN
-      string_agg(format('tags @> %L::text[]', ARRAY(SELECT json_array_elements_text(c->'tags'))),
-        ' OR ')
+      string_agg(format(${sqlString(SPARSE_PROBE_SQL)},
+        ARRAY(SELECT json_array_elements_text(c->'tags'))), ' UNION ALL ')
     END
   FROM json_array_elements(p_query) AS c
 $fn$`;
@@ -106,7 +120,7 @@ LANGUAGE plpgsql VOLATILE AS $fn$
 DECLARE
   v_where text := orisun_criteria(p_query);
   v_sort text := current_setting('enable_sort');
-  v_tags text;
+  v_probe text;
   v_dense boolean;
   v_found boolean;
   v_seen int8;
@@ -120,9 +134,9 @@ BEGIN
     RETURN v_found;
   END IF;
   -- Every criterion names a tag: the events that carry those tags, if they are few.
-  v_tags := orisun_tag_criteria(p_query);
-  IF v_tags IS NOT NULL THEN
-    EXECUTE format(${sqlString(SPARSE_CHECK_SQL)}, v_tags, v_where)
+  v_probe := orisun_tag_probe(p_query);
+  IF v_probe IS NOT NULL THEN
+    EXECUTE format(${sqlString(SPARSE_CHECK_SQL)}, v_probe, v_where)
       INTO v_dense, v_found USING p_boundary, p_commit, p_prepare;
     IF NOT v_dense THEN
       RETURN v_found;
@@ -152,7 +166,7 @@ export async function checkSql(
   const template = { fenced: FENCED_CHECK_SQL, walk: RECENT_CHECK_SQL, sparse: SPARSE_CHECK_SQL };
   const { rows } = await client.query(
     form === "sparse"
-      ? "SELECT format($1::text, orisun_tag_criteria($2::json), orisun_criteria($2::json)) AS sql"
+      ? "SELECT format($1::text, orisun_tag_probe($2::json), orisun_criteria($2::json)) AS sql"
       : "SELECT format($1::text, orisun_criteria($2::json)) AS sql",
     [template[form], JSON.stringify(queryJson(query))],
   );

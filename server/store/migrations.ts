@@ -1,6 +1,6 @@
 import { type Kysely, sql } from "kysely";
 import { APPEND_FUNCTION, APPEND_ROWS_FUNCTION } from "./append-function.js";
-import { CRITERIA_FUNCTION, TAG_CRITERIA_FUNCTION, VIOLATED_FUNCTION } from "./condition-check.js";
+import { CRITERIA_FUNCTION, TAG_PROBE_FUNCTION, VIOLATED_FUNCTION } from "./condition-check.js";
 
 interface Migration {
   up(db: Kysely<unknown>): Promise<void>;
@@ -185,7 +185,7 @@ const migrations: Record<string, Migration> = {
   // (condition-check.ts, SPARSE_CHECK_SQL): with a type too, the fenced query AND'ed the type index.
   "2026-12-05-tags-sparse-check": {
     async up(db: Kysely<unknown>) {
-      await sql.raw(TAG_CRITERIA_FUNCTION).execute(db);
+      await sql.raw(TAG_PROBE_FUNCTION).execute(db);
       await sql.raw(VIOLATED_FUNCTION).execute(db);
     },
   },
