@@ -48,7 +48,11 @@ export async function queryPlans(
     onIdleError: () => {},
     groupCommit: { maxEvents: 10_000, maxBytes: 8 * 1024 * 1024, maxWaitMs: 5 },
   });
-  const client = new pg.Client({ connectionString: url, options: `-c search_path="${schema}"` });
+  // As the store's own connections are set up (store/database.ts): without JIT.
+  const client = new pg.Client({
+    connectionString: url,
+    options: `-c search_path="${schema}" -c jit=off`,
+  });
   await client.connect();
   try {
     await client.query(
