@@ -101,9 +101,9 @@ export type SparseRow = { readonly dense: boolean } & (
  * Why: for a small page, the planner walks the primary key (or the type index) in position order
  * when it expects the matches to be frequent enough to meet the page early. A tag that ANALYZE
  * did not list among the common ones is estimated at up to 0.5% of the rows, so a page of 10 for
- * a tag on no event walked a 1M-event boundary: about a quarter of a second, against 0.13 ms here (README, "Reading a
- * rare tag"). Types stay out of the probe: with them, PostgreSQL AND'ed the GIN index with the
- * type index, whose bitmap holds the whole type.
+ * a tag on no event walked a 1M-event boundary: a quarter of a second, against 0.13 ms here
+ * (README, "Reading a rare tag"). Types stay out of the probe: with them, PostgreSQL AND'ed the
+ * GIN index with the type index, whose bitmap holds the whole type.
  */
 export function selectSparseEvents(request: ReadRequest): RawBuilder<SparseRow> {
   const tagged = request.query.map(
