@@ -5,7 +5,7 @@ import type { CompiledQuery } from "kysely";
 import pg from "pg";
 import { checkSql } from "../server/store/condition-check.js";
 import { EventStore } from "../server/store/event-store.js";
-import { probesTags, selectEvents, selectSparseEvents } from "../server/store/query-sql.js";
+import { readsSparse, selectEvents, selectSparseEvents } from "../server/store/query-sql.js";
 import type { Condition, Query, ReadRequest, Tag } from "../server/store/types.js";
 import { median } from "./workloads.js";
 
@@ -84,7 +84,7 @@ export async function queryPlans(
     // The statement the store runs once it knows the query (read.ts): the sparse read for a tag
     // query with few matches, else the planner's read.
     const read = async (query: Query, extra: Partial<ReadRequest> = {}): Promise<Statement> => {
-      if (probesTags(query)) {
+      if (readsSparse(query)) {
         const sparse = selectSparseEvents(request(query, extra)).compile(store.database.db);
         const { rows } = await client.query(sparse.sql, sparse.parameters as unknown[]);
         if (rows[0]?.dense === false) return sparse;
@@ -97,7 +97,7 @@ export async function queryPlans(
     // sparse check for a tag query whose tags few events carry, else the fenced check.
     const check = async ({ after, query }: Condition, form?: "fenced"): Promise<Statement> => {
       const parameters = [BOUNDARY, after.commit.toString(), after.prepare.toString()];
-      if (form === undefined && probesTags(query)) {
+      if (form === undefined && query.every((c) => c.tags.length > 0)) {
         const sparse = { sql: await checkSql(client, query, "sparse"), parameters };
         const { rows } = await client.query(sparse.sql, parameters);
         if (rows[0]?.dense === false) return sparse;
@@ -107,6 +107,7 @@ export async function queryPlans(
     const nobody = criterion([], [tag("user", "nobody")]);
     const entity = criterion([], [tag("entity", "e123")]);
     const kind = criterion([], [tag("kind", "k3")]);
+    const never: Query = [{ types: ["Never"], tags: [] }, ...nobody];
     const shapes: [string, Statement][] = [
       ["read 10, a tag on no event", await read(nobody, { count: 10 })],
       ["read 10, an entity tag (5 events)", await read(entity, { count: 10 })],
@@ -115,6 +116,11 @@ export async function queryPlans(
         await read(criterion([], [tag("id", "u4242")]), { count: 10 }),
       ],
       ["the planner's read alone, 10, a tag on no event", plannersRead(nobody, { count: 10 })],
+      ["read 10, a type nobody has or a tag on no event", await read(never, { count: 10 })],
+      [
+        "the planner's read alone, 10, a type nobody has or a tag on no event",
+        plannersRead(never, { count: 10 }),
+      ],
       ["read, a tag on 5 events", await read(criterion([], [tag("rare", "yes")]))],
       ["read, a tag on no event", await read(nobody)],
       ["read, an entity tag (5 events)", await read(entity)],

@@ -51,7 +51,7 @@ const QUERIES: readonly Query[] = [
     { types: [], tags: [tag("n", "v5")] },
     { types: [], tags: [tag("few", "f9")] },
   ],
-  // A criterion of types alone: the planner's read only.
+  // A criterion of types alone beside one with a tag: probed through the type index.
   [
     { types: ["T3"], tags: [] },
     { types: [], tags: [tag("n", "v8")] },
@@ -236,6 +236,22 @@ describe("a tag that ANALYZE did not list (PostgreSQL)", () => {
     expect(await rowsTouched(selectEvents(request).compile(db))).toBeGreaterThanOrEqual(
       BOUNDARY_EVENTS,
     );
+  });
+
+  it("a page of 10 for a type nobody has or a tag nobody has reads nothing", async () => {
+    const query: Query = [
+      { types: ["Never"], tags: [] },
+      { types: [], tags: [tag("entity", "nobody")] },
+    ];
+    const request: ReadRequest = { boundary: "own", query, count: 10, direction: "asc" };
+    expect(await rowsTouched(selectEvents(request).compile(db))).toBeGreaterThanOrEqual(
+      BOUNDARY_EVENTS,
+    );
+    statements.length = 0;
+    expect(await readEvents(db, request, new DenseQueries())).toEqual([]);
+    const [statement] = statements;
+    if (!statement) throw new Error("no statement");
+    expect(await rowsTouched(statement)).toBe(0);
   });
 
   it.each([

@@ -69,15 +69,29 @@ export function selectEvents(request: ReadRequest): RawBuilder<EventRow> {
     ORDER BY ${orderSql(request)} LIMIT ${request.count}`;
 }
 
-/** Most events of a boundary that may carry a query's tags for selectSparseEvents to answer it. */
+/** Most events of a boundary that selectSparseEvents's probe may find for it to answer the query. */
 export const SPARSE_MATCHES = 1_000;
 
 /**
- * Whether selectSparseEvents may serve the query: every criterion names a tag, so that the GIN
- * index can list its matches. A criterion of types alone is served in order by the type index.
+ * Whether a read tries selectSparseEvents first: some criterion names a tag, which the planner may
+ * misjudge (a query of types alone is served in position order by the type index, whatever its
+ * size).
  */
-export const probesTags = (query: Query): boolean =>
-  query.length > 0 && query.every((criterion) => criterion.tags.length > 0);
+export const readsSparse = (query: Query): boolean =>
+  query.some((criterion) => criterion.tags.length > 0);
+
+/**
+ * The probe's subquery for one criterion: the events carrying its tags (types aside), through the
+ * GIN index; or for a criterion of types alone, the events of those types, through the type index.
+ */
+function probeSql(boundary: string, criterion: Criterion): RawBuilder<unknown> {
+  const matching =
+    criterion.tags.length > 0
+      ? sql`tags @> ${criterion.tags.map(encodeTag)}::text[]`
+      : sql`event_type = ANY(${[...criterion.types]}::text[])`;
+  return sql`(SELECT ctid AS row_id FROM orisun_events
+    WHERE boundary = ${boundary} AND ${matching} LIMIT ${SPARSE_MATCHES + 1})`;
+}
 
 /** A row of selectSparseEvents: an event, or the one row of nulls that carries the verdict. */
 export type SparseRow = { readonly dense: boolean } & (
@@ -87,9 +101,10 @@ export type SparseRow = { readonly dense: boolean } & (
 
 /**
  * The read of a tag query that has few matches in the boundary, in one statement. The probe lists
- * the events that carry the tags of some criterion (types aside), at most SPARSE_MATCHES + 1 of
- * them in any order, one subquery a criterion: PostgreSQL plans each for a LIMIT of a thousand and
- * so reads a rare tag through the GIN index alone. (The criteria OR'ed in one scan add up their
+ * the events that carry the tags of some criterion (types aside; the types of a criterion without
+ * tags), at most SPARSE_MATCHES + 1 of them in any order, one subquery a criterion (probeSql):
+ * PostgreSQL plans each for a LIMIT of a thousand and so reads a rare tag through the GIN index
+ * alone. (The criteria OR'ed in one scan add up their
  * estimates: 100 tags nobody has looked like 39% of the boundary, which it then scanned whole,
  * 9 s at 1M events.) UNION ALL, so that the probe stops at the thousand-and-first row: an event
  * that carries the tags of two criteria counts twice, which can only send a query to the
@@ -106,13 +121,9 @@ export type SparseRow = { readonly dense: boolean } & (
  * GIN index with the type index, whose bitmap holds the whole type.
  */
 export function selectSparseEvents(request: ReadRequest): RawBuilder<SparseRow> {
-  const tagged = request.query.map(
-    (c) => sql`(SELECT ctid AS row_id FROM orisun_events
-      WHERE boundary = ${request.boundary} AND tags @> ${c.tags.map(encodeTag)}::text[]
-      LIMIT ${SPARSE_MATCHES + 1})`,
-  );
+  const probes = request.query.map((c) => probeSql(request.boundary, c));
   return sql<SparseRow>`WITH probe AS MATERIALIZED (
-      SELECT row_id FROM (${sql.join(tagged, sql` UNION ALL `)}) AS tagged
+      SELECT row_id FROM (${sql.join(probes, sql` UNION ALL `)}) AS tagged
       LIMIT ${SPARSE_MATCHES + 1})
     SELECT verdict.dense, page.* FROM (SELECT count(*) > ${SPARSE_MATCHES} AS dense FROM probe) AS verdict
     LEFT JOIN LATERAL (

@@ -1,6 +1,6 @@
 import type { Kysely } from "kysely";
 import type { DenseQueries } from "./dense-queries.js";
-import { type EventRow, probesTags, selectEvents, selectSparseEvents } from "./query-sql.js";
+import { type EventRow, readsSparse, selectEvents, selectSparseEvents } from "./query-sql.js";
 import type { Database } from "./schema.js";
 import { type Position, type ReadRequest, START, type StoredEvent } from "./types.js";
 
@@ -9,7 +9,7 @@ import { type Position, type ReadRequest, START, type StoredEvent } from "./type
  * aborts, the read is dropped if it has not started; one in progress is cancelled on the server
  * when `cancel` (PostgreSQL: PGlite has no second session to cancel from), else left to finish.
  *
- * A query whose every criterion names a tag is first read as a sparse one (selectSparseEvents),
+ * A query of which some criterion names a tag is first read as a sparse one (selectSparseEvents),
  * unless `dense` knows it has too many matches for that; a probe that finds too many records it
  * there and the read goes to the planner.
  */
@@ -24,7 +24,7 @@ export async function readEvents(
     signal,
     inflightQueryAbortStrategy: cancel ? ("cancel query" as const) : ("ignore query" as const),
   };
-  if (probesTags(request.query) && !dense.has(request.boundary, request.query)) {
+  if (readsSparse(request.query) && !dense.has(request.boundary, request.query)) {
     const { rows } = await selectSparseEvents(request).execute(db, options);
     if (!rows[0]?.dense) {
       return rows.flatMap((row) => (row.event_id === null ? [] : [toEvent(request, row)]));
