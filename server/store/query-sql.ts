@@ -100,25 +100,26 @@ export type SparseRow = { readonly dense: boolean } & (
 );
 
 /**
- * The read of a tag query that has few matches in the boundary, in one statement. The probe lists
- * the events that carry the tags of some criterion (types aside; the types of a criterion without
- * tags), at most SPARSE_MATCHES + 1 of them in any order, one subquery a criterion (probeSql):
- * PostgreSQL plans each for a LIMIT of a thousand and so reads a rare tag through the GIN index
- * alone. (The criteria OR'ed in one scan add up their
- * estimates: 100 tags nobody has looked like 39% of the boundary, which it then scanned whole,
- * 9 s at 1M events.) UNION ALL, so that the probe stops at the thousand-and-first row: an event
- * that carries the tags of two criteria counts twice, which can only send a query to the
- * planner's read a little early. When there are no more than SPARSE_MATCHES, they hold every match:
- * the page is picked from them by query, position and direction, fetched by ctid. When there are
- * more, `dense` is true and no event is returned: read the query with selectEvents. Always at
+ * The read of a tag query that has few matches in the boundary, in one statement.
+ *
+ * The probe lists the events that carry the tags of some criterion (types aside; the types of a
+ * criterion without tags), at most SPARSE_MATCHES + 1 of them in any order, one subquery a
+ * criterion (probeSql): PostgreSQL plans each alone for a LIMIT of a thousand, and so reads a
+ * rare tag through the GIN index. With no more than SPARSE_MATCHES, they hold every match: the
+ * page is picked from them by query, position and direction, and fetched by ctid. With more,
+ * `dense` is true and no event is returned: read the query with selectEvents. There is always at
  * least one row (all nulls when no event is returned), which carries `dense`.
  *
  * Why: for a small page, the planner walks the primary key (or the type index) in position order
  * when it expects the matches to be frequent enough to meet the page early. A tag that ANALYZE
  * did not list among the common ones is estimated at up to 0.5% of the rows, so a page of 10 for
  * a tag on no event walked a 1M-event boundary: a quarter of a second, against 0.13 ms here
- * (README, "Reading a rare tag"). Types stay out of the probe: with them, PostgreSQL AND'ed the
- * GIN index with the type index, whose bitmap holds the whole type.
+ * (README, "Reading a rare tag"). Types stay out of a tag's subquery: with them, PostgreSQL AND'ed
+ * the GIN index with the type index, whose bitmap holds the whole type. One subquery a criterion,
+ * because OR'ed in one scan the criteria's estimates add up: 100 tags nobody has looked like 39%
+ * of the boundary, which PostgreSQL then scanned whole, 9 s at 1M events ("Many criteria"). UNION
+ * ALL, so that the probe stops at its thousand-and-first row: an event that two criteria match
+ * counts twice, which can only send a query to the planner's read a little early.
  */
 export function selectSparseEvents(request: ReadRequest): RawBuilder<SparseRow> {
   const probes = request.query.map((c) => probeSql(request.boundary, c));
