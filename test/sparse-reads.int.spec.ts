@@ -16,11 +16,12 @@ import {
   type StoredEvent,
 } from "../server/store/types.js";
 import { storeTargets } from "./support/databases.js";
+import { prng } from "./support/prng.js";
 
 /**
- * Reads of tag queries (read.ts): the sparse read for a query whose tags at most SPARSE_MATCHES
- * events of its boundary carry, the planner's read past that, and the memory of dense queries between them,
- * all returning exactly what the log holds.
+ * Reads of tag queries (read.ts): the sparse read for a query whose probe finds at most
+ * SPARSE_MATCHES events in its boundary, the planner's read past that, and the memory of dense
+ * queries between them, all returning exactly what the log holds.
  */
 
 const EVENTS = 3_000;
@@ -57,15 +58,6 @@ const QUERIES: readonly Query[] = [
     { types: [], tags: [tag("n", "v8")] },
   ],
 ];
-
-/** Deterministic, so that a failure replays. */
-function random(seed: number): () => number {
-  let s = seed;
-  return () => {
-    s = (s * 1_103_515_245 + 12_345) % 2 ** 31;
-    return s / 2 ** 31;
-  };
-}
 
 describe.each(storeTargets)("sparse reads on $name", (target) => {
   let store: EventStore;
@@ -108,7 +100,7 @@ describe.each(storeTargets)("sparse reads on $name", (target) => {
   });
 
   it("return what the log holds, for random pages of every query, whichever read serves them", async () => {
-    const next = random(7);
+    const next = prng(7); // deterministic, so that a failure replays
     const pick = <T>(items: readonly T[]): T => items[Math.floor(next() * items.length)] as T;
     const position = () => pick(log).position;
     for (let i = 0; i < 250; i++) {
