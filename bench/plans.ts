@@ -108,6 +108,10 @@ export async function queryPlans(
     const entity = criterion([], [tag("entity", "e123")]);
     const kind = criterion([], [tag("kind", "k3")]);
     const never: Query = [{ types: ["Never"], tags: [] }, ...nobody];
+    const manyTypes: Query = Array.from({ length: 100 }, (_, c) => ({
+      types: Array.from({ length: 100 }, (_, t) => `Never${c}-${t}`),
+      tags: [],
+    }));
     const shapes: [string, Statement][] = [
       ["read 10, a tag on no event", await read(nobody, { count: 10 })],
       ["read 10, an entity tag (5 events)", await read(entity, { count: 10 })],
@@ -120,6 +124,11 @@ export async function queryPlans(
       [
         "the planner's read alone, 10, a type nobody has or a tag on no event",
         plannersRead(never, { count: 10 }),
+      ],
+      ["read 10, 100 criteria of 100 types nobody has", await read(manyTypes, { count: 10 })],
+      [
+        "the planner's read alone, 10, 100 criteria of 100 types nobody has",
+        plannersRead(manyTypes, { count: 10 }),
       ],
       ["read, a tag on 5 events", await read(criterion([], [tag("rare", "yes")]))],
       ["read, a tag on no event", await read(nobody)],

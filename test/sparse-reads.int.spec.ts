@@ -57,6 +57,13 @@ const QUERIES: readonly Query[] = [
     { types: ["T3"], tags: [] },
     { types: [], tags: [tag("n", "v8")] },
   ],
+  // Types alone: two of them (1,200 events, dense), two criteria (600), one type (never probed).
+  [{ types: ["T1", "T2"], tags: [] }],
+  [
+    { types: ["T4"], tags: [] },
+    { types: ["Nope"], tags: [] },
+  ],
+  [{ types: ["Nope"], tags: [] }],
 ];
 
 describe.each(storeTargets)("sparse reads on $name", (target) => {
@@ -120,7 +127,7 @@ describe.each(storeTargets)("sparse reads on $name", (target) => {
     }
   }, 120_000);
 
-  it("remember exactly the queries whose tags more events than the limit carry, and read them the same", async () => {
+  it("remember exactly the queries whose probe finds more events than the limit, and read them the same", async () => {
     const dense = new DenseQueries();
     for (const query of QUERIES) {
       const request: ReadRequest = { boundary: "r", query, count: 10, direction: "desc" };
@@ -132,7 +139,7 @@ describe.each(storeTargets)("sparse reads on $name", (target) => {
     const remembered = QUERIES.filter((query) => dense.has("r", query));
     // Types aside: T1 and T2 hold 400 of the 1,001 events tagged m1001. Counted in the boundary
     // read, not the table: with "other", 2,000 events carry m1000.
-    expect(remembered).toEqual([QUERIES[4], QUERIES[5], QUERIES[7]]);
+    expect(remembered).toEqual([QUERIES[4], QUERIES[5], QUERIES[7], QUERIES[10]]);
   });
 
   it("return every event of a sparse query for a page larger than the limit", async () => {
@@ -235,6 +242,22 @@ describe("a tag that ANALYZE did not list (PostgreSQL)", () => {
       { types: ["Never"], tags: [] },
       { types: [], tags: [tag("entity", "nobody")] },
     ];
+    const request: ReadRequest = { boundary: "own", query, count: 10, direction: "asc" };
+    expect(await rowsTouched(selectEvents(request).compile(db))).toBeGreaterThanOrEqual(
+      BOUNDARY_EVENTS,
+    );
+    statements.length = 0;
+    expect(await readEvents(db, request, new DenseQueries())).toEqual([]);
+    const [statement] = statements;
+    if (!statement) throw new Error("no statement");
+    expect(await rowsTouched(statement)).toBe(0);
+  });
+
+  it("a page of 10 for 100 criteria of 100 types nobody has reads nothing", async () => {
+    const query: Query = Array.from({ length: 100 }, (_, c) => ({
+      types: Array.from({ length: 100 }, (_, t) => `Nope${c}-${t}`),
+      tags: [],
+    }));
     const request: ReadRequest = { boundary: "own", query, count: 10, direction: "asc" };
     expect(await rowsTouched(selectEvents(request).compile(db))).toBeGreaterThanOrEqual(
       BOUNDARY_EVENTS,

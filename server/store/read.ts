@@ -9,9 +9,9 @@ import { type Position, type ReadRequest, START, type StoredEvent } from "./type
  * aborts, the read is dropped if it has not started; one in progress is cancelled on the server
  * when `cancel` (PostgreSQL: PGlite has no second session to cancel from), else left to finish.
  *
- * A query of which some criterion names a tag is first read as a sparse one (selectSparseEvents),
- * unless `dense` knows it has too many matches for that; a probe that finds too many records it
- * there and the read goes to the planner.
+ * A query that no index serves in position order (readsSparse) is first read as a sparse one
+ * (selectSparseEvents), unless `dense` knows it has too many matches for that; a probe that finds
+ * too many records it there and the read goes to the planner.
  */
 export async function readEvents(
   db: Kysely<Database>,
