@@ -225,49 +225,40 @@ describe("a tag that ANALYZE did not list (PostgreSQL)", () => {
     return nodes(plan).reduce((sum, n) => sum + entries(n), 0);
   }
 
-  it("the planner's read of a page of 10 walks the boundary (what the sparse read is for)", async () => {
-    const request: ReadRequest = {
-      boundary: "own",
-      query: [{ types: [], tags: [tag("entity", "nobody")] }],
-      count: 10,
-      direction: "asc",
-    };
-    expect(await rowsTouched(selectEvents(request).compile(db))).toBeGreaterThanOrEqual(
-      BOUNDARY_EVENTS,
-    );
-  });
-
-  it("a page of 10 for a type nobody has or a tag nobody has reads nothing", async () => {
-    const query: Query = [
-      { types: ["Never"], tags: [] },
-      { types: [], tags: [tag("entity", "nobody")] },
-    ];
-    const request: ReadRequest = { boundary: "own", query, count: 10, direction: "asc" };
-    expect(await rowsTouched(selectEvents(request).compile(db))).toBeGreaterThanOrEqual(
-      BOUNDARY_EVENTS,
-    );
+  /** The one statement readEvents runs for `request`, with a fresh memory of dense queries. */
+  async function storesRead(request: ReadRequest) {
     statements.length = 0;
-    expect(await readEvents(db, request, new DenseQueries())).toEqual([]);
+    const events = await readEvents(db, request, new DenseQueries());
+    expect(statements).toHaveLength(1);
     const [statement] = statements;
     if (!statement) throw new Error("no statement");
-    expect(await rowsTouched(statement)).toBe(0);
-  });
+    return { events, statement };
+  }
 
-  it("a page of 10 for 100 criteria of 100 types nobody has reads nothing", async () => {
-    const query: Query = Array.from({ length: 100 }, (_, c) => ({
-      types: Array.from({ length: 100 }, (_, t) => `Nope${c}-${t}`),
-      tags: [],
-    }));
-    const request: ReadRequest = { boundary: "own", query, count: 10, direction: "asc" };
-    expect(await rowsTouched(selectEvents(request).compile(db))).toBeGreaterThanOrEqual(
-      BOUNDARY_EVENTS,
-    );
-    statements.length = 0;
-    expect(await readEvents(db, request, new DenseQueries())).toEqual([]);
-    const [statement] = statements;
-    if (!statement) throw new Error("no statement");
-    expect(await rowsTouched(statement)).toBe(0);
-  });
+  const nobody = (value: string): Query[number] => ({ types: [], tags: [tag("entity", value)] });
+
+  it.each([
+    ["a tag nobody has", [nobody("nobody")]],
+    ["a type nobody has or a tag nobody has", [{ types: ["Never"], tags: [] }, nobody("nobody")]],
+    [
+      "100 criteria of 100 types nobody has",
+      Array.from({ length: 100 }, (_, c) => ({
+        types: Array.from({ length: 100 }, (_, t) => `Nope${c}-${t}`),
+        tags: [],
+      })),
+    ],
+  ] as [string, Query][])(
+    "a page of 10 for %s: the planner's read walks the boundary, the store's reads nothing",
+    async (_, query) => {
+      const request: ReadRequest = { boundary: "own", query, count: 10, direction: "asc" };
+      expect(await rowsTouched(selectEvents(request).compile(db))).toBeGreaterThanOrEqual(
+        BOUNDARY_EVENTS,
+      );
+      const { events, statement } = await storesRead(request);
+      expect(events).toEqual([]);
+      expect(await rowsTouched(statement)).toBe(0);
+    },
+  );
 
   it.each([
     ["a tag nobody has", [], "nobody", []],
@@ -280,30 +271,21 @@ describe("a tag that ANALYZE did not list (PostgreSQL)", () => {
       count: 10,
       direction: "asc",
     };
-    statements.length = 0;
-    const events = await readEvents(db, request, new DenseQueries());
+    const { events, statement } = await storesRead(request);
     expect(events.map((e) => e.id)).toEqual(ids);
-    expect(statements).toHaveLength(1);
-    const [statement] = statements;
-    if (!statement) throw new Error("no statement");
     // The tag's index entries, its rows, and the page fetched by ctid.
     expect(await rowsTouched(statement)).toBeLessThanOrEqual(3 * ids.length);
   });
 
   it("100 criteria OR'ed are probed one at a time: a read and a check far back touch only their matches", async () => {
     // OR'ed in one scan, PostgreSQL adds up the estimates (100 × 0.5%) and scans the boundary.
-    const query: Query = Array.from({ length: 100 }, (_, i) => ({
-      types: [],
-      tags: [tag("entity", `nobody${i}`)],
-    }));
+    const query: Query = Array.from({ length: 100 }, (_, i) => nobody(`nobody${i}`));
     const read: ReadRequest = { boundary: "own", query, count: 10, direction: "asc" };
     expect(await rowsTouched(selectEvents(read).compile(db))).toBeGreaterThanOrEqual(
       BOUNDARY_EVENTS,
     );
-    statements.length = 0;
-    expect(await readEvents(db, read, new DenseQueries())).toEqual([]);
-    const [statement] = statements;
-    if (!statement) throw new Error("no statement");
+    const { events, statement } = await storesRead(read);
+    expect(events).toEqual([]);
     expect(await rowsTouched(statement)).toBe(0);
     const check = { sql: await checkSql(pool, query, "sparse"), parameters: ["own", "0", "0"] };
     expect(await rowsTouched(check)).toBe(0);
@@ -316,7 +298,7 @@ describe("a tag that ANALYZE did not list (PostgreSQL)", () => {
     // to the fenced check, which PostgreSQL plans for every match: a BitmapOr of the criteria.
     const query: Query = [
       { types: ["Never"], tags: [tag("kind", "k3")] },
-      ...Array.from({ length: 99 }, (_, i) => ({ types: [], tags: [tag("entity", `nobody${i}`)] })),
+      ...Array.from({ length: 99 }, (_, i) => nobody(`nobody${i}`)),
     ];
     // auto_explain reports every statement orisun_violated runs, with its plan, as a notice.
     const client = await pool.connect();
