@@ -6,7 +6,7 @@ export const DENSE_QUERIES = 10_000;
 const MAX_KEY_LENGTH = 1_024;
 
 /**
- * The tag queries whose tags more than SPARSE_MATCHES events of a boundary carry (query-sql.ts), so
+ * The queries whose probe finds more than SPARSE_MATCHES events of a boundary (query-sql.ts), so
  * that their reads skip the probe and go to the planner directly. A log only grows, so once dense a
  * query stays dense; forgetting one costs one probe. Bounded: DENSE_QUERIES keys of at most
  * MAX_KEY_LENGTH characters, the oldest forgotten first.

@@ -55,7 +55,7 @@ export class EventStore {
   private readonly boundaries: BoundaryCap;
   /** Catch-up reads queue here, so that a storm of them leaves the rest of the pool to others. */
   private readonly catchUps: FairGate;
-  /** Tag queries with too many matches for the sparse read (read.ts). */
+  /** Queries with too many matches for the sparse read (read.ts). */
   private readonly dense = new DenseQueries();
   /** Commits of every process, as hints for those who follow the log. */
   readonly signals: CommitSignals;
