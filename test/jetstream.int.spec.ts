@@ -1,6 +1,7 @@
 import { randomBytes, randomUUID } from "node:crypto";
 import { type JetStreamManager, jetstreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
+import pg from "pg";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import {
   connectNats,
@@ -19,7 +20,14 @@ import { JetStreamSource } from "../server/broker/jetstream-source.js";
 import { MessageAuth } from "../server/broker/message-auth.js";
 import type { EventStore } from "../server/store/event-store.js";
 import type { EventToAppend, Position, StoredEvent } from "../server/store/types.js";
-import { dropSchema, freshSchema, openPostgresStore } from "./support/databases.js";
+import {
+  dropSchema,
+  freshSchema,
+  openPostgresStore,
+  PG_URL,
+  TEST_DATABASE,
+  withPostgres,
+} from "./support/databases.js";
 
 /** The publisher and the source against real PostgreSQL and NATS JetStream servers. */
 
@@ -615,6 +623,93 @@ describe("JetStreamPublisher from memory", () => {
     }
     expect(holder?.counts.fromMemory).toBeGreaterThan(0);
     expect((await expectStreamMirrorsLog(a, ns, live)).length).toBe(1 + 93);
+  });
+});
+
+describe("quiet commits: no NOTIFY for what the committing process publishes itself", () => {
+  /** The payloads of NOTIFY orisun_commits for the schema, as they arrive. */
+  async function listen(schema: string): Promise<string[]> {
+    const client = new pg.Client({ connectionString: PG_URL });
+    await client.connect();
+    cleanups.push(() => client.end());
+    const heard: string[] = [];
+    client.on("notification", (n) => {
+      if (n.payload?.startsWith(`${schema}/`)) heard.push(n.payload);
+    });
+    await client.query("LISTEN orisun_commits");
+    return heard;
+  }
+
+  /** The payload a store's commits carry: its first commit notifies, no publisher running yet. */
+  async function payloadOf(store: EventStore, heard: string[]): Promise<string> {
+    const before = heard.length;
+    await append(store, 1);
+    await eventually(() => heard.length > before, "the NOTIFY of a commit");
+    return heard.at(-1) as string;
+  }
+
+  it("the holder's own commits go without NOTIFY, another process's with it, and the holder notifies when it loses the lock", async () => {
+    const ns = freshNamespace();
+    const heard = await listen(ns);
+    const a = await openStore(ns);
+    const b = await openStore(ns);
+    const fromA = await payloadOf(a, heard);
+    const fromB = await payloadOf(b, heard);
+    expect(fromA).not.toBe(fromB);
+    const pa = await startPublisher(a, ns, { lockRetryMs: 100 });
+    const live = await untilLive(a, ns);
+    expect(pa.publishing.has(B)).toBe(true);
+
+    heard.length = 0;
+    for (let i = 0; i < 5; i++) await append(a, 1 + (i % 2));
+    // NOTIFYs arrive in commit order: once b's is here, any of a's before it would be too.
+    await append(b, 1);
+    await eventually(() => heard.includes(fromB), "b's NOTIFY");
+    expect(heard).toEqual([fromB]);
+    await untilPublished(a, ns);
+
+    // The holder's lock session dies: it tells whoever takes over to read the log.
+    heard.length = 0;
+    await append(a, 1);
+    await withPostgres(TEST_DATABASE, (client) =>
+      client.query(
+        `SELECT pg_terminate_backend(l.pid) FROM pg_locks l
+         WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+           AND ((l.classid::int8 << 32) | l.objid::int8) = hashtextextended($1, 0)`,
+        [`${a.locks.keyText("orisun-publisher:")}${B}`],
+      ),
+    );
+    await eventually(() => heard.includes(fromA), "a's NOTIFY after losing the lock");
+    await untilPublished(a, ns);
+    await eventually(() => pa.publishing.has(B), "a publishing again");
+    const entries = await expectStreamMirrorsLog(a, ns, live);
+    expect(entries.length).toBe(1 + 7 + 1 + 1);
+  });
+
+  it("a commit made quietly by a process that lost the boundary before it committed is notified after it", async () => {
+    const ns = freshNamespace();
+    const heard = await listen(ns);
+    const a = await openStore(ns);
+    const b = await openStore(ns);
+    const fromA = await payloadOf(a, heard);
+    const fromB = await payloadOf(b, heard);
+
+    // Published here throughout: no NOTIFY.
+    const unquiet = a.commitQuietly(() => true);
+    heard.length = 0;
+    await append(a, 1);
+    await append(b, 1);
+    await eventually(() => heard.includes(fromB), "b's NOTIFY");
+    expect(heard).toEqual([fromB]);
+    unquiet();
+
+    // Published here when the statement was sent, no longer once it committed: notified after.
+    let asked = 0;
+    a.commitQuietly(() => asked++ === 0);
+    heard.length = 0;
+    await append(a, 1);
+    await eventually(() => heard.includes(fromA), "a's late NOTIFY");
+    expect(asked).toBe(2);
   });
 });
 

@@ -73,6 +73,7 @@ describe("schema migrations at start-up", () => {
       { name: "2026-12-05-condition-check" },
       { name: "2026-12-05-tags-pending-list" },
       { name: "2026-12-05-tags-sparse-check" },
+      { name: "2026-12-06-quiet-commits" },
     ]);
     // The tags column samples 500 × 300 rows in ANALYZE (see the migration).
     const target = await withClient(

@@ -150,6 +150,7 @@ export class JetStreamPublisher {
   private readonly held = new Set<string>();
   private readonly handedOver: HandedOver;
   private unhandOver: (() => void) | undefined;
+  private unquiet: (() => void) | undefined;
   readonly counts: PublisherCounts = {
     readBacks: 0,
     fromMemory: 0,
@@ -178,6 +179,9 @@ export class JetStreamPublisher {
     this.unhandOver = this.options.store.onCommit((boundary, _head, events) => {
       if (this.held.has(boundary)) this.handedOver.add(boundary, events);
     });
+    // What this process commits to a boundary it holds goes out from memory: nobody else needs
+    // its NOTIFY. A standby process learns of such commits from the sweep instead.
+    this.unquiet = this.options.store.commitQuietly((boundary) => this.held.has(boundary));
     this.unsignal = this.options.store.signals.on((boundary, local) => {
       if (boundary !== undefined) {
         this.know(boundary)?.wake(!local);
@@ -193,6 +197,7 @@ export class JetStreamPublisher {
     this.closing.abort(new Error("closing"));
     this.unsignal?.();
     this.unhandOver?.();
+    this.unquiet?.();
     clearTimeout(this.sweeper);
     await Promise.all([...this.boundaries.values()].map((b) => b.done));
   }
@@ -289,6 +294,9 @@ export class JetStreamPublisher {
       if (typeof end === "object") return;
       if (lock.lost.aborted && !closing.aborted) {
         log.warn({ err: lock.lost.reason, boundary }, "lost the publisher lock");
+        // This process's commits went without NOTIFY while it held the lock: whoever holds it
+        // now may have read the log before the last of them.
+        await store.announce(boundary);
       }
       // Not at once after a loss: the session just died, or the store is closing, which shows in
       // storeClosed() only a moment later.

@@ -12,7 +12,7 @@ import type { Position, Query } from "./types.js";
  * (BEGIN, lock, look-up, insert, COMMIT). Called outside any transaction, it is its own: it locks
  * (creating) the boundary's row, checks the conditions the caller could not decide in memory,
  * inserts the events at positions after the head it locked, advances the head and event count,
- * and notifies, all or nothing. It writes nothing and answers
+ * and notifies (unless the payload is NULL), all or nothing. It writes nothing and answers
  * - 'stale' when a condition's marker lies after the head: the caller's in-batch checks assumed
  *   every new event lies after every marker;
  * - 'violated' when an event matching a condition exists after its marker and the log holds one
@@ -86,7 +86,11 @@ BEGIN
   SET last_commit = v_commit + p_commits, last_prepare = v_prepare + v_count,
     event_count = event_count + v_count
   WHERE name = p_boundary;
-  PERFORM pg_notify('orisun_commits', p_payload);
+  -- No payload: the caller publishes this boundary to JetStream itself, so no other process
+  -- needs to hear of the commit (append.ts, quiet commits).
+  IF p_payload IS NOT NULL THEN
+    PERFORM pg_notify('orisun_commits', p_payload);
+  END IF;
   outcome := 'ok';
   -- The transaction's timestamp, which date_created defaulted to: the live path hands it over.
   created := now();
@@ -128,7 +132,8 @@ export const CALL_APPEND = `SELECT outcome, before_commit, before_prepare, ${epo
 
 /**
  * The whole statement: $1 the boundary, $2-$5 the expected head and the marker, $6 the checks,
- * $7-$13 the events' columns, $14 the commits, $15 the instance that the NOTIFY payload names.
+ * $7-$13 the events' columns, $14 the commits, $15 the instance that the NOTIFY payload names (NULL
+ * makes the payload NULL: no NOTIFY).
  */
 const APPEND_STATEMENT = `${CALL_APPEND}$1::text, $2::int8, $3::int8, $4::int8, $5::int8, $6::json, $7::int8[], $8::int8[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::int8, ${notifyPayloadText("$1::text", "$15::text")})`;
 
@@ -166,8 +171,11 @@ export async function callAppend(
   checks: readonly FunctionCheck[],
   events: readonly FunctionEvent[],
   commits: number,
-  /** Names the calling process in the commit's NOTIFY (see commit-signals.ts). */
-  instance: string,
+  /**
+   * Names the calling process in the commit's NOTIFY (see commit-signals.ts); undefined: no NOTIFY
+   * (the payload is NULL).
+   */
+  instance: string | undefined,
 ): Promise<FunctionOutcome> {
   const checksJson = JSON.stringify(
     checks.map((c) => ({
@@ -200,7 +208,7 @@ export async function callAppend(
     column((e) => element(e.data)),
     column((e) => element(e.metadata)),
     commits,
-    instance,
+    instance ?? null,
   ]);
   const row = rows[0];
   if (!row) throw new Error("orisun_append returned no row");

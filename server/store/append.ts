@@ -102,6 +102,8 @@ interface BatchResult {
   readonly committed: StoredEvent[];
   /** UTF-8 bytes of the data and metadata written. */
   readonly bytes: number;
+  /** Committed without NOTIFY (Appender.quiet). */
+  readonly quiet?: boolean;
 }
 
 const conditionFailed = (boundary: string, condition: Condition) =>
@@ -158,6 +160,14 @@ export class Appender {
   >();
   /** The windows of condition checks in memory (read for tests and metrics). */
   readonly recent: RecentCommits;
+  /**
+   * Whether this process's commits to a boundary may go without NOTIFY: true while this process
+   * publishes the boundary to JetStream itself (EventStore.commitQuietly). Its commits then reach
+   * everyone through the stream, from what it hands over, and the NOTIFY would wake nobody but
+   * this process with its own echo, and the processes standing by to take the boundary over. The
+   * one-statement append asks at each call; the full transaction always notifies.
+   */
+  quiet: (boundary: string) => boolean = () => false;
 
   /**
    * `connections` is the pool `db` runs on: the one-statement append takes a connection from it
@@ -327,8 +337,25 @@ export class Appender {
       else pending.reject(outcome?.error ?? new StoreError("internal", "no outcome"));
     });
     if (result.head) this.onCommit(boundary, result.head, result.committed);
+    // Committed quietly, but this process no longer publishes the boundary (its lock was lost
+    // meanwhile), so the commit was not handed over: whoever publishes it now must hear of it.
+    if (result.quiet && !this.quiet(boundary)) void this.notify(boundary);
     this.observer?.committed(boundary, batchOutcome(batch.length, result));
     return undefined;
+  }
+
+  /**
+   * A NOTIFY for commits made earlier (quietly). A hint, like every NOTIFY: a failure leaves them
+   * to the publishers' sweep and idle reads.
+   */
+  async notify(boundary: string): Promise<void> {
+    try {
+      await sql`SELECT pg_notify('orisun_commits', ${notifyPayload(boundary, this.instance)})`.execute(
+        this.db,
+      );
+    } catch {
+      // The publishers' sweep and their idle reads find the commit without it.
+    }
   }
 
   private takeBatch(queue: Pending[]): Pending[] {
@@ -418,6 +445,7 @@ export class Appender {
         bytes: 0,
       };
     }
+    const quiet = this.quiet(boundary);
     let called: FunctionOutcome;
     try {
       called = await callAppend(
@@ -428,7 +456,7 @@ export class Appender {
         checks,
         rows,
         accepted.length,
-        this.instance,
+        quiet ? undefined : this.instance,
       );
     } catch (error) {
       if (isDuplicateEventId(error)) return undefined;
@@ -496,6 +524,7 @@ export class Appender {
       appended,
       committed,
       bytes,
+      quiet,
     };
   }
 

@@ -217,6 +217,26 @@ export class EventStore {
     return () => this.listeners.delete(listener);
   }
 
+  /**
+   * `publishes(boundary)` says this process publishes the boundary's commits to JetStream itself,
+   * from what onCommit hands over: its commits to such a boundary then go without the NOTIFY that
+   * other processes follow (see Appender.quiet). Set by the JetStream publisher; the returned
+   * function puts NOTIFY back for every boundary. A commit made quietly while this process lost
+   * the boundary's lock is notified at once; the publisher calls `announce` when it finds the
+   * lock lost, for those it did not see go.
+   */
+  commitQuietly(publishes: (boundary: string) => boolean): () => void {
+    this.appender.quiet = publishes;
+    return () => {
+      if (this.appender.quiet === publishes) this.appender.quiet = () => false;
+    };
+  }
+
+  /** NOTIFYs other processes of commits to the boundary (see commitQuietly). */
+  announce(boundary: string): Promise<void> {
+    return this.appender.notify(boundary);
+  }
+
   async close(): Promise<void> {
     await Promise.all([this.signals.close(), this.locks.close(), this.statistics.close()]);
     await this.database.db.destroy();

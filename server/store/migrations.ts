@@ -189,6 +189,15 @@ const migrations: Record<string, Migration> = {
       await sql.raw(VIOLATED_FUNCTION).execute(db);
     },
   },
+  // Both versions of the append function again: a NULL payload commits without NOTIFY, which a
+  // process that publishes the boundary to JetStream itself asks for (append.ts, quiet commits).
+  // Processes of earlier builds always pass a payload, so they notify as before.
+  "2026-12-06-quiet-commits": {
+    async up(db: Kysely<unknown>) {
+      await sql.raw(APPEND_FUNCTION).execute(db);
+      await sql.raw(APPEND_ROWS_FUNCTION).execute(db);
+    },
+  },
 };
 
 /** Where applied migrations are recorded: Kysely's table and layout, which earlier builds used. */
