@@ -648,7 +648,8 @@ describe("quiet commits: no NOTIFY for what the committing process publishes its
     return heard.at(-1) as string;
   }
 
-  it("the holder's own commits go without NOTIFY, another process's with it, and the holder notifies when it loses the lock", async () => {
+  /** Two processes of one deployment, a listener on its commits, and each one's payload. */
+  async function twoProcesses() {
     const ns = freshNamespace();
     const heard = await listen(ns);
     const a = await openStore(ns);
@@ -656,6 +657,11 @@ describe("quiet commits: no NOTIFY for what the committing process publishes its
     const fromA = await payloadOf(a, heard);
     const fromB = await payloadOf(b, heard);
     expect(fromA).not.toBe(fromB);
+    return { ns, heard, a, b, fromA, fromB };
+  }
+
+  it("the holder's own commits go without NOTIFY, another process's with it, and the holder notifies when it loses the lock", async () => {
+    const { ns, heard, a, b, fromA, fromB } = await twoProcesses();
     const pa = await startPublisher(a, ns, { lockRetryMs: 100 });
     const live = await untilLive(a, ns);
     expect(pa.publishing.has(B)).toBe(true);
@@ -687,12 +693,7 @@ describe("quiet commits: no NOTIFY for what the committing process publishes its
   });
 
   it("a commit made quietly by a process that lost the boundary before it committed is notified after it", async () => {
-    const ns = freshNamespace();
-    const heard = await listen(ns);
-    const a = await openStore(ns);
-    const b = await openStore(ns);
-    const fromA = await payloadOf(a, heard);
-    const fromB = await payloadOf(b, heard);
+    const { heard, a, b, fromA, fromB } = await twoProcesses();
 
     // Published here throughout: no NOTIFY.
     const unquiet = a.commitQuietly(() => true);
