@@ -692,6 +692,29 @@ describe("quiet commits: no NOTIFY for what the committing process publishes its
     expect(entries.length).toBe(1 + 7 + 1 + 1);
   });
 
+  it("a process that never writes the boundary takes it over from a dead holder at its sweep", async () => {
+    const { ns, heard, a, b } = await twoProcesses();
+    // The holder lingers, so its next commits wait to be published when it stops. It stops
+    // without a word, as a killed process would: closing, it sends no NOTIFY.
+    const pa = await startPublisher(a, ns, { lingerMs: 60_000 });
+    const live = await untilLive(a, ns);
+    const pb = await startPublisher(b, ns, { sweepMs: 200 });
+    heard.length = 0;
+    for (let i = 0; i < 5; i++) await append(a, 2);
+    await pa.close();
+    // NOTIFYs arrive in commit order: once this one is here, any of a's before it would be too.
+    const fence = `${ns}/fence/test`;
+    await withPostgres(TEST_DATABASE, (client) =>
+      client.query("SELECT pg_notify('orisun_commits', $1)", [fence]),
+    );
+    await eventually(() => heard.includes(fence), "the fence");
+    expect(heard).toEqual([fence]);
+    expect(samePosition(await lastInStream(ns), live)).toBe(true);
+    await untilPublished(b, ns, 10_000);
+    expect(pb.publishing.has(B)).toBe(true);
+    expect((await expectStreamMirrorsLog(b, ns, live)).length).toBe(1 + 10);
+  });
+
   it("a commit made quietly by a process that lost the boundary before it committed is notified after it", async () => {
     const { heard, a, b, fromA, fromB } = await twoProcesses();
 
