@@ -137,6 +137,26 @@ describe.each(targets)("one-round-trip append on $name", (target) => {
     expect(statements[1]?.startsWith(CALL_APPEND)).toBe(true);
   });
 
+  it("quiet: a commit the process publishes itself is one statement too, with its head and count", async () => {
+    const { a, statements, db } = appender();
+    a.quiet = (boundary) => boundary === "quiet";
+    const first = await a.append(request("quiet", ["q1"], { commit: 0n, prepare: 0n }));
+    const second = await a.append(request("quiet", ["q2", "q3"], first));
+    expect(second).toEqual({ commit: 2n, prepare: 3n });
+    expect(statements).toHaveLength(2);
+    expect(statements.every((s) => s.startsWith(CALL_APPEND))).toBe(true);
+    const row = await db
+      .selectFrom("orisun_boundaries")
+      .select(["last_commit", "last_prepare", "event_count"])
+      .where("name", "=", "quiet")
+      .executeTakeFirstOrThrow();
+    expect([row.last_commit, row.last_prepare, row.event_count].map(String)).toEqual([
+      "2",
+      "3",
+      "3",
+    ]);
+  });
+
   it("a condition another process violated is caught although this process's window says it holds", async () => {
     const one = appender();
     const two = appender();

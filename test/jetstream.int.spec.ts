@@ -627,14 +627,18 @@ describe("JetStreamPublisher from memory", () => {
 });
 
 describe("quiet commits: no NOTIFY for what the committing process publishes itself", () => {
-  /** The payloads of NOTIFY orisun_commits for the schema, as they arrive. */
+  /**
+   * The payloads of NOTIFY orisun_commits for the schema, as they arrive, and empty ones (what
+   * pg_notify sends for a NULL payload: a function that called it regardless would show so).
+   */
   async function listen(schema: string): Promise<string[]> {
     const client = new pg.Client({ connectionString: PG_URL });
     await client.connect();
     cleanups.push(() => client.end());
     const heard: string[] = [];
     client.on("notification", (n) => {
-      if (n.payload?.startsWith(`${schema}/`)) heard.push(n.payload);
+      const payload = n.payload ?? "";
+      if (payload === "" || payload.startsWith(`${schema}/`)) heard.push(payload);
     });
     await client.query("LISTEN orisun_commits");
     return heard;
