@@ -696,6 +696,38 @@ describe("quiet commits: no NOTIFY for what the committing process publishes its
     expect(entries.length).toBe(1 + 7 + 1 + 1);
   });
 
+  it("a holder whose publishing fails notifies again until JetStream confirms it", async () => {
+    const { ns, heard, a, b, fromA, fromB } = await twoProcesses();
+    await startPublisher(a, ns);
+    await untilLive(a, ns);
+    heard.length = 0;
+    // JetStream loses the stream: the next publish that asks for an ack, or the confirmation of
+    // those that did not, fails.
+    await jsm.streams.delete(streamNames(ns, B).stream);
+    await eventually(
+      async () => {
+        await append(a, 1);
+        return heard.includes(fromA);
+      },
+      "a's NOTIFY once its publishing failed",
+      5_000,
+    );
+    // The publisher makes the stream again (new, it starts at the head) and publishes the
+    // commits that follow: once JetStream confirms them, a's commits are quiet again.
+    await eventually(
+      async () => {
+        heard.length = 0;
+        for (let i = 0; i < 3; i++) await append(a, 1);
+        await append(b, 1);
+        await eventually(() => heard.includes(fromB), "b's NOTIFY");
+        return heard.length === 1;
+      },
+      "a quiet again",
+      10_000,
+    );
+    await untilPublished(a, ns);
+  });
+
   it("a process that never writes the boundary takes it over from a dead holder at its sweep", async () => {
     const { ns, heard, a, b } = await twoProcesses();
     // The holder lingers, so its next commits wait to be published when it stops. It stops

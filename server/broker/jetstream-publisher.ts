@@ -148,6 +148,11 @@ export class JetStreamPublisher {
   private unsignal: (() => void) | undefined;
   private sweeper: NodeJS.Timeout | undefined;
   private readonly held = new Set<string>();
+  /**
+   * Held boundaries whose publishing failed and has not yet published again: this process's
+   * commits to them go with NOTIFY, so that other processes' feeds read them from the store.
+   */
+  private readonly failing = new Set<string>();
   private readonly handedOver: HandedOver;
   private unhandOver: (() => void) | undefined;
   private unquiet: (() => void) | undefined;
@@ -180,8 +185,10 @@ export class JetStreamPublisher {
       if (this.held.has(boundary)) this.handedOver.add(boundary, events);
     });
     // What this process commits to a boundary it holds goes out from memory: nobody else needs
-    // its NOTIFY. A standby process learns of such commits from the sweep instead.
-    this.unquiet = this.options.store.commitQuietly((boundary) => this.held.has(boundary));
+    // its NOTIFY while that works. A standby process learns of such commits from the sweep.
+    this.unquiet = this.options.store.commitQuietly(
+      (boundary) => this.held.has(boundary) && !this.failing.has(boundary),
+    );
     this.unsignal = this.options.store.signals.on((boundary, local) => {
       if (boundary !== undefined) {
         this.know(boundary)?.wake(!local);
@@ -287,6 +294,7 @@ export class JetStreamPublisher {
         if (typeof end === "object") await this.markPublished(boundary, end.idle);
       } finally {
         this.held.delete(boundary);
+        this.failing.delete(boundary);
         this.handedOver.drop(boundary);
         this.options.observer?.released(boundary);
         await lock.release();
@@ -302,6 +310,12 @@ export class JetStreamPublisher {
       // storeClosed() only a moment later.
       await pause(end === "yielded" ? SIT_OUT_MS : (this.options.lockRetryMs ?? 1_000), closing);
     }
+  }
+
+  /** JetStream confirmed the stream through `tail`: publishing works (again). */
+  private confirmed(boundary: string, tail: Tail): void {
+    this.failing.delete(boundary);
+    this.options.observer?.published(boundary, tail.last);
   }
 
   /** A publisher outliving its store (closed in the wrong order) stops rather than retry forever. */
@@ -357,7 +371,7 @@ export class JetStreamPublisher {
             woken = await wake.wait(this.options.confirmMs ?? CONFIRM_MS, signal);
             if (!woken && !signal.aborted) {
               tail = await this.confirm(boundary, tail);
-              this.options.observer?.published(boundary, tail.last);
+              this.confirmed(boundary, tail);
             }
           }
           if (!woken) woken = await wake.wait(idleMs, signal);
@@ -397,7 +411,7 @@ export class JetStreamPublisher {
           }
           tail = await this.publishPage(boundary, events, tail, signal);
           flushed = performance.now();
-          if (!tail.unconfirmed) this.options.observer?.published(boundary, tail.last);
+          if (!tail.unconfirmed) this.confirmed(boundary, tail);
           failures = 0;
           // A short page reached the head: the next read would find nothing unless something
           // committed meanwhile, and then a wake is pending (the waker latches it). Saves one
@@ -407,6 +421,12 @@ export class JetStreamPublisher {
       } catch (error) {
         if (signal.aborted) return "stopped";
         failures++;
+        if (!this.failing.has(boundary)) {
+          // Until it publishes again, other processes' feeds hear of this process's commits by
+          // NOTIFY; one now for those made quietly and not (or not surely) published.
+          this.failing.add(boundary);
+          await store.announce(boundary);
+        }
         if (failures >= YIELD_AFTER) {
           log.error(
             { err: error, boundary },

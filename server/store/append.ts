@@ -162,10 +162,11 @@ export class Appender {
   readonly recent: RecentCommits;
   /**
    * Whether this process's commits to a boundary may go without NOTIFY: true while this process
-   * publishes the boundary to JetStream itself (EventStore.commitQuietly). Its commits then reach
-   * everyone through the stream, from what it hands over, and the NOTIFY would wake nobody but
-   * this process with its own echo, and the processes standing by to take the boundary over. The
-   * one-statement append asks at each call; the full transaction always notifies.
+   * publishes the boundary to JetStream itself and that works (EventStore.commitQuietly). Its
+   * commits then reach everyone through the stream, from what it hands over, and the NOTIFY would
+   * wake nobody but this process with its own echo, and the processes standing by to take the
+   * boundary over. The one-statement append asks at each call; the full transaction always
+   * notifies.
    */
   quiet: (boundary: string) => boolean = () => false;
 
@@ -350,9 +351,8 @@ export class Appender {
    */
   async notify(boundary: string): Promise<void> {
     try {
-      await sql`SELECT pg_notify('orisun_commits', ${notifyPayload(boundary, this.instance)})`.execute(
-        this.db,
-      );
+      const payload = notifyPayload(boundary, this.instance);
+      await sql`SELECT pg_notify('orisun_commits', ${payload})`.execute(this.db);
     } catch {
       // The publishers' sweep and their idle reads find the commit without it.
     }

@@ -219,11 +219,11 @@ export class EventStore {
 
   /**
    * `publishes(boundary)` says this process publishes the boundary's commits to JetStream itself,
-   * from what onCommit hands over: its commits to such a boundary then go without the NOTIFY that
-   * other processes follow (see Appender.quiet). Set by the JetStream publisher; the returned
+   * from what onCommit hands over, and that works: its commits to it then go without the NOTIFY
+   * that other processes follow (see Appender.quiet). Set by the JetStream publisher; the returned
    * function puts NOTIFY back for every boundary. A commit made quietly while this process lost
    * the boundary's lock is notified at once; the publisher calls `announce` when it finds the
-   * lock lost, for those it did not see go.
+   * lock lost or its publishing failing, for those it did not see go.
    */
   commitQuietly(publishes: (boundary: string) => boolean): () => void {
     this.appender.quiet = publishes;
