@@ -12,7 +12,7 @@ import {
   type FunctionOutcome,
 } from "./append-function.js";
 import type { AppendObserver, BatchOutcome } from "./append-observer.js";
-import { notifyPayload } from "./commit-signals.js";
+import { notifyCommitted, notifyPayload } from "./commit-signals.js";
 import { queryJson } from "./condition-check.js";
 import { databaseError, isConnectionLost } from "./database-errors.js";
 import { quote, StoreError } from "./errors.js";
@@ -340,22 +340,10 @@ export class Appender {
     if (result.head) this.onCommit(boundary, result.head, result.committed);
     // Committed quietly, but this process no longer publishes the boundary (its lock was lost
     // meanwhile), so the commit was not handed over: whoever publishes it now must hear of it.
-    if (result.quiet && !this.quiet(boundary)) void this.notify(boundary);
+    if (result.quiet && !this.quiet(boundary))
+      void notifyCommitted(this.db, boundary, this.instance);
     this.observer?.committed(boundary, batchOutcome(batch.length, result));
     return undefined;
-  }
-
-  /**
-   * A NOTIFY for commits made earlier (quietly). A hint, like every NOTIFY: a failure leaves them
-   * to the publishers' sweep and idle reads.
-   */
-  async notify(boundary: string): Promise<void> {
-    try {
-      const payload = notifyPayload(boundary, this.instance);
-      await sql`SELECT pg_notify('orisun_commits', ${payload})`.execute(this.db);
-    } catch {
-      // The publishers' sweep and their idle reads find the commit without it.
-    }
   }
 
   private takeBatch(queue: Pending[]): Pending[] {

@@ -1,5 +1,6 @@
-import { type RawBuilder, sql } from "kysely";
+import { type Kysely, type RawBuilder, sql } from "kysely";
 import { ListenConnection } from "./listen-connection.js";
+import type { Database } from "./schema.js";
 
 /**
  * `boundary` committed something; undefined: anything may have changed (after a reconnect).
@@ -69,4 +70,21 @@ export function notifyPayload(boundary: string, instance: string): RawBuilder<st
 /** The same payload as SQL text over two text expressions, for a statement written by hand. */
 export function notifyPayloadText(boundary: string, instance: string): string {
   return `current_schema() || '/' || ${boundary} || '/' || ${instance}`;
+}
+
+/**
+ * The NOTIFY of commits `instance` made to `boundary` earlier without one (quiet commits, see
+ * Appender.quiet), as a statement of its own. A hint, like every NOTIFY: a failure leaves them to
+ * the publishers' sweep and idle reads, so it is swallowed.
+ */
+export async function notifyCommitted(
+  db: Kysely<Database>,
+  boundary: string,
+  instance: string,
+): Promise<void> {
+  try {
+    await sql`SELECT pg_notify('orisun_commits', ${notifyPayload(boundary, instance)})`.execute(db);
+  } catch {
+    // The publishers' sweep and their idle reads find the commits without it.
+  }
 }

@@ -3,7 +3,7 @@ import { Appender, type CommitListener, type GroupCommitLimits } from "./append.
 import type { AppendObserver } from "./append-observer.js";
 import { type BoundarySummary, listBoundaries } from "./boundaries.js";
 import { BoundaryCap, DEFAULT_MAX_BOUNDARIES } from "./boundary-cap.js";
-import { CommitSignals } from "./commit-signals.js";
+import { CommitSignals, notifyCommitted } from "./commit-signals.js";
 import { type DatabaseOptions, type OpenDatabase, openDatabase } from "./database.js";
 import { databaseError } from "./database-errors.js";
 import { DenseQueries } from "./dense-queries.js";
@@ -234,7 +234,7 @@ export class EventStore {
 
   /** NOTIFYs other processes of commits to the boundary (see commitQuietly). */
   announce(boundary: string): Promise<void> {
-    return this.appender.notify(boundary);
+    return notifyCommitted(this.database.db, boundary, this.instance);
   }
 
   async close(): Promise<void> {
