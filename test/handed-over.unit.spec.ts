@@ -29,6 +29,14 @@ describe("HandedOver", () => {
     expect(h.heldBytes).toBe(0);
   });
 
+  it("takes a commit of 300,000 events (more than a call can take as arguments)", () => {
+    const h = new HandedOver(1_000_000_000);
+    h.add("b", commit(1n, 1n, 300_000, 1));
+    const taken = h.take("b", at(0n, 0n), 300_000);
+    expect(taken).toHaveLength(300_000);
+    expect(taken?.at(-1)?.position.prepare).toBe(300_000n);
+  });
+
   it("drops what the tail already passed (published from the log) and goes on from memory", () => {
     const h = new HandedOver(1_000_000);
     h.add("b", commit(1n, 1n, 3));

@@ -50,7 +50,9 @@ export class HandedOver {
       if (this.bytes + bytes > this.maxBytes) return;
     }
     this.bytes += bytes;
-    queue.events.push(...events);
+    // One push per event: a spread passes each element as an argument, and a commit of some
+    // 130,000 events (a raised ORISUN_MAX_EVENTS_PER_SAVE) overflows the stack.
+    for (const event of events) queue.events.push(event);
   }
 
   /**

@@ -212,7 +212,8 @@ async function* batches(
   const closeCommit = () => {
     const events = batch.length + commit.length;
     if (events > limit || batchBytes + commitBytes > options.batchBytes) flush();
-    batch.push(...commit);
+    // Not push(...commit): a commit can hold more events than a call can take arguments.
+    for (const event of commit) batch.push(event);
     batchBytes += commitBytes;
     commit = [];
     commitBytes = 0;
