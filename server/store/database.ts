@@ -5,6 +5,7 @@ import { Kysely, PostgresDialect, type PostgresPool } from "kysely";
 import pg from "pg";
 import { migrate } from "./migrations.js";
 import { guardedPool } from "./pg-pool.js";
+import { KEEPALIVE_MS } from "./pg-session.js";
 import { openDurablePGlite } from "./pglite-durable.js";
 import { pglitePool } from "./pglite-pool.js";
 import type { Database } from "./schema.js";
@@ -40,8 +41,6 @@ export const DEFAULT_TIMEOUTS: DatabaseTimeouts = {
 
 /** How long after statement_timeout the client stops waiting: the server's own answer comes first. */
 const CLIENT_MARGIN_MS = 1_000;
-/** First TCP keepalive probe of an idle connection, so that a dead network is noticed. */
-const KEEPALIVE_MS = 10_000;
 
 export interface OpenDatabase {
   readonly db: Kysely<Database>;

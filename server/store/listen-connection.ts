@@ -1,4 +1,5 @@
 import pg from "pg";
+import { sessionConfig } from "./pg-session.js";
 
 export interface ListenOptions {
   readonly url: string;
@@ -34,11 +35,8 @@ export class ListenConnection {
 
   private async listen(): Promise<void> {
     const { url, channel, retryMs } = this.options;
-    const client = new pg.Client({
-      connectionString: url,
-      connectionTimeoutMillis: 5_000,
-      keepAlive: true,
-    });
+    // So that a dead network is noticed on both ends, not only a closed socket.
+    const client = new pg.Client(sessionConfig(url));
     const lost = (error: Error) => {
       if (this.client !== client) return;
       this.client = undefined;

@@ -1,5 +1,6 @@
 import pg from "pg";
 import { StoreError } from "./errors.js";
+import { sessionConfig } from "./pg-session.js";
 
 export interface HeldLock {
   /** Aborted when the lock is lost (its database session died); the holder must stop. */
@@ -93,12 +94,8 @@ export class SessionLocks {
 
   private connect(): Promise<pg.Client> {
     if (this.session) return this.session;
-    const client = new pg.Client({
-      connectionString: this.url,
-      connectionTimeoutMillis: 5_000,
-      // So that a dead network is noticed, not only a closed socket.
-      keepAlive: true,
-    });
+    // So that a dead network is noticed on both ends, not only a closed socket.
+    const client = new pg.Client(sessionConfig(this.url));
     const session = client.connect().then(() => client);
     this.session = session;
     const drop = () => {
