@@ -123,6 +123,8 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     onIdleError: (err) => app.log.warn({ err }, "idle database connection failed"),
     onSignalError: (err) => app.log.warn({ err }, "LISTEN connection failed; reconnecting"),
     onStatisticsError: (err) => app.log.warn({ err }, "ANALYZE of the events table failed"),
+    onAppendFault: (boundary, err) =>
+      app.log.error({ err, boundary }, "the append path failed; waiting appends were refused"),
     groupCommit: {
       maxEvents: config.limits.maxEventsPerSave,
       maxBytes: config.limits.maxRequestBytes * 2,

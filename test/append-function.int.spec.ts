@@ -137,6 +137,42 @@ describe.each(targets)("one-round-trip append on $name", (target) => {
     expect(statements[1]?.startsWith(CALL_APPEND)).toBe(true);
   });
 
+  it("a fault after a commit (a listener that throws) refuses what waited, is reported, and the boundary goes on", async () => {
+    const pool = setUp.pool();
+    const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
+    const boom = new Error("a listener's bug");
+    let throws = true;
+    const a = new Appender(
+      db,
+      pool,
+      GROUP_COMMIT,
+      () => {
+        if (throws) {
+          throws = false;
+          throw boom;
+        }
+      },
+      "test",
+      { maxBytes: 1 << 20, idleMs: 60_000 },
+    );
+    const told: [string, unknown][] = [];
+    a.uncertain = (boundary, fault) => told.push([boundary, fault]);
+    // The first goes alone; the two behind it wait for its transaction.
+    const first = a.append(request("fault", ["f1"]));
+    const waiting = [a.append(request("fault", ["f2"])), a.append(request("fault", ["f3"]))];
+    // Its caller was answered before the listener ran: the commit stands.
+    expect(await first).toEqual({ commit: 1n, prepare: 1n });
+    for (const w of waiting) {
+      await expect(w).rejects.toMatchObject({
+        kind: "internal",
+        message: expect.stringContaining("before this append was attempted"),
+      });
+    }
+    expect(told).toEqual([["fault", boom]]);
+    // A new drain takes the next append, after the one commit.
+    expect(await a.append(request("fault", ["f4"]))).toEqual({ commit: 2n, prepare: 2n });
+  });
+
   it("quiet: a commit the process publishes itself is one statement too, with its head and count", async () => {
     const { a, statements, db } = appender();
     a.quiet = (boundary) => boundary === "quiet";

@@ -18,6 +18,7 @@ import {
 } from "../server/broker/jetstream-publisher.js";
 import { JetStreamSource } from "../server/broker/jetstream-source.js";
 import { MessageAuth } from "../server/broker/message-auth.js";
+import { CALL_APPEND } from "../server/store/append-function.js";
 import type { EventStore } from "../server/store/event-store.js";
 import type { EventToAppend, Position, StoredEvent } from "../server/store/types.js";
 import {
@@ -770,6 +771,52 @@ describe("quiet commits: no NOTIFY for what the committing process publishes its
     await append(a, 1);
     await eventually(() => heard.includes(fromA), "a's late NOTIFY");
     expect(asked).toBe(2);
+  });
+
+  it("a quiet commit whose answer was lost is published at once, and other processes hear of it", async () => {
+    const { ns, heard, a, fromA } = await twoProcesses();
+    // Idle waits far longer than the test: only a wake can publish the commit in time.
+    const pa = await startPublisher(a, ns, { idleMs: 120_000, sweepMs: 60_000 });
+    await untilLive(a, ns);
+    expect(pa.publishing.has(B)).toBe(true);
+    await untilPublished(a, ns);
+
+    // PostgreSQL commits the next append statement, and its answer is lost on the way back.
+    const pool = a.database.connections;
+    const connect = pool.connect.bind(pool);
+    let armed = true;
+    pool.connect = async () => {
+      const client = await connect();
+      return new Proxy(client, {
+        get(target, key, receiver) {
+          if (key !== "query") return Reflect.get(target, key, receiver);
+          return async (text: string, values: readonly unknown[]) => {
+            const result = await target.query(text, values);
+            if (armed && text.startsWith(CALL_APPEND)) {
+              armed = false;
+              throw Object.assign(new Error("read ECONNRESET"), { code: "ECONNRESET" });
+            }
+            return result;
+          };
+        },
+      });
+    };
+    heard.length = 0;
+    const lost = events(1);
+    await expect(a.append({ boundary: B, events: lost })).rejects.toMatchObject({
+      kind: "unavailable",
+    });
+    expect(armed).toBe(false);
+    const head = await a.head(B);
+    await eventually(
+      async () => samePosition(await lastInStream(ns), head),
+      "the lost commit",
+      5_000,
+    );
+    await eventually(() => heard.includes(fromA), "a's NOTIFY of it", 5_000);
+    // The client's retry finds it stored: same position, nothing twice.
+    expect(await a.append({ boundary: B, events: lost })).toEqual(head);
+    await untilPublished(a, ns);
   });
 });
 

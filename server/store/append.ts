@@ -64,6 +64,13 @@ const notStarted = () =>
 const RETRY_SAME_IDS =
   "retry with the same event ids: if it was stored, the retry answers its position and stores nothing twice";
 
+/** This process failed while the request was being appended (a bug): it may be stored. */
+const faulted = () =>
+  new StoreError(
+    "internal",
+    `the server failed while appending, so the append may or may not be stored; ${RETRY_SAME_IDS}`,
+  );
+
 /** Given up while its transaction was in flight: it may still commit. */
 const inFlight = () =>
   new StoreError(
@@ -169,6 +176,13 @@ export class Appender {
    * notifies.
    */
   quiet: (boundary: string) => boolean = () => false;
+  /**
+   * Told when the boundary's log may hold a commit that nobody was told of: a statement whose
+   * answer was lost (the outcome is unknown, and a quiet commit sent no NOTIFY), or a fault of
+   * this process after a commit (`fault`, the error), which dropped what waited behind it.
+   * EventStore has its live readers and publisher read the log, and NOTIFYs other processes.
+   */
+  uncertain: (boundary: string, fault?: unknown) => void = () => {};
 
   /**
    * `connections` is the pool `db` runs on: the one-statement append takes a connection from it
@@ -229,7 +243,9 @@ export class Appender {
         return;
       }
       this.queues.set(request.boundary, [pending]);
-      void this.drain(request.boundary);
+      this.drain(request.boundary).catch((error: unknown) =>
+        this.drainFailed(request.boundary, error),
+      );
     });
   }
 
@@ -262,7 +278,15 @@ export class Appender {
       }
       const batch = this.takeBatch(queue);
       const started = performance.now();
-      const failure = await this.run(boundary, batch);
+      let failure: StoreError | undefined;
+      try {
+        failure = await this.run(boundary, batch);
+      } catch (error) {
+        // A fault of this process, maybe after the commit: callers not yet answered must not
+        // wait forever, nor be told nothing was stored (drainFailed takes the rest of the queue).
+        for (const pending of batch) pending.reject(faulted());
+        throw error;
+      }
       last = failure === undefined ? batch.length : 0;
       lastMs = performance.now() - started;
       if (failure === undefined) continue;
@@ -281,6 +305,25 @@ export class Appender {
         for (const pending of queue.splice(0)) pending.reject(failure);
       }
     }
+  }
+
+  /**
+   * A fault of this process (a listener that threw, say) ended the boundary's drain: what waits
+   * is refused, so that no caller waits forever and the next append starts a drain of its own,
+   * and the log is read again by whoever follows it, since the last commit may not have been
+   * handed over.
+   */
+  private drainFailed(boundary: string, error: unknown): void {
+    const waiting = this.queues.get(boundary) ?? [];
+    this.queues.delete(boundary);
+    this.refills.delete(boundary);
+    this.recent.forget(boundary);
+    const failure = new StoreError(
+      "internal",
+      "the server failed before this append was attempted, so nothing was stored; retry it",
+    );
+    for (const pending of waiting) pending.reject(failure);
+    this.uncertain(boundary, error);
   }
 
   /** Resolves once the boundary's queue holds `need` requests, or after `ms` (at least 1 ms). */
@@ -327,9 +370,12 @@ export class Appender {
       this.recent.forget(boundary);
       const failure = databaseError(error);
       // The call is its own transaction: a lost connection leaves its outcome unknown.
-      if (!full) return isConnectionLost(error) ? unknownOutcome(error) : failure;
-      const committing = written.result?.head !== undefined;
-      return committing && failure.kind === "unavailable" ? unknownOutcome(error) : failure;
+      const unknown = full
+        ? written.result?.head !== undefined && failure.kind === "unavailable"
+        : isConnectionLost(error);
+      if (!unknown) return failure;
+      this.uncertain(boundary);
+      return unknownOutcome(error);
     }
     if (result.head) this.recent.committed(boundary, result.before, result.head, result.appended);
     batch.forEach((pending, i) => {

@@ -23,6 +23,8 @@ export interface EventStoreOptions extends DatabaseOptions {
   readonly statistics?: StatisticsOptions;
   /** Errors of that background ANALYZE; the next append past the threshold retries. */
   readonly onStatisticsError?: (error: Error) => void;
+  /** A fault of this process on a boundary's append path (a bug): logged, the boundary goes on. */
+  readonly onAppendFault?: (boundary: string, error: unknown) => void;
   /** Most boundaries the deployment may have (ORISUN_MAX_BOUNDARIES). Default 10,000. */
   readonly maxBoundaries?: number;
   /** Estimated bytes the windows of condition checks in memory hold, all boundaries together. */
@@ -106,6 +108,14 @@ export class EventStore {
       },
       options.observer,
     );
+    this.appender.uncertain = (boundary, fault) => {
+      if (fault !== undefined) options.onAppendFault?.(boundary, fault);
+      // As another process's commit: whoever follows the boundary here reads the log, and other
+      // processes hear of it (a quiet commit sent no NOTIFY; the database may be out of reach, so
+      // that is best effort, and their feeds' poll covers it).
+      this.signals.emit(boundary, false);
+      void this.announce(boundary);
+    };
   }
 
   static async open(options: EventStoreOptions): Promise<EventStore> {
