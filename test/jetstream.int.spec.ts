@@ -665,6 +665,18 @@ describe("quiet commits: no NOTIFY for what the committing process publishes its
     return { ns, heard, a, b, fromA, fromB };
   }
 
+  /** Ends the database session that holds the store's publisher lock on B. */
+  function terminateLockSession(store: EventStore) {
+    return withPostgres(TEST_DATABASE, (client) =>
+      client.query(
+        `SELECT pg_terminate_backend(l.pid) FROM pg_locks l
+         WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+           AND ((l.classid::int8 << 32) | l.objid::int8) = hashtextextended($1, 0)`,
+        [`${store.locks.keyText("orisun-publisher:")}${B}`],
+      ),
+    );
+  }
+
   it("the holder's own commits go without NOTIFY, another process's with it, and the holder notifies when it loses the lock", async () => {
     const { ns, heard, a, b, fromA, fromB } = await twoProcesses();
     const pa = await startPublisher(a, ns, { lockRetryMs: 100 });
@@ -682,14 +694,7 @@ describe("quiet commits: no NOTIFY for what the committing process publishes its
     // The holder's lock session dies: it tells whoever takes over to read the log.
     heard.length = 0;
     await append(a, 1);
-    await withPostgres(TEST_DATABASE, (client) =>
-      client.query(
-        `SELECT pg_terminate_backend(l.pid) FROM pg_locks l
-         WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
-           AND ((l.classid::int8 << 32) | l.objid::int8) = hashtextextended($1, 0)`,
-        [`${a.locks.keyText("orisun-publisher:")}${B}`],
-      ),
-    );
+    await terminateLockSession(a);
     await eventually(() => heard.includes(fromA), "a's NOTIFY after losing the lock");
     await untilPublished(a, ns);
     await eventually(() => pa.publishing.has(B), "a publishing again");
@@ -771,6 +776,37 @@ describe("quiet commits: no NOTIFY for what the committing process publishes its
     await append(a, 1);
     await eventually(() => heard.includes(fromA), "a's late NOTIFY");
     expect(asked).toBe(2);
+  });
+
+  it("a holder busy in a read lets the boundary go the moment its lock is lost: its next commit is heard", async () => {
+    const { ns, heard, a, b, fromA } = await twoProcesses();
+    const pa = await startPublisher(a, ns, { lockRetryMs: 60_000 });
+    await untilLive(a, ns);
+    await untilPublished(a, ns);
+    // The holder's next read of the log does not come back until released.
+    const read = a.read.bind(a);
+    let release = () => {};
+    const held = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    cleanups.push(async () => release());
+    let reading = false;
+    a.read = async (...args: Parameters<EventStore["read"]>) => {
+      if (!reading) {
+        reading = true;
+        await held;
+      }
+      return read(...args);
+    };
+    // Another process's commit sends it to the log.
+    await append(b, 1);
+    await eventually(() => reading, "the holder's read", 5_000);
+    await terminateLockSession(a);
+    await eventually(() => !pa.publishing.has(B), "a letting the boundary go", 3_000);
+    heard.length = 0;
+    await append(a, 1);
+    await eventually(() => heard.includes(fromA), "a's NOTIFY", 3_000);
+    release();
   });
 
   it("a quiet commit whose answer was lost is published at once, and other processes hear of it", async () => {

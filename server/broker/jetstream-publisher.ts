@@ -288,11 +288,17 @@ export class JetStreamPublisher {
       }
       let end: PublishEnd = "stopped";
       this.held.add(boundary);
+      // Lost at the server: this process no longer publishes the boundary from that moment, so its
+      // commits carry their NOTIFY again at once, not once the publish loop notices (a read or a
+      // JetStream request in flight does not stop for the loss).
+      const letGo = () => this.held.delete(boundary);
+      lock.lost.addEventListener("abort", letGo, { once: true });
       log.info({ boundary }, "publishing the boundary to JetStream");
       try {
         end = await this.publish(boundary, wake, AbortSignal.any([closing, lock.lost]));
         if (typeof end === "object") await this.markPublished(boundary, end.idle);
       } finally {
+        lock.lost.removeEventListener("abort", letGo);
         this.held.delete(boundary);
         this.failing.delete(boundary);
         this.handedOver.drop(boundary);
