@@ -23,7 +23,7 @@ import { healthHandler } from "./api/health-handler.js";
 import { LiveEncodings } from "./api/live-encoding.js";
 import { pubsubHandler } from "./api/pubsub-handler.js";
 import { reflectionHandlers } from "./api/reflection-handler.js";
-import { jsonOptions, requestGate } from "./api/request-decoding.js";
+import { jsonOptions, MAX_TIMEOUT_MS, requestGate } from "./api/request-decoding.js";
 import { serverVersion } from "./api/server-version.js";
 import { storeHandlers } from "./api/store-handlers.js";
 import { subscribeHandler } from "./api/subscribe-handler.js";
@@ -323,6 +323,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     jsonOptions,
     requestGate,
     readMaxBytes: config.limits.maxRequestBytes,
+    maxTimeoutMs: MAX_TIMEOUT_MS,
     contextValues: (req) =>
       createContextValues()
         .set(kRequestLog, req.log)
@@ -347,6 +348,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
         interceptors,
         requestGate,
         readMaxBytes: config.limits.maxRequestBytes,
+        maxTimeoutMs: MAX_TIMEOUT_MS,
         log: app.log,
         requestId: requestIdOf,
         contextValues: (stream, requestId, log) =>

@@ -209,6 +209,36 @@ describe("SaveEvents over binary gRPC without Fastify and Connect's pipeline", (
     });
   }
 
+  it("answers bytes that are not protobuf with INVALID_ARGUMENT also when the deadline has passed", async () => {
+    const junk = envelope(Buffer.from([0x17, 0x01]));
+    for (const headers of [{ "grpc-timeout": "0n" }, { "grpc-timeout": "1u" }]) {
+      const [a, b] = await both(junk, headers);
+      expect(a.grpcStatus).toBe("3");
+      expect(decodeURIComponent(a.grpcMessage ?? "")).toContain(
+        "the request body is not a valid message",
+      );
+      expect(a).toEqual(b);
+    }
+    // The deadline passes while the body is still arriving.
+    const [a, b] = await both(junk, { "grpc-timeout": "50m" }, SAVE, 200);
+    expect(a.grpcStatus).toBe("3");
+    expect(a).toEqual(b);
+  });
+
+  it("refuses a deadline longer than Node's timers take with INVALID_ARGUMENT, and takes the longest", async () => {
+    for (const timeout of ["597H", "35792M", "2147484S", "99999999H"]) {
+      const [a, b] = await both(envelope(save("default", "far")), { "grpc-timeout": timeout });
+      expect(a.grpcStatus).toBe("3");
+      expect(decodeURIComponent(a.grpcMessage ?? "")).toContain("must be <= 2147483647");
+      expect(a).toEqual(b);
+    }
+    const [a, b] = await both(envelope(save("", "x")), { "grpc-timeout": "596H" });
+    // Served (and refused by validation, so that nothing is written): not a deadline.
+    expect(a.grpcStatus).toBe("3");
+    expect(decodeURIComponent(a.grpcMessage ?? "")).not.toContain("must be <=");
+    expect(a).toEqual(b);
+  });
+
   it("wrote nothing for any refused call: each store holds the same two events", async () => {
     for (const app of [lean, connect]) {
       const events = await app.store.read({

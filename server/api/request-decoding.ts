@@ -24,23 +24,33 @@ const MAX_MESSAGE_CHARS = 2 * QUOTE_MAX_CHARS + 56;
 const CUT = "… (cut)";
 
 /**
+ * The longest deadline a call may ask for (`grpc-timeout`, `Connect-Timeout-Ms`): the longest delay
+ * Node's timers take, about 24.8 days. Connect arms the deadline with setTimeout, which runs a
+ * longer delay after 1 ms, so a call asking for 597 hours failed at once with DEADLINE_EXCEEDED;
+ * past this it is refused with INVALID_ARGUMENT, which names the limit.
+ */
+export const MAX_TIMEOUT_MS = 2 ** 31 - 1;
+
+/**
  * Connect 2.2 turns a binary body that protobuf cannot parse (truncated, not protobuf, strings
  * that are not UTF-8) into INTERNAL "parse binary: ...", and decodes a unary request before any
  * interceptor runs, so errors.ts never sees it. Every protocol handler aborts the call's context
- * with the error just before writing it: this gate, which runs first for every call, is the one
- * place that sees them all. The error is corrected in place because the handler writes the very
- * object it aborted with.
+ * with the error just before writing it (`context.abort(error)`): this gate, which runs first for
+ * every call, wraps that method, the one place that sees them all. The error is corrected in place
+ * because the handler writes the very object it aborted with. (Not a listener on the context's
+ * signal: a deadline that passed first, or had passed before the call began, aborts the signal,
+ * and a signal aborts once, so the error written after it went uncorrected.)
  */
 export function requestGate(context: HandlerContext): void {
   if (context.requestMethod === "GET") checkGetMessage(context.url);
-  context.signal.addEventListener(
-    "abort",
-    () => {
-      const error: unknown = context.signal.reason;
-      if (error instanceof ConnectError) correct(error);
-    },
-    { once: true },
-  );
+  // Every handler's context is createHandlerContext's, a plain object with an `abort` method that
+  // the HandlerContext type leaves out.
+  const controller = context as HandlerContext & { abort(reason?: unknown): void };
+  const abort = controller.abort.bind(controller);
+  controller.abort = (reason?: unknown) => {
+    if (reason instanceof ConnectError) correct(reason);
+    abort(reason);
+  };
 }
 
 function correct(error: ConnectError): void {

@@ -30,6 +30,8 @@ export interface GrpcUnaryPathOptions {
   readonly requestGate: (context: HandlerContext) => void;
   /** Connect's readMaxBytes: the largest request message. */
   readonly readMaxBytes: number;
+  /** Connect's maxTimeoutMs: the longest deadline a call may ask for. */
+  readonly maxTimeoutMs: number;
   readonly log: FastifyBaseLogger;
   /** Request id taken from the x-request-id header, or made up (as Fastify's genReqId). */
   readonly requestId: (given: string | string[] | undefined) => string;
@@ -103,7 +105,7 @@ export function grpcUnaryPath(options: GrpcUnaryPathOptions): StreamRoute {
     // Without a listener, a stream error (a reset while writing) would end the process.
     stream.on("error", () => {});
 
-    const timeout = parseTimeout(single(headers["grpc-timeout"]) ?? null, Number.MAX_SAFE_INTEGER);
+    const timeout = parseTimeout(single(headers["grpc-timeout"]) ?? null, options.maxTimeoutMs);
     const method = route.spec.method;
     const context = createHandlerContext({
       ...route.spec,
