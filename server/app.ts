@@ -42,6 +42,7 @@ import { MessageAuth } from "./broker/message-auth.js";
 import type { Config } from "./config.js";
 import { HealthMonitor } from "./health/monitor.js";
 import { databaseDependency, natsDependency } from "./health/probes.js";
+import { BodyBudget } from "./http/body-budget.js";
 import { clientOf } from "./http/client-identity.js";
 import { connectPlugin } from "./http/connect-plugin.js";
 import { registerConsole } from "./http/console.js";
@@ -278,6 +279,10 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     ...subscribeHandler(subscribeDeps),
     ...pubsubHandler(pubsubDeps),
   };
+  const bodyBudget = new BodyBudget(
+    config.connections.maxConnectionBodyBytes,
+    config.connections.maxBodyBytes,
+  );
   const interceptors = [
     ...(observability.interceptor ? [observability.interceptor] : []),
     errorInterceptor,
@@ -324,6 +329,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     requestGate,
     readMaxBytes: config.limits.maxRequestBytes,
     maxTimeoutMs: MAX_TIMEOUT_MS,
+    bodies: { budget: bodyBudget, connection: (req) => connectionOf(req.raw) },
     contextValues: (req) =>
       createContextValues()
         .set(kRequestLog, req.log)
@@ -349,6 +355,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
         requestGate,
         readMaxBytes: config.limits.maxRequestBytes,
         maxTimeoutMs: MAX_TIMEOUT_MS,
+        bodyBudget,
         log: app.log,
         requestId: requestIdOf,
         contextValues: (stream, requestId, log) =>

@@ -126,6 +126,10 @@ export interface ConnectionLimits {
   readonly maxStreamsPerConnection: number;
   readonly maxConnectionsPerAddress: number;
   readonly maxConnections: number;
+  /** Bytes of request bodies still arriving on one connection (body-budget.ts). */
+  readonly maxConnectionBodyBytes: number;
+  /** Bytes of request bodies still arriving at the process, all connections together. */
+  readonly maxBodyBytes: number;
 }
 
 export class ConfigError extends Error {
@@ -134,6 +138,7 @@ export class ConfigError extends Error {
 
 type Source = Readonly<Record<string, string | undefined>>;
 
+const MiB = 1024 * 1024;
 const BOUNDARY = /^[a-z][a-z0-9_]{0,62}$/;
 /** The user names of API.md. */
 export const USER_NAME = /^[a-zA-Z0-9_.@-]{1,64}$/;
@@ -322,7 +327,7 @@ export function loadConfig(
     throw new ConfigError(`ORISUN_LOG_FORMAT: must be json or pretty, got "${logFormat}"`);
   }
   const workers = workerCount(merged);
-  const MiB = 1024 * 1024;
+  const maxRequestBytes = integer(merged, "ORISUN_MAX_REQUEST_BYTES", 4 * MiB, 1024, 1024 * MiB);
   const pubsubRetentionMs = duration(merged, "ORISUN_PUBSUB_RETENTION", 86_400_000);
   // Below the retention, a member returning within it would miss messages its group had kept.
   const pubsubGroupExpiryMs = duration(
@@ -429,7 +434,7 @@ export function loadConfig(
       maxEventDataBytes: integer(merged, "ORISUN_MAX_EVENT_BYTES", MiB, 1, 64 * MiB),
       maxTagsPerEvent: integer(merged, "ORISUN_MAX_TAGS_PER_EVENT", 64, 1, 10_000),
       maxTagBytes: integer(merged, "ORISUN_MAX_TAG_BYTES", 256, 1, 65_536),
-      maxRequestBytes: integer(merged, "ORISUN_MAX_REQUEST_BYTES", 4 * MiB, 1024, 1024 * MiB),
+      maxRequestBytes,
       maxCriteria: integer(merged, "ORISUN_MAX_CRITERIA", 100, 1, 10_000),
       maxMessageBytes: integer(merged, "ORISUN_MAX_MESSAGE_BYTES", MiB, 1, 64 * MiB),
     },
@@ -449,9 +454,42 @@ export function loadConfig(
       // Below the common soft limit of 1,024 descriptors, leaving room for the database pool,
       // NATS and files: past the limit every accept and open fails, not only the extra clients.
       maxConnections: integer(merged, "ORISUN_MAX_CONNECTIONS", 900, 1, 1_000_000),
+      ...bodyBudgets(merged, maxRequestBytes),
     },
     auth: authConfig(merged, host),
   };
+}
+
+/**
+ * ORISUN_MAX_CONNECTION_BODY_BYTES and ORISUN_MAX_BODY_BYTES: each must let one request of the
+ * largest size through, and a connection may not be given more than the process.
+ */
+function bodyBudgets(env: Source, maxRequestBytes: number) {
+  const maxConnectionBodyBytes = integer(
+    env,
+    "ORISUN_MAX_CONNECTION_BODY_BYTES",
+    Math.max(32 * MiB, maxRequestBytes),
+    1024,
+    64 * 1024 * MiB,
+  );
+  const maxBodyBytes = integer(
+    env,
+    "ORISUN_MAX_BODY_BYTES",
+    Math.max(512 * MiB, maxConnectionBodyBytes),
+    1024,
+    1024 * 1024 * MiB,
+  );
+  if (maxConnectionBodyBytes < maxRequestBytes) {
+    throw new ConfigError(
+      `ORISUN_MAX_CONNECTION_BODY_BYTES: must be at least ORISUN_MAX_REQUEST_BYTES (${maxRequestBytes}), got ${maxConnectionBodyBytes}`,
+    );
+  }
+  if (maxBodyBytes < maxConnectionBodyBytes) {
+    throw new ConfigError(
+      `ORISUN_MAX_BODY_BYTES: must be at least ORISUN_MAX_CONNECTION_BODY_BYTES (${maxConnectionBodyBytes}), got ${maxBodyBytes}`,
+    );
+  }
+  return { maxConnectionBodyBytes, maxBodyBytes };
 }
 
 function authConfig(env: Source, host: string): AuthConfig {

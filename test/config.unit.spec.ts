@@ -127,6 +127,8 @@ describe("loadConfig environment parsing", () => {
       maxStreamsPerConnection: 100,
       maxConnectionsPerAddress: 256,
       maxConnections: 900,
+      maxConnectionBodyBytes: 32 * 1024 * 1024,
+      maxBodyBytes: 512 * 1024 * 1024,
     });
     const c = loadConfig(
       {
@@ -136,6 +138,8 @@ describe("loadConfig environment parsing", () => {
         ORISUN_MAX_STREAMS_PER_CONNECTION: "8",
         ORISUN_MAX_CONNECTIONS_PER_ADDRESS: "16",
         ORISUN_MAX_CONNECTIONS: "4000",
+        ORISUN_MAX_CONNECTION_BODY_BYTES: "8388608",
+        ORISUN_MAX_BODY_BYTES: "67108864",
       },
       [],
     );
@@ -146,7 +150,24 @@ describe("loadConfig environment parsing", () => {
       maxStreamsPerConnection: 8,
       maxConnectionsPerAddress: 16,
       maxConnections: 4000,
+      maxConnectionBodyBytes: 8 * 1024 * 1024,
+      maxBodyBytes: 64 * 1024 * 1024,
     });
+  });
+
+  it("bounds request bodies in flight so that one request of the largest size fits", () => {
+    // Defaults follow a larger request limit.
+    const big = loadConfig({ ORISUN_MAX_REQUEST_BYTES: String(64 * 1024 * 1024) }, []);
+    expect(big.connections.maxConnectionBodyBytes).toBe(64 * 1024 * 1024);
+    rejects(
+      { ORISUN_MAX_REQUEST_BYTES: "8192", ORISUN_MAX_CONNECTION_BODY_BYTES: "4096" },
+      "ORISUN_MAX_CONNECTION_BODY_BYTES: must be at least ORISUN_MAX_REQUEST_BYTES",
+    );
+    rejects(
+      { ORISUN_MAX_CONNECTION_BODY_BYTES: "67108864", ORISUN_MAX_BODY_BYTES: "33554432" },
+      "ORISUN_MAX_BODY_BYTES: must be at least ORISUN_MAX_CONNECTION_BODY_BYTES",
+    );
+    rejects({ ORISUN_MAX_BODY_BYTES: "lots" }, "ORISUN_MAX_BODY_BYTES");
   });
 
   it("reads the NATS credentials file setting, refusing it next to credentials in the URL", () => {

@@ -16,12 +16,18 @@ import {
   universalResponseToNodeResponse,
 } from "@connectrpc/connect-node";
 import type { FastifyInstance, FastifyRequest } from "fastify";
+import type { BodyBudget } from "./body-budget.js";
 import { isClientGone } from "./client-gone.js";
 
 export interface ConnectPluginOptions extends ConnectRouterOptions {
   readonly routes: (router: ConnectRouter) => void;
   /** Context values for a call, from its Fastify request. */
   readonly contextValues: (req: FastifyRequest) => ContextValues;
+  /**
+   * Bounds the request bodies still arriving (body-budget.ts), with the connection a request came
+   * on. Client-streaming calls are left out: their body is read message by message as it is used.
+   */
+  readonly bodies?: { readonly budget: BodyBudget; connection(req: FastifyRequest): object };
 }
 
 /**
@@ -67,16 +73,24 @@ export function connectPlugin(
     instance.addContentTypeParser(type, untouched);
   }
   for (const handler of router.handlers) {
+    const kind = handler.method.methodKind;
+    const metered = kind === "unary" || kind === "server_streaming";
     instance.all(handler.requestPath, async (req, reply) => {
+      const request = universalRequestFromNodeRequest(
+        req.raw,
+        reply.raw,
+        undefined,
+        options.contextValues(req),
+      );
+      const meter =
+        metered && options.bodies && request.body !== undefined && isBytes(request.body)
+          ? options.bodies.budget.meter(options.bodies.connection(req))
+          : undefined;
+      if (meter && options.bodies && isBytes(request.body)) {
+        request.body = options.bodies.budget.metered(request.body, meter);
+      }
       try {
-        const response = await handler(
-          universalRequestFromNodeRequest(
-            req.raw,
-            reply.raw,
-            undefined,
-            options.contextValues(req),
-          ),
-        );
+        const response = await handler(request);
         // Headers set on the reply (by hooks) reach the client only through reply.send, which
         // is not used here.
         for (const [key, value] of Object.entries(reply.getHeaders())) {
@@ -89,8 +103,14 @@ export function connectPlugin(
         else if (ConnectError.from(error).code !== Code.Aborted) {
           req.log.error({ err: error, rpc }, "response failed");
         }
+      } finally {
+        meter?.release();
       }
     });
   }
   done();
+}
+
+function isBytes(body: unknown): body is AsyncIterable<Uint8Array> {
+  return typeof body === "object" && body !== null && Symbol.asyncIterator in body;
 }

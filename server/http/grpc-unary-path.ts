@@ -18,6 +18,7 @@ import {
 import { parseTimeout, setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
 import { compressionBrotli, compressionGzip } from "@connectrpc/connect-node";
 import type { FastifyBaseLogger } from "fastify";
+import type { BodyBudget, BodyMeter } from "./body-budget.js";
 
 /** A unary method served here, with the implementation Connect's router has (createMethodImplSpec). */
 export type UnaryRoute = MethodImplSpec & { kind: "unary" };
@@ -32,6 +33,8 @@ export interface GrpcUnaryPathOptions {
   readonly readMaxBytes: number;
   /** Connect's maxTimeoutMs: the longest deadline a call may ask for. */
   readonly maxTimeoutMs: number;
+  /** Bounds the request bodies still arriving, per HTTP/2 session and in all (body-budget.ts). */
+  readonly bodyBudget?: BodyBudget;
   readonly log: FastifyBaseLogger;
   /** Request id taken from the x-request-id header, or made up (as Fastify's genReqId). */
   readonly requestId: (given: string | string[] | undefined) => string;
@@ -135,8 +138,12 @@ export function grpcUnaryPath(options: GrpcUnaryPathOptions): StreamRoute {
       if (timeout.error) throw timeout.error;
       const serialization = route.serialization.getI(true);
       // Only the client's going away stops the read, not the deadline (see readUnaryMessage).
-      const input = await readUnaryMessage(stream, options.readMaxBytes, closed.signal, (bytes) =>
-        serialization.parse(bytes),
+      const input = await readUnaryMessage(
+        stream,
+        options.readMaxBytes,
+        closed.signal,
+        (bytes) => serialization.parse(bytes),
+        options.bodyBudget?.meter(stream.session ?? stream),
       );
       const output = await invokeUnaryImplementation(
         route.spec,
@@ -218,6 +225,8 @@ function readUnaryMessage<T>(
   maxBytes: number,
   signal: AbortSignal,
   parse: (bytes: Uint8Array) => T,
+  /** Charged for each chunk as it arrives, let go once the body is read or given up. */
+  meter?: BodyMeter,
 ): Promise<T> {
   return new Promise<T>((resolve, reject) => {
     const messages: T[] = [];
@@ -225,6 +234,7 @@ function readUnaryMessage<T>(
     let data: Buffer | undefined;
     let filled = 0;
     const finish = (error: unknown, value?: T) => {
+      meter?.release();
       stream.off("data", onData);
       stream.off("end", onEnd);
       signal.removeEventListener("abort", onAbort);
@@ -238,6 +248,7 @@ function readUnaryMessage<T>(
     const onAbort = () => finish(signal.reason);
     const onData = (chunk: Buffer) => {
       try {
+        meter?.add(chunk.length);
         let at = 0;
         while (at < chunk.length) {
           if (data === undefined) {
