@@ -16,7 +16,7 @@ import {
   universalResponseToNodeResponse,
 } from "@connectrpc/connect-node";
 import type { FastifyInstance, FastifyRequest } from "fastify";
-import type { BodyBudget } from "./body-budget.js";
+import type { BodyBudget, BodyMeter } from "./body-budget.js";
 import { isClientGone } from "./client-gone.js";
 
 export interface ConnectPluginOptions extends ConnectRouterOptions {
@@ -76,20 +76,19 @@ export function connectPlugin(
     const kind = handler.method.methodKind;
     const metered = kind === "unary" || kind === "server_streaming";
     instance.all(handler.requestPath, async (req, reply) => {
-      const request = universalRequestFromNodeRequest(
-        req.raw,
-        reply.raw,
-        undefined,
-        options.contextValues(req),
-      );
-      const meter =
-        metered && options.bodies && request.body !== undefined && isBytes(request.body)
-          ? options.bodies.budget.meter(options.bodies.connection(req))
-          : undefined;
-      if (meter && options.bodies && isBytes(request.body)) {
-        request.body = options.bodies.budget.metered(request.body, meter);
-      }
+      let meter: BodyMeter | undefined;
       try {
+        const request = universalRequestFromNodeRequest(
+          req.raw,
+          reply.raw,
+          undefined,
+          options.contextValues(req),
+        );
+        const bodies = metered ? options.bodies : undefined;
+        if (bodies && isBytes(request.body)) {
+          meter = bodies.budget.meter(bodies.connection(req));
+          request.body = bodies.budget.metered(request.body, meter);
+        }
         const response = await handler(request);
         // Headers set on the reply (by hooks) reach the client only through reply.send, which
         // is not used here.
