@@ -355,7 +355,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
         requestGate,
         readMaxBytes: config.limits.maxRequestBytes,
         maxTimeoutMs: MAX_TIMEOUT_MS,
-        bodyBudget,
+        bodies: { budget: bodyBudget, connection: connectionOf },
         log: app.log,
         requestId: requestIdOf,
         contextValues: (stream, requestId, log) =>

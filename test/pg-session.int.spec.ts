@@ -2,7 +2,7 @@ import { execFileSync } from "node:child_process";
 import { afterAll, describe, expect, it } from "vitest";
 import { ListenConnection } from "../server/store/listen-connection.js";
 import { SessionLocks } from "../server/store/session-locks.js";
-import { freshSchema, PG_PORT, PG_URL, withPostgres } from "./support/databases.js";
+import { freshSchema, PG_PORT, PG_URL, TEST_DATABASE, withPostgres } from "./support/databases.js";
 
 /**
  * The long-lived sessions notice a dead peer within seconds on both ends: their sockets, the
@@ -43,7 +43,7 @@ async function expectKeepalives(port: number): Promise<void> {
 
 /** The client port of the backend, found by what it runs or holds. */
 async function clientPort(where: string, parameters: unknown[]): Promise<number> {
-  return withPostgres("postgres", async (client) => {
+  return withPostgres(TEST_DATABASE, async (client) => {
     const { rows } = await client.query<{ client_port: number }>(
       `SELECT client_port FROM pg_stat_activity WHERE ${where}`,
       parameters,

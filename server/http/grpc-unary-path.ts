@@ -33,8 +33,14 @@ export interface GrpcUnaryPathOptions {
   readonly readMaxBytes: number;
   /** Connect's maxTimeoutMs: the longest deadline a call may ask for. */
   readonly maxTimeoutMs: number;
-  /** Bounds the request bodies still arriving, per HTTP/2 session and in all (body-budget.ts). */
-  readonly bodyBudget?: BodyBudget;
+  /**
+   * Bounds the request bodies still arriving (body-budget.ts), with the connection a stream came
+   * on, as Connect's routes are given them (connect-plugin.ts).
+   */
+  readonly bodies?: {
+    readonly budget: BodyBudget;
+    connection(stream: ServerHttp2Stream): object;
+  };
   readonly log: FastifyBaseLogger;
   /** Request id taken from the x-request-id header, or made up (as Fastify's genReqId). */
   readonly requestId: (given: string | string[] | undefined) => string;
@@ -143,7 +149,7 @@ export function grpcUnaryPath(options: GrpcUnaryPathOptions): StreamRoute {
         options.readMaxBytes,
         closed.signal,
         (bytes) => serialization.parse(bytes),
-        options.bodyBudget?.meter(stream.session ?? stream),
+        options.bodies?.budget.meter(options.bodies.connection(stream)),
       );
       const output = await invokeUnaryImplementation(
         route.spec,
