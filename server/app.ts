@@ -66,6 +66,8 @@ export interface RunningApp {
   readonly encodings: LiveEncodings;
   /** Checks credentials of plain HTTP routes (authorizeAdminRequest for GET /metrics). */
   readonly authorization: Authorization;
+  /** Request bodies still arriving (for tests). */
+  readonly bodies: BodyBudget;
   /** Stops accepting, lets in-flight calls finish (up to `graceMs`), ends streams, closes pools. */
   close(graceMs?: number): Promise<void>;
 }
@@ -283,6 +285,8 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     config.connections.maxConnectionBodyBytes,
     config.connections.maxBodyBytes,
   );
+  // With authentication on, a call is authenticated from its headers before its body is read.
+  const admit = authenticator ? authorization.admit.bind(authorization) : undefined;
   const interceptors = [
     ...(observability.interceptor ? [observability.interceptor] : []),
     errorInterceptor,
@@ -330,6 +334,8 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     readMaxBytes: config.limits.maxRequestBytes,
     maxTimeoutMs: MAX_TIMEOUT_MS,
     bodies: { budget: bodyBudget, connection: (req) => connectionOf(req.raw) },
+    admit,
+    bodyTimeoutMs: config.connections.bodyTimeoutMs,
     contextValues: (req) =>
       createContextValues()
         .set(kRequestLog, req.log)
@@ -356,6 +362,8 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
         readMaxBytes: config.limits.maxRequestBytes,
         maxTimeoutMs: MAX_TIMEOUT_MS,
         bodies: { budget: bodyBudget, connection: connectionOf },
+        admit,
+        bodyTimeoutMs: config.connections.bodyTimeoutMs,
         log: app.log,
         requestId: requestIdOf,
         contextValues: (stream, requestId, log) =>
@@ -408,6 +416,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     log: app.log,
     encodings,
     authorization,
+    bodies: bodyBudget,
     close(graceMs = 10_000) {
       closing ??= (async () => {
         // NOT_SERVING first, so that watchers hear it before their streams end.

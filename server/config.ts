@@ -130,6 +130,8 @@ export interface ConnectionLimits {
   readonly maxConnectionBodyBytes: number;
   /** Bytes of request bodies still arriving at the process, all connections together. */
   readonly maxBodyBytes: number;
+  /** From a call's arrival to the end of its request body (unary and server-streaming calls). */
+  readonly bodyTimeoutMs: number;
 }
 
 export class ConfigError extends Error {
@@ -327,6 +329,7 @@ export function loadConfig(
     throw new ConfigError(`ORISUN_LOG_FORMAT: must be json or pretty, got "${logFormat}"`);
   }
   const workers = workerCount(merged);
+  const headersTimeoutMs = timeout(merged, "ORISUN_HEADERS_TIMEOUT", 15_000);
   const maxRequestBytes = integer(merged, "ORISUN_MAX_REQUEST_BYTES", 4 * MiB, 1024, 1024 * MiB);
   const pubsubRetentionMs = duration(merged, "ORISUN_PUBSUB_RETENTION", 86_400_000);
   // Below the retention, a member returning within it would miss messages its group had kept.
@@ -441,7 +444,7 @@ export function loadConfig(
     observability: observabilityConfig(merged, env),
     connections: {
       handshakeTimeoutMs: timeout(merged, "ORISUN_HANDSHAKE_TIMEOUT", 10_000),
-      headersTimeoutMs: timeout(merged, "ORISUN_HEADERS_TIMEOUT", 15_000),
+      headersTimeoutMs,
       idleTimeoutMs: timeout(merged, "ORISUN_IDLE_TIMEOUT", 120_000),
       maxStreamsPerConnection: integer(merged, "ORISUN_MAX_STREAMS_PER_CONNECTION", 100, 1, 10_000),
       maxConnectionsPerAddress: integer(
@@ -455,9 +458,21 @@ export function loadConfig(
       // NATS and files: past the limit every accept and open fails, not only the extra clients.
       maxConnections: integer(merged, "ORISUN_MAX_CONNECTIONS", 900, 1, 1_000_000),
       ...bodyBudgets(merged, maxRequestBytes),
+      bodyTimeoutMs: bodyTimeout(merged, headersTimeoutMs),
     },
     auth: authConfig(merged, host),
   };
+}
+
+/** ORISUN_BODY_TIMEOUT: a body cannot be due before its request's headers (Node's HTTP/1.1 rule too). */
+function bodyTimeout(env: Source, headersTimeoutMs: number): number {
+  const ms = timeout(env, "ORISUN_BODY_TIMEOUT", Math.max(30_000, headersTimeoutMs));
+  if (ms < headersTimeoutMs) {
+    throw new ConfigError(
+      `ORISUN_BODY_TIMEOUT: must be at least ORISUN_HEADERS_TIMEOUT (${headersTimeoutMs} ms), got "${env.ORISUN_BODY_TIMEOUT}"`,
+    );
+  }
+  return ms;
 }
 
 /**

@@ -129,6 +129,7 @@ describe("loadConfig environment parsing", () => {
       maxConnections: 900,
       maxConnectionBodyBytes: 32 * 1024 * 1024,
       maxBodyBytes: 512 * 1024 * 1024,
+      bodyTimeoutMs: 30_000,
     });
     const c = loadConfig(
       {
@@ -140,6 +141,7 @@ describe("loadConfig environment parsing", () => {
         ORISUN_MAX_CONNECTIONS: "4000",
         ORISUN_MAX_CONNECTION_BODY_BYTES: "8388608",
         ORISUN_MAX_BODY_BYTES: "67108864",
+        ORISUN_BODY_TIMEOUT: "90s",
       },
       [],
     );
@@ -152,7 +154,17 @@ describe("loadConfig environment parsing", () => {
       maxConnections: 4000,
       maxConnectionBodyBytes: 8 * 1024 * 1024,
       maxBodyBytes: 64 * 1024 * 1024,
+      bodyTimeoutMs: 90_000,
     });
+    expect(() => loadConfig({ ORISUN_BODY_TIMEOUT: "10s" }, [])).toThrow(
+      'ORISUN_BODY_TIMEOUT: must be at least ORISUN_HEADERS_TIMEOUT (15000 ms), got "10s"',
+    );
+    expect(loadConfig({ ORISUN_HEADERS_TIMEOUT: "1m" }, []).connections.bodyTimeoutMs).toBe(60_000);
+    for (const bad of ["0s", "soon", "25d"]) {
+      expect(() => loadConfig({ ORISUN_BODY_TIMEOUT: bad }, [])).toThrow(
+        /^ORISUN_BODY_TIMEOUT: must be/,
+      );
+    }
   });
 
   it("bounds request bodies in flight so that one request of the largest size fits", () => {

@@ -1,6 +1,8 @@
+import type { DescMethod } from "@bufbuild/protobuf";
 import {
   Code,
   ConnectError,
+  type ContextValues,
   createContextKey,
   type Interceptor,
   type StreamRequest,
@@ -18,6 +20,13 @@ import { kRequestLog } from "./errors.js";
 export const kPrincipal = createContextKey<Principal | undefined>(undefined);
 /** The caller's address and verified client certificate, from Fastify. */
 export const kClient = createContextKey<ClientInfo>({ address: "unknown" });
+/**
+ * The caller as authenticated from the call's headers before its body was read (`admit`), and the
+ * generation of principals it was authenticated in.
+ */
+const kAdmitted = createContextKey<{ principal: Principal; generation: number } | undefined>(
+  undefined,
+);
 
 /** What a method needs once the caller is known: a permission, or only to be signed in. */
 type Rule = (message: Record<string, unknown>, principal: Principal) => Need | "authenticated";
@@ -78,6 +87,26 @@ export class Authorization {
     auth?.onChange(() => this.scheduleRecheck());
   }
 
+  /**
+   * Authenticates a call from its headers alone, before its body is read, so that a caller
+   * without valid credentials makes the server read (and hold) none of its body: the transports
+   * read the body only once this has settled, and answer its error instead. The interceptor then
+   * uses the principal found here, unless principals changed in between. Permissions need the
+   * message, so they are still checked by the interceptor. Open services and authentication off:
+   * nothing to do.
+   */
+  async admit(method: DescMethod, header: string | undefined, values: ContextValues) {
+    if (!this.auth || OPEN.has(method.parent.typeName)) return;
+    const generation = this.auth.currentGeneration;
+    const principal = await this.authenticate(
+      header,
+      values.get(kClient),
+      `${method.parent.typeName}/${method.name}`,
+      values.get(kRequestLog),
+    );
+    values.set(kAdmitted, { principal, generation });
+  }
+
   readonly interceptor: Interceptor = (next) => async (req) => {
     const method = `${req.service.typeName}/${req.method.name}`;
     if (OPEN.has(req.service.typeName)) return next(req);
@@ -87,13 +116,14 @@ export class Authorization {
     }
     const log = req.contextValues.get(kRequestLog);
     const client = req.contextValues.get(kClient);
-    const generation = this.auth.currentGeneration;
-    const principal = await this.authenticate(
-      req.header.get("authorization") ?? undefined,
-      client,
-      method,
-      log,
-    );
+    const admitted = req.contextValues.get(kAdmitted);
+    // Admitted in this generation: still valid; otherwise (a change while the body arrived, or a
+    // transport that did not admit) authenticate now.
+    const current = admitted?.generation === this.auth.currentGeneration ? admitted : undefined;
+    const generation = current?.generation ?? this.auth.currentGeneration;
+    const principal =
+      current?.principal ??
+      (await this.authenticate(req.header.get("authorization") ?? undefined, client, method, log));
     const [message, request] = await firstMessage(req);
     const need = (RULES[method] ?? admin)(message, principal);
     if (need !== "authenticated" && !allows(principal, need)) {

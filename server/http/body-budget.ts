@@ -2,10 +2,11 @@ import { Code, ConnectError } from "@connectrpc/connect";
 
 /**
  * The bytes of request bodies still arriving, per connection and for the whole process, each under
- * a budget. A request's body is read whole before authentication and the request's own limits
- * apply (Connect decodes a unary message before any interceptor runs), so without this one
- * connection could make the server hold its streams × ORISUN_MAX_REQUEST_BYTES for as long as it
- * kept them unfinished, whether or not it had credentials.
+ * a budget. A request's body is read whole before the request's own limits apply (Connect decodes
+ * a unary message before any interceptor runs), so without this one connection could make the
+ * server hold its streams × ORISUN_MAX_REQUEST_BYTES for as long as it kept them unfinished: any
+ * client with authentication off, any signed-in one with it on (request-body.ts reads nothing of a
+ * body before its call is authenticated).
  *
  * A body is charged as its bytes arrive and let go once it is complete (or the call ended): what is
  * bounded is what clients can make the server hold by sending slowly or never finishing, not the
@@ -58,24 +59,6 @@ export class BodyBudget {
         charged = 0;
       },
     };
-  }
-
-  /**
-   * The body as an async iterable that charges each chunk as it comes and lets all of it go once
-   * the body is complete or given up; `meter.release()` also lets go (the call ended).
-   */
-  async *metered(
-    body: AsyncIterable<Uint8Array>,
-    meter: BodyMeter,
-  ): AsyncGenerator<Uint8Array, void, undefined> {
-    try {
-      for await (const chunk of body) {
-        meter.add(chunk.byteLength);
-        yield chunk;
-      }
-    } finally {
-      meter.release();
-    }
   }
 }
 

@@ -1,3 +1,5 @@
+import { Http2ServerRequest } from "node:http2";
+import type { DescMethod } from "@bufbuild/protobuf";
 import {
   Code,
   ConnectError,
@@ -18,6 +20,7 @@ import {
 import type { FastifyInstance, FastifyRequest } from "fastify";
 import type { BodyBudget, BodyMeter } from "./body-budget.js";
 import { isClientGone } from "./client-gone.js";
+import { endUnfinishedRequest, guardedBody } from "./request-body.js";
 
 export interface ConnectPluginOptions extends ConnectRouterOptions {
   readonly routes: (router: ConnectRouter) => void;
@@ -28,6 +31,17 @@ export interface ConnectPluginOptions extends ConnectRouterOptions {
    * on. Client-streaming calls are left out: their body is read message by message as it is used.
    */
   readonly bodies?: { readonly budget: BodyBudget; connection(req: FastifyRequest): object };
+  /**
+   * Admits a call from its headers before any of its body is read (api/authorization.ts `admit`),
+   * recording what it found in the call's context values; a rejection is the call's answer.
+   */
+  readonly admit?: (
+    method: DescMethod,
+    authorization: string | undefined,
+    values: ContextValues,
+  ) => Promise<void>;
+  /** ORISUN_BODY_TIMEOUT: a call's body must have arrived this long after the call began. */
+  readonly bodyTimeoutMs: number;
 }
 
 /**
@@ -78,16 +92,21 @@ export function connectPlugin(
     instance.all(handler.requestPath, async (req, reply) => {
       let meter: BodyMeter | undefined;
       try {
-        const request = universalRequestFromNodeRequest(
-          req.raw,
-          reply.raw,
-          undefined,
-          options.contextValues(req),
-        );
+        const values = options.contextValues(req);
+        const request = universalRequestFromNodeRequest(req.raw, reply.raw, undefined, values);
+        const admitted = options.admit?.(handler.method, req.headers.authorization, values);
+        // A GET carries its message in the URL and has no body to wait for: the interceptor then
+        // finds the call not admitted and authenticates it itself.
+        admitted?.catch(() => {});
         const bodies = metered ? options.bodies : undefined;
-        if (bodies && isBytes(request.body)) {
-          meter = bodies.budget.meter(bodies.connection(req));
-          request.body = bodies.budget.metered(request.body, meter);
+        if (isBytes(request.body)) {
+          meter = bodies?.budget.meter(bodies.connection(req));
+          request.body = guardedBody(request.body, {
+            admitted,
+            meter,
+            timeoutMs: options.bodyTimeoutMs,
+            onCutShort: () => stopTheBody(req),
+          });
         }
         const response = await handler(request);
         // Headers set on the reply (by hooks) reach the client only through reply.send, which
@@ -108,6 +127,17 @@ export function connectPlugin(
     });
   }
   done();
+}
+
+/**
+ * A call whose body was given up before its end: over HTTP/2 its stream is reset once the answer
+ * is out (request-body.ts). Over HTTP/1.1 Node reads and drops the rest of the body after the
+ * answer, so that the connection can carry the next request, within ORISUN_BODY_TIMEOUT of the
+ * request's start (one-port.ts); closing at once instead would make the kernel reset a
+ * connection with unread bytes, and the client could lose the answer.
+ */
+function stopTheBody(req: FastifyRequest): void {
+  if (req.raw instanceof Http2ServerRequest) endUnfinishedRequest(req.raw.stream);
 }
 
 function isBytes(body: unknown): body is AsyncIterable<Uint8Array> {

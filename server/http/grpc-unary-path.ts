@@ -1,5 +1,6 @@
 import type { IncomingHttpHeaders, ServerHttp2Stream } from "node:http2";
 import * as http2 from "node:http2";
+import type { DescMethod } from "@bufbuild/protobuf";
 import {
   Code,
   ConnectError,
@@ -19,6 +20,7 @@ import { parseTimeout, setTrailerStatus } from "@connectrpc/connect/protocol-grp
 import { compressionBrotli, compressionGzip } from "@connectrpc/connect-node";
 import type { FastifyBaseLogger } from "fastify";
 import type { BodyBudget, BodyMeter } from "./body-budget.js";
+import { bodyTooSlow, endUnfinishedRequest } from "./request-body.js";
 
 /** A unary method served here, with the implementation Connect's router has (createMethodImplSpec). */
 export type UnaryRoute = MethodImplSpec & { kind: "unary" };
@@ -41,6 +43,14 @@ export interface GrpcUnaryPathOptions {
     readonly budget: BodyBudget;
     connection(stream: ServerHttp2Stream): object;
   };
+  /** Admits a call from its headers before its body is read, as Connect's routes do (connect-plugin.ts). */
+  readonly admit?: (
+    method: DescMethod,
+    authorization: string | undefined,
+    values: ContextValues,
+  ) => Promise<void>;
+  /** ORISUN_BODY_TIMEOUT: a call's body must have arrived this long after the call began. */
+  readonly bodyTimeoutMs: number;
   readonly log: FastifyBaseLogger;
   /** Request id taken from the x-request-id header, or made up (as Fastify's genReqId). */
   readonly requestId: (given: string | string[] | undefined) => string;
@@ -111,11 +121,20 @@ export function grpcUnaryPath(options: GrpcUnaryPathOptions): StreamRoute {
     stream.once("close", () => {
       if (!answered) closed.abort(new ConnectError("the client closed the stream", Code.Canceled));
     });
+    // A body still arriving when ORISUN_BODY_TIMEOUT passes is given up.
+    const reading = new AbortController();
+    const onClosed = () => reading.abort(closed.signal.reason);
+    closed.signal.addEventListener("abort", onClosed, { once: true });
+    const tooSlow = setTimeout(
+      () => reading.abort(bodyTooSlow(options.bodyTimeoutMs)),
+      options.bodyTimeoutMs,
+    );
     // Without a listener, a stream error (a reset while writing) would end the process.
     stream.on("error", () => {});
 
     const timeout = parseTimeout(single(headers["grpc-timeout"]) ?? null, options.maxTimeoutMs);
     const method = route.spec.method;
+    const values = options.contextValues(stream, requestId, log);
     const context = createHandlerContext({
       ...route.spec,
       service: method.parent,
@@ -128,7 +147,7 @@ export function grpcUnaryPath(options: GrpcUnaryPathOptions): StreamRoute {
       url: `${stream.session?.encrypted ? "https" : "http"}://${single(headers[":authority"])}${headers[":path"]}`,
       responseHeader: { "content-type": "application/grpc+proto" },
       responseTrailer: { "grpc-status": "0" },
-      contextValues: options.contextValues(stream, requestId, log),
+      contextValues: values,
     });
     // Requests are never compressed here (see the route below); answers as Connect would.
     const compression = compressionNegotiate(
@@ -139,18 +158,23 @@ export function grpcUnaryPath(options: GrpcUnaryPathOptions): StreamRoute {
     ).response;
     if (compression) context.responseHeader.set("grpc-encoding", compression.name);
     let body: Buffer | undefined;
+    let bodyRead = false;
     try {
       options.requestGate(context);
       if (timeout.error) throw timeout.error;
+      const admitted = options.admit?.(method, single(headers.authorization), values);
+      if (admitted) await untilAborted(admitted, reading.signal);
       const serialization = route.serialization.getI(true);
-      // Only the client's going away stops the read, not the deadline (see readUnaryMessage).
+      // The client's going away or ORISUN_BODY_TIMEOUT stops the read, not the call's deadline
+      // (see readUnaryMessage).
       const input = await readUnaryMessage(
         stream,
         options.readMaxBytes,
-        closed.signal,
+        reading.signal,
         (bytes) => serialization.parse(bytes),
         options.bodies?.budget.meter(options.bodies.connection(stream)),
       );
+      bodyRead = true;
       const output = await invokeUnaryImplementation(
         route.spec,
         context,
@@ -173,6 +197,8 @@ export function grpcUnaryPath(options: GrpcUnaryPathOptions): StreamRoute {
       setTrailerStatus(context.responseTrailer, error);
     }
     answered = true;
+    clearTimeout(tooSlow);
+    closed.signal.removeEventListener("abort", onClosed);
     context.abort(ANSWERED);
     const trailers = plainHeaders(context.responseTrailer);
     if (!stream.destroyed && !stream.closed) {
@@ -183,6 +209,8 @@ export function grpcUnaryPath(options: GrpcUnaryPathOptions): StreamRoute {
         );
         stream.once("wantTrailers", () => stream.sendTrailers(trailers));
         stream.end(body);
+        // Refused before its body ended: the client is told to stop sending once answered.
+        if (!bodyRead) endUnfinishedRequest(stream);
       } catch {
         // The client went away between the check and the write: nothing left to tell it.
       }
@@ -221,10 +249,10 @@ export function grpcUnaryPath(options: GrpcUnaryPathOptions): StreamRoute {
  * Reads the request body: exactly one enveloped message, as Connect's gRPC handler requires of a
  * unary call, with its errors in its order. No more than two envelopes of at most `maxBytes`
  * each are ever held; a longer body is refused as soon as its second envelope is complete, and
- * whatever follows an error is dropped as it arrives. `signal` stops the read; it is the client's
- * closing the stream only, not the deadline: Connect's handler reads the body past a deadline too,
- * and the implementation then refuses the call with its own DEADLINE_EXCEEDED, so both paths give
- * the same answer.
+ * nothing more is read after an error (the stream is reset once answered). `signal` stops the
+ * read: the client's closing the stream or ORISUN_BODY_TIMEOUT, not the call's deadline: Connect's
+ * handler reads the body past a deadline too, and the implementation then refuses the call with
+ * its own DEADLINE_EXCEEDED, so both paths give the same answer.
  */
 function readUnaryMessage<T>(
   stream: ServerHttp2Stream,
@@ -246,8 +274,9 @@ function readUnaryMessage<T>(
       signal.removeEventListener("abort", onAbort);
       if (error === undefined) resolve(value as T);
       else {
-        // The rest of the body is not wanted: read and dropped, so that nothing is held.
-        stream.resume();
+        // The rest of the body is not wanted: not read, so that flow control holds the client
+        // back until the stream is reset.
+        stream.pause();
         reject(error);
       }
     };
@@ -313,6 +342,18 @@ function readUnaryMessage<T>(
     signal.addEventListener("abort", onAbort, { once: true });
     stream.on("data", onData);
     stream.on("end", onEnd);
+    // A body that ended before it was read (none at all, read after admission) has had its "end".
+    if (stream.readableEnded) onEnd();
+  });
+}
+
+/** `promise`, or the signal's reason once it is aborted first. */
+function untilAborted<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) return Promise.reject(signal.reason);
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    signal.addEventListener("abort", onAbort, { once: true });
+    promise.then(resolve, reject).finally(() => signal.removeEventListener("abort", onAbort));
   });
 }
 

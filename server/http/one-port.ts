@@ -204,11 +204,13 @@ export function createOnePort(
   // closeIdleConnections only knows connections of a server that listens itself.)
   const h1Busy = new Map<Socket, number>();
   let draining = false;
-  // A quiet subscription must outlive any request timeout: the client cancels it. Idle means no
-  // request in flight, so the keep-alive timeout never cuts one.
+  // Node's request timeout runs until a request's body has arrived, not while its answer streams
+  // (a quiet subscription outlives it): ORISUN_BODY_TIMEOUT, which also bounds the rest of a body
+  // Node reads and drops after a call was refused before its end. Idle means no request in
+  // flight, so the keep-alive timeout never cuts one.
   const h1 = http.createServer(
     {
-      requestTimeout: 0,
+      requestTimeout: limits.bodyTimeoutMs,
       headersTimeout: limits.headersTimeoutMs,
       keepAliveTimeout: limits.idleTimeoutMs,
       connectionsCheckingInterval: checkEveryMs,
