@@ -28,6 +28,7 @@ import { serverVersion } from "./api/server-version.js";
 import { storeHandlers } from "./api/store-handlers.js";
 import { subscribeHandler } from "./api/subscribe-handler.js";
 import { connectionOf, kConnection, SubscriptionSlots } from "./api/subscription-slots.js";
+import { countLimitsOf } from "./api/wire-counts.js";
 import { Authenticator } from "./auth/authenticator.js";
 import { bootstrapAdmin } from "./auth/bootstrap.js";
 import { PrincipalSignals } from "./auth/principal-signals.js";
@@ -285,6 +286,8 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     config.connections.maxConnectionBodyBytes,
     config.connections.maxBodyBytes,
   );
+  // Counts of entries are checked on a message's bytes before it is decoded (api/wire-counts.ts).
+  const countLimits = countLimitsOf(config.limits);
   // With authentication on, a call is authenticated from its headers before its body is read.
   const admit = authenticator ? authorization.admit.bind(authorization) : undefined;
   const interceptors = [
@@ -336,6 +339,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     bodies: { budget: bodyBudget, connection: (req) => connectionOf(req.raw) },
     admit,
     bodyTimeoutMs: config.connections.bodyTimeoutMs,
+    countLimits,
     contextValues: (req) =>
       createContextValues()
         .set(kRequestLog, req.log)
@@ -364,6 +368,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
         bodies: { budget: bodyBudget, connection: connectionOf },
         admit,
         bodyTimeoutMs: config.connections.bodyTimeoutMs,
+        countLimits,
         log: app.log,
         requestId: requestIdOf,
         contextValues: (stream, requestId, log) =>

@@ -18,6 +18,12 @@ import {
   universalResponseToNodeResponse,
 } from "@connectrpc/connect-node";
 import type { FastifyInstance, FastifyRequest } from "fastify";
+import {
+  type CountLimits,
+  checkBinaryCounts,
+  checkJsonCounts,
+  countedBody,
+} from "../api/wire-counts.js";
 import type { BodyBudget, BodyMeter } from "./body-budget.js";
 import { isClientGone } from "./client-gone.js";
 import { endUnfinishedRequest, guardedBody } from "./request-body.js";
@@ -42,6 +48,8 @@ export interface ConnectPluginOptions extends ConnectRouterOptions {
   ) => Promise<void>;
   /** ORISUN_BODY_TIMEOUT: a call's body must have arrived this long after the call began. */
   readonly bodyTimeoutMs: number;
+  /** The request's count limits, checked on each message's bytes before it is decoded. */
+  readonly countLimits?: CountLimits;
 }
 
 /**
@@ -107,6 +115,15 @@ export function connectPlugin(
             timeoutMs: options.bodyTimeoutMs,
             onCutShort: () => stopTheBody(req),
           });
+          if (options.countLimits) {
+            request.body = countedRequest(
+              request.body,
+              handler.method,
+              req.headers,
+              options.countLimits,
+              options.readMaxBytes ?? 0xffffffff,
+            );
+          }
         }
         const response = await handler(request);
         // Headers set on the reply (by hooks) reach the client only through reply.send, which
@@ -138,6 +155,38 @@ export function connectPlugin(
  */
 function stopTheBody(req: FastifyRequest): void {
   if (req.raw instanceof Http2ServerRequest) endUnfinishedRequest(req.raw.stream);
+}
+
+/**
+ * The body with each message's counts checked before Connect decodes it (api/wire-counts.ts), by
+ * its framing and format: gRPC, gRPC-Web and Connect's streaming protocol frame each message in an
+ * envelope, Connect's unary protocol sends one message as the body. A body compressed as a whole
+ * (Connect's content-encoding) and compressed envelopes are left to Connect unchecked, and so is
+ * gRPC-Web's text (base64) format.
+ */
+function countedRequest(
+  body: AsyncIterable<Uint8Array>,
+  method: DescMethod,
+  headers: FastifyRequest["headers"],
+  limits: CountLimits,
+  maxBytes: number,
+): AsyncIterable<Uint8Array> {
+  const type = (headers["content-type"] ?? "").toLowerCase();
+  const json = /[/+]json\b/.test(type);
+  const whole = type.startsWith("application/proto") || type.startsWith("application/json");
+  if (type.startsWith("application/grpc-web-text")) return body;
+  const encoding = headers["content-encoding"];
+  if (whole && encoding !== undefined && encoding !== "identity") return body;
+  const check = json ? checkJsonCounts : checkBinaryCounts;
+  // Each message of a client stream is named as import-handler.ts names its faults.
+  let index = 0;
+  const at = () => (method.methodKind === "client_streaming" ? `messages[${index++}]` : "");
+  return countedBody(
+    body,
+    whole ? "whole" : "envelope",
+    (message) => check(method.input, message, limits, at()),
+    maxBytes,
+  );
 }
 
 function isBytes(body: unknown): body is AsyncIterable<Uint8Array> {

@@ -19,6 +19,7 @@ import {
 import { parseTimeout, setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
 import { compressionBrotli, compressionGzip } from "@connectrpc/connect-node";
 import type { FastifyBaseLogger } from "fastify";
+import { type CountLimits, checkBinaryCounts } from "../api/wire-counts.js";
 import type { BodyBudget, BodyMeter } from "./body-budget.js";
 import { bodyTooSlow, endUnfinishedRequest } from "./request-body.js";
 
@@ -51,6 +52,8 @@ export interface GrpcUnaryPathOptions {
   ) => Promise<void>;
   /** ORISUN_BODY_TIMEOUT: a call's body must have arrived this long after the call began. */
   readonly bodyTimeoutMs: number;
+  /** The request's count limits, checked on the message's bytes before it is decoded. */
+  readonly countLimits?: CountLimits;
   readonly log: FastifyBaseLogger;
   /** Request id taken from the x-request-id header, or made up (as Fastify's genReqId). */
   readonly requestId: (given: string | string[] | undefined) => string;
@@ -171,7 +174,10 @@ export function grpcUnaryPath(options: GrpcUnaryPathOptions): StreamRoute {
         stream,
         options.readMaxBytes,
         reading.signal,
-        (bytes) => serialization.parse(bytes),
+        (bytes) => {
+          if (options.countLimits) checkBinaryCounts(method.input, bytes, options.countLimits);
+          return serialization.parse(bytes);
+        },
         options.bodies?.budget.meter(options.bodies.connection(stream)),
       );
       bodyRead = true;

@@ -73,7 +73,7 @@ export async function importEvents(
       let writing: Promise<Position> | undefined;
       try {
         let index = 0;
-        for await (const message of messages) {
+        for await (const message of passedOn(messages)) {
           if (signal?.aborted) throw abandoned();
           if (writing) last = await writing;
           writing = write(trx, message, written, instance, `messages[${index++}]`);
@@ -91,7 +91,28 @@ export async function importEvents(
       return { imported: written.imported, heads: written.heads, last };
     });
   } catch (error) {
-    throw databaseError(error);
+    throw isTheClients(error) ? error : databaseError(error);
+  }
+}
+
+/** Errors of the request stream itself: the client's bytes, not the database, are at fault. */
+const clientFaults = new WeakSet<object>();
+
+function isTheClients(error: unknown): boolean {
+  return typeof error === "object" && error !== null && clientFaults.has(error);
+}
+
+/**
+ * The messages, with any error of the stream itself (its decoding, its size, its counts) marked
+ * as the client's, so that it reaches the client with its own code rather than as a failure of the
+ * database.
+ */
+async function* passedOn<T>(messages: AsyncIterable<T>): AsyncGenerator<T> {
+  try {
+    yield* messages;
+  } catch (error) {
+    if (typeof error === "object" && error !== null) clientFaults.add(error);
+    throw error;
   }
 }
 
