@@ -1,7 +1,12 @@
 import * as http from "node:http";
 import * as http2 from "node:http2";
 import { create, toBinary } from "@bufbuild/protobuf";
+import { createClient } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import {
+  ServerReflection,
+  ServerReflectionRequestSchema,
+} from "../gen/grpc/reflection/v1/reflection_pb.js";
 import { SaveEventsRequestSchema } from "../gen/orisun/v1/eventstore_pb.js";
 import type { RunningApp } from "../server/app.js";
 import { UNAUTHENTICATED_MESSAGE } from "../server/auth/auth-error.js";
@@ -249,6 +254,26 @@ describe.each(servers)("request bodies still arriving, on $name", (server) => {
     } finally {
       session.destroy();
     }
+  });
+
+  it("a bidi stream's body lasts as long as its call, past ORISUN_BODY_TIMEOUT", async () => {
+    const app = server.app as RunningApp;
+    const reflection = createClient(ServerReflection, grpcTransport(app.url));
+    const requests = async function* () {
+      yield create(ServerReflectionRequestSchema, {
+        messageRequest: { case: "listServices", value: "" },
+      });
+      await new Promise((r) => setTimeout(r, 2_500));
+      yield create(ServerReflectionRequestSchema, {
+        messageRequest: { case: "listServices", value: "" },
+      });
+    };
+    let answers = 0;
+    for await (const answer of reflection.serverReflectionInfo(requests())) {
+      expect(answer.messageResponse.case).toBe("listServicesResponse");
+      answers++;
+    }
+    expect(answers).toBe(2);
   });
 
   it("a body still arriving after ORISUN_BODY_TIMEOUT is refused with DEADLINE_EXCEEDED, reset and let go", async () => {

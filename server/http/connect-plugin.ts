@@ -96,7 +96,10 @@ export function connectPlugin(
   }
   for (const handler of router.handlers) {
     const kind = handler.method.methodKind;
-    const metered = kind === "unary" || kind === "server_streaming";
+    // One request message: the body is read whole before the call starts, so it is counted and
+    // must arrive within ORISUN_BODY_TIMEOUT. A client or bidi stream's body lasts as long as the
+    // call and is read message by message as the handler uses it.
+    const oneMessage = kind === "unary" || kind === "server_streaming";
     instance.all(handler.requestPath, async (req, reply) => {
       let meter: BodyMeter | undefined;
       try {
@@ -106,13 +109,13 @@ export function connectPlugin(
         // A GET carries its message in the URL and has no body to wait for: the interceptor then
         // finds the call not admitted and authenticates it itself.
         admitted?.catch(() => {});
-        const bodies = metered ? options.bodies : undefined;
+        const bodies = oneMessage ? options.bodies : undefined;
         if (isBytes(request.body)) {
           meter = bodies?.budget.meter(bodies.connection(req));
           request.body = guardedBody(request.body, {
             admitted,
             meter,
-            timeoutMs: options.bodyTimeoutMs,
+            timeoutMs: oneMessage ? options.bodyTimeoutMs : undefined,
             onCutShort: () => stopTheBody(req),
           });
           if (options.countLimits) {

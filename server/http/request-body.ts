@@ -11,8 +11,11 @@ export interface BodyGuard {
   readonly admitted?: Promise<void>;
   /** Charged for each chunk as it arrives (body-budget.ts). */
   readonly meter?: BodyMeter;
-  /** ORISUN_BODY_TIMEOUT: the whole body must have arrived this long after the call began. */
-  readonly timeoutMs: number;
+  /**
+   * ORISUN_BODY_TIMEOUT: the whole body must have arrived this long after the call began (calls
+   * with one request message; undefined: a stream, whose body lasts as long as the call).
+   */
+  readonly timeoutMs: number | undefined;
   /**
    * Called when the body is given up before its end (refused, too slow, or its reader stopped):
    * the transport then tells the client to stop sending once the call is answered.
@@ -30,8 +33,8 @@ export function bodyTooSlow(timeoutMs: number): ConnectError {
 
 /**
  * The body as Connect reads it, behind the guard: nothing is read until the call is admitted, each
- * chunk is charged to the budget as it comes, and a body still arriving when the timeout passes is
- * cut short with DEADLINE_EXCEEDED. Everything charged is let go once the body is complete or
+ * chunk is charged to the budget as it comes (if metered), and a body still arriving when the
+ * timeout passes (if any) is cut short with DEADLINE_EXCEEDED. Everything charged is let go once the body is complete or
  * given up. Whatever error ends it, Connect answers the call with it.
  */
 export async function* guardedBody(
@@ -39,8 +42,10 @@ export async function* guardedBody(
   guard: BodyGuard,
 ): AsyncGenerator<Uint8Array, void, undefined> {
   let timer: NodeJS.Timeout | undefined;
+  const { timeoutMs } = guard;
   const expired = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(bodyTooSlow(guard.timeoutMs)), guard.timeoutMs);
+    if (timeoutMs !== undefined)
+      timer = setTimeout(() => reject(bodyTooSlow(timeoutMs)), timeoutMs);
   });
   // Rejected after the body was read, or raced and lost: never an unhandled rejection.
   expired.catch(() => {});
