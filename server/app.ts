@@ -3,6 +3,7 @@ import {
   cors as connectCors,
   createContextValues,
   createMethodImplSpec,
+  type HandlerContext,
   type ServiceImpl,
 } from "@connectrpc/connect";
 import cors from "@fastify/cors";
@@ -286,6 +287,14 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     config.connections.maxConnectionBodyBytes,
     config.connections.maxBodyBytes,
   );
+  // The request gate, and the measure of calls it and the transports refuse before the interceptors.
+  const refusals = observability.refusals;
+  const gate = refusals
+    ? (context: HandlerContext) => {
+        requestGate(context);
+        refusals(context);
+      }
+    : requestGate;
   // Counts of entries are checked on a message's bytes before it is decoded (api/wire-counts.ts).
   const countLimits = countLimitsOf(config.limits);
   // With authentication on, a call is authenticated from its headers before its body is read.
@@ -333,7 +342,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     },
     interceptors,
     jsonOptions,
-    requestGate,
+    requestGate: gate,
     readMaxBytes: config.limits.maxRequestBytes,
     maxTimeoutMs: MAX_TIMEOUT_MS,
     bodies: { budget: bodyBudget, connection: (req) => connectionOf(req.raw) },
@@ -362,7 +371,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
           ),
         ] as UnaryRoute[],
         interceptors,
-        requestGate,
+        requestGate: gate,
         readMaxBytes: config.limits.maxRequestBytes,
         maxTimeoutMs: MAX_TIMEOUT_MS,
         bodies: { budget: bodyBudget, connection: connectionOf },

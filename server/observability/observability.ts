@@ -1,5 +1,5 @@
 import cluster from "node:cluster";
-import type { Interceptor } from "@connectrpc/connect";
+import type { HandlerContext, Interceptor } from "@connectrpc/connect";
 import type { ObservabilityConfig } from "../config.js";
 import type { AppendObserver } from "../store/append-observer.js";
 import type { EventStore } from "../store/event-store.js";
@@ -7,7 +7,7 @@ import type { Position } from "../store/types.js";
 import { clusterScrape } from "./cluster-metrics.js";
 import { Metrics } from "./metrics.js";
 import { observeAppends } from "./observe-appends.js";
-import { rpcInterceptor } from "./rpc-interceptor.js";
+import { refusedCallObserver, rpcInterceptor } from "./rpc-interceptor.js";
 import { startTracing, type Tracing } from "./tracing.js";
 
 /** Metrics and traces as configured; each part undefined when off, so that nothing runs. */
@@ -18,6 +18,8 @@ export interface Observability {
   readonly appends: AppendObserver | undefined;
   /** The first of the Connect interceptors. */
   readonly interceptor: Interceptor | undefined;
+  /** Part of the request gate: measures calls answered before the interceptors ran. */
+  readonly refusals: ((context: HandlerContext) => void) | undefined;
   /** GET /metrics's text: this process's, or in a cluster worker the whole cluster's. */
   scrape(): Promise<string>;
   /** Connects the scrape-time gauges to the store and the live feeds, once they exist. */
@@ -40,6 +42,7 @@ export async function startObservability(config: ObservabilityConfig): Promise<O
     tracing,
     appends: observeAppends(metrics, tracing?.tracer),
     interceptor: rpcInterceptor(metrics, tracing?.tracer),
+    refusals: refusedCallObserver(metrics),
     scrape,
     attach(store, feedPosition) {
       metrics?.attach({

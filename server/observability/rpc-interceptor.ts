@@ -1,4 +1,10 @@
-import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
+import {
+  Code,
+  ConnectError,
+  createContextKey,
+  type HandlerContext,
+  type Interceptor,
+} from "@connectrpc/connect";
 import { type Span, SpanKind, SpanStatusCode, type Tracer } from "@opentelemetry/api";
 import type { Metrics } from "./metrics.js";
 
@@ -7,6 +13,9 @@ function codeName(error: unknown): string {
   const code = ConnectError.from(error).code;
   return (Code[code] ?? "unknown").replace(/([a-z])([A-Z])/g, "$1_$2").toLowerCase();
 }
+
+/** Set on every call the interceptor measures: one without it was answered before the interceptors. */
+const kMeasured = createContextKey(false);
 
 /**
  * Measures every RPC (and with tracing, gives it a span): in flight while it runs, then its
@@ -20,6 +29,7 @@ export function rpcInterceptor(
 ): Interceptor | undefined {
   if (!metrics && !tracer) return undefined;
   return (next) => async (req) => {
+    req.contextValues.set(kMeasured, true);
     const labels = { service: req.service.typeName, method: req.method.name };
     const started = performance.now();
     metrics?.rpcInFlight.inc(labels);
@@ -86,5 +96,35 @@ export function rpcInterceptor(
         return call();
       },
     );
+  };
+}
+
+/**
+ * Measures the calls answered before Connect ran the interceptors, in the same histogram with
+ * their code: those refused from their headers or while their body was read (authentication, the
+ * body budgets and deadline, a message over the size limit or with too many entries, bytes that
+ * are not a valid message). Run for every call as part of the request gate, after
+ * api/request-decoding.ts's: every protocol handler aborts the call's context with the error it is
+ * about to write, so wrapping `abort` sees them all, with the gate's corrections already made.
+ */
+export function refusedCallObserver(
+  metrics: Metrics | undefined,
+): ((context: HandlerContext) => void) | undefined {
+  if (!metrics) return undefined;
+  return (context) => {
+    const started = performance.now();
+    // createHandlerContext's object has an `abort` method that the HandlerContext type leaves out.
+    const controller = context as HandlerContext & { abort(reason?: unknown): void };
+    const abort = controller.abort.bind(controller);
+    let observed = false;
+    controller.abort = (reason?: unknown) => {
+      abort(reason);
+      if (observed || !(reason instanceof ConnectError) || context.values.get(kMeasured)) return;
+      observed = true;
+      metrics.rpcDuration.observe(
+        { service: context.service.typeName, method: context.method.name, code: codeName(reason) },
+        (performance.now() - started) / 1000,
+      );
+    };
   };
 }

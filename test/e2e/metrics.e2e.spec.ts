@@ -1,6 +1,6 @@
 import { create } from "@bufbuild/protobuf";
 import { type Client, Code, createClient } from "@connectrpc/connect";
-import { createGrpcTransport } from "@connectrpc/connect-node";
+import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   type Event,
@@ -136,6 +136,34 @@ describe.each(targets)("GET /metrics on $name", (target) => {
     }
     expect(sampleValue(after, "nodejs_eventloop_lag_seconds")).toBeGreaterThanOrEqual(0);
     expect(sampleValue(after, "process_cpu_seconds_total")).toBeGreaterThan(0);
+  });
+
+  it("counts calls refused before their message was decoded, with their code", async () => {
+    const before = await scrape();
+    const tooMany = create(SaveEventsRequestSchema, {
+      boundary: "",
+      events: Array.from({ length: 10_001 }, () => ({})),
+    });
+    // The unary gRPC path, then Connect's own handler.
+    expect((await failure(client.saveEvents(tooMany))).code).toBe(Code.ResourceExhausted);
+    const json = createClient(
+      EventStore,
+      createConnectTransport({ baseUrl: server.url, httpVersion: "1.1" }),
+    );
+    expect((await failure(json.saveEvents(tooMany))).code).toBe(Code.ResourceExhausted);
+    const malformed = await fetch(`${server.url}/orisun.v1.EventStore/SaveEvents`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: "{",
+    });
+    expect(malformed.status).toBe(400);
+    const after = await scrape();
+    const delta = (labels: Record<string, string>) =>
+      sampleValue(after, "orisun_rpc_duration_seconds_count", labels) -
+      sampleValue(before, "orisun_rpc_duration_seconds_count", labels);
+    expect(delta({ ...SAVE, code: "resource_exhausted" })).toBe(2);
+    expect(delta({ ...SAVE, code: "invalid_argument" })).toBe(1);
+    expect(sampleValue(after, "orisun_rpc_in_flight", SAVE)).toBe(0);
   });
 
   it("counts a subscription while it is open, with its lag, and its end as canceled", async () => {
