@@ -2,6 +2,7 @@ import * as http2 from "node:http2";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient, type Transport } from "@connectrpc/connect";
 import {
+  compressionGzip,
   createConnectTransport,
   createGrpcTransport,
   createGrpcWebTransport,
@@ -31,6 +32,7 @@ afterAll(async () => {
   await Promise.all([lean?.close(), connect?.close()]);
 });
 
+const gzip = { sendCompression: compressionGzip, compressMinBytes: 0 };
 const OVER = "events: must contain at most 100 events, got 101";
 const tooMany = () =>
   create(SaveEventsRequestSchema, {
@@ -90,11 +92,33 @@ describe("counts are checked before a message is decoded", () => {
     ],
     ["Connect, JSON", (url) => createConnectTransport({ baseUrl: url, httpVersion: "1.1" })],
     ["gRPC, JSON", (url) => createGrpcTransport({ baseUrl: url, useBinaryFormat: false })],
+    // Compressed: a few hundred bytes that decompress into the whole message.
+    ["gRPC, gzip", (url) => createGrpcTransport({ baseUrl: url, ...gzip })],
+    [
+      "gRPC-Web, gzip",
+      (url) => createGrpcWebTransport({ baseUrl: url, httpVersion: "1.1", ...gzip }),
+    ],
+    [
+      "Connect, binary, gzip",
+      (url) =>
+        createConnectTransport({
+          baseUrl: url,
+          httpVersion: "1.1",
+          useBinaryFormat: true,
+          ...gzip,
+        }),
+    ],
+    [
+      "Connect, JSON, gzip",
+      (url) => createConnectTransport({ baseUrl: url, httpVersion: "1.1", ...gzip }),
+    ],
   ];
   for (const [name, transport] of transports) {
     it(`over ${name}`, async () => {
-      const store = createClient(EventStore, transport(connect.url));
-      expect(await refusal(store.saveEvents(tooMany()))).toEqual([Code.ResourceExhausted, OVER]);
+      for (const app of [lean, connect]) {
+        const store = createClient(EventStore, transport(app.url));
+        expect(await refusal(store.saveEvents(tooMany()))).toEqual([Code.ResourceExhausted, OVER]);
+      }
     });
   }
 

@@ -824,9 +824,23 @@ describe("countedBody", () => {
     }
   });
 
-  it("passes compressed messages, gRPC-Web trailers and oversized envelopes unchecked", async () => {
+  it("hands a compressed message to the check as such, and passes gRPC-Web trailers and oversized envelopes unchecked", async () => {
+    const compressed: Uint8Array[] = [];
+    const error = await drain(
+      countedBody(
+        source([concat([envelope(0x01, over), envelope(0, ok)])]),
+        "envelope",
+        (message, isCompressed) => {
+          if (isCompressed) compressed.push(message);
+          else check(message);
+        },
+        1024,
+      ),
+      () => {},
+    );
+    expect(error).toBeUndefined();
+    expect(compressed).toEqual([over]);
     for (const stream of [
-      concat([envelope(0x01, over), envelope(0, ok)]),
       concat([envelope(0x80, over)]),
       concat([envelope(0, new Uint8Array(2000)), envelope(0, over)]),
     ]) {
@@ -866,13 +880,27 @@ describe("countedBody", () => {
 
     let called = 0;
     const big = await drain(
-      countedBody(source(chunks), "whole", () => called++, 10),
+      countedBody(
+        source(chunks),
+        "whole",
+        () => {
+          called++;
+        },
+        10,
+      ),
       () => {},
     );
     expect(big).toBeUndefined();
     expect(called).toBe(0);
     await drain(
-      countedBody(source([]), "whole", () => called++, 10),
+      countedBody(
+        source([]),
+        "whole",
+        () => {
+          called++;
+        },
+        10,
+      ),
       () => {},
     );
     expect(called).toBe(1);

@@ -1426,14 +1426,18 @@ const ESCAPES = new Map<number, number>([
 // ---------------------------------------------------------------------------------------------
 // Bodies: the check on each complete message, before the consumer can have all of it.
 
+/** Checks one complete message of a body; `compressed`: its envelope's compressed flag was set. */
+export type MessageCheck = (message: Uint8Array, compressed: boolean) => void | Promise<void>;
+
 /**
  * Passes a request body through unchanged, chunk by chunk, and runs `check` on each complete
  * message before the chunk completing it is passed on, so that a consumer never holds a whole
  * message that was not checked (an error thrown by `check` ends the body instead).
  *
  * - "envelope" (gRPC, gRPC-Web, Connect streaming): 5-byte headers, a flags byte and a big-endian
- *   length. A compressed message (flag 0x01) and a gRPC-Web trailer (0x80) are passed unchecked;
- *   so is everything from a header declaring more than `maxBytes` (Connect refuses it itself).
+ *   length. A gRPC-Web trailer (0x80) is passed unchecked; so is everything from a header
+ *   declaring more than `maxBytes` (Connect refuses it itself). A compressed message (0x01) is
+ *   checked with `compressed` set: `check` decompresses it.
  * - "whole" (Connect unary): the body is one message, so the end of the body completes it: each
  *   chunk is passed on when the next arrives, and the last once the body ended and was checked.
  *   A consumer reads to the end of the body, which Connect does. Past `maxBytes`, nothing is checked.
@@ -1444,7 +1448,7 @@ const ESCAPES = new Map<number, number>([
 export async function* countedBody(
   body: AsyncIterable<Uint8Array>,
   framing: "envelope" | "whole",
-  check: (message: Uint8Array) => void,
+  check: MessageCheck,
   maxBytes: number,
 ): AsyncGenerator<Uint8Array> {
   if (framing === "whole") yield* wholeBody(body, check, maxBytes);
@@ -1453,7 +1457,7 @@ export async function* countedBody(
 
 async function* wholeBody(
   body: AsyncIterable<Uint8Array>,
-  check: (message: Uint8Array) => void,
+  check: MessageCheck,
   maxBytes: number,
 ): AsyncGenerator<Uint8Array> {
   let parts: Uint8Array[] | undefined = [];
@@ -1468,18 +1472,18 @@ async function* wholeBody(
     if (held !== undefined) yield held;
     held = chunk;
   }
-  if (parts !== undefined) check(joined(parts, size));
+  if (parts !== undefined) await check(joined(parts, size), false);
   if (held !== undefined) yield held;
 }
 
 async function* envelopedBody(
   body: AsyncIterable<Uint8Array>,
-  check: (message: Uint8Array) => void,
+  check: MessageCheck,
   maxBytes: number,
 ): AsyncGenerator<Uint8Array> {
-  const reader = new EnvelopeReader(check, maxBytes);
+  const reader = new EnvelopeReader(maxBytes);
   for await (const chunk of body) {
-    reader.read(chunk);
+    for (const message of reader.read(chunk)) await check(message.bytes, message.compressed);
     yield chunk;
   }
 }
@@ -1488,7 +1492,7 @@ const HEADER_BYTES = 5;
 const COMPRESSED = 0x01;
 const TRAILER = 0x80;
 
-/** Finds envelopes across chunk boundaries and checks each complete message. */
+/** Finds envelopes across chunk boundaries: the complete messages to check. */
 class EnvelopeReader {
   private readonly header = new Uint8Array(HEADER_BYTES);
   private headerBytes = 0;
@@ -1496,15 +1500,16 @@ class EnvelopeReader {
   private remaining = -1;
   private length = 0;
   private checked = false;
+  private compressed = false;
   private parts: Uint8Array[] = [];
   private through = false;
+  private done: { bytes: Uint8Array; compressed: boolean }[] = [];
 
-  constructor(
-    private readonly check: (message: Uint8Array) => void,
-    private readonly maxBytes: number,
-  ) {}
+  constructor(private readonly maxBytes: number) {}
 
-  read(chunk: Uint8Array): void {
+  /** The messages `chunk` completes, in order. */
+  read(chunk: Uint8Array): { bytes: Uint8Array; compressed: boolean }[] {
+    this.done = [];
     let i = 0;
     while (i < chunk.length && !this.through) {
       if (this.remaining < 0) {
@@ -1521,6 +1526,7 @@ class EnvelopeReader {
         if (this.remaining === 0) this.end();
       }
     }
+    return this.done;
   }
 
   private begin(): void {
@@ -1532,7 +1538,8 @@ class EnvelopeReader {
       this.through = true;
       return;
     }
-    this.checked = (flags & (COMPRESSED | TRAILER)) === 0;
+    this.checked = (flags & TRAILER) === 0;
+    this.compressed = (flags & COMPRESSED) !== 0;
     this.remaining = this.length;
     if (this.remaining === 0) this.end();
   }
@@ -1541,7 +1548,8 @@ class EnvelopeReader {
     const parts = this.parts;
     this.parts = [];
     this.remaining = -1;
-    if (this.checked) this.check(joined(parts, this.length));
+    if (this.checked)
+      this.done.push({ bytes: joined(parts, this.length), compressed: this.compressed });
   }
 }
 

@@ -28,6 +28,9 @@ import type { BodyBudget, BodyMeter } from "./body-budget.js";
 import { isClientGone } from "./client-gone.js";
 import { endUnfinishedRequest, guardedBody } from "./request-body.js";
 
+/** What requests may be compressed with (and answers, when the client accepts it). */
+const COMPRESSIONS = [compressionGzip, compressionBrotli];
+
 export interface ConnectPluginOptions extends ConnectRouterOptions {
   readonly routes: (router: ConnectRouter) => void;
   /** Context values for a call, from its Fastify request. */
@@ -66,7 +69,7 @@ export function connectPlugin(
   done: (error?: Error) => void,
 ): void {
   const router = createConnectRouter({
-    acceptCompression: [compressionGzip, compressionBrotli],
+    acceptCompression: COMPRESSIONS,
     ...options,
   });
   options.routes(router);
@@ -163,9 +166,11 @@ function stopTheBody(req: FastifyRequest): void {
 /**
  * The body with each message's counts checked before Connect decodes it (api/wire-counts.ts), by
  * its framing and format: gRPC, gRPC-Web and Connect's streaming protocol frame each message in an
- * envelope, Connect's unary protocol sends one message as the body. A body compressed as a whole
- * (Connect's content-encoding) and compressed envelopes are left to Connect unchecked, and so is
- * gRPC-Web's text (base64) format.
+ * envelope, Connect's unary protocol sends one message as the body. A compressed message (an
+ * envelope's flag, or Connect's content-encoding for a whole body) is decompressed for the check,
+ * within the size limit, and Connect decompresses it again: otherwise a few kilobytes of gzip
+ * would decode into millions of entries unchecked. What cannot be decompressed, and gRPC-Web's text
+ * (base64) format, are left to Connect, which refuses or reads them as before.
  */
 function countedRequest(
   body: AsyncIterable<Uint8Array>,
@@ -175,19 +180,37 @@ function countedRequest(
   maxBytes: number,
 ): AsyncIterable<Uint8Array> {
   const type = (headers["content-type"] ?? "").toLowerCase();
+  if (type.startsWith("application/grpc-web-text")) return body;
   const json = /[/+]json\b/.test(type);
   const whole = type.startsWith("application/proto") || type.startsWith("application/json");
-  if (type.startsWith("application/grpc-web-text")) return body;
-  const encoding = headers["content-encoding"];
-  if (whole && encoding !== undefined && encoding !== "identity") return body;
+  const encodingHeader = whole
+    ? "content-encoding"
+    : type.startsWith("application/connect")
+      ? "connect-content-encoding"
+      : "grpc-encoding";
+  const encoding = headers[encodingHeader];
+  const compression = COMPRESSIONS.find((c) => c.name === encoding);
+  // A whole body is compressed as a whole; an envelope says so in its flags.
+  const wholeCompressed = whole && encoding !== undefined && encoding !== "identity";
   const check = json ? checkJsonCounts : checkBinaryCounts;
   // Each message of a client stream is named as import-handler.ts names its faults.
   let index = 0;
-  const at = () => (method.methodKind === "client_streaming" ? `messages[${index++}]` : "");
   return countedBody(
     body,
     whole ? "whole" : "envelope",
-    (message) => check(method.input, message, limits, at()),
+    async (message, compressed) => {
+      const at = method.methodKind === "client_streaming" ? `messages[${index++}]` : "";
+      let bytes = message;
+      if (compressed || wholeCompressed) {
+        if (!compression) return;
+        try {
+          bytes = await compression.decompress(message, maxBytes);
+        } catch {
+          return; // Connect gives the client its own error for it
+        }
+      }
+      check(method.input, bytes, limits, at);
+    },
     maxBytes,
   );
 }
