@@ -2,12 +2,13 @@ import * as http from "node:http";
 import * as http2 from "node:http2";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { createClient } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   ServerReflection,
   ServerReflectionRequestSchema,
 } from "../gen/grpc/reflection/v1/reflection_pb.js";
-import { SaveEventsRequestSchema } from "../gen/orisun/v1/eventstore_pb.js";
+import { EventStore, SaveEventsRequestSchema } from "../gen/orisun/v1/eventstore_pb.js";
 import type { RunningApp } from "../server/app.js";
 import { UNAUTHENTICATED_MESSAGE } from "../server/auth/auth-error.js";
 import { basic, bearer, clientsWith, grpcTransport, oneEvent } from "./support/auth.js";
@@ -316,5 +317,28 @@ describe("request bodies still arriving over HTTP/1.1", () => {
     await within(new Promise((r) => req.socket?.once("close", r)), 5_000);
     expect(performance.now() - started).toBeGreaterThanOrEqual(1_900);
     expect(app.bodies.held).toBe(0);
+  });
+  it("a subscription over HTTP/1.1 outlives ORISUN_BODY_TIMEOUT: its body ended long before", async () => {
+    const app = servers[1]?.app as RunningApp;
+    const transport = createConnectTransport({ baseUrl: app.url, httpVersion: "1.1" });
+    const store = createClient(EventStore, transport);
+    const owner = { headers: { authorization: OWNER } };
+    const boundary = "default";
+    const id = crypto.randomUUID();
+    const abort = new AbortController();
+    const seen = (async () => {
+      for await (const e of store.subscribeToEvents(
+        { boundary },
+        { ...owner, signal: abort.signal },
+      )) {
+        if (e.eventId === id) return true;
+      }
+      return false;
+    })();
+    // Past ORISUN_BODY_TIMEOUT (2 s), and Node's request timeout, which it sets over HTTP/1.1.
+    await new Promise((r) => setTimeout(r, 3_000));
+    await store.saveEvents(oneEvent(boundary, id), owner);
+    expect(await within(seen, 5_000)).toBe(true);
+    abort.abort();
   });
 });
