@@ -126,6 +126,11 @@ interface LimitCase {
   readonly atLimitJson: string | undefined;
   /** The validator's refusal of the decoded `over` message. */
   readonly validator: () => { code: Code; message: string } | undefined;
+  /**
+   * The other limits `over` breaks, worded as the validator words them: the scan may report any
+   * of them instead of `expected` (the validator's first), as it reports the first passed in the bytes.
+   */
+  readonly others?: readonly string[];
 }
 
 function limitCase<Desc extends DescMessage>(
@@ -323,42 +328,60 @@ const cases: LimitCase[] = [
     { name: "key", grants: grantsOf(256) },
     Code.InvalidArgument,
   ),
-  // Several limits broken: the one the validator checks first.
-  limitCase(
-    "events' count before their tags",
-    SaveEventsRequestSchema,
-    append,
-    "events: must contain at most 5 events, got 6",
-    { boundary: "b", events: [ev({ tags: tagsOf(4) }), ...eventsOf(5)] },
-  ),
-  limitCase(
-    "events before the condition, which comes first on the wire",
-    SaveEventsRequestSchema,
-    append,
-    "events[2].tags: must have at most 3 tags, got 4",
-    {
-      boundary: "b",
-      events: [ev(), ev(), ev({ tags: tagsOf(4) }), ev({ tags: tagsOf(5) })],
-      consistencyCondition: { criteria: { criteria: criteriaOf(5) } },
-    },
-  ),
-  limitCase(
-    "a criterion's event_types before its tags",
-    GetEventsRequestSchema,
-    read,
-    "criteria.criteria[0].event_types: must have at most 4 types, got 5",
-    {
-      boundary: "b",
-      criteria: query([{ tags: tagsOf(4), eventTypes: typesOf(5) }]),
-    },
-  ),
-  limitCase(
-    "queries' count before their criteria",
-    ReadForDecisionRequestSchema,
-    decide,
-    "queries: must contain at most 4 queries (ORISUN_MAX_CRITERIA), got 5",
-    { boundary: "b", queries: [dq(criteriaOf(5)), ...Array.from({ length: 4 }, () => dq([]))] },
-  ),
+  // Several limits broken: the validator reports the one it checks first; the scan any of them.
+  {
+    ...limitCase(
+      "events' count and an event's tags",
+      SaveEventsRequestSchema,
+      append,
+      "events: must contain at most 5 events, got 6",
+      { boundary: "b", events: [ev({ tags: tagsOf(4) }), ...eventsOf(5)] },
+    ),
+    others: ["events[0].tags: must have at most 3 tags, got 4"],
+  },
+  {
+    ...limitCase(
+      "events' tags and the condition, which comes first on the wire",
+      SaveEventsRequestSchema,
+      append,
+      "events[2].tags: must have at most 3 tags, got 4",
+      {
+        boundary: "b",
+        events: [ev(), ev(), ev({ tags: tagsOf(4) }), ev({ tags: tagsOf(5) })],
+        consistencyCondition: { criteria: { criteria: criteriaOf(5) } },
+      },
+    ),
+    others: [
+      "events[3].tags: must have at most 3 tags, got 5",
+      "consistency_condition.criteria.criteria: must have at most 4 criteria, got 5",
+    ],
+  },
+  {
+    ...limitCase(
+      "a criterion's event_types and its tags",
+      GetEventsRequestSchema,
+      read,
+      "criteria.criteria[0].event_types: must have at most 4 types, got 5",
+      {
+        boundary: "b",
+        criteria: query([{ tags: tagsOf(4), eventTypes: typesOf(5) }]),
+      },
+    ),
+    others: ["criteria.criteria[0].tags: must have at most 3 tags, got 4"],
+  },
+  {
+    ...limitCase(
+      "queries' count, their criteria and the criteria of all queries",
+      ReadForDecisionRequestSchema,
+      decide,
+      "queries: must contain at most 4 queries (ORISUN_MAX_CRITERIA), got 5",
+      { boundary: "b", queries: [dq(criteriaOf(5)), ...Array.from({ length: 4 }, () => dq([]))] },
+    ),
+    others: [
+      "queries[0].criteria.criteria: must have at most 4 criteria, got 5",
+      "queries: must have at most 4 criteria in all queries together (ORISUN_MAX_CRITERIA), got 5",
+    ],
+  },
 ];
 
 describe("checkBinaryCounts and checkJsonCounts refuse what the validator refuses, as it words it", () => {
@@ -367,11 +390,12 @@ describe("checkBinaryCounts and checkJsonCounts refuse what the validator refuse
       const validator = c.validator();
       expect(validator).toEqual({ code: c.code, message: c.expected });
       const binary = refusal(() => checkBinaryCounts(c.schema, c.over, counts));
-      expect(binary?.rawMessage).toBe(c.expected);
+      const accepted = [c.expected, ...(c.others ?? [])];
+      expect(accepted).toContain(binary?.rawMessage);
       expect(binary?.code).toBe(c.code);
       for (const json of c.overJson) {
         const refused = refusal(() => checkJsonCounts(c.schema, json, counts));
-        expect(refused?.rawMessage, json).toBe(c.expected);
+        expect(accepted, json).toContain(refused?.rawMessage);
         expect(refused?.code).toBe(c.code);
       }
       if (c.atLimit !== undefined && c.atLimitJson !== undefined) {
