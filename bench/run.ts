@@ -249,6 +249,10 @@ const comparisons: Comparison[] = [
     reference: { key: `workers1x${n}`, name: `ORISUN_WORKERS=1, ${clientCount(n)}` },
   })),
   {
+    key: `workers${CORES}x16spread`,
+    reference: { key: "workers1x16spread", name: "ORISUN_WORKERS=1, 16 clients, 16 boundaries" },
+  },
+  {
     key: "pglite.durable",
     reference: { key: "pglite.shipped", name: "as shipped, no sync" },
   },
@@ -488,7 +492,11 @@ async function appendGroup(workers: Workers, server: Server, run: number): Promi
   });
 }
 
-/** The same appends on one server process and on one per core (ORISUN_WORKERS), PostgreSQL + NATS. */
+/**
+ * The same appends on one server process and on one per core (ORISUN_WORKERS), PostgreSQL + NATS:
+ * all clients on one boundary (whose appends the processes take turns to commit), and each client
+ * on a boundary of its own (where the processes never wait for each other).
+ */
 async function workersGroup(workers: Workers, run: number): Promise<void> {
   for (const processes of [1, CORES]) {
     const server = await postgresServer(`bench_${ID}_workers${processes}_${run}`, {
@@ -513,6 +521,23 @@ async function workersGroup(workers: Workers, run: number): Promise<void> {
           cpu,
         );
       }
+      const { result, cpu } = await measure(workers, server.pid, () =>
+        appends(workers, server.url, {
+          boundary: boundary(`workers${processes}_spread_${run}`),
+          boundaryPerClient: true,
+          clients: 16,
+          eventsPerAppend: 1,
+          conditional: true,
+          seconds: SECONDS,
+        }),
+      );
+      note(
+        `workers${processes}x16spread`,
+        ORISUN,
+        `conditional 1-event appends, 16 clients on 16 boundaries, ORISUN_WORKERS=${processes} (events/s)`,
+        result,
+        cpu,
+      );
     } finally {
       await server.stop();
     }

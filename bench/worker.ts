@@ -29,6 +29,8 @@ export type Job =
       seconds: number;
       /** Sent as the `authorization` metadata of every call (a server with authentication on). */
       authorization?: string;
+      /** Each loop appends to a boundary of its own, `<boundary>_<loop>`, instead of all to one. */
+      boundaryPerClient?: boolean;
     }
   /** `concurrency` loops appending 1,000-event batches first, first + step, … of a `total`-event load. */
   | {
@@ -202,6 +204,7 @@ async function append(job: Extract<Job, { kind: "append" }>): Promise<JobResult>
   await Promise.all(
     job.clients.map(async (c) => {
       const tag = `${job.boundary}-${c}`;
+      const boundary = job.boundaryPerClient ? `${job.boundary}_${c}` : job.boundary;
       const criteria = { criteria: [{ tags: [{ key: "account", value: tag }] }] };
       let marker: Position = { commit_position: "0", prepare_position: "0" };
       for (let i = 0; Date.now() < end; i++) {
@@ -209,7 +212,7 @@ async function append(job: Extract<Job, { kind: "append" }>): Promise<JobResult>
           event(`${tag}-${i}-${k}`, tag, '{"amount":1}'),
         );
         const result = await client.saveEvents({
-          boundary: job.boundary,
+          boundary,
           events,
           consistency_condition: job.conditional
             ? { consistency_marker: marker, criteria }

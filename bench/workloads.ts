@@ -68,6 +68,8 @@ export interface AppendOptions {
   readonly seconds: number;
   /** The `authorization` header every call sends. */
   readonly authorization?: string;
+  /** Each client appends to a boundary of its own (`<boundary>_<client>`). */
+  readonly boundaryPerClient?: boolean;
 }
 
 /** `clients` append loops, each on its own tag (no conflicts); events/s. */
