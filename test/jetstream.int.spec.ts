@@ -737,12 +737,13 @@ describe("quiet commits: no NOTIFY for what the committing process publishes its
   it("a process that never writes the boundary takes it over from a dead holder at its sweep", async () => {
     const { ns, heard, a, b } = await twoProcesses();
     // The holder lingers, so its next commits wait to be published when it stops. It stops
-    // without a word, as a killed process would: closing, it sends no NOTIFY.
+    // without a word, as a killed process would: its closing announce never reaches anyone.
     const pa = await startPublisher(a, ns, { lingerMs: 60_000 });
     const live = await untilLive(a, ns);
     const pb = await startPublisher(b, ns, { sweepMs: 200 });
     heard.length = 0;
     for (let i = 0; i < 5; i++) await append(a, 2);
+    a.announce = async () => {};
     await pa.close();
     // NOTIFYs arrive in commit order: once this one is here, any of a's before it would be too.
     const fence = `${ns}/fence/test`;
@@ -753,6 +754,29 @@ describe("quiet commits: no NOTIFY for what the committing process publishes its
     expect(heard).toEqual([fence]);
     expect(samePosition(await lastInStream(ns), live)).toBe(true);
     await untilPublished(b, ns, 10_000);
+    expect(pb.publishing.has(B)).toBe(true);
+    expect((await expectStreamMirrorsLog(b, ns, live)).length).toBe(1 + 10);
+  });
+
+  it("a holder that stops announces its boundaries: a process that never writes one publishes what it left at once", async () => {
+    const { ns, heard, a, b, fromA } = await twoProcesses();
+    // The holder lingers, so its last commits are not published when it stops; the other
+    // process's sweep is too slow to be what takes the boundary over.
+    const pa = await startPublisher(a, ns, { lingerMs: 60_000 });
+    const live = await untilLive(a, ns);
+    const pb = await startPublisher(b, ns, { sweepMs: 600_000 });
+    heard.length = 0;
+    for (let i = 0; i < 5; i++) await append(a, 2);
+    // Quiet: NOTIFYs arrive in commit order, so once this one is here any of a's would be too.
+    const fence = `${ns}/fence/test`;
+    await withPostgres(TEST_DATABASE, (client) =>
+      client.query("SELECT pg_notify('orisun_commits', $1)", [fence]),
+    );
+    await eventually(() => heard.includes(fence), "the fence");
+    expect(heard).toEqual([fence]);
+    await pa.close();
+    await eventually(() => heard.includes(fromA), "a's NOTIFY on closing");
+    await untilPublished(b, ns, 5_000);
     expect(pb.publishing.has(B)).toBe(true);
     expect((await expectStreamMirrorsLog(b, ns, live)).length).toBe(1 + 10);
   });

@@ -306,7 +306,16 @@ export class JetStreamPublisher {
         await lock.release();
       }
       if (typeof end === "object") return;
-      if (lock.lost.aborted && !closing.aborted) {
+      if (closing.aborted) {
+        // A graceful stop: this process's commits to the boundary went without NOTIFY, and the
+        // last may not be published yet. Whoever follows the boundary takes it over now, rather
+        // than at its sweep.
+        await store.announce(boundary).catch((error: unknown) => {
+          log.warn({ err: error, boundary }, "could not announce the boundary on closing");
+        });
+        return;
+      }
+      if (lock.lost.aborted) {
         log.warn({ err: lock.lost.reason, boundary }, "lost the publisher lock");
         // This process's commits went without NOTIFY while it held the lock: whoever holds it
         // now may have read the log before the last of them.
