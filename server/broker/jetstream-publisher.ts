@@ -1,6 +1,7 @@
 import { type JetStreamManager, jetstreamManager, type PubAck } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { sql } from "kysely";
+import { abortable } from "../abortable.js";
 import type { EventStore } from "../store/event-store.js";
 import type { HeldLock } from "../store/session-locks.js";
 import type { Position, StoredEvent } from "../store/types.js";
@@ -632,14 +633,4 @@ export class JetStreamPublisher {
 
 export function msgId(position: Position): string {
   return `${position.commit}:${position.prepare}`;
-}
-
-/** The promise, or a rejection as soon as `signal` aborts. */
-function abortable<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
-  if (signal.aborted) return Promise.reject(signal.reason);
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = () => reject(signal.reason);
-    signal.addEventListener("abort", onAbort, { once: true });
-    promise.then(resolve, reject).finally(() => signal.removeEventListener("abort", onAbort));
-  });
 }

@@ -26,7 +26,7 @@ import {
 } from "../api/wire-counts.js";
 import type { BodyBudget, BodyMeter } from "./body-budget.js";
 import { isClientGone } from "./client-gone.js";
-import { endUnfinishedRequest, guardedBody } from "./request-body.js";
+import { type Admit, endUnfinishedRequest, guardedBody } from "./request-body.js";
 
 /** What requests may be compressed with (and answers, when the client accepts it). */
 const COMPRESSIONS = [compressionGzip, compressionBrotli];
@@ -40,15 +40,8 @@ export interface ConnectPluginOptions extends ConnectRouterOptions {
    * on. Client-streaming calls are left out: their body is read message by message as it is used.
    */
   readonly bodies?: { readonly budget: BodyBudget; connection(req: FastifyRequest): object };
-  /**
-   * Admits a call from its headers before any of its body is read (api/authorization.ts `admit`),
-   * recording what it found in the call's context values; a rejection is the call's answer.
-   */
-  readonly admit?: (
-    method: DescMethod,
-    authorization: string | undefined,
-    values: ContextValues,
-  ) => Promise<void>;
+  /** Admits a call from its headers before any of its body is read (request-body.ts). */
+  readonly admit?: Admit;
   /** ORISUN_BODY_TIMEOUT: a call's body must have arrived this long after the call began. */
   readonly bodyTimeoutMs: number;
   /** The request's count limits, checked on each message's bytes before it is decoded. */

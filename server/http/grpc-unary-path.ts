@@ -1,6 +1,5 @@
 import type { IncomingHttpHeaders, ServerHttp2Stream } from "node:http2";
 import * as http2 from "node:http2";
-import type { DescMethod } from "@bufbuild/protobuf";
 import {
   Code,
   ConnectError,
@@ -19,9 +18,10 @@ import {
 import { parseTimeout, setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
 import { compressionBrotli, compressionGzip } from "@connectrpc/connect-node";
 import type { FastifyBaseLogger } from "fastify";
+import { abortable } from "../abortable.js";
 import { type CountLimits, checkBinaryCounts } from "../api/wire-counts.js";
 import type { BodyBudget, BodyMeter } from "./body-budget.js";
-import { bodyTooSlow, endUnfinishedRequest } from "./request-body.js";
+import { type Admit, bodyTooSlow, endUnfinishedRequest } from "./request-body.js";
 
 /** A unary method served here, with the implementation Connect's router has (createMethodImplSpec). */
 export type UnaryRoute = MethodImplSpec & { kind: "unary" };
@@ -44,12 +44,8 @@ export interface GrpcUnaryPathOptions {
     readonly budget: BodyBudget;
     connection(stream: ServerHttp2Stream): object;
   };
-  /** Admits a call from its headers before its body is read, as Connect's routes do (connect-plugin.ts). */
-  readonly admit?: (
-    method: DescMethod,
-    authorization: string | undefined,
-    values: ContextValues,
-  ) => Promise<void>;
+  /** Admits a call from its headers before its body is read, as Connect's routes do. */
+  readonly admit?: Admit;
   /** ORISUN_BODY_TIMEOUT: a call's body must have arrived this long after the call began. */
   readonly bodyTimeoutMs: number;
   /** The request's count limits, checked on the message's bytes before it is decoded. */
@@ -166,7 +162,7 @@ export function grpcUnaryPath(options: GrpcUnaryPathOptions): StreamRoute {
       options.requestGate(context);
       if (timeout.error) throw timeout.error;
       const admitted = options.admit?.(method, single(headers.authorization), values);
-      if (admitted) await untilAborted(admitted, reading.signal);
+      if (admitted) await abortable(admitted, reading.signal);
       const serialization = route.serialization.getI(true);
       // The client's going away or ORISUN_BODY_TIMEOUT stops the read, not the call's deadline
       // (see readUnaryMessage).
@@ -350,16 +346,6 @@ function readUnaryMessage<T>(
     stream.on("end", onEnd);
     // A body that ended before it was read (none at all, read after admission) has had its "end".
     if (stream.readableEnded) onEnd();
-  });
-}
-
-/** `promise`, or the signal's reason once it is aborted first. */
-function untilAborted<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
-  if (signal.aborted) return Promise.reject(signal.reason);
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = () => reject(signal.reason);
-    signal.addEventListener("abort", onAbort, { once: true });
-    promise.then(resolve, reject).finally(() => signal.removeEventListener("abort", onAbort));
   });
 }
 

@@ -1,6 +1,17 @@
 import * as http2 from "node:http2";
-import { Code, ConnectError } from "@connectrpc/connect";
+import type { DescMethod } from "@bufbuild/protobuf";
+import { Code, ConnectError, type ContextValues } from "@connectrpc/connect";
 import type { BodyMeter } from "./body-budget.js";
+
+/**
+ * Admits a call from its headers before any of its body is read (api/authorization.ts `admit`),
+ * recording what it found in the call's context values; a rejection is the call's answer.
+ */
+export type Admit = (
+  method: DescMethod,
+  authorization: string | undefined,
+  values: ContextValues,
+) => Promise<void>;
 
 /** What a request body must pass before and while it is read (`guardedBody`, grpc-unary-path.ts). */
 export interface BodyGuard {
