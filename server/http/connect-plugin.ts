@@ -102,8 +102,8 @@ export function connectPlugin(
         const values = options.contextValues(req);
         const request = universalRequestFromNodeRequest(req.raw, reply.raw, undefined, values);
         const admitted = options.admit?.(handler.method, req.headers.authorization, values);
-        // A GET carries its message in the URL and has no body to wait for: the interceptor then
-        // finds the call not admitted and authenticates it itself.
+        // A GET carries its message in the URL, so nothing waits for this: unless it finished
+        // first, the interceptor authenticates the call itself (the two share one check).
         admitted?.catch(() => {});
         const bodies = oneMessage ? options.bodies : undefined;
         if (isBytes(request.body)) {
