@@ -17,7 +17,9 @@
  * Settings: AB_CLIENTS (1), AB_EVENTS per append (1), AB_BURST_SECONDS (2), AB_ROUNDS (20),
  * AB_ENV_A and AB_ENV_B (JSON, more server environment), AB_AUTH_B=1 (calls to B carry a bench
  * writer's password; start B with ORISUN_AUTH=on and ORISUN_ADMIN_PASSWORD=bench-admin-password
- * in AB_ENV_B), BENCH_PG_URL, BENCH_NATS_URL.
+ * in AB_ENV_B), AB_LOAD_PROCESSES (1: load-generator processes, each with its own connection to
+ * each server; give 2 or more to spread the load over a server's ORISUN_WORKERS), BENCH_PG_URL,
+ * BENCH_NATS_URL.
  */
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -115,7 +117,7 @@ if (a === undefined || b === undefined) {
   );
   process.exit(2);
 }
-const workers = Workers.start(1);
+const workers = Workers.start(Number(process.env.AB_LOAD_PROCESSES ?? 1));
 const sides: Side[] = [];
 try {
   sides.push(await start(a, 0), await start(b, 1));

@@ -1,3 +1,4 @@
+import cluster from "node:cluster";
 import { randomUUID } from "node:crypto";
 import {
   cors as connectCors,
@@ -52,6 +53,7 @@ import { grpcUnaryPath, type UnaryRoute } from "./http/grpc-unary-path.js";
 import { registerMetricsRoute } from "./http/metrics-route.js";
 import { createOnePort, type OnePort } from "./http/one-port.js";
 import { startObservability } from "./observability/observability.js";
+import { BoundaryOwners, workerSlotsOf } from "./process/boundary-owners.js";
 import { loggerOptions } from "./process/logger.js";
 import { captureGrpcStatus, RequestLogController } from "./process/request-log.js";
 import { retryWhileUnreachable } from "./process/startup-retry.js";
@@ -204,8 +206,21 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
         retry,
       )
     : undefined;
+  // With several workers, each boundary's appends are committed by one of them (see
+  // process/boundary-owners.ts), which is then also the one to publish it.
+  const slots = cluster.isWorker ? workerSlotsOf(process.env) : undefined;
+  const owners = slots
+    ? await BoundaryOwners.start({
+        slots,
+        store,
+        log: app.log,
+        maxFrameBytes: 2 * config.limits.maxRequestBytes + 1024 * 1024,
+      })
+    : undefined;
+  if (owners) observability.metrics?.attachRouting(owners.counts);
   const publisher = nats
     ? new JetStreamPublisher({
+        defer: owners ? (boundary) => !owners.owns(boundary) : undefined,
         store,
         nc: nats,
         namespace,
@@ -442,6 +457,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
           await app.close();
         } finally {
           clearTimeout(force);
+          await owners?.close();
           await feeds.close();
           await pubsub.close();
           await publisher?.close();

@@ -3,6 +3,7 @@ import Fastify from "fastify";
 import { startApp } from "./app.js";
 import { ConfigError, loadConfig } from "./config.js";
 import { serveClusterMetrics } from "./observability/cluster-metrics.js";
+import { workerSlotsOf } from "./process/boundary-owners.js";
 import { loggerOptions } from "./process/logger.js";
 import { superviseWorkers } from "./process/worker-supervisor.js";
 
@@ -31,6 +32,7 @@ async function main(): Promise<void> {
     {
       url: app.url,
       storage: app.store.embedded ? `embedded PGlite in ${config.dataDir}` : "PostgreSQL",
+      ...(cluster.isWorker && { slot: workerSlotsOf(process.env)?.slot }),
     },
     `Orisun listening on ${app.url}`,
   );

@@ -598,6 +598,32 @@ describe("JetStreamPublisher from memory", () => {
     expect(publisher.counts.fromMemory).toBe(0);
   });
 
+  it("a process that defers a boundary leaves its publisher lock to the one meant to publish it", async () => {
+    const ns = freshNamespace();
+    const a = await openStore(ns);
+    const b = await openStore(ns);
+    // a commits while nobody else publishes: without deferring, it takes the lock at once.
+    const pa = await startPublisher(a, ns, {
+      defer: (boundary) => boundary === B,
+      lockRetryMs: 3_000,
+    });
+    await append(a, 1);
+    await new Promise((r) => setTimeout(r, 1_000));
+    expect(pa.publishing.has(B)).toBe(false);
+    // The process meant to publish it comes up and hears of the next commit.
+    const pb = await startPublisher(b, ns);
+    await append(a, 1);
+    await eventually(() => pb.publishing.has(B), "the other process to publish the boundary");
+    expect(pa.publishing.has(B)).toBe(false);
+    const live = await untilLive(a, ns);
+    // It still stands by: once the holder goes, it takes over from where the stream ends.
+    await pb.close();
+    await append(a, 2);
+    await eventually(() => pa.publishing.has(B), "the deferring process to take over");
+    await untilPublished(a, ns);
+    expect((await expectStreamMirrorsLog(a, ns, live)).length).toBe(3);
+  });
+
   it("two writing processes: the holder reads back only the other's commits", async () => {
     const ns = freshNamespace();
     const a = await openStore(ns);

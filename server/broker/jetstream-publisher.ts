@@ -27,6 +27,12 @@ export interface JetStreamPublisherOptions {
   readonly log: BrokerLog;
   /** How often a process that does not hold a boundary's publisher lock tries to take it. */
   readonly lockRetryMs?: number;
+  /**
+   * Boundaries another process is meant to publish (it commits their appends, so it publishes
+   * from memory): this one tries their lock only after `lockRetryMs`, as a stand-by, so that the
+   * first commit's NOTIFY does not start a race the committing process may lose.
+   */
+  readonly defer?: ((boundary: string) => boolean) | undefined;
   /** After how long without a commit a boundary is let go: its lock, loop and timers end. */
   readonly idleMs?: number;
   /** How often boundaries nobody publishes are checked for commits not yet published. */
@@ -271,6 +277,7 @@ export class JetStreamPublisher {
   private async run(boundary: string, wake: Waker): Promise<void> {
     const closing = this.closing.signal;
     const { store, log } = this.options;
+    if (this.options.defer?.(boundary)) await pause(this.options.lockRetryMs ?? 1_000, closing);
     while (!closing.aborted && !this.storeClosed()) {
       // This attempt answers every wake so far; later ones show in the holder's first wait.
       wake.take();

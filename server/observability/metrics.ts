@@ -244,6 +244,22 @@ export class Metrics {
     });
   }
 
+  /** Counts how this worker routed appends (process/boundary-owners.ts), read at each scrape. */
+  attachRouting(counts: Readonly<Record<"forwarded" | "served" | "fellBack", number>>): void {
+    new Counter({
+      name: "orisun_appends_routed_total",
+      help: "Appends this worker sent to the worker that commits their boundary (forwarded), committed for another worker (served), or committed here because their worker could not be reached (fell_back)",
+      labelNames: ["route"],
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        this.inc({ route: "forwarded" }, counts.forwarded);
+        this.inc({ route: "served" }, counts.served);
+        this.inc({ route: "fell_back" }, counts.fellBack);
+      },
+    });
+  }
+
   /** The append path's counters and histograms, after each transaction (observe-appends.ts). */
   recordBatch(boundary: string, outcome: BatchOutcome): void {
     this.batchRequests.observe(outcome.requests);

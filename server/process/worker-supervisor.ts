@@ -1,4 +1,8 @@
 import cluster, { type Worker } from "node:cluster";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { SLOT_ENV, SLOTS_ENV, SOCKETS_ENV } from "./boundary-owners.js";
 
 export interface SupervisorLog {
   info(obj: object, msg: string): void;
@@ -54,11 +58,19 @@ export function superviseWorkers(options: SupervisorOptions): void {
   let everListening = false;
   let stopping = false;
   let exitCode = 0;
+  // Where the workers listen for each other's appends (boundary-owners.ts): a directory only
+  // this user can enter (mkdtemp makes it 0700), one socket per slot, removed on exit.
+  const sockets = mkdtempSync(join(tmpdir(), "orisun-workers-"));
+  process.on("exit", () => rmSync(sockets, { recursive: true, force: true }));
 
   const fork = (slot: Slot) => {
     slot.timer = undefined;
     slot.startedAt = Date.now();
-    const worker = cluster.fork();
+    const worker = cluster.fork({
+      [SLOT_ENV]: String(slots.indexOf(slot)),
+      [SLOTS_ENV]: String(slots.length),
+      [SOCKETS_ENV]: sockets,
+    });
     slot.worker = worker;
     worker.once("listening", () => {
       everListening = true;

@@ -47,6 +47,9 @@ export interface ReadOptions extends CallOptions {
   readonly catchUp?: boolean;
 }
 
+/** Where an append goes: see EventStore.routeAppends. */
+export type AppendRoute = (request: AppendRequest, options: CallOptions) => Promise<Position>;
+
 const MiB = 1024 * 1024;
 
 /** The store's whole surface: append with DCB conditions, read, and hear about commits. */
@@ -65,6 +68,7 @@ export class EventStore {
   readonly locks: SessionLocks;
   /** Names this process in its commit NOTIFYs, so that it can ignore their echo. */
   private readonly instance = randomUUID();
+  private route: AppendRoute | undefined;
 
   private constructor(
     readonly database: OpenDatabase,
@@ -132,7 +136,24 @@ export class EventStore {
   }
 
   /** Appends atomically; resolves to the position of the last event written. */
-  async append(request: AppendRequest, options: CallOptions = {}): Promise<Position> {
+  append(request: AppendRequest, options: CallOptions = {}): Promise<Position> {
+    return this.route ? this.route(request, options) : this.appendHere(request, options);
+  }
+
+  /**
+   * Sends appends through `route` (another worker may commit the boundary:
+   * process/boundary-owners.ts), which commits the ones it keeps with appendHere. The returned
+   * function appends here again.
+   */
+  routeAppends(route: AppendRoute): () => void {
+    this.route = route;
+    return () => {
+      if (this.route === route) this.route = undefined;
+    };
+  }
+
+  /** The append, in this process. */
+  async appendHere(request: AppendRequest, options: CallOptions = {}): Promise<Position> {
     await this.boundaries.admit(request.boundary, options.signal);
     const position = await this.appender.append(request, options.signal);
     this.statistics.grew(request.events.length);

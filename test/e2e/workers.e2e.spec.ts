@@ -8,6 +8,7 @@ import {
   EventStore as EventStoreService,
   type Event as WireEvent,
 } from "../../gen/orisun/v1/eventstore_pb.js";
+import { ownerOf } from "../../server/process/boundary-owners.js";
 import { StoreError } from "../../server/store/errors.js";
 import type { Position, Query, StoredEvent, Tag } from "../../server/store/types.js";
 import { dropSchema, freshDataDir, freshSchema, NATS_URL, PG_URL } from "../support/databases.js";
@@ -82,6 +83,19 @@ const wireQuery = (query: Query) => ({
 describe("ORISUN_WORKERS=2: two server processes on one port", () => {
   const schema = freshSchema("workers");
   let server: SpawnedServer;
+  /** orisun_appends_routed_total of the whole cluster, by route. */
+  const routed = async () => {
+    const metrics = await (await fetch(`${server.url}/metrics`)).text();
+    const count = (route: string) =>
+      Number(
+        metrics.match(new RegExp(`orisun_appends_routed_total\\{route="${route}"\\} (\\d+)`))?.[1],
+      );
+    return {
+      forwarded: count("forwarded"),
+      served: count("served"),
+      fell_back: count("fell_back"),
+    };
+  };
   beforeAll(async () => {
     server = await spawnServer({
       ORISUN_PG_URL: PG_URL,
@@ -189,13 +203,29 @@ describe("ORISUN_WORKERS=2: two server processes on one port", () => {
         .map((line) => (JSON.parse(line) as { pid: number }).pid),
     );
     expect([...servedBy].sort()).toEqual(await workerPids(server.process.pid ?? 0));
+
+    // The boundary's appends that reached the worker not owning it were sent on to the one that
+    // does (process/boundary-owners.ts), and every one was answered there.
+    const counts = await routed();
+    expect(counts.forwarded).toBeGreaterThan(0);
+    expect(counts.served).toBe(counts.forwarded);
+    expect(counts.fell_back).toBe(0);
   });
 
-  it("a worker killed with SIGKILL under load is replaced, and every acknowledged append is in the log", async () => {
+  it("the worker that commits a boundary, killed with SIGKILL under load, is replaced; every acknowledged append is in the log", async () => {
     const boundary = "killed";
     const primary = server.process.pid ?? 0;
     const before = await workerPids(primary);
     expect(before).toHaveLength(2);
+    // The worker in the slot that owns the boundary: the other one forwards its share to it.
+    const listening = server
+      .output()
+      .split("\n")
+      .filter((line) => line.includes("Orisun listening"))
+      .map((line) => JSON.parse(line) as { pid: number; slot: number });
+    const owner = listening.find((l) => l.slot === ownerOf(boundary, 2))?.pid;
+    expect(before).toContain(owner);
+    const routedBefore = await routed();
     const acknowledged = new Map<string, Position>();
     let failures = 0;
     const codes: string[] = [];
@@ -221,7 +251,7 @@ describe("ORISUN_WORKERS=2: two server processes on one port", () => {
       }
     });
     await until("appends under way", () => acknowledged.size >= 50);
-    const victim = before[0] ?? 0;
+    const victim = owner ?? 0;
     process.kill(victim, "SIGKILL");
     const atKill = acknowledged.size;
     await until("a replacement worker", async () => {
@@ -230,6 +260,14 @@ describe("ORISUN_WORKERS=2: two server processes on one port", () => {
     });
     await until("the replacement to listen", () => count(server.output(), "Orisun listening") >= 3);
     await until("appends after the kill", () => acknowledged.size >= atKill + 200);
+    // While the slot was empty, the other worker committed the boundary's appends itself; once
+    // the replacement listened, it forwarded them to it again.
+    const routedAfterKill = await routed();
+    expect(routedAfterKill.fell_back).toBeGreaterThan(routedBefore.fell_back);
+    await until("forwarding to the replacement", async () => {
+      const now = await routed();
+      return now.forwarded > routedAfterKill.forwarded;
+    });
     running = false;
     await Promise.all(writers);
 
