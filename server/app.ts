@@ -215,6 +215,13 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
         store,
         log: app.log,
         maxFrameBytes: 2 * config.limits.maxRequestBytes + 1024 * 1024,
+      }).catch((err: unknown) => {
+        // Correct without it, only slower on a boundary many workers write.
+        app.log.warn(
+          { err, dir: slots.dir },
+          "cannot listen for other workers' appends; this worker commits every append itself",
+        );
+        return undefined;
       })
     : undefined;
   if (owners) observability.metrics?.attachRouting(owners.counts);

@@ -60,7 +60,9 @@ export function superviseWorkers(options: SupervisorOptions): void {
   let exitCode = 0;
   // Where the workers listen for each other's appends (boundary-owners.ts): a directory only
   // this user can enter (mkdtemp makes it 0700), one socket per slot, removed on exit.
-  const sockets = mkdtempSync(join(tmpdir(), "orisun-workers-"));
+  // A Unix socket's path has room for about 100 bytes: a long TMPDIR falls back to /tmp.
+  const base = tmpdir().length <= 60 ? tmpdir() : "/tmp";
+  const sockets = mkdtempSync(join(base, "orisun-workers-"));
   process.on("exit", () => rmSync(sockets, { recursive: true, force: true }));
 
   const fork = (slot: Slot) => {
