@@ -148,6 +148,26 @@ describe("counts are checked before a message is decoded", () => {
     expect(message).toContain("the request body is not a valid message");
   });
 
+  it("gRPC-Web's text format is refused before its body is read (Connect does not decode it)", async () => {
+    // 2,000,000 empty events, base64 in a gRPC-Web envelope: decoded, it would take hundreds of MB.
+    const message = toBinary(
+      SaveEventsRequestSchema,
+      create(SaveEventsRequestSchema, { events: Array.from({ length: 2_000_000 }, () => ({})) }),
+    );
+    const framed = Buffer.alloc(5 + message.length);
+    framed.writeUInt32BE(message.length, 1);
+    framed.set(message, 5);
+    const rss = process.memoryUsage().rss;
+    const response = await fetch(`${connect.url}/orisun.v1.EventStore/SaveEvents`, {
+      method: "POST",
+      headers: { "content-type": "application/grpc-web-text" },
+      body: framed.toString("base64"),
+    });
+    expect(response.status).toBe(415);
+    await response.arrayBuffer();
+    expect(process.memoryUsage().rss - rss).toBeLessThan(100 * 1024 * 1024);
+  });
+
   it("and a message within the limits is decoded and served as before", async () => {
     const store = createClient(
       EventStore,

@@ -162,8 +162,9 @@ function stopTheBody(req: FastifyRequest): void {
  * envelope, Connect's unary protocol sends one message as the body. A compressed message (an
  * envelope's flag, or Connect's content-encoding for a whole body) is decompressed for the check,
  * within the size limit, and Connect decompresses it again: otherwise a few kilobytes of gzip
- * would decode into millions of entries unchecked. What cannot be decompressed, and gRPC-Web's text
- * (base64) format, are left to Connect, which refuses or reads them as before.
+ * would decode into millions of entries unchecked. What cannot be decompressed is left to Connect,
+ * which refuses it. gRPC-Web's text (base64) format needs no check: Connect answers it 415
+ * Unsupported Media Type without reading the body.
  */
 function countedRequest(
   body: AsyncIterable<Uint8Array>,
