@@ -1,6 +1,7 @@
 import { unlinkSync } from "node:fs";
 import { createConnection, createServer, type Server, type Socket } from "node:net";
 import { join } from "node:path";
+import { inFlight, RETRY_SAME_IDS } from "../store/append.js";
 import { StoreError } from "../store/errors.js";
 import type { CallOptions, EventStore } from "../store/event-store.js";
 import type { AppendRequest, Position } from "../store/types.js";
@@ -65,9 +66,6 @@ export interface OwnerCounts {
   /** Owned by another worker that could not be reached, so committed here. */
   fellBack: number;
 }
-
-const RETRY_SAME_IDS =
-  "retry with the same event ids: if it was stored, the retry answers its position and stores nothing twice";
 
 /**
  * Sends each append to the one worker that commits its boundary. With several workers, a
@@ -262,12 +260,7 @@ class Peer {
         // The owner answers a cancel at once; one that does not is stuck, and the caller is gone.
         abandon = setTimeout(() => {
           settled();
-          reject(
-            new StoreError(
-              "deadline_exceeded",
-              `the request ended (its deadline passed or it was cancelled) while the append was being written, so it may or may not be stored; ${RETRY_SAME_IDS}`,
-            ),
-          );
+          reject(inFlight());
         }, this.options.abandonMs ?? 1_000);
       };
       const settled = () => {

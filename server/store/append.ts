@@ -61,7 +61,7 @@ const notStarted = () =>
     "the request ended (its deadline passed or it was cancelled) before the append started; nothing was written",
   );
 
-const RETRY_SAME_IDS =
+export const RETRY_SAME_IDS =
   "retry with the same event ids: if it was stored, the retry answers its position and stores nothing twice";
 
 /** This process failed while the request was being appended (a bug): it may be stored. */
@@ -72,7 +72,7 @@ const faulted = () =>
   );
 
 /** Given up while its transaction was in flight: it may still commit. */
-const inFlight = () =>
+export const inFlight = () =>
   new StoreError(
     "deadline_exceeded",
     `the request ended (its deadline passed or it was cancelled) while the append was being written, so it may or may not be stored; ${RETRY_SAME_IDS}`,
