@@ -34,8 +34,13 @@ const conditional: AppendRequest = {
 };
 
 const frames: Frame[] = [
-  { kind: FrameKind.append, id: 1, request: conditional },
-  { kind: FrameKind.append, id: 0xffff_ffff, request: { boundary: "b", events: [] } },
+  {
+    kind: FrameKind.append,
+    id: 1,
+    request: conditional,
+    trace: "4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+  },
+  { kind: FrameKind.append, id: 0xffff_ffff, request: { boundary: "b", events: [] }, trace: "" },
   { kind: FrameKind.cancel, id: 7 },
   { kind: FrameKind.goodbye, id: 0 },
   { kind: FrameKind.ok, id: 3, position: { commit: 12n, prepare: 9_000_000_000n } },
@@ -85,7 +90,7 @@ describe("the frames workers forward appends with", () => {
   });
 
   it("refuse a frame longer than the limit before buffering it", () => {
-    const bytes = encodeFrame({ kind: FrameKind.append, id: 1, request: conditional });
+    const bytes = encodeFrame({ kind: FrameKind.append, id: 1, request: conditional, trace: "" });
     const reader = new FrameReader(bytes.length - 5);
     expect(() => reader.push(bytes.subarray(0, 4))).toThrow(FrameError);
   });

@@ -29,7 +29,8 @@ export function observeAppends(
 /**
  * A boundary's transactions run one after another in the async context of the request that
  * started its queue, whose RPC span may have ended long ago: the span is that RPC's child only
- * while the RPC is still open (its span still recording), otherwise a root span of its own.
+ * while the RPC is still open (its span still recording, or, for an append another worker
+ * forwarded, the span it carried), otherwise a root span of its own.
  */
 function traced<T>(
   tracer: Tracer,
@@ -38,9 +39,10 @@ function traced<T>(
   run: () => Promise<T>,
 ): Promise<T> {
   const parent = trace.getActiveSpan();
-  const ctx: Context = parent?.isRecording()
-    ? context.active()
-    : trace.deleteSpan(context.active());
+  const ctx: Context =
+    parent?.isRecording() || parent?.spanContext().isRemote
+      ? context.active()
+      : trace.deleteSpan(context.active());
   return tracer.startActiveSpan(
     "orisun.append.transaction",
     { attributes: { "orisun.boundary": boundary, "orisun.requests": requests } },

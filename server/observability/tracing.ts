@@ -1,4 +1,4 @@
-import { context, type Tracer, trace } from "@opentelemetry/api";
+import { context, ROOT_CONTEXT, type Tracer, trace } from "@opentelemetry/api";
 
 export interface Tracing {
   readonly tracer: Tracer;
@@ -48,4 +48,23 @@ export async function startTracing(options: TracingOptions): Promise<Tracing | u
       context.disable();
     },
   };
+}
+
+/**
+ * The active span's context as text ("<trace id>-<span id>-<flags>", W3C traceparent's fields),
+ * to carry work into another process; "" without tracing or outside a span.
+ */
+export function currentTrace(): string {
+  const span = trace.getActiveSpan()?.spanContext();
+  if (!span || !trace.isSpanContextValid(span)) return "";
+  return `${span.traceId}-${span.spanId}-${span.traceFlags.toString(16).padStart(2, "0")}`;
+}
+
+/** Runs `work` as a child of the span `text` names (from currentTrace), or as it is. */
+export function withinTrace<T>(text: string, work: () => T): T {
+  const [traceId, spanId, flags] = text.split("-");
+  if (traceId === undefined || spanId === undefined || flags === undefined) return work();
+  const remote = { traceId, spanId, traceFlags: Number.parseInt(flags, 16), isRemote: true };
+  if (!trace.isSpanContextValid(remote)) return work();
+  return context.with(trace.setSpanContext(ROOT_CONTEXT, remote), work);
 }

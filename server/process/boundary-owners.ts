@@ -1,6 +1,7 @@
 import { unlinkSync } from "node:fs";
 import { createConnection, createServer, type Server, type Socket } from "node:net";
 import { join } from "node:path";
+import { currentTrace, withinTrace } from "../observability/tracing.js";
 import { inFlight, RETRY_SAME_IDS } from "../store/append.js";
 import { StoreError } from "../store/errors.js";
 import type { CallOptions, EventStore } from "../store/event-store.js";
@@ -164,8 +165,9 @@ export class BoundaryOwners {
         const cancel = new AbortController();
         running.set(id, cancel);
         this.counts.served++;
-        const done = this.options.store
-          .appendHere(frame.request, { signal: cancel.signal })
+        const done = withinTrace(frame.trace, () =>
+          this.options.store.appendHere(frame.request, { signal: cancel.signal }),
+        )
           .then(
             (position) => reply({ kind: FrameKind.ok, id, position }),
             (error: unknown) => reply({ kind: FrameKind.error, id, error: asStoreError(error) }),
@@ -280,7 +282,8 @@ class Peer {
         },
       });
       signal?.addEventListener("abort", onAbort, { once: true });
-      link.socket.write(encodeFrame({ kind: FrameKind.append, id, request }));
+      const frame = { kind: FrameKind.append, id, request, trace: currentTrace() } as const;
+      link.socket.write(encodeFrame(frame));
     });
   }
 

@@ -12,7 +12,13 @@ export const FrameKind = { append: 1, cancel: 2, ok: 3, error: 4, goodbye: 5 } a
 export type FrameKind = (typeof FrameKind)[keyof typeof FrameKind];
 
 export type Frame =
-  | { readonly kind: typeof FrameKind.append; readonly id: number; readonly request: AppendRequest }
+  | {
+      readonly kind: typeof FrameKind.append;
+      readonly id: number;
+      readonly request: AppendRequest;
+      /** The forwarding call's trace context (tracing.ts), or "" when it has none. */
+      readonly trace: string;
+    }
   | { readonly kind: typeof FrameKind.cancel; readonly id: number }
   | { readonly kind: typeof FrameKind.goodbye; readonly id: number }
   | { readonly kind: typeof FrameKind.ok; readonly id: number; readonly position: Position }
@@ -103,7 +109,7 @@ export function encodeFrame(frame: Frame): Buffer {
   let text = "";
   switch (frame.kind) {
     case FrameKind.append:
-      payload = requestSize(frame.request);
+      payload = requestSize(frame.request) + strSize(frame.trace);
       break;
     case FrameKind.ok:
       payload = 16;
@@ -120,8 +126,10 @@ export function encodeFrame(frame: Frame): Buffer {
   w.u32(HEADER - 4 + payload);
   w.u32(frame.id);
   w.u8(frame.kind);
-  if (frame.kind === FrameKind.append) writeRequest(w, frame.request);
-  else if (frame.kind === FrameKind.ok) {
+  if (frame.kind === FrameKind.append) {
+    writeRequest(w, frame.request);
+    w.str(frame.trace);
+  } else if (frame.kind === FrameKind.ok) {
     w.i64(frame.position.commit);
     w.i64(frame.position.prepare);
   } else if (frame.kind === FrameKind.error) w.str(text);
@@ -271,7 +279,7 @@ function decodeFrame(buffer: Buffer, start: number, end: number): Frame {
   let frame: Frame;
   switch (kind) {
     case FrameKind.append:
-      frame = { kind, id, request: readRequest(r) };
+      frame = { kind, id, request: readRequest(r), trace: r.str() };
       break;
     case FrameKind.cancel:
     case FrameKind.goodbye:

@@ -7,7 +7,7 @@ import { createGrpcTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { EventStore } from "../../gen/orisun/v1/eventstore_pb.js";
 import { failure } from "../support/clients.js";
-import { dropSchema, freshDataDir, freshSchema, PG_URL } from "../support/databases.js";
+import { dropSchema, freshDataDir, freshSchema, NATS_URL, PG_URL } from "../support/databases.js";
 import { spawnServer } from "../support/spawn-server.js";
 import { tempDir } from "../support/temp.js";
 
@@ -51,6 +51,14 @@ interface OtlpExport {
 }
 
 const SPAN_KIND_SERVER = 2;
+
+async function until(condition: () => boolean, ms = 30_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error("timed out");
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
 const STATUS_ERROR = 2;
 
 const attribute = (span: OtlpSpan, key: string) => {
@@ -139,6 +147,52 @@ describe("OpenTelemetry traces when OTEL_EXPORTER_OTLP_ENDPOINT is set", () => {
     expect(attribute(transaction as OtlpSpan, "orisun.requests")).toBe(1);
 
     expect(spans.filter((s) => s.name === "orisun.v1.EventStore/GetEvents")).toHaveLength(1);
+  });
+
+  it("with two workers, an append forwarded to its boundary's worker keeps its transaction inside its RPC", async () => {
+    const { port } = receiver.address() as AddressInfo;
+    const twoSchema = freshSchema("tracing2");
+    const before = exports.length;
+    let forwarded = 0;
+    const server = await spawnServer({
+      ORISUN_PG_URL: PG_URL,
+      ORISUN_PG_SCHEMA: twoSchema,
+      ORISUN_NATS_URL: NATS_URL,
+      ORISUN_DATA_DIR: freshDataDir(),
+      ORISUN_WORKERS: "2",
+      OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${port}`,
+    });
+    try {
+      await until(() => server.output().split("Orisun listening").length > 2);
+      // One append at a time, each on a connection of its own: the primary hands connections
+      // to the workers in turn, so half of them reach the worker that does not own the boundary.
+      for (let i = 0; i < 8; i++) {
+        const transport = createGrpcTransport({ baseUrl: server.url });
+        await createClient(EventStore, transport).saveEvents({
+          boundary: "forwarded",
+          events: [{ eventType: "X", data: "{}" }],
+        });
+      }
+      // Some of them were committed by the other worker, and their transactions made there.
+      const metrics = await (await fetch(`${server.url}/metrics`)).text();
+      forwarded = Number(
+        metrics.match(/orisun_appends_routed_total\{route="forwarded"\} (\d+)/)?.[1],
+      );
+    } finally {
+      expect(await server.stop()).toBe(0);
+      await dropSchema(twoSchema);
+    }
+    const resources = exports.slice(before).flatMap((e) => e.resourceSpans);
+    const spans = resources.flatMap((r) => r.scopeSpans.flatMap((s) => s.spans));
+    const saves = spans.filter((s) => s.name === "orisun.v1.EventStore/SaveEvents");
+    expect(saves).toHaveLength(8);
+    const transactions = spans.filter((s) => s.name === "orisun.append.transaction");
+    expect(transactions).toHaveLength(8);
+    for (const t of transactions) {
+      const rpc = saves.find((s) => s.spanId === t.parentSpanId);
+      expect(rpc?.traceId, "a transaction outside its RPC").toBe(t.traceId);
+    }
+    expect(forwarded).toBeGreaterThan(0);
   });
 
   it("without the variable, loads no OpenTelemetry SDK and exports nothing", async () => {
