@@ -227,7 +227,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
   if (owners) observability.metrics?.attachRouting(owners.counts);
   const publisher = nats
     ? new JetStreamPublisher({
-        defer: owners ? (boundary) => !owners.owns(boundary) : undefined,
+        defer: owners ? (boundary) => owners.defersTo(boundary) : undefined,
         store,
         nc: nats,
         namespace,

@@ -598,30 +598,45 @@ describe("JetStreamPublisher from memory", () => {
     expect(publisher.counts.fromMemory).toBe(0);
   });
 
-  it("a process that defers a boundary leaves its publisher lock to the one meant to publish it", async () => {
+  it("a process that defers a boundary leaves its publisher lock to the one meant to publish it, takes it while that one is away, and hands it back", async () => {
     const ns = freshNamespace();
     const a = await openStore(ns);
     const b = await openStore(ns);
+    const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+    let ownerUp = true;
     // a commits while nobody else publishes: without deferring, it takes the lock at once.
     const pa = await startPublisher(a, ns, {
-      defer: (boundary) => boundary === B,
-      lockRetryMs: 3_000,
+      defer: (boundary) => boundary === B && ownerUp,
+      lockRetryMs: 1_500,
     });
     await append(a, 1);
-    await new Promise((r) => setTimeout(r, 1_000));
+    await sleep(1_000);
     expect(pa.publishing.has(B)).toBe(false);
     // The process meant to publish it comes up and hears of the next commit.
-    const pb = await startPublisher(b, ns);
+    const pb = await startPublisher(b, ns, { lockRetryMs: 200 });
     await append(a, 1);
     await eventually(() => pb.publishing.has(B), "the other process to publish the boundary");
     expect(pa.publishing.has(B)).toBe(false);
     const live = await untilLive(a, ns);
-    // It still stands by: once the holder goes, it takes over from where the stream ends.
+
+    // That process goes: the deferring one takes over from where the stream ends, and keeps it.
+    ownerUp = false;
     await pb.close();
     await append(a, 2);
     await eventually(() => pa.publishing.has(B), "the deferring process to take over");
     await untilPublished(a, ns);
-    expect((await expectStreamMirrorsLog(a, ns, live)).length).toBe(3);
+    await sleep(500);
+    expect(pa.publishing.has(B)).toBe(true);
+
+    // It is back and commits: once all there is is published, the boundary goes back to it.
+    const back = await startPublisher(b, ns, { lockRetryMs: 200 });
+    ownerUp = true;
+    await append(b, 1);
+    await eventually(() => back.publishing.has(B), "the boundary to go back");
+    expect(pa.publishing.has(B)).toBe(false);
+    await append(b, 2);
+    await untilPublished(a, ns);
+    expect((await expectStreamMirrorsLog(a, ns, live)).length).toBe(1 + 2 + 1 + 2);
   });
 
   it("two writing processes: the holder reads back only the other's commits", async () => {

@@ -30,7 +30,8 @@ export interface JetStreamPublisherOptions {
   /**
    * Boundaries another process is meant to publish (it commits their appends, so it publishes
    * from memory): this one tries their lock only after `lockRetryMs`, as a stand-by, so that the
-   * first commit's NOTIFY does not start a race the committing process may lose.
+   * first commit's NOTIFY does not start a race the committing process may lose; and holding one
+   * (taken while that process was away), it lets it go once it has published all there is.
    */
   readonly defer?: ((boundary: string) => boolean) | undefined;
   /** After how long without a commit a boundary is let go: its lock, loop and timers end. */
@@ -397,6 +398,9 @@ export class JetStreamPublisher {
               this.confirmed(boundary, tail);
             }
           }
+          // A boundary meant for another process is given back once all is published and
+          // confirmed, as an idle one is.
+          if (!woken && this.options.defer?.(boundary)) return false;
           if (!woken) woken = await wake.wait(idleMs, signal);
           // Commits that come within lingerMs of the last message wait to go out with the rest.
           const linger = flushed + lingerMs - performance.now();

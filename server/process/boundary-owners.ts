@@ -115,9 +115,14 @@ export class BoundaryOwners {
     return owners;
   }
 
-  owns(boundary: string): boolean {
+  /**
+   * Another worker owns the boundary and did not fail to answer a moment ago: that worker commits
+   * its appends, so it is the one to publish them.
+   */
+  defersTo(boundary: string): boolean {
     const { slot, slots } = this.options.slots;
-    return ownerOf(boundary, slots) === slot;
+    const owner = ownerOf(boundary, slots);
+    return owner !== slot && this.peers[owner]?.reachable === true;
   }
 
   append(request: AppendRequest, call: CallOptions): Promise<Position> {
@@ -239,6 +244,11 @@ class Peer {
     private readonly slot: number,
     private readonly options: BoundaryOwnersOptions,
   ) {}
+
+  /** Not passed over after a failure to reach it. */
+  get reachable(): boolean {
+    return performance.now() >= this.downUntil;
+  }
 
   /**
    * Sends the append to this worker; resolves to its position, or "not delivered" when the
