@@ -53,10 +53,11 @@ import { grpcUnaryPath, type UnaryRoute } from "./http/grpc-unary-path.js";
 import { registerMetricsRoute } from "./http/metrics-route.js";
 import { createOnePort, type OnePort } from "./http/one-port.js";
 import { startObservability } from "./observability/observability.js";
-import { BoundaryOwners, workerSlotsOf } from "./process/boundary-owners.js";
+import { BoundaryOwners } from "./process/boundary-owners.js";
 import { loggerOptions } from "./process/logger.js";
 import { captureGrpcStatus, RequestLogController } from "./process/request-log.js";
 import { retryWhileUnreachable } from "./process/startup-retry.js";
+import { workerSlotsOf } from "./process/worker-slots.js";
 import { loadDeployment } from "./store/deployment.js";
 import { type EventStoreOptions, EventStore as Store } from "./store/event-store.js";
 

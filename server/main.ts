@@ -3,8 +3,8 @@ import Fastify from "fastify";
 import { startApp } from "./app.js";
 import { ConfigError, loadConfig } from "./config.js";
 import { serveClusterMetrics } from "./observability/cluster-metrics.js";
-import { workerSlotsOf } from "./process/boundary-owners.js";
 import { loggerOptions } from "./process/logger.js";
+import { workerSlotsOf } from "./process/worker-slots.js";
 import { superviseWorkers } from "./process/worker-supervisor.js";
 
 async function main(): Promise<void> {

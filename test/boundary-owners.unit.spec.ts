@@ -1,11 +1,6 @@
 import { describe, expect, it } from "vitest";
-import {
-  ownerOf,
-  SLOT_ENV,
-  SLOTS_ENV,
-  SOCKETS_ENV,
-  workerSlotsOf,
-} from "../server/process/boundary-owners.js";
+import { ownerOf } from "../server/process/boundary-owners.js";
+import { SLOT_ENV, SLOTS_ENV, SOCKETS_ENV, workerSlotsOf } from "../server/process/worker-slots.js";
 
 describe("which worker owns a boundary", () => {
   it("is the same for every worker, and spreads names evenly", () => {

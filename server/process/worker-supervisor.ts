@@ -2,7 +2,7 @@ import cluster, { type Worker } from "node:cluster";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { SLOT_ENV, SLOTS_ENV, SOCKETS_ENV } from "./boundary-owners.js";
+import { SLOT_ENV, SLOTS_ENV, SOCKETS_ENV } from "./worker-slots.js";
 
 export interface SupervisorLog {
   info(obj: object, msg: string): void;
