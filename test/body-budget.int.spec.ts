@@ -13,6 +13,7 @@ import type { RunningApp } from "../server/app.js";
 import { UNAUTHENTICATED_MESSAGE } from "../server/auth/auth-error.js";
 import { basic, bearer, clientsWith, grpcTransport, oneEvent } from "./support/auth.js";
 import { startEmbeddedApp } from "./support/embedded-app.js";
+import { frame } from "./support/raw-rpc.js";
 
 /**
  * Request bodies still arriving, on the unary gRPC path and through Connect alike:
@@ -107,9 +108,7 @@ function save(session: http2.ClientHttp2Session): Promise<string | undefined> {
       events: [{ eventId: crypto.randomUUID(), eventType: "Saved", data: "{}" }],
     }),
   );
-  const body = Buffer.alloc(5 + message.length);
-  body.writeUInt32BE(message.length, 1);
-  body.set(message, 5);
+  const body = frame(message);
   return new Promise((resolve, reject) => {
     const stream = session.request({
       ":method": "POST",
@@ -218,9 +217,7 @@ describe.each(servers)("request bodies still arriving, on $name", (server) => {
     );
     const id = crypto.randomUUID();
     const message = toBinary(SaveEventsRequestSchema, oneEvent("default", id));
-    const body = Buffer.alloc(5 + message.length);
-    body.writeUInt32BE(message.length, 1);
-    body.set(message, 5);
+    const body = frame(message);
     const session = http2.connect(app.url);
     try {
       const stream = session.request({

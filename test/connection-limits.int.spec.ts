@@ -10,6 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type RunningApp, startApp } from "../server/app.js";
 import { loadConfig } from "../server/config.js";
 import { dropSchema, freshSchema, PG_URL } from "./support/databases.js";
+import { frame } from "./support/raw-rpc.js";
 
 // Real sockets against a real server on both paths of the one port: the cleartext sniffer and
 // TLS. Timeouts are short through the settings so each test runs in seconds; margins are wide
@@ -189,10 +190,7 @@ async function append(server: Server, boundary: string, eventId: string): Promis
 
 /** A Connect streaming request body: one uncompressed envelope. */
 function envelope(json: unknown): Buffer {
-  const payload = Buffer.from(JSON.stringify(json));
-  const head = Buffer.alloc(5);
-  head.writeUInt32BE(payload.length, 1);
-  return Buffer.concat([head, payload]);
+  return Buffer.from(frame(Buffer.from(JSON.stringify(json))));
 }
 
 describe.each([

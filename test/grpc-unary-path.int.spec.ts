@@ -9,6 +9,7 @@ import {
 import type { RunningApp } from "../server/app.js";
 import { basic } from "./support/auth.js";
 import { startEmbeddedApp } from "./support/embedded-app.js";
+import { frame } from "./support/raw-rpc.js";
 
 /**
  * SaveEvents and PublishToPubSub over binary gRPC are served straight from the HTTP/2 stream
@@ -115,13 +116,7 @@ async function call(
   }
 }
 
-function envelope(message: Uint8Array, flags = 0): Buffer {
-  const out = Buffer.alloc(5 + message.length);
-  out[0] = flags;
-  out.writeUInt32BE(message.length, 1);
-  out.set(message, 5);
-  return out;
-}
+const envelope = (message: Uint8Array, flags = 0) => Buffer.from(frame(message, flags));
 
 function save(boundary: string, tag: string, condition?: { after: bigint }): Uint8Array {
   return toBinary(

@@ -12,6 +12,7 @@ import { Admin, ImportEventsRequestSchema } from "../gen/orisun/v1/admin_pb.js";
 import { EventStore, SaveEventsRequestSchema } from "../gen/orisun/v1/eventstore_pb.js";
 import type { RunningApp } from "../server/app.js";
 import { startEmbeddedApp } from "./support/embedded-app.js";
+import { frame } from "./support/raw-rpc.js";
 
 /**
  * A message's counts are checked on its bytes before it is decoded (server/api/wire-counts.ts), on
@@ -57,9 +58,7 @@ function rawGrpc(
   path = "/orisun.v1.EventStore/SaveEvents",
 ): Promise<[string, string]> {
   const session = http2.connect(url);
-  const body = Buffer.alloc(5 + message.length);
-  body.writeUInt32BE(message.length, 1);
-  body.set(message, 5);
+  const body = frame(message);
   return new Promise((resolve, reject) => {
     const stream = session.request({
       ":method": "POST",
@@ -154,9 +153,7 @@ describe("counts are checked before a message is decoded", () => {
       SaveEventsRequestSchema,
       create(SaveEventsRequestSchema, { events: Array.from({ length: 2_000_000 }, () => ({})) }),
     );
-    const framed = Buffer.alloc(5 + message.length);
-    framed.writeUInt32BE(message.length, 1);
-    framed.set(message, 5);
+    const framed = Buffer.from(frame(message));
     const rss = process.memoryUsage().rss;
     const response = await fetch(`${connect.url}/orisun.v1.EventStore/SaveEvents`, {
       method: "POST",

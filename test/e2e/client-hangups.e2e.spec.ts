@@ -5,6 +5,7 @@ import { createGrpcTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { EventStore, SaveEventsRequestSchema } from "../../gen/orisun/v1/eventstore_pb.js";
 import { dropSchema, freshDataDir, freshSchema, PG_URL } from "../support/databases.js";
+import { frame } from "../support/raw-rpc.js";
 import { type SpawnedServer, spawnServer } from "../support/spawn-server.js";
 
 const NATS_URL = process.env.ORISUN_TEST_NATS_URL ?? "nats://127.0.0.1:4222";
@@ -63,11 +64,7 @@ describe("a subscriber that goes away mid-stream", () => {
       "@-",
       `${server.url}/orisun.v1.EventStore/SubscribeToEvents`,
     ]);
-    const body = Buffer.from(JSON.stringify({ boundary: BOUNDARY }));
-    const frame = Buffer.alloc(5 + body.length);
-    frame.writeUInt32BE(body.length, 1);
-    body.copy(frame, 5);
-    curl.stdin.end(frame);
+    curl.stdin.end(frame(Buffer.from(JSON.stringify({ boundary: BOUNDARY }))));
     await new Promise<void>((r) => curl.stdout.once("data", () => r()));
     curl.stdout.pause();
     // The server fills the socket's buffers and waits to write more.

@@ -12,6 +12,7 @@ import {
   PG_PORT,
   pgUrlVia,
 } from "../support/databases.js";
+import { frame } from "../support/raw-rpc.js";
 import { type SpawnedServer, spawnServer } from "../support/spawn-server.js";
 import { startTcpProxy, type TcpProxy } from "../support/tcp-proxy.js";
 
@@ -55,9 +56,7 @@ function rawGrpcSave(port: number, boundary: string, id: string, timeout: string
     SaveEventsRequestSchema,
     create(SaveEventsRequestSchema, { boundary, events: [event(id)] }),
   );
-  const frame = Buffer.alloc(5 + message.length);
-  frame.writeUInt32BE(message.length, 1);
-  frame.set(message, 5);
+  const body = frame(message);
   const session = http2Connect(`http://127.0.0.1:${port}`);
   return new Promise<{ status: string | undefined; ms: number }>((done, fail) => {
     const guard = setTimeout(() => {
@@ -86,7 +85,7 @@ function rawGrpcSave(port: number, boundary: string, id: string, timeout: string
       done({ status, ms: Date.now() - started });
     });
     req.on("error", fail);
-    req.end(frame);
+    req.end(body);
   });
 }
 

@@ -17,9 +17,13 @@ export type RawTransport = "grpc" | "grpc-web" | "connect-proto" | "connect-get"
 const PATH = "/orisun.v1.EventStore/";
 const TIMEOUT_MS = 15_000;
 
-/** One gRPC message frame: uncompressed flag, big-endian length, payload. */
-export function frame(payload: Uint8Array): Uint8Array {
+/**
+ * One message frame of gRPC, gRPC-Web and Connect streaming: flags (0: uncompressed),
+ * big-endian length, payload.
+ */
+export function frame(payload: Uint8Array, flags = 0): Uint8Array {
   const out = new Uint8Array(5 + payload.length);
+  out[0] = flags;
   new DataView(out.buffer).setUint32(1, payload.length);
   out.set(payload, 5);
   return out;
