@@ -7,12 +7,30 @@
  * With PG_URL, SaveEvents first inserts one row (a uuid) into a lean table of its own, a bigserial
  * key and a unique uuid, with a named prepared statement in autocommit: one round trip and one
  * commit, the one thing an acknowledged append cannot skip. The table is dropped on SIGTERM.
+ *
+ * With BARE_APPEND=1 as well, SaveEvents instead runs Orisun's own append statement: the request
+ * is decoded, and its events and condition go to `orisun_append_rows` through the store's
+ * connection pool (`callAppend`, the call the server makes for a lone append), in a schema of its
+ * own that Orisun's migrations create; the answer is the position it wrote. The condition is
+ * decided in memory as the server decides it, when nothing lies between its marker and the head
+ * this handler last wrote, else checked in SQL. Nothing else of Orisun runs: no Connect, no
+ * interceptors, no validation, no group commit, no live stream. So at one client its rate is the
+ * most any server could make that answers a lone append with that statement on this stack.
+ * It serves one client: concurrent calls would each take the boundary's lock in turn.
  */
 import { randomUUID } from "node:crypto";
 import { createServer, type ServerHttp2Stream } from "node:http2";
-import { create, toBinary } from "@bufbuild/protobuf";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import pg from "pg";
-import { WriteResultSchema } from "../gen/orisun/v1/eventstore_pb.js";
+import {
+  type SaveEventsRequest,
+  SaveEventsRequestSchema,
+  WriteResultSchema,
+} from "../gen/orisun/v1/eventstore_pb.js";
+import { callAppend, type FunctionCheck } from "../server/store/append-function.js";
+import { openDatabase } from "../server/store/database.js";
+import { encodeTag } from "../server/store/schema.js";
+import type { Position } from "../server/store/types.js";
 
 const TABLE = `orisun_bench_bare_${process.pid}`;
 const pool = process.env.PG_URL
@@ -22,6 +40,75 @@ await pool?.query(
   `CREATE TABLE ${TABLE} (position bigserial PRIMARY KEY, id uuid NOT NULL UNIQUE)`,
 );
 const insert = { name: "bare_insert", text: `INSERT INTO ${TABLE} (id) VALUES ($1)` };
+
+const SCHEMA = `orisun_bench_bare_${process.pid}`;
+const store =
+  process.env.PG_URL && process.env.BARE_APPEND === "1"
+    ? await openDatabase({
+        url: process.env.PG_URL,
+        schema: SCHEMA,
+        poolSize: 8,
+        dataDir: "",
+        onIdleError: () => {},
+      })
+    : undefined;
+/** The head this handler last wrote, per boundary. */
+const heads = new Map<string, Position>();
+
+/** Runs the request as Orisun's lone append statement; the position of its last event. */
+async function append(request: SaveEventsRequest): Promise<Position> {
+  if (!store) throw new Error("no store");
+  const { boundary } = request;
+  const given = request.consistencyCondition;
+  const marker = {
+    commit: given?.consistencyMarker?.commitPosition ?? 0n,
+    prepare: given?.consistencyMarker?.preparePosition ?? 0n,
+  };
+  const query = (given?.criteria?.criteria ?? []).map((c) => ({
+    types: c.eventTypes,
+    tags: c.tags.map(({ key, value }) => ({ key, value })),
+  }));
+  const events = request.events.map((e, i) => ({
+    commits: 1n,
+    prepares: BigInt(i + 1),
+    id: e.eventId || randomUUID(),
+    type: e.eventType,
+    tags: [...new Set(e.tags.map(encodeTag))],
+    data: e.data,
+    metadata: e.metadata,
+  }));
+  const connection = await store.connections.connect();
+  try {
+    const run = (head: Position | undefined) => {
+      // Nothing between the marker and the head: no event after the marker can match.
+      const decided =
+        head !== undefined && head.commit === marker.commit && head.prepare === marker.prepare;
+      const checks: FunctionCheck[] = given ? [{ after: marker, query, decided }] : [];
+      return callAppend(
+        connection,
+        boundary,
+        head,
+        given ? marker : undefined,
+        checks,
+        events,
+        1,
+        undefined,
+      );
+    };
+    let called = await run(heads.get(boundary));
+    // Another writer moved the head: checked in SQL against the head as it is.
+    if (called.outcome === "stale") called = await run(undefined);
+    if (called.outcome !== "ok") throw new Error(`orisun_append_rows: ${called.outcome}`);
+    const head = {
+      commit: called.before.commit + 1n,
+      prepare: called.before.prepare + BigInt(events.length),
+    };
+    heads.set(boundary, head);
+    return head;
+  } finally {
+    connection.release();
+  }
+}
 
 const frame = (message: Uint8Array) => {
   const out = Buffer.alloc(5 + message.length);
@@ -47,9 +134,35 @@ function answer(stream: ServerHttp2Stream, body: Buffer): void {
 const server = createServer();
 server.on("stream", (stream, headers) => {
   const saving = String(headers[":path"]).endsWith("/SaveEvents");
-  stream.on("data", () => {});
+  const chunks: Buffer[] = [];
+  stream.on("data", (chunk: Buffer) => {
+    if (store) chunks.push(chunk);
+  });
   stream.once("end", () => {
     if (!saving) return answer(stream, empty);
+    if (store) {
+      const body = Buffer.concat(chunks);
+      return Promise.resolve(body.subarray(5))
+        .then((message) => append(fromBinary(SaveEventsRequestSchema, message)))
+        .then(
+          ({ commit, prepare }) =>
+            answer(
+              stream,
+              frame(
+                toBinary(
+                  WriteResultSchema,
+                  create(WriteResultSchema, {
+                    logPosition: { commitPosition: commit, preparePosition: prepare },
+                  }),
+                ),
+              ),
+            ),
+          (error: unknown) => {
+            console.error(error);
+            stream.close(2);
+          },
+        );
+    }
     if (!pool) return answer(stream, saved);
     pool.query({ ...insert, values: [randomUUID()] }).then(
       () => answer(stream, saved),
@@ -63,6 +176,8 @@ server.listen(Number(process.env.PORT), "127.0.0.1");
 process.once("SIGTERM", async () => {
   server.close();
   await pool?.query(`DROP TABLE IF EXISTS ${TABLE}`).catch(() => {});
+  if (store) await pool?.query(`DROP SCHEMA IF EXISTS ${SCHEMA} CASCADE`).catch(() => {});
   await pool?.end();
+  await store?.db.destroy();
   process.exit(0);
 });

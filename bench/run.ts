@@ -195,6 +195,18 @@ const comparisons: Comparison[] = [
       reference: { key: `pgbench1x${n}`, name: `pgbench 1 row/tx, ${clientCount(n)}` },
     },
   ]),
+  // The ceiling of a lone append that runs Orisun's statement: nothing of Orisun but it.
+  {
+    key: "cond1",
+    reference: {
+      key: "bare-append1",
+      name: "a bare HTTP/2 handler running Orisun's statement, 1 client",
+    },
+  },
+  {
+    key: "bare-append1",
+    reference: { key: "pgbench1x1", name: "pgbench 1 row/tx, 1 client" },
+  },
   {
     key: "cond100x16",
     reference: { key: "pgbench100x16", name: "pgbench 100 rows/tx, 16 clients" },
@@ -863,15 +875,16 @@ interface ReferenceHandler {
  * The floor the stack sets: trivial-server.ts, a connect-fastify SaveEvents handler that answers
  * at once; the same with `SELECT 1` on PostgreSQL; and with that and a JetStream publish (the
  * floor of a lone append). And bare-server.ts, a bare node:http2 handler that commits one row per
- * SaveEvents: the least any durable append served from Node costs, without Connect or Fastify.
- * Started together, so that each can be measured right after Orisun's appends at the same client
+ * SaveEvents: the least any durable append served from Node costs, without Connect or Fastify;
+ * and the same handler running Orisun's own append statement (at 1 client only): the most a lone
+ * append with that statement can make on this stack. Started together, so that each can be measured right after Orisun's appends at the same client
  * count: this machine's speed drifts within minutes.
  */
 async function startReferenceHandlers(): Promise<ReferenceHandler[]> {
   if (GIVEN_URL) return [];
   const handlers: ReferenceHandler[] = [];
   try {
-    const keys: ReferenceName[] = ["trivial", "select1", "floor", "bare-commit"];
+    const keys: ReferenceName[] = ["trivial", "select1", "floor", "bare-commit", "bare-append"];
     for (const key of keys) {
       const { what, start } = REFERENCE_HANDLERS[key];
       handlers.push({ key, what, server: await start(PG_URL, NATS_URL) });
@@ -894,6 +907,8 @@ async function measureReferenceHandlers(
   clients: number,
 ): Promise<void> {
   for (const { key, what, server } of handlers) {
+    // One statement per call on one boundary: more clients would only queue for its lock.
+    if (key === "bare-append" && clients !== 1) continue;
     const { result, cpu } = await measure(workers, server.pid, () =>
       appends(workers, server.url, {
         boundary: "trivial",

@@ -62,12 +62,14 @@ export function startTrivialServer(pgUrl?: string, natsUrl?: string): Promise<Se
 
 /**
  * The bare node:http2 server of bare-server.ts: any gRPC call answered at once; with `pgUrl`, each
- * SaveEvents first commits one row to a lean table.
+ * SaveEvents first commits one row to a lean table, or with `orisunStatement` runs Orisun's append
+ * statement instead.
  */
-export function startBareServer(pgUrl?: string): Promise<Server> {
+export function startBareServer(pgUrl?: string, orisunStatement = false): Promise<Server> {
   return spawnAndWait(`${ROOT}dist/bench/bare-server.js`, (port) => ({
     PORT: String(port),
     ...(pgUrl && { PG_URL: pgUrl }),
+    ...(orisunStatement && { BARE_APPEND: "1" }),
   }));
 }
 
@@ -95,6 +97,10 @@ export const REFERENCE_HANDLERS = {
   "bare-commit": {
     what: "a bare node:http2 SaveEvents handler that commits one row (INSERT, autocommit)",
     start: (pgUrl: string) => startBareServer(pgUrl),
+  },
+  "bare-append": {
+    what: "a bare node:http2 SaveEvents handler that runs Orisun's append statement (one client)",
+    start: (pgUrl: string) => startBareServer(pgUrl, true),
   },
 } satisfies Record<
   string,
