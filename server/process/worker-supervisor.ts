@@ -1,7 +1,7 @@
 import cluster, { type Worker } from "node:cluster";
-import { mkdtempSync, rmSync } from "node:fs";
+import { rmSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { makeSocketDir, removeStaleSocketDirs } from "./socket-dirs.js";
 import { SLOT_ENV, SLOTS_ENV, SOCKETS_ENV } from "./worker-slots.js";
 
 export interface SupervisorLog {
@@ -59,10 +59,14 @@ export function superviseWorkers(options: SupervisorOptions): void {
   let stopping = false;
   let exitCode = 0;
   // Where the workers listen for each other's appends (boundary-owners.ts): a directory only
-  // this user can enter (mkdtemp makes it 0700), one socket per slot, removed on exit.
+  // this user can enter (mkdtemp makes it 0700), one socket per slot, removed on exit; those
+  // left by primaries that were killed go first (socket-dirs.ts).
   // A Unix socket's path has room for about 100 bytes: a long TMPDIR falls back to /tmp.
   const base = tmpdir().length <= 60 ? tmpdir() : "/tmp";
-  const sockets = mkdtempSync(join(base, "orisun-workers-"));
+  const stale = removeStaleSocketDirs(base);
+  if (stale.length > 0)
+    log.info({ dirs: stale, base }, "removed socket directories of primaries that are gone");
+  const sockets = makeSocketDir(base);
   process.on("exit", () => rmSync(sockets, { recursive: true, force: true }));
 
   const fork = (slot: Slot) => {

@@ -1,4 +1,7 @@
 import { execFile } from "node:child_process";
+import { mkdtempSync, readdirSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { promisify } from "node:util";
 import { type Client, Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
@@ -302,5 +305,57 @@ describe("ORISUN_WORKERS=2: two server processes on one port", () => {
     });
     expect(alive).toEqual([]);
     expect(count(server.output(), '"msg":"shutting down"')).toBe(2);
+  });
+});
+
+describe("a cluster primary killed with SIGKILL", () => {
+  const schema = freshSchema("workers_killed");
+  const tmp = mkdtempSync(join(tmpdir(), "orisun-tmp-"));
+  afterAll(async () => {
+    await dropSchema(schema);
+    rmSync(tmp, { recursive: true, force: true });
+  });
+  const alive = (pid: number) => {
+    try {
+      process.kill(pid, 0);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  const socketDirs = () => readdirSync(tmp).filter((name) => name.startsWith("orisun-workers-"));
+
+  it("leaves its workers' socket directory behind, and the next primary removes it", async () => {
+    const env = {
+      ORISUN_PG_URL: PG_URL,
+      ORISUN_PG_SCHEMA: schema,
+      ORISUN_NATS_URL: NATS_URL,
+      ORISUN_DATA_DIR: freshDataDir(),
+      ORISUN_WORKERS: "2",
+      TMPDIR: tmp,
+    };
+    const first = await spawnServer(env);
+    await until("both workers", () => count(first.output(), "Orisun listening") >= 2);
+    const primary = first.process.pid ?? 0;
+    const workers = await workerPids(primary);
+    expect(workers).toHaveLength(2);
+    const [left] = socketDirs();
+    expect(left?.startsWith(`orisun-workers-${primary}-`)).toBe(true);
+    await first.stop("SIGKILL");
+    // Cut off from their primary, the workers exit; nobody removed the directory.
+    await until("the workers to exit", () => workers.every((pid) => !alive(pid)));
+    expect(socketDirs()).toEqual([left]);
+
+    const second = await spawnServer(env);
+    try {
+      await until("both workers", () => count(second.output(), "Orisun listening") >= 2);
+      const mine = socketDirs();
+      expect(mine).toHaveLength(1);
+      expect(mine[0]?.startsWith(`orisun-workers-${second.process.pid}-`)).toBe(true);
+      expect(second.output()).toContain("removed socket directories of primaries that are gone");
+    } finally {
+      await second.stop();
+    }
+    expect(socketDirs()).toEqual([]);
   });
 });
