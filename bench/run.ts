@@ -877,8 +877,9 @@ interface ReferenceHandler {
  * floor of a lone append). And bare-server.ts, a bare node:http2 handler that commits one row per
  * SaveEvents: the least any durable append served from Node costs, without Connect or Fastify;
  * and the same handler running Orisun's own append statement (at 1 client only): the most a lone
- * append with that statement can make on this stack. Started together, so that each can be measured right after Orisun's appends at the same client
- * count: this machine's speed drifts within minutes.
+ * append with that statement can make on this stack. Started together, so that each can be
+ * measured right after Orisun's appends at the same client count: this machine's speed drifts
+ * within minutes.
  */
 async function startReferenceHandlers(): Promise<ReferenceHandler[]> {
   if (GIVEN_URL) return [];

@@ -20,7 +20,8 @@ export function makeSocketDir(base: string): string {
  * the names of those removed. A directory of a running primary (this one, another deployment's),
  * of another user, or of a version that did not put the pid in the name is left alone. A pid
  * reused by an unrelated process keeps its directory until that process is gone too: a leftover,
- * never a directory taken from a running primary.
+ * never a directory taken from a running primary. Pids are those of this pid namespace: containers
+ * that share one temporary folder need a TMPDIR each.
  */
 export function removeStaleSocketDirs(base: string): string[] {
   let names: string[];
