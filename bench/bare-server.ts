@@ -17,6 +17,13 @@
  * interceptors, no validation, no group commit, no live stream. So at one client its rate is the
  * most any server could make that answers a lone append with that statement on this stack.
  * It serves one client: concurrent calls would each take the boundary's lock in turn.
+ *
+ * With BARE_STORE=1 instead, SaveEvents goes to Orisun's store itself (EventStore.append, opened
+ * with the options the server opens it with, in a schema of its own): group commit, the window
+ * that decides conditions in memory, the one-statement append and its fallbacks. What the server
+ * adds around the store does not run: Connect, interceptors, authentication, validation (the
+ * request is taken as it comes), metrics, the live stream. At any number of clients its rate is
+ * the most a server could make that commits appends with Orisun's store on this stack.
  */
 import { randomUUID } from "node:crypto";
 import { createServer, type ServerHttp2Stream } from "node:http2";
@@ -27,10 +34,13 @@ import {
   SaveEventsRequestSchema,
   WriteResultSchema,
 } from "../gen/orisun/v1/eventstore_pb.js";
+import { storeOptionsFor } from "../server/app.js";
+import { loadConfig } from "../server/config.js";
 import { callAppend, type FunctionCheck } from "../server/store/append-function.js";
 import { openDatabase } from "../server/store/database.js";
+import { EventStore } from "../server/store/event-store.js";
 import { encodeTag } from "../server/store/schema.js";
-import type { Position } from "../server/store/types.js";
+import type { AppendRequest, Position } from "../server/store/types.js";
 
 const TABLE = `orisun_bench_bare_${process.pid}`;
 const pool = process.env.PG_URL
@@ -52,6 +62,41 @@ const store =
         onIdleError: () => {},
       })
     : undefined;
+const eventStore =
+  process.env.PG_URL && process.env.BARE_STORE === "1"
+    ? await EventStore.open(
+        storeOptionsFor(
+          loadConfig({ ORISUN_PG_URL: process.env.PG_URL, ORISUN_PG_SCHEMA: SCHEMA }, []),
+          console,
+        ),
+      )
+    : undefined;
+
+/** The request as the store takes it, unvalidated. */
+function appendRequest(request: SaveEventsRequest): AppendRequest {
+  const given = request.consistencyCondition;
+  return {
+    boundary: request.boundary,
+    events: request.events.map((e) => ({
+      id: e.eventId || randomUUID(),
+      type: e.eventType,
+      tags: e.tags.map(({ key, value }) => ({ key, value })),
+      data: e.data,
+      metadata: e.metadata,
+    })),
+    condition: given && {
+      after: {
+        commit: given.consistencyMarker?.commitPosition ?? 0n,
+        prepare: given.consistencyMarker?.preparePosition ?? 0n,
+      },
+      query: (given.criteria?.criteria ?? []).map((c) => ({
+        types: c.eventTypes,
+        tags: c.tags.map(({ key, value }) => ({ key, value })),
+      })),
+    },
+  };
+}
+
 /** The head this handler last wrote, per boundary. */
 const heads = new Map<string, Position>();
 
@@ -134,16 +179,21 @@ function answer(stream: ServerHttp2Stream, body: Buffer): void {
 const server = createServer();
 server.on("stream", (stream, headers) => {
   const saving = String(headers[":path"]).endsWith("/SaveEvents");
+  // A stream closed with an error code (a failed append) emits 'error': nothing more to do.
+  stream.on("error", () => {});
   const chunks: Buffer[] = [];
   stream.on("data", (chunk: Buffer) => {
-    if (store) chunks.push(chunk);
+    if (store || eventStore) chunks.push(chunk);
   });
   stream.once("end", () => {
     if (!saving) return answer(stream, empty);
-    if (store) {
+    if (store || eventStore) {
       const body = Buffer.concat(chunks);
       return Promise.resolve(body.subarray(5))
-        .then((message) => append(fromBinary(SaveEventsRequestSchema, message)))
+        .then((message) => {
+          const request = fromBinary(SaveEventsRequestSchema, message);
+          return eventStore ? eventStore.append(appendRequest(request)) : append(request);
+        })
         .then(
           ({ commit, prepare }) =>
             answer(
@@ -176,8 +226,11 @@ server.listen(Number(process.env.PORT), "127.0.0.1");
 process.once("SIGTERM", async () => {
   server.close();
   await pool?.query(`DROP TABLE IF EXISTS ${TABLE}`).catch(() => {});
-  if (store) await pool?.query(`DROP SCHEMA IF EXISTS ${SCHEMA} CASCADE`).catch(() => {});
-  await pool?.end();
   await store?.db.destroy();
+  await eventStore?.close();
+  if (store || eventStore) {
+    await pool?.query(`DROP SCHEMA IF EXISTS ${SCHEMA} CASCADE`).catch(() => {});
+  }
+  await pool?.end();
   process.exit(0);
 });

@@ -195,6 +195,20 @@ const comparisons: Comparison[] = [
       reference: { key: `pgbench1x${n}`, name: `pgbench 1 row/tx, ${clientCount(n)}` },
     },
   ]),
+  // The ceiling of appends through Orisun's store: nothing of the server around it.
+  ...[1, 16, 64].flatMap((n): Comparison[] => [
+    {
+      key: `cond${n}`,
+      reference: {
+        key: `bare-store${n}`,
+        name: `a bare HTTP/2 handler appending through Orisun's store, ${clientCount(n)}`,
+      },
+    },
+    {
+      key: `bare-store${n}`,
+      reference: { key: `emmett${n}`, name: `Emmett, ${clientCount(n)}` },
+    },
+  ]),
   // The ceiling of a lone append that runs Orisun's statement: nothing of Orisun but it.
   {
     key: "cond1",
@@ -877,7 +891,8 @@ interface ReferenceHandler {
  * floor of a lone append). And bare-server.ts, a bare node:http2 handler that commits one row per
  * SaveEvents: the least any durable append served from Node costs, without Connect or Fastify;
  * and the same handler running Orisun's own append statement (at 1 client only): the most a lone
- * append with that statement can make on this stack. Started together, so that each can be
+ * append with that statement can make on this stack; and the same handler appending through
+ * Orisun's store: the most appends through it can make. Started together, so that each can be
  * measured right after Orisun's appends at the same client count: this machine's speed drifts
  * within minutes.
  */
@@ -885,7 +900,14 @@ async function startReferenceHandlers(): Promise<ReferenceHandler[]> {
   if (GIVEN_URL) return [];
   const handlers: ReferenceHandler[] = [];
   try {
-    const keys: ReferenceName[] = ["trivial", "select1", "floor", "bare-commit", "bare-append"];
+    const keys: ReferenceName[] = [
+      "trivial",
+      "select1",
+      "floor",
+      "bare-commit",
+      "bare-append",
+      "bare-store",
+    ];
     for (const key of keys) {
       const { what, start } = REFERENCE_HANDLERS[key];
       handlers.push({ key, what, server: await start(PG_URL, NATS_URL) });
@@ -910,9 +932,20 @@ async function measureReferenceHandlers(
   for (const { key, what, server } of handlers) {
     // One statement per call on one boundary: more clients would only queue for its lock.
     if (key === "bare-append" && clients !== 1) continue;
+    if (key === "bare-store") {
+      // A fresh process: at 16 clients its first seconds ran at 0.6x of its third (JIT), while
+      // Orisun's server was warmed by the load and the workloads before.
+      await appends(workers, server.url, {
+        boundary: `warm_${clients}`,
+        clients,
+        eventsPerAppend: 1,
+        conditional: true,
+        seconds: 3,
+      });
+    }
     const { result, cpu } = await measure(workers, server.pid, () =>
       appends(workers, server.url, {
-        boundary: "trivial",
+        boundary: `trivial_${clients}`,
         clients,
         eventsPerAppend: 1,
         conditional: true,

@@ -62,14 +62,15 @@ export function startTrivialServer(pgUrl?: string, natsUrl?: string): Promise<Se
 
 /**
  * The bare node:http2 server of bare-server.ts: any gRPC call answered at once; with `pgUrl`, each
- * SaveEvents first commits one row to a lean table, or with `orisunStatement` runs Orisun's append
- * statement instead.
+ * SaveEvents first commits one row to a lean table, or runs Orisun's append statement instead
+ * ("statement"), or hands the request to Orisun's store ("store").
  */
-export function startBareServer(pgUrl?: string, orisunStatement = false): Promise<Server> {
+export function startBareServer(pgUrl?: string, orisun?: "statement" | "store"): Promise<Server> {
   return spawnAndWait(`${ROOT}dist/bench/bare-server.js`, (port) => ({
     PORT: String(port),
     ...(pgUrl && { PG_URL: pgUrl }),
-    ...(orisunStatement && { BARE_APPEND: "1" }),
+    ...(orisun === "statement" && { BARE_APPEND: "1" }),
+    ...(orisun === "store" && { BARE_STORE: "1" }),
   }));
 }
 
@@ -100,7 +101,11 @@ export const REFERENCE_HANDLERS = {
   },
   "bare-append": {
     what: "a bare node:http2 SaveEvents handler that runs Orisun's append statement (one client)",
-    start: (pgUrl: string) => startBareServer(pgUrl, true),
+    start: (pgUrl: string) => startBareServer(pgUrl, "statement"),
+  },
+  "bare-store": {
+    what: "a bare node:http2 SaveEvents handler that appends through Orisun's store",
+    start: (pgUrl: string) => startBareServer(pgUrl, "store"),
   },
 } satisfies Record<
   string,

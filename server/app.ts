@@ -97,6 +97,41 @@ export interface AppOptions {
   readonly grpcUnaryPath?: boolean;
 }
 
+/** The store's options from the configuration: what every server process opens its store with. */
+export function storeOptionsFor(
+  config: Config,
+  log: Pick<FastifyBaseLogger, "warn" | "error">,
+  observer?: EventStoreOptions["observer"],
+): EventStoreOptions {
+  return {
+    url: config.pgUrl,
+    schema: config.pgSchema,
+    poolSize: config.pgPoolSize,
+    timeouts: {
+      statementMs: config.pgStatementTimeoutMs,
+      lockMs: config.pgLockTimeoutMs,
+      idleInTransactionMs: config.pgIdleInTransactionTimeoutMs,
+      connectMs: config.pgConnectTimeoutMs,
+    },
+    catchUpConnections: config.catchUpConnections,
+    dataDir: config.dataDir,
+    onIdleError: (err) => log.warn({ err }, "idle database connection failed"),
+    onSignalError: (err) => log.warn({ err }, "LISTEN connection failed; reconnecting"),
+    onStatisticsError: (err) => log.warn({ err }, "ANALYZE of the events table failed"),
+    onAppendFault: (boundary, err) =>
+      log.error({ err, boundary }, "the append path failed; waiting appends were refused"),
+    groupCommit: {
+      maxEvents: config.limits.maxEventsPerSave,
+      maxBytes: config.limits.maxRequestBytes * 2,
+      maxWaitMs: config.groupCommitWaitMs,
+    },
+    maxBoundaries: config.maxBoundaries,
+    recentCommitsBytes: config.recentCommitsBytes,
+    boundaryIdleMs: config.boundaryIdleMs,
+    observer,
+  };
+}
+
 /** Wires store, API and the one listening port together and starts listening. */
 export async function startApp(config: Config, options: AppOptions = {}): Promise<RunningApp> {
   let onePort: OnePort | undefined;
@@ -116,33 +151,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
   captureGrpcStatus(app);
   // PostgreSQL and NATS may come up after this process (compose, a reboot): wait for them.
   const retry = { timeoutMs: config.startupTimeoutMs, log: app.log };
-  const storeOptions: EventStoreOptions = {
-    url: config.pgUrl,
-    schema: config.pgSchema,
-    poolSize: config.pgPoolSize,
-    timeouts: {
-      statementMs: config.pgStatementTimeoutMs,
-      lockMs: config.pgLockTimeoutMs,
-      idleInTransactionMs: config.pgIdleInTransactionTimeoutMs,
-      connectMs: config.pgConnectTimeoutMs,
-    },
-    catchUpConnections: config.catchUpConnections,
-    dataDir: config.dataDir,
-    onIdleError: (err) => app.log.warn({ err }, "idle database connection failed"),
-    onSignalError: (err) => app.log.warn({ err }, "LISTEN connection failed; reconnecting"),
-    onStatisticsError: (err) => app.log.warn({ err }, "ANALYZE of the events table failed"),
-    onAppendFault: (boundary, err) =>
-      app.log.error({ err, boundary }, "the append path failed; waiting appends were refused"),
-    groupCommit: {
-      maxEvents: config.limits.maxEventsPerSave,
-      maxBytes: config.limits.maxRequestBytes * 2,
-      maxWaitMs: config.groupCommitWaitMs,
-    },
-    maxBoundaries: config.maxBoundaries,
-    recentCommitsBytes: config.recentCommitsBytes,
-    boundaryIdleMs: config.boundaryIdleMs,
-    observer: observability.appends,
-  };
+  const storeOptions = storeOptionsFor(config, app.log, observability.appends);
   const store = await retryWhileUnreachable("PostgreSQL", () => Store.open(storeOptions), retry);
 
   // Principals live in the store; with auth on, every call is authenticated against them (see
