@@ -103,24 +103,13 @@ const heads = new Map<string, Position>();
 /** Runs the request as Orisun's lone append statement; the position of its last event. */
 async function append(request: SaveEventsRequest): Promise<Position> {
   if (!store) throw new Error("no store");
-  const { boundary } = request;
-  const given = request.consistencyCondition;
-  const marker = {
-    commit: given?.consistencyMarker?.commitPosition ?? 0n,
-    prepare: given?.consistencyMarker?.preparePosition ?? 0n,
-  };
-  const query = (given?.criteria?.criteria ?? []).map((c) => ({
-    types: c.eventTypes,
-    tags: c.tags.map(({ key, value }) => ({ key, value })),
-  }));
-  const events = request.events.map((e, i) => ({
+  const { boundary, events: given, condition } = appendRequest(request);
+  const marker = condition?.after ?? { commit: 0n, prepare: 0n };
+  const events = given.map((e, i) => ({
+    ...e,
     commits: 1n,
     prepares: BigInt(i + 1),
-    id: e.eventId || randomUUID(),
-    type: e.eventType,
     tags: [...new Set(e.tags.map(encodeTag))],
-    data: e.data,
-    metadata: e.metadata,
   }));
   const connection = await store.connections.connect();
   try {
@@ -128,12 +117,14 @@ async function append(request: SaveEventsRequest): Promise<Position> {
       // Nothing between the marker and the head: no event after the marker can match.
       const decided =
         head !== undefined && head.commit === marker.commit && head.prepare === marker.prepare;
-      const checks: FunctionCheck[] = given ? [{ after: marker, query, decided }] : [];
+      const checks: FunctionCheck[] = condition
+        ? [{ after: marker, query: condition.query, decided }]
+        : [];
       return callAppend(
         connection,
         boundary,
         head,
-        given ? marker : undefined,
+        condition ? marker : undefined,
         checks,
         events,
         1,
