@@ -42,18 +42,24 @@ import { EventStore } from "../server/store/event-store.js";
 import { encodeTag } from "../server/store/schema.js";
 import type { AppendRequest, Position } from "../server/store/types.js";
 
+/** Which of Orisun's write paths SaveEvents runs, if any (else the lean insert). */
+const orisun =
+  process.env.BARE_STORE === "1" ? "store" : process.env.BARE_APPEND === "1" ? "statement" : "";
 const TABLE = `orisun_bench_bare_${process.pid}`;
 const pool = process.env.PG_URL
   ? new pg.Pool({ connectionString: process.env.PG_URL, max: 64 })
   : undefined;
-await pool?.query(
-  `CREATE TABLE ${TABLE} (position bigserial PRIMARY KEY, id uuid NOT NULL UNIQUE)`,
-);
+if (!orisun) {
+  await pool?.query(
+    `CREATE TABLE ${TABLE} (position bigserial PRIMARY KEY, id uuid NOT NULL UNIQUE)`,
+  );
+}
 const insert = { name: "bare_insert", text: `INSERT INTO ${TABLE} (id) VALUES ($1)` };
 
 const SCHEMA = `orisun_bench_bare_${process.pid}`;
-const store =
-  process.env.PG_URL && process.env.BARE_APPEND === "1"
+/** Orisun's database, for its statement alone. */
+const database =
+  process.env.PG_URL && orisun === "statement"
     ? await openDatabase({
         url: process.env.PG_URL,
         schema: SCHEMA,
@@ -63,7 +69,7 @@ const store =
       })
     : undefined;
 const eventStore =
-  process.env.PG_URL && process.env.BARE_STORE === "1"
+  process.env.PG_URL && orisun === "store"
     ? await EventStore.open(
         storeOptionsFor(
           loadConfig({ ORISUN_PG_URL: process.env.PG_URL, ORISUN_PG_SCHEMA: SCHEMA }, []),
@@ -102,7 +108,7 @@ const heads = new Map<string, Position>();
 
 /** Runs the request as Orisun's lone append statement; the position of its last event. */
 async function append(request: SaveEventsRequest): Promise<Position> {
-  if (!store) throw new Error("no store");
+  if (!database) throw new Error("no database");
   const { boundary, events: given, condition } = appendRequest(request);
   const marker = condition?.after ?? { commit: 0n, prepare: 0n };
   const events = given.map((e, i) => ({
@@ -111,7 +117,7 @@ async function append(request: SaveEventsRequest): Promise<Position> {
     prepares: BigInt(i + 1),
     tags: [...new Set(e.tags.map(encodeTag))],
   }));
-  const connection = await store.connections.connect();
+  const connection = await database.connections.connect();
   try {
     const run = (head: Position | undefined) => {
       // Nothing between the marker and the head: no event after the marker can match.
@@ -174,11 +180,11 @@ server.on("stream", (stream, headers) => {
   stream.on("error", () => {});
   const chunks: Buffer[] = [];
   stream.on("data", (chunk: Buffer) => {
-    if (store || eventStore) chunks.push(chunk);
+    if (database || eventStore) chunks.push(chunk);
   });
   stream.once("end", () => {
     if (!saving) return answer(stream, empty);
-    if (store || eventStore) {
+    if (database || eventStore) {
       const body = Buffer.concat(chunks);
       return Promise.resolve(body.subarray(5))
         .then((message) => {
@@ -216,12 +222,11 @@ server.listen(Number(process.env.PORT), "127.0.0.1");
 // An exit rather than death by signal, so that a --cpu-prof profile gets written.
 process.once("SIGTERM", async () => {
   server.close();
-  await pool?.query(`DROP TABLE IF EXISTS ${TABLE}`).catch(() => {});
-  await store?.db.destroy();
+  await database?.db.destroy();
   await eventStore?.close();
-  if (store || eventStore) {
-    await pool?.query(`DROP SCHEMA IF EXISTS ${SCHEMA} CASCADE`).catch(() => {});
-  }
+  await pool
+    ?.query(orisun ? `DROP SCHEMA IF EXISTS ${SCHEMA} CASCADE` : `DROP TABLE IF EXISTS ${TABLE}`)
+    .catch(() => {});
   await pool?.end();
   process.exit(0);
 });
