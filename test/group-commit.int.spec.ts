@@ -1,5 +1,5 @@
 import pg from "pg";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { StoreError } from "../server/store/errors.js";
 import { EventStore } from "../server/store/event-store.js";
 import type { Position } from "../server/store/types.js";
@@ -259,16 +259,16 @@ describe("the transaction after a large one waits for its callers to come back, 
   });
 
   /**
-   * A lone request, then eight that queue behind it and commit together in a transaction held
-   * for `holdMs`; resolves once those eight are answered. Transactions so far: 1, 1, 8.
+   * A lone request, then `n` (eight unless given) that queue behind it and commit together in a
+   * transaction held for `holdMs`; resolves once those are answered. Transactions so far: 1, 1, n.
    */
-  async function afterEight(store: EventStore, boundary: string, holdMs: number) {
+  async function afterEight(store: EventStore, boundary: string, holdMs: number, n = 8) {
     await store.append(one(boundary, "start"));
     const a = await holdId(0, boundary, "a");
     const b = await holdId(1, boundary, "b1");
     const first = store.append(one(boundary, "a"));
     await a.blocking();
-    const eight = Array.from({ length: 8 }, (_, i) => store.append(one(boundary, `b${i + 1}`)));
+    const eight = Array.from({ length: n }, (_, i) => store.append(one(boundary, `b${i + 1}`)));
     await a.release();
     await first;
     await b.blocking();
@@ -277,19 +277,34 @@ describe("the transaction after a large one waits for its callers to come back, 
     await Promise.all(eight);
   }
 
-  it("takes the callers that come back within the wait into one transaction", async () => {
+  it("after a transaction of many, takes as many callers coming back within the wait into one", async () => {
     const { store, batches } = await open(5_000);
     await afterEight(store, "refill_join", 1_000);
     const started = performance.now();
     const c = [store.append(one("refill_join", "c1"))];
     await sleep(50);
-    for (let i = 2; i <= 4; i++) c.push(store.append(one("refill_join", `c${i}`)));
+    for (let i = 2; i <= 7; i++) c.push(store.append(one("refill_join", `c${i}`)));
+    await sleep(50);
+    c.push(store.append(one("refill_join", "c8")));
     const positions = await Promise.all(c);
-    // The fourth request made half of the eight: the transaction started then, not after the
-    // wait's 1 s (as long as the last transaction took).
+    // The eighth request made as many as the last transaction carried: the transaction started
+    // then, not after the wait's 2 s (twice as long as the last transaction took).
     expect(performance.now() - started).toBeLessThan(1_000);
-    expect(batches).toEqual([1, 1, 8, 4]);
-    expect(new Set(positions.map((p) => p.commit)).size).toBe(4);
+    expect(batches).toEqual([1, 1, 8, 8]);
+    expect(new Set(positions.map((p) => p.commit)).size).toBe(8);
+  });
+
+  it("after a transaction of three or four, waits for half as many", async () => {
+    const { store, batches } = await open(5_000);
+    await afterEight(store, "refill_few", 1_000, 4);
+    const started = performance.now();
+    const c = [store.append(one("refill_few", "c1"))];
+    await sleep(50);
+    c.push(store.append(one("refill_few", "c2")));
+    await Promise.all(c);
+    // Two made half of the four: no wait for the last transaction's 1 s.
+    expect(performance.now() - started).toBeLessThan(1_000);
+    expect(batches).toEqual([1, 1, 4, 2]);
   });
 
   it("sends what has come once the wait is over", async () => {
@@ -324,5 +339,103 @@ describe("the transaction after a large one waits for its callers to come back, 
       expect(performance.now() - started).toBeLessThan(2_000);
     }
     expect(batches.slice(0, 10)).toEqual(Array.from({ length: 10 }, () => 1));
+  });
+});
+
+describe("a boundary's drain keeps its connection only while nobody waits for one, on PostgreSQL", () => {
+  const schema = freshSchema("lease");
+  let store: EventStore;
+  let transactions = 0;
+  beforeAll(async () => {
+    store = await EventStore.open({
+      url: PG_URL,
+      schema,
+      // One connection: whatever the drain keeps, everybody else waits for.
+      poolSize: 1,
+      dataDir: freshDataDir(),
+      onIdleError: () => {},
+      groupCommit: GROUP_COMMIT,
+      observer: {
+        transaction: (_boundary, _requests, run) => {
+          transactions++;
+          return run();
+        },
+        committed: () => {},
+      },
+    });
+  });
+  afterAll(async () => {
+    await store.close();
+    await dropSchema(schema);
+  });
+
+  const pool = () => {
+    const { pool } = store.database;
+    if (!pool) throw new Error("a PostgreSQL store has a pool");
+    return pool;
+  };
+
+  /** `callers` loops, each appending `count` events to `boundary` one after another. */
+  const busy = (boundary: string, callers: number, count: number) =>
+    Promise.all(
+      Array.from({ length: callers }, async (_, caller) => {
+        for (let i = 0; i < count; i++) {
+          await store.append({
+            boundary,
+            events: [{ id: `${caller}-${i}`, type: "T", tags: [], data: "{}", metadata: "" }],
+          });
+        }
+      }),
+    );
+
+  it("runs a busy boundary's transactions on few checkouts of the connection, and gives it back when done", async () => {
+    let checkouts = 0;
+    const count = () => checkouts++;
+    pool().on("acquire", count);
+    transactions = 0;
+    try {
+      await busy("lease_alone", 8, 40);
+    } finally {
+      pool().off("acquire", count);
+    }
+    expect(transactions).toBeGreaterThan(40);
+    // Handed back to the pool after every transaction, it would be checked out once for each.
+    expect(checkouts).toBeLessThan(transactions / 2);
+    // Back once the last transaction's wait for more callers (GROUP_COMMIT's 5 ms) is over.
+    await vi.waitFor(() => expect(pool().idleCount).toBe(pool().totalCount), { timeout: 1_000 });
+    const events = await store.read({
+      boundary: "lease_alone",
+      query: [],
+      count: 1_000,
+      direction: "asc",
+    });
+    expect(events).toHaveLength(320);
+  });
+
+  it("hands it to the callers waiting for it: other boundaries and reads are not starved", async () => {
+    let done = false;
+    const loads = Promise.all([
+      busy("lease_a", 8, 60),
+      busy("lease_b", 8, 60),
+      busy("lease_c", 8, 60),
+    ]).finally(() => {
+      done = true;
+    });
+    const reads: number[] = [];
+    while (!done) {
+      const started = performance.now();
+      await store.read({ boundary: "lease_a", query: [], count: 1, direction: "desc" });
+      if (!done) reads.push(performance.now() - started);
+    }
+    await loads;
+    // Each read waited for the transactions in flight, not for a boundary's queue to empty.
+    expect(reads.length).toBeGreaterThan(20);
+    expect(Math.max(...reads)).toBeLessThan(1_000);
+    const heads = await Promise.all(
+      ["lease_a", "lease_b", "lease_c"].map((boundary) =>
+        store.read({ boundary, query: [], count: 1_000, direction: "asc" }),
+      ),
+    );
+    expect(heads.map((events) => events.length)).toEqual([480, 480, 480]);
   });
 });

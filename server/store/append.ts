@@ -30,6 +30,52 @@ import {
   type Tag,
 } from "./types.js";
 
+/** The pool the one-statement append takes its connections from (store/pg-pool.ts). */
+export interface AppendConnections extends PostgresPool {
+  /**
+   * Whether anyone waits for one of its connections now. A boundary's drain keeps its connection
+   * from one transaction to the next only while nobody does (Appender.drain); without this (the
+   * embedded database's single session), it never keeps it.
+   */
+  contended?(): boolean;
+}
+
+/** From this many requests in a transaction on, the next one waits for as many (refillWait). */
+const MANY_CALLERS = 5;
+
+/**
+ * How many requests the transaction after one of `last` requests, which took `lastMs`, waits for
+ * (none: it starts at once), and for how long at most (`maxWaitMs` at most).
+ *
+ * Under a steady load from many callers, the answered ones come back a moment after their
+ * transaction ends. Starting the next one at once sent the one or two that were quicker alone,
+ * and the rest waited a whole transaction behind them, so that half the transactions carried a
+ * single request. So:
+ * - after one or two requests, the next transaction starts at once: a lone caller never waits;
+ * - after three or four, it waits for half as many, at most as long as the last one took;
+ * - after MANY_CALLERS or more, it waits for as many as the last one carried, at most twice as
+ *   long as it took. A transaction's own cost (the server's work around the statement, the
+ *   database's commit) is then shared by all of them instead of half: with the connection kept
+ *   (drainWith), at 8 and 16 clients the server's CPU per append fell by about 16% and appends/s
+ *   rose by 11–24%. With three or four callers the machine is not that busy, and waiting for
+ *   all of them cost about 5% of the appends/s (README, design notes, "Waiting for the callers
+ *   to come back").
+ */
+export function refillWait(
+  last: number,
+  lastMs: number,
+  maxWaitMs: number,
+): { need: number; ms: number } {
+  if (last <= 2 || maxWaitMs <= 0) return { need: 0, ms: 0 };
+  if (last < MANY_CALLERS) return { need: Math.ceil(last / 2), ms: Math.min(lastMs, maxWaitMs) };
+  return { need: last, ms: Math.min(2 * lastMs, maxWaitMs) };
+}
+
+/** The connection a boundary's drain keeps between its transactions, if any. */
+interface Lease {
+  connection?: PostgresPoolClient;
+}
+
 export interface GroupCommitLimits {
   /** Most events one transaction takes (a single larger request still goes alone). */
   readonly maxEvents: number;
@@ -191,7 +237,7 @@ export class Appender {
    */
   constructor(
     private readonly db: Kysely<Database>,
-    private readonly connections: PostgresPool,
+    private readonly connections: AppendConnections,
     private readonly limits: GroupCommitLimits,
     private readonly onCommit: CommitListener,
     private readonly instance: string,
@@ -250,25 +296,41 @@ export class Appender {
   }
 
   /**
-   * Runs one transaction after another while the boundary has waiting requests.
-   *
-   * After a transaction of N requests, the next one starts once N/2 requests wait for it, or
-   * after as long as that transaction took (in whole milliseconds, at least 1, at most
-   * `maxWaitMs`), whichever comes first. Under a steady load from many callers, the answered
-   * ones come back a moment after the transaction ends; without the wait, the one or two that
-   * were quicker went alone and the rest waited a whole transaction behind them, so that half
-   * the transactions carried a single request. A transaction of one or two requests is followed
-   * at once, so a lone caller never waits.
+   * Runs one transaction after another while the boundary has waiting requests, each after the
+   * wait `refillWait` sets for it.
    */
   private async drain(boundary: string): Promise<void> {
+    const lease: Lease = {};
+    try {
+      await this.drainWith(boundary, lease);
+    } finally {
+      lease.connection?.release();
+    }
+  }
+
+  /**
+   * drain's loop. While requests keep coming and nobody waits for a connection, it keeps the
+   * connection of one transaction for the next (`lease`): the next statement is then sent as soon
+   * as the last one's result is in, before the callers it answered are written back to. Handing
+   * the connection back to pg's pool and taking it again costs a process.nextTick, which Node
+   * runs only once every pending promise callback has run, the answers to those callers
+   * included: at 16 clients about seven answers' worth of work stood between one transaction and
+   * the next (README, design notes, "Keeping the connection between transactions").
+   */
+  private async drainWith(boundary: string, lease: Lease): Promise<void> {
     // The last transaction's requests (0 after a wait or a failure) and duration.
     let last = 0;
     let lastMs = 0;
     for (;;) {
       const queue = this.queues.get(boundary) ?? [];
-      const need = Math.ceil(last / 2);
-      if (need > 1 && queue.length < need && this.limits.maxWaitMs > 0) {
-        await this.refill(boundary, need, Math.min(lastMs, this.limits.maxWaitMs));
+      const { need, ms } = refillWait(last, lastMs, this.limits.maxWaitMs);
+      if (queue.length < need) {
+        // Kept through the wait (at most maxWaitMs) unless somebody waits for a connection now.
+        if (this.connections.contended?.() !== false) {
+          lease.connection?.release();
+          lease.connection = undefined;
+        }
+        await this.refill(boundary, need, ms);
         last = 0;
         continue;
       }
@@ -280,7 +342,7 @@ export class Appender {
       const started = performance.now();
       let failure: StoreError | undefined;
       try {
-        failure = await this.run(boundary, batch);
+        failure = await this.run(boundary, batch, lease);
       } catch (error) {
         // A fault of this process, maybe after the commit: callers not yet answered must not
         // wait forever, nor be told nothing was stored (drainFailed takes the rest of the queue).
@@ -294,7 +356,7 @@ export class Appender {
         // One request the database refused (beyond what validation catches) must not sink the
         // others: run each alone, so that only the culprit fails.
         for (const pending of batch) {
-          const alone = await this.run(boundary, [pending]);
+          const alone = await this.run(boundary, [pending], lease);
           if (alone) pending.reject(alone);
         }
       } else {
@@ -340,7 +402,11 @@ export class Appender {
   }
 
   /** One transaction for the batch; settles every request unless it returns the failure. */
-  private async run(boundary: string, batch: readonly Pending[]): Promise<StoreError | undefined> {
+  private async run(
+    boundary: string,
+    batch: readonly Pending[],
+    lease: Lease,
+  ): Promise<StoreError | undefined> {
     // Set once the transaction wrote its events: its COMMIT is sent next.
     const written: { result?: BatchResult } = {};
     // The one-statement call first; the full transaction when it declines.
@@ -348,12 +414,17 @@ export class Appender {
     const attempt = async () => {
       // On a connection of its own first: a request is sent once the batch holds one, and a
       // caller that gave up while the pool had none for it was not sent (nothing is written).
-      const connection = await this.connections.connect();
+      // The connection the last transaction kept, if any (see drainWith).
+      const connection = lease.connection ?? (await this.connections.connect());
+      lease.connection = undefined;
       let once: BatchResult | undefined;
       try {
         once = await this.commitAtOnce(connection, boundary, batch);
       } finally {
-        connection.release();
+        // Kept only after a statement that succeeded: the full path below takes a connection of
+        // its own from the pool, which may have no other.
+        if (once && this.connections.contended?.() === false) lease.connection = connection;
+        else connection.release();
       }
       if (once) return once;
       full = true;

@@ -1,8 +1,9 @@
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import type { PGlite } from "@electric-sql/pglite";
-import { Kysely, PostgresDialect, type PostgresPool } from "kysely";
+import { Kysely, PostgresDialect } from "kysely";
 import pg from "pg";
+import type { AppendConnections } from "./append.js";
 import { migrate } from "./migrations.js";
 import { guardedPool } from "./pg-pool.js";
 import { KEEPALIVE_MS } from "./pg-session.js";
@@ -45,7 +46,7 @@ const CLIENT_MARGIN_MS = 1_000;
 export interface OpenDatabase {
   readonly db: Kysely<Database>;
   /** The pool `db` runs on, for the one statement that skips the query builder (append.ts). */
-  readonly connections: PostgresPool;
+  readonly connections: AppendConnections;
   readonly embedded: boolean;
   /** A raw connection pool for LISTEN and other session-bound work; undefined when embedded. */
   readonly pool: pg.Pool | undefined;

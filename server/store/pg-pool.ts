@@ -1,5 +1,6 @@
-import type { PostgresPool, PostgresPoolClient } from "kysely";
+import type { PostgresPoolClient } from "kysely";
 import pg from "pg";
+import type { AppendConnections } from "./append.js";
 import { CALL_APPEND } from "./append-function.js";
 import { isConnectionLost } from "./database-errors.js";
 
@@ -10,8 +11,9 @@ import { isConnectionLost } from "./database-errors.js";
  * Once broken, the connection refuses further statements at once (such as the ROLLBACK after a
  * failed transaction), so a caller waits for one timeout, not one per statement.
  */
-export function guardedPool(pool: pg.Pool): PostgresPool {
+export function guardedPool(pool: pg.Pool): AppendConnections {
   return {
+    contended: () => pool.waitingCount > 0,
     // Kysely opens a control connection of this class to cancel a read its caller gave up on.
     Client: pg.Client,
     options: pool.options,
