@@ -486,8 +486,13 @@ async function appendGroup(workers: Workers, server: Server, run: number): Promi
     }
   };
   const base = { eventsPerAppend: 1, conditional: true, seconds: SECONDS };
-  // With the references group, the reference handlers run right after each client count.
+  // With the references group, the reference handlers run right after each client count, and
+  // with the emmett group, Emmett too: a ratio then compares runs seconds apart, not minutes, on
+  // a machine whose speed moves by 2x within minutes.
   const handlers = runs("references") ? await startReferenceHandlers() : [];
+  const emmett = runs("emmett")
+    ? await Emmett.create(PG_URL, `bench_${ID}_emmett_${run}`)
+    : undefined;
   try {
     for (const clients of [1, 16, 64]) {
       await timed(
@@ -499,10 +504,12 @@ async function appendGroup(workers: Workers, server: Server, run: number): Promi
           boundary: boundary(`cond${clients}_${run}`),
         },
       );
+      if (emmett) await measureEmmett(workers, emmett, clients);
       await measureReferenceHandlers(workers, handlers, clients);
     }
   } finally {
     await stopReferenceHandlers(handlers);
+    await emmett?.drop();
   }
   await timed("cond100x16", "conditional 100-event appends, 16 clients (events/s)", {
     ...base,
@@ -854,24 +861,27 @@ async function pgbenchGroup(workers: Workers, run: number): Promise<void> {
   }
 }
 
+/** Emmett's group on its own, when the append group does not run (it measures Emmett itself). */
 async function emmettGroup(workers: Workers, run: number): Promise<void> {
   const emmett = await Emmett.create(PG_URL, `bench_${ID}_emmett_${run}`);
   try {
-    for (const clients of [1, 16, 64]) {
-      const { result, cpu } = await measure(workers, undefined, () =>
-        emmett.appends(clients, SECONDS),
-      );
-      note(
-        `emmett${clients}`,
-        REFERENCE,
-        `Emmett 0.42 on PostgreSQL, 1-event appends with expected version, ${clientCount(clients)} (events/s)`,
-        result.rate,
-        { ...cpu, generator: result.cpuPercent },
-      );
-    }
+    for (const clients of [1, 16, 64]) await measureEmmett(workers, emmett, clients);
   } finally {
     await emmett.drop();
   }
+}
+
+/** Emmett's appends at `clients`, on a database as quiet as Orisun's appends had. */
+async function measureEmmett(workers: Workers, emmett: Emmett, clients: number): Promise<void> {
+  if (!GIVEN_URL) await quiesce(PG_URL);
+  const { result, cpu } = await measure(workers, undefined, () => emmett.appends(clients, SECONDS));
+  note(
+    `emmett${clients}`,
+    REFERENCE,
+    `Emmett 0.42 on PostgreSQL, 1-event appends with expected version, ${clientCount(clients)} (events/s)`,
+    result.rate,
+    { ...cpu, generator: result.cpuPercent },
+  );
 }
 
 /** Server CPU in µs per call, from its CPU % of one core and the calls per second. */
@@ -1114,7 +1124,7 @@ async function main(): Promise<void> {
       if (runs("workers") && !GIVEN_URL) await workersGroup(workers, run);
       if (runs("references")) await pgbenchGroup(workers, run);
       if (runs("references") && !runs("append")) await trivialGroup(workers);
-      if (runs("emmett")) await emmettGroup(workers, run);
+      if (runs("emmett") && !runs("append")) await emmettGroup(workers, run);
       if (runs("backup")) await backupGroup(workers, run);
     }
     if (runs("memory")) await memoryGroup(workers);
