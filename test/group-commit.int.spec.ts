@@ -262,24 +262,24 @@ describe("the transaction after a large one waits for its callers to come back, 
    * A lone request, then `n` (eight unless given) that queue behind it and commit together in a
    * transaction held for `holdMs`; resolves once those are answered. Transactions so far: 1, 1, n.
    */
-  async function afterEight(store: EventStore, boundary: string, holdMs: number, n = 8) {
+  async function afterBatch(store: EventStore, boundary: string, holdMs: number, n = 8) {
     await store.append(one(boundary, "start"));
     const a = await holdId(0, boundary, "a");
     const b = await holdId(1, boundary, "b1");
     const first = store.append(one(boundary, "a"));
     await a.blocking();
-    const eight = Array.from({ length: n }, (_, i) => store.append(one(boundary, `b${i + 1}`)));
+    const batch = Array.from({ length: n }, (_, i) => store.append(one(boundary, `b${i + 1}`)));
     await a.release();
     await first;
     await b.blocking();
     await sleep(holdMs);
     await b.release();
-    await Promise.all(eight);
+    await Promise.all(batch);
   }
 
   it("after a transaction of many, takes as many callers coming back within the wait into one", async () => {
     const { store, batches } = await open(5_000);
-    await afterEight(store, "refill_join", 1_000);
+    await afterBatch(store, "refill_join", 1_000);
     const started = performance.now();
     const c = [store.append(one("refill_join", "c1"))];
     await sleep(50);
@@ -296,7 +296,7 @@ describe("the transaction after a large one waits for its callers to come back, 
 
   it("after a transaction of three or four, waits for half as many", async () => {
     const { store, batches } = await open(5_000);
-    await afterEight(store, "refill_few", 1_000, 4);
+    await afterBatch(store, "refill_few", 1_000, 4);
     const started = performance.now();
     const c = [store.append(one("refill_few", "c1"))];
     await sleep(50);
@@ -309,7 +309,7 @@ describe("the transaction after a large one waits for its callers to come back, 
 
   it("sends what has come once the wait is over", async () => {
     const { store, batches } = await open(100);
-    await afterEight(store, "refill_timeout", 300);
+    await afterBatch(store, "refill_timeout", 300);
     const started = performance.now();
     await store.append(one("refill_timeout", "c1"));
     // The last transaction took over 300 ms, and maxWaitMs caps the wait at 100.
@@ -319,7 +319,7 @@ describe("the transaction after a large one waits for its callers to come back, 
 
   it("does not wait when maxWaitMs is 0", async () => {
     const { store, batches } = await open(0);
-    await afterEight(store, "refill_off", 300);
+    await afterBatch(store, "refill_off", 300);
     await store.append(one("refill_off", "c1"));
     await sleep(50);
     await Promise.all([2, 3, 4].map((i) => store.append(one("refill_off", `c${i}`))));
