@@ -417,7 +417,7 @@ export function loadConfig(
     ),
     boundaryIdleMs: duration(merged, "ORISUN_BOUNDARY_IDLE", 120_000),
     publisherSweepMs: duration(merged, "ORISUN_PUBLISHER_SWEEP", 5_000),
-    publishLingerMs: linger(merged, "ORISUN_PUBLISH_LINGER", 5),
+    publishLingerMs: linger(merged, "ORISUN_PUBLISH_LINGER", 10),
     groupCommitWaitMs: linger(merged, "ORISUN_GROUP_COMMIT_WAIT", 5),
     publishBufferBytes: integer(
       merged,

@@ -464,11 +464,11 @@ describe("per-boundary bounds", () => {
 });
 
 describe.each([
-  ["ORISUN_PUBLISH_LINGER", "publishLingerMs"],
-  ["ORISUN_GROUP_COMMIT_WAIT", "groupCommitWaitMs"],
-] as const)("%s", (name, field) => {
-  it("defaults to 5 ms, takes 0 to switch it off and durations up to 1s", () => {
-    expect(loadConfig({}, [])[field]).toBe(5);
+  ["ORISUN_PUBLISH_LINGER", "publishLingerMs", 10],
+  ["ORISUN_GROUP_COMMIT_WAIT", "groupCommitWaitMs", 5],
+] as const)("%s", (name, field, fallback) => {
+  it(`defaults to ${fallback} ms, takes 0 to switch it off and durations up to 1s`, () => {
+    expect(loadConfig({}, [])[field]).toBe(fallback);
     expect(loadConfig({ [name]: "0ms" }, [])[field]).toBe(0);
     expect(loadConfig({ [name]: "20ms" }, [])[field]).toBe(20);
     expect(loadConfig({ [name]: "1s" }, [])[field]).toBe(1_000);
