@@ -18,8 +18,8 @@
  * AB_ENV_A and AB_ENV_B (JSON, more server environment), AB_AUTH_B=1 (calls to B carry a bench
  * writer's password; start B with ORISUN_AUTH=on and ORISUN_ADMIN_PASSWORD=bench-admin-password
  * in AB_ENV_B), AB_LOAD_PROCESSES (1: load-generator processes, each with its own connection to
- * each server; give 2 or more to spread the load over a server's ORISUN_WORKERS), BENCH_PG_URL,
- * BENCH_NATS_URL.
+ * each server; give 2 or more to spread the load over a server's ORISUN_WORKERS), AB_RATE
+ * (appends/s offered to each side; unset: as fast as it answers), BENCH_PG_URL, BENCH_NATS_URL.
  */
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -41,6 +41,16 @@ const CLIENTS = Number(process.env.AB_CLIENTS ?? 1);
 const EVENTS = Number(process.env.AB_EVENTS ?? 1);
 const BURST = Number(process.env.AB_BURST_SECONDS ?? 2);
 const ROUNDS = Number(process.env.AB_ROUNDS ?? 20);
+/**
+ * Appends/s offered to both sides alike, below what either can take: the same arrivals make the
+ * same group-commit batches, so the CPU per append compares the code, not the batching a faster
+ * side earns itself. Unset: each side as fast as it answers.
+ */
+const RATE = process.env.AB_RATE === undefined ? undefined : Number(process.env.AB_RATE);
+if (RATE !== undefined && !(RATE > 0 && Number.isFinite(RATE))) {
+  console.error(`AB_RATE: must be appends/s above 0, got "${process.env.AB_RATE}"`);
+  process.exit(2);
+}
 
 interface Side {
   readonly name: string;
@@ -64,6 +74,7 @@ function serverSide(name: string, server: Server, authorization?: string) {
         eventsPerAppend: EVENTS,
         conditional: true,
         seconds,
+        ...(RATE === undefined ? {} : { rate: RATE }),
         ...(authorization === undefined ? {} : { authorization }),
       }),
   };
@@ -135,6 +146,12 @@ try {
   }
   const [sa, sb] = sides as [Side, Side];
   const count = (xs: number[], f: (x: number) => boolean) => xs.filter(f).length;
+  /** The middle half of the pairwise ratios: how far one round's ratio may be from another's. */
+  const quartiles = (xs: number[]) => {
+    const sorted = xs.filter((x) => !Number.isNaN(x)).sort((x, y) => x - y);
+    const at = (q: number) => sorted[Math.floor(q * (sorted.length - 1))]?.toFixed(3);
+    return `quartiles ${at(0.25)}–${at(0.75)}`;
+  };
   for (const [i, side] of sides.entries()) {
     const cpu = median(side.rounds.map((r) => r.cpuMicros));
     console.log(
@@ -147,10 +164,10 @@ try {
   const rate = sb.rounds.map((r, i) => r.rate / (sa.rounds[i]?.rate ?? Number.NaN));
   if (!Number.isNaN(median(cpu)))
     console.log(
-      `B/A server CPU per append: ${median(cpu).toFixed(3)}× (pairwise median; B lower in ${count(cpu, (x) => x < 1)} of ${ROUNDS})`,
+      `B/A server CPU per append: ${median(cpu).toFixed(3)}× (pairwise median, ${quartiles(cpu)}; B lower in ${count(cpu, (x) => x < 1)} of ${ROUNDS})`,
     );
   console.log(
-    `B/A events/s: ${median(rate).toFixed(3)}× (pairwise median; B higher in ${count(rate, (x) => x > 1)} of ${ROUNDS})`,
+    `B/A events/s: ${median(rate).toFixed(3)}× (pairwise median, ${quartiles(rate)}; B higher in ${count(rate, (x) => x > 1)} of ${ROUNDS})`,
   );
 } finally {
   await Promise.all(sides.map((side) => side.cleanup()));

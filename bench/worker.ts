@@ -16,6 +16,7 @@ import {
   type Position,
   type SaveEventsCall,
 } from "./lean-grpc.js";
+import { paceOf } from "./pace.js";
 
 export type Job =
   /** `clients` loops appending `eventsPerAppend` events at a time, each on its own tag, for `seconds`. */
@@ -31,6 +32,10 @@ export type Job =
       authorization?: string;
       /** Each loop appends to a boundary of its own, `<boundary>_<loop>`, instead of all to one. */
       boundaryPerClient?: boolean;
+      /** Appends/s of all loops together (AppendOptions.rate); unset: each as fast as answered. */
+      rate?: number;
+      /** How many loops there are over all workers, for each loop's share of `rate`. */
+      totalClients?: number;
     }
   /** `concurrency` loops appending 1,000-event batches first, first + step, … of a `total`-event load. */
   | {
@@ -207,7 +212,12 @@ async function append(job: Extract<Job, { kind: "append" }>): Promise<JobResult>
       const boundary = job.boundaryPerClient ? `${job.boundary}_${c}` : job.boundary;
       const criteria = { criteria: [{ tags: [{ key: "account", value: tag }] }] };
       let marker: Position = { commit_position: "0", prepare_position: "0" };
+      const pace = paceOf(job.rate, job.totalClients ?? job.clients.length, c);
+      const first = performance.now() + pace.offsetMs;
       for (let i = 0; Date.now() < end; i++) {
+        const due = first + i * pace.intervalMs - performance.now();
+        if (due > 0) await new Promise((resolve) => setTimeout(resolve, due));
+        if (Date.now() >= end) break;
         const events = Array.from({ length: job.eventsPerAppend }, (_, k) =>
           event(`${tag}-${i}-${k}`, tag, '{"amount":1}'),
         );

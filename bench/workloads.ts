@@ -70,6 +70,11 @@ export interface AppendOptions {
   readonly authorization?: string;
   /** Each client appends to a boundary of its own (`<boundary>_<client>`). */
   readonly boundaryPerClient?: boolean;
+  /**
+   * Appends/s offered by all clients together, each client on a schedule of its own (one call in
+   * flight at most: a client behind its schedule sends at once). Unset: as fast as answered.
+   */
+  readonly rate?: number;
 }
 
 /** `clients` append loops, each on its own tag (no conflicts); events/s. */
@@ -78,7 +83,9 @@ export async function appends(workers: Workers, url: string, o: AppendOptions): 
     spread(workers, o.clients)
       .map((clients, w) => ({ clients, w }))
       .filter(({ clients }) => clients.length > 0)
-      .map(({ clients, w }) => workers.run(w, { kind: "append", url, ...o, clients })),
+      .map(({ clients, w }) =>
+        workers.run(w, { kind: "append", url, ...o, clients, totalClients: o.clients }),
+      ),
   );
   return sum(results, (r) => r.count) / (Math.max(...results.map((r) => r.ms)) / 1_000);
 }
