@@ -124,7 +124,12 @@ async function spawnAndWait(
 ): Promise<Server> {
   const port = await freePort();
   const child: ChildProcess = spawn(process.execPath, [script], {
-    env: { PATH: process.env.PATH ?? "", ...env(port) },
+    // The reference handlers get BENCH_SERVER_NODE_OPTIONS too (startServer sets it for Orisun).
+    env: {
+      PATH: process.env.PATH ?? "",
+      NODE_OPTIONS: process.env.BENCH_SERVER_NODE_OPTIONS ?? "",
+      ...env(port),
+    },
     stdio: ["ignore", "ignore", "inherit"],
   });
   const exited = new Promise((r) => child.once("exit", r));
