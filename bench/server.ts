@@ -38,7 +38,6 @@ async function freePort(): Promise<number> {
  */
 export function startServer(env: Record<string, string>, root = ROOT): Promise<Server> {
   return spawnAndWait(`${root}dist/server/main.js`, (port) => ({
-    NODE_OPTIONS: process.env.BENCH_SERVER_NODE_OPTIONS ?? "",
     ORISUN_LOG_LEVEL: "warn",
     ORISUN_PORT: String(port),
     // One process unless asked: memory and CPU are read from the spawned pid (and its children).
@@ -124,7 +123,7 @@ async function spawnAndWait(
 ): Promise<Server> {
   const port = await freePort();
   const child: ChildProcess = spawn(process.execPath, [script], {
-    // The reference handlers get BENCH_SERVER_NODE_OPTIONS too (startServer sets it for Orisun).
+    // Every spawned server gets BENCH_SERVER_NODE_OPTIONS: Orisun's and the reference handlers.
     env: {
       PATH: process.env.PATH ?? "",
       NODE_OPTIONS: process.env.BENCH_SERVER_NODE_OPTIONS ?? "",
