@@ -1,10 +1,10 @@
 import type { IncomingHttpHeaders, ServerHttp2Stream } from "node:http2";
 import * as http2 from "node:http2";
+import type { DescMethod, DescService } from "@bufbuild/protobuf";
 import {
   Code,
   ConnectError,
   type ContextValues,
-  createHandlerContext,
   type HandlerContext,
   type Interceptor,
   type MethodImplSpec,
@@ -20,6 +20,7 @@ import { compressionBrotli, compressionGzip } from "@connectrpc/connect-node";
 import type { FastifyBaseLogger } from "fastify";
 import { abortable } from "../abortable.js";
 import { type CountLimits, checkBinaryCounts } from "../api/wire-counts.js";
+import { lazyChildLogger } from "../process/lazy-child-logger.js";
 import type { BodyBudget, BodyMeter } from "./body-budget.js";
 import { type Admit, bodyTooSlow, endUnfinishedRequest } from "./request-body.js";
 
@@ -83,7 +84,7 @@ const ANSWERED = new Error("the call was answered");
  * cost a trivial call several times what the call itself costs (README, design notes, "Unary
  * gRPC without Fastify and Connect's pipeline").
  *
- * What the call sees is Connect's: its HandlerContext (made by Connect's createHandlerContext),
+ * What the call sees is Connect's: its HandlerContext (as Connect's createHandlerContext makes it),
  * its interceptor invocation, its message (de)serialisation and limits, its grpc-timeout parsing,
  * its choice of compression for the answer and its trailer encoding of errors. The protocol
  * errors of reading the body (size over readMaxBytes, a compressed or incomplete envelope, no
@@ -112,42 +113,37 @@ export function grpcUnaryPath(options: GrpcUnaryPathOptions): StreamRoute {
   async function serve(route: Route, stream: ServerHttp2Stream, headers: IncomingHttpHeaders) {
     const started = performance.now();
     const requestId = options.requestId(headers["x-request-id"]);
-    const log = options.log.child({ reqId: requestId });
+    const log = lazyChildLogger(options.log, { reqId: requestId });
     if (trace) log.trace({ method: "POST", url: headers[":path"] }, "incoming request");
     let answered = false;
-    const closed = new AbortController();
-    // A client that resets the stream (cancels) or goes away: the store lets go of the call.
-    stream.once("close", () => {
-      if (!answered) closed.abort(new ConnectError("the client closed the stream", Code.Canceled));
-    });
+    const timeout = parseTimeout(single(headers["grpc-timeout"]) ?? null, options.maxTimeoutMs);
+    const method = route.spec.method;
+    const values = options.contextValues(stream, requestId, log);
+    const context = new UnaryCallContext(
+      method,
+      timeout.timeoutMs,
+      webHeaders(headers),
+      `${stream.session?.encrypted ? "https" : "http"}://${single(headers[":authority"])}${headers[":path"]}`,
+      values,
+    );
     // A body still arriving when ORISUN_BODY_TIMEOUT passes is given up.
     const reading = new AbortController();
-    const onClosed = () => reading.abort(closed.signal.reason);
-    closed.signal.addEventListener("abort", onClosed, { once: true });
     const tooSlow = setTimeout(
       () => reading.abort(bodyTooSlow(options.bodyTimeoutMs)),
       options.bodyTimeoutMs,
     );
+    // A client that resets the stream (cancels) or goes away: the store lets go of the call, and
+    // the body is no longer read. Not through context.abort, as with Connect's request signal:
+    // that is for the call's own end.
+    stream.once("close", () => {
+      if (answered) return;
+      const reason = new ConnectError("the client closed the stream", Code.Canceled);
+      reading.abort(reason);
+      context.cancel(reason);
+    });
     // Without a listener, a stream error (a reset while writing) would end the process.
     stream.on("error", () => {});
 
-    const timeout = parseTimeout(single(headers["grpc-timeout"]) ?? null, options.maxTimeoutMs);
-    const method = route.spec.method;
-    const values = options.contextValues(stream, requestId, log);
-    const context = createHandlerContext({
-      ...route.spec,
-      service: method.parent,
-      requestMethod: "POST",
-      protocolName: "grpc",
-      timeoutMs: timeout.timeoutMs,
-      // No shutdown signal, as with Connect's router here: a call in flight is let finish.
-      requestSignal: closed.signal,
-      requestHeader: webHeaders(headers),
-      url: `${stream.session?.encrypted ? "https" : "http"}://${single(headers[":authority"])}${headers[":path"]}`,
-      responseHeader: { "content-type": "application/grpc+proto" },
-      responseTrailer: { "grpc-status": "0" },
-      contextValues: values,
-    });
     // Requests are never compressed here (see the route below); answers as Connect would.
     const compression = compressionNegotiate(
       ACCEPT_COMPRESSION,
@@ -183,12 +179,15 @@ export function grpcUnaryPath(options: GrpcUnaryPathOptions): StreamRoute {
         input,
         options.interceptors as Interceptor[],
       );
-      const { flags, data } = await envelopeCompress(
-        { flags: 0, data: route.serialization.getO(true).serialize(output) },
-        compression,
-        COMPRESS_MIN_BYTES,
-      );
-      body = envelope(data, flags);
+      const answer = route.serialization.getO(true).serialize(output);
+      if (compression && answer.length >= COMPRESS_MIN_BYTES) {
+        const { flags, data } = await envelopeCompress(
+          { flags: 0, data: answer },
+          compression,
+          COMPRESS_MIN_BYTES,
+        );
+        body = envelope(data, flags);
+      } else body = envelope(answer, 0);
     } catch (caught) {
       const error =
         caught instanceof ConnectError
@@ -200,7 +199,6 @@ export function grpcUnaryPath(options: GrpcUnaryPathOptions): StreamRoute {
     }
     answered = true;
     clearTimeout(tooSlow);
-    closed.signal.removeEventListener("abort", onClosed);
     context.abort(ANSWERED);
     const trailers = plainHeaders(context.responseTrailer);
     if (!stream.destroyed && !stream.closed) {
@@ -245,6 +243,60 @@ export function grpcUnaryPath(options: GrpcUnaryPathOptions): StreamRoute {
     });
     return true;
   };
+}
+
+/**
+ * The HandlerContext Connect's createHandlerContext makes for a call on its gRPC path, with the
+ * same fields, deadline and `abort`, on one AbortController: Connect's links a deadline
+ * controller, the request's signal and its own, four controllers and their listeners per call on
+ * this path. The deadline aborts the signal with Connect's DEADLINE_EXCEEDED; `cancel` (the client
+ * went away) aborts it with its reason, and `abort` (the call ends, or fails with the error it is
+ * answered with) also stops the deadline's timer. Like Connect's `abort`, the request gate may
+ * replace `abort` with its own wrapper; the deadline and `cancel` do not go through it, as
+ * Connect's linked signals do not. No shutdown signal, as with Connect's router here: a call in
+ * flight is let finish. Connect's invokeUnaryImplementation copies the context's own fields for
+ * the implementation, so every field is one (`abort` and `cancel` are left out).
+ */
+class UnaryCallContext implements HandlerContext {
+  readonly service: DescService;
+  readonly requestMethod = "POST";
+  readonly protocolName = "grpc";
+  readonly signal: AbortSignal;
+  readonly timeoutMs: () => number | undefined;
+  readonly responseHeader = new Headers({ "content-type": "application/grpc+proto" });
+  readonly responseTrailer = new Headers({ "grpc-status": "0" });
+  readonly #controller = new AbortController();
+  readonly #deadline: NodeJS.Timeout | undefined;
+
+  constructor(
+    readonly method: DescMethod,
+    timeoutMs: number | undefined,
+    readonly requestHeader: Headers,
+    readonly url: string,
+    readonly values: ContextValues,
+  ) {
+    this.service = method.parent;
+    this.signal = this.#controller.signal;
+    if (timeoutMs === undefined) {
+      this.timeoutMs = () => undefined;
+      return;
+    }
+    const at = Date.now() + timeoutMs;
+    this.timeoutMs = () => at - Date.now();
+    const expire = () =>
+      this.#controller.abort(new ConnectError("the operation timed out", Code.DeadlineExceeded));
+    if (timeoutMs <= 0) expire();
+    else this.#deadline = setTimeout(expire, timeoutMs);
+  }
+
+  abort(reason: unknown): void {
+    clearTimeout(this.#deadline);
+    this.#controller.abort(reason);
+  }
+
+  cancel(reason: unknown): void {
+    this.#controller.abort(reason);
+  }
 }
 
 /**

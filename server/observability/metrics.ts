@@ -5,6 +5,7 @@ import type { PublisherObserver } from "../broker/jetstream-publisher.js";
 import type { BatchOutcome } from "../store/append-observer.js";
 import type { Position } from "../store/types.js";
 import type { SubscriptionObserver, SubscriptionProbe } from "../streaming/subscription.js";
+import { RpcMetrics } from "./rpc-metrics.js";
 
 /**
  * The label of boundaries past the cap. A boundary name starts with a letter, so no boundary is
@@ -72,8 +73,8 @@ export class Metrics {
   private readonly published = new Map<string, bigint>();
   private readonly headsTimeoutMs: number;
 
-  readonly rpcDuration: Histogram<"service" | "method" | "code">;
-  readonly rpcInFlight: Gauge<"service" | "method">;
+  /** orisun_rpc_duration_seconds and orisun_rpc_in_flight. */
+  readonly rpc: RpcMetrics;
   private readonly eventsAppended: Counter<"boundary">;
   private readonly bytesAppended: Counter<"boundary">;
   private readonly conditionFailures: Counter<"boundary">;
@@ -92,19 +93,7 @@ export class Metrics {
     // Event-loop lag (nodejs_eventloop_lag_*), heap, GC, handles, CPU, memory, open files.
     collectDefaultMetrics({ register: this.registry });
 
-    this.rpcDuration = new Histogram({
-      name: "orisun_rpc_duration_seconds",
-      help: "RPCs by service, method and Connect code (ok for success), with their latency; a stream counts when it ends",
-      labelNames: ["service", "method", "code"],
-      buckets: DURATION_BUCKETS,
-      registers,
-    });
-    this.rpcInFlight = new Gauge({
-      name: "orisun_rpc_in_flight",
-      help: "RPCs running now (open streams included)",
-      labelNames: ["service", "method"],
-      registers,
-    });
+    this.rpc = new RpcMetrics(this.registry, DURATION_BUCKETS);
     this.eventsAppended = new Counter({
       name: "orisun_events_appended_total",
       help: `Events written, by boundary (the first ORISUN_METRICS_BOUNDARY_LABELS boundaries; the rest as ${OTHER_BOUNDARIES})`,

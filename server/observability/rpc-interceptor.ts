@@ -30,16 +30,16 @@ export function rpcInterceptor(
   if (!metrics && !tracer) return undefined;
   return (next) => async (req) => {
     req.contextValues.set(kMeasured, true);
-    const labels = { service: req.service.typeName, method: req.method.name };
     const started = performance.now();
-    metrics?.rpcInFlight.inc(labels);
+    const labels = metrics
+      ? metrics.rpc.started(req.method)
+      : { service: req.service.typeName, method: req.method.name };
     let span: Span | undefined;
     let ended = false;
     const end = (code: string, error?: unknown) => {
       if (ended) return;
       ended = true;
-      metrics?.rpcInFlight.dec(labels);
-      metrics?.rpcDuration.observe({ ...labels, code }, (performance.now() - started) / 1000);
+      metrics?.rpc.ended(req.method, code, (performance.now() - started) / 1000);
       if (span) {
         span.setAttribute("rpc.connect_rpc.error_code", code);
         if (error !== undefined) {
@@ -121,10 +121,7 @@ export function refusedCallObserver(
       abort(reason);
       if (observed || !(reason instanceof ConnectError) || context.values.get(kMeasured)) return;
       observed = true;
-      metrics.rpcDuration.observe(
-        { service: context.service.typeName, method: context.method.name, code: codeName(reason) },
-        (performance.now() - started) / 1000,
-      );
+      metrics.rpc.refused(context.method, codeName(reason), (performance.now() - started) / 1000);
     };
   };
 }
