@@ -24,14 +24,14 @@ interface Snapshot {
  * Registers a metric that is only its `get()`: all prom-client's Registry reads of a metric (its
  * cluster aggregation registers such objects itself), though its type names only its classes.
  */
-function register(registry: Registry, get: () => Snapshot): void {
-  const { name } = get();
+function register(registry: Registry, name: string, get: () => Snapshot): void {
   registry.registerMetric({ name, get: async () => get() } as unknown as Parameters<
     Registry["registerMetric"]
   >[0]);
 }
 
 const DURATION = "orisun_rpc_duration_seconds";
+const IN_FLIGHT = "orisun_rpc_in_flight";
 
 interface Series {
   readonly labels: Readonly<Record<string, string>>;
@@ -63,8 +63,8 @@ export class RpcMetrics {
     registry: Registry,
     private readonly buckets: readonly number[],
   ) {
-    register(registry, () => this.durations());
-    register(registry, () => this.running());
+    register(registry, DURATION, () => this.durations());
+    register(registry, IN_FLIGHT, () => this.running());
   }
 
   /** Counts an RPC of `method` as running until `ended`; gives its labels. */
@@ -118,7 +118,6 @@ export class RpcMetrics {
   }
 
   private durations(): Snapshot {
-    const name = DURATION;
     const values: Snapshot["values"] = [];
     for (const entry of this.methods.values()) {
       for (const series of entry.byCode.values()) {
@@ -127,17 +126,21 @@ export class RpcMetrics {
           cumulative += count;
           const le = i < this.buckets.length ? (this.buckets[i] as number) : "+Inf";
           values.push({
-            metricName: `${name}_bucket`,
+            metricName: `${DURATION}_bucket`,
             labels: { ...series.labels, le },
             value: cumulative,
           });
         });
-        values.push({ metricName: `${name}_sum`, labels: series.labels, value: series.sum });
-        values.push({ metricName: `${name}_count`, labels: series.labels, value: series.count });
+        values.push({ metricName: `${DURATION}_sum`, labels: series.labels, value: series.sum });
+        values.push({
+          metricName: `${DURATION}_count`,
+          labels: series.labels,
+          value: series.count,
+        });
       }
     }
     return {
-      name,
+      name: DURATION,
       help: "RPCs by service, method and Connect code (ok for success), with their latency; a stream counts when it ends",
       type: "histogram",
       values,
@@ -151,7 +154,7 @@ export class RpcMetrics {
       values.push({ labels: { ...entry.labels }, value: entry.running });
     }
     return {
-      name: "orisun_rpc_in_flight",
+      name: IN_FLIGHT,
       help: "RPCs running now (open streams included)",
       type: "gauge",
       values,
