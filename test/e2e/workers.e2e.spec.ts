@@ -262,7 +262,19 @@ describe("ORISUN_WORKERS=2: two server processes on one port", () => {
       return now.length === 2 && !now.includes(victim);
     });
     await until("the replacement to listen", () => count(server.output(), "Orisun listening") >= 3);
-    await until("appends after the kill", () => acknowledged.size >= atKill + 200);
+    await until("appends after the kill", () => acknowledged.size >= atKill + 200).catch(
+      (error: Error) => {
+        // What the writers saw, and what the server said, for a failure that does not reproduce.
+        const said = server
+          .output()
+          .split("\n")
+          .filter((line) => /"level":(40|50|60)|worker died|listening/.test(line))
+          .slice(-20);
+        throw new Error(
+          `${error.message}: ${acknowledged.size - atKill} acknowledged since the kill, ${failures} failures (${codes.slice(-20).join()}); the server's warnings, errors and lifecycle lines:\n${said.join("\n")}`,
+        );
+      },
+    );
     // While the slot was empty, the other worker committed the boundary's appends itself; once
     // the replacement listened, it forwarded them to it again.
     const routedAfterKill = await routed();
