@@ -54,6 +54,7 @@ import { registerMetricsRoute } from "./http/metrics-route.js";
 import { createOnePort, type OnePort } from "./http/one-port.js";
 import { startObservability } from "./observability/observability.js";
 import { BoundaryOwners } from "./process/boundary-owners.js";
+import { takeHandedConnections } from "./process/connection-handoff.js";
 import { loggerOptions } from "./process/logger.js";
 import { captureGrpcStatus, RequestLogController } from "./process/request-log.js";
 import { retryWhileUnreachable } from "./process/startup-retry.js";
@@ -448,9 +449,20 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     return reply.code(503).send({ status: "unavailable", failing });
   });
 
-  await app.listen({ port: config.port, host: config.host });
-  const address = app.server.address();
-  const port = typeof address === "object" && address !== null ? address.port : config.port;
+  // A cluster worker never listens: its primary holds the port and hands it connections.
+  let handoff: { port: number; draining(): void } | undefined;
+  let port: number;
+  if (cluster.isWorker) {
+    await app.ready();
+    const adopt = onePort?.adopt;
+    if (!adopt) throw new Error("the server factory did not run");
+    handoff = await takeHandedConnections(adopt);
+    port = handoff.port;
+  } else {
+    await app.listen({ port: config.port, host: config.host });
+    const address = app.server.address();
+    port = typeof address === "object" && address !== null ? address.port : config.port;
+  }
   const host = config.host === "0.0.0.0" || config.host === "::" ? "127.0.0.1" : config.host;
   const url = `${config.tls ? "https" : "http"}://${host}:${port}`;
 
@@ -467,10 +479,13 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       closing ??= (async () => {
         // NOT_SERVING first, so that watchers hear it before their streams end.
         health.stop();
+        handoff?.draining();
         shutdown.abort(new Error("server is shutting down"));
         onePort?.drain();
         const force = setTimeout(() => onePort?.destroy(), graceMs);
         try {
+          // Fastify waits for the connections of a server that listens; a worker's were handed to it.
+          await onePort?.adoptedClosed();
           await app.close();
         } finally {
           clearTimeout(force);

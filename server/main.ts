@@ -23,6 +23,8 @@ async function main(): Promise<void> {
     // Fastify's pino, configured as the workers' is, so that every line has one format.
     superviseWorkers({
       workers: config.workers,
+      port: config.port,
+      host: config.host,
       log: Fastify({ logger: loggerOptions(config) }).log,
     });
     return;

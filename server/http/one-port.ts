@@ -25,6 +25,13 @@ export interface OnePort {
   drain(): void;
   /** Destroys every remaining connection. */
   destroy(): void;
+  /**
+   * Serves a connection accepted elsewhere (a cluster worker's, from its primary:
+   * process/connection-handoff.ts), under the same cap as those `server` accepts.
+   */
+  adopt(socket: Socket): void;
+  /** Resolves once no adopted connection is left open. */
+  adoptedClosed(): Promise<void>;
   /** Offers every HTTP/2 stream to `route` before Fastify (grpc-unary-path.ts). */
   routeStreams(route: StreamRoute): void;
 }
@@ -150,6 +157,29 @@ export function createOnePort(
       socket.on("close", () => sockets.delete(socket));
       onAdmitted(socket);
     });
+  // Connections handed over rather than accepted: `front` never listens then, so Node neither
+  // applies maxConnections nor counts them for closing; done here.
+  const adopted = new Set<Socket>();
+  const whenNoneAdopted: (() => void)[] = [];
+  const adopt = (socket: Socket) => {
+    if (sockets.size >= limits.maxConnections) {
+      socket.destroy();
+      front.emit("drop", { remoteAddress: socket.remoteAddress });
+      return;
+    }
+    adopted.add(socket);
+    socket.once("close", () => {
+      adopted.delete(socket);
+      if (adopted.size === 0) for (const resolve of whenNoneAdopted.splice(0)) resolve();
+    });
+    front.emit("connection", socket);
+  };
+  const adoptedClosed = () =>
+    adopted.size === 0
+      ? Promise.resolve()
+      : new Promise<void>((resolve) => {
+          whenNoneAdopted.push(resolve);
+        });
 
   if (tls) {
     const { clientCa, ...identity } = tls;
@@ -195,6 +225,8 @@ export function createOnePort(
         for (const socket of sockets) socket.destroy();
       },
       routeStreams,
+      adopt,
+      adoptedClosed,
     };
   }
 
@@ -272,5 +304,7 @@ export function createOnePort(
       for (const socket of sockets) socket.destroy();
     },
     routeStreams,
+    adopt,
+    adoptedClosed,
   };
 }

@@ -1,6 +1,7 @@
 import cluster, { type Worker } from "node:cluster";
 import { rmSync } from "node:fs";
 import { tmpdir } from "node:os";
+import { ConnectionHandoff } from "./connection-handoff.js";
 import { makeSocketDir, removeStaleSocketDirs } from "./socket-dirs.js";
 import { SLOT_ENV, SLOTS_ENV, SOCKETS_ENV } from "./worker-slots.js";
 
@@ -12,6 +13,9 @@ export interface SupervisorLog {
 
 export interface SupervisorOptions {
   readonly workers: number;
+  /** The one port (ORISUN_PORT, ORISUN_HOST): the primary listens, the workers are handed connections. */
+  readonly port: number;
+  readonly host: string;
   readonly log: SupervisorLog;
   /** How long workers get to drain after SIGTERM/SIGINT before they are killed. */
   readonly stopGraceMs?: number;
@@ -32,10 +36,10 @@ interface Slot {
 }
 
 /**
- * The cluster primary: forks `workers` server processes that share the one port (node:cluster;
- * the primary accepts connections and hands them out round-robin, so a few long-lived HTTP/2
- * connections still spread over every worker), replaces a worker that dies, and drains all of
- * them on SIGTERM/SIGINT. A worker that dies again soon after its start waits longer each time
+ * The cluster primary: forks `workers` server processes that share the one port (the primary
+ * accepts connections and hands them out in turn, so a few long-lived HTTP/2 connections still
+ * spread over every worker: connection-handoff.ts), replaces a worker that dies, and drains all
+ * of them on SIGTERM/SIGINT. A worker that dies again soon after its start waits longer each time
  * (up to `maxRestartDelayMs`), so a crash loop does not spin. If no worker ever came up, start-up
  * failed (bad database, timeout): the primary exits with the first worker's code instead of
  * retrying for ever, so that whoever runs it sees the failure.
@@ -68,6 +72,7 @@ export function superviseWorkers(options: SupervisorOptions): void {
     log.info({ dirs: stale, base }, "removed socket directories of primaries that are gone");
   const sockets = makeSocketDir(base);
   process.on("exit", () => rmSync(sockets, { recursive: true, force: true }));
+  const handoff = new ConnectionHandoff(options.port, options.host, log);
 
   const fork = (slot: Slot) => {
     slot.timer = undefined;
@@ -78,7 +83,7 @@ export function superviseWorkers(options: SupervisorOptions): void {
       [SOCKETS_ENV]: sockets,
     });
     slot.worker = worker;
-    worker.once("listening", () => {
+    handoff.add(worker, () => {
       everListening = true;
     });
     worker.once("exit", (code, signal) => {
@@ -112,6 +117,7 @@ export function superviseWorkers(options: SupervisorOptions): void {
     if (stopping) return;
     stopping = true;
     exitCode = code;
+    handoff.close();
     for (const slot of slots) clearTimeout(slot.timer);
     const alive = slots.flatMap((s) => (s.worker ? [s.worker] : []));
     if (alive.length === 0) process.exit(exitCode);

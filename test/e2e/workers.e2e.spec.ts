@@ -1,5 +1,6 @@
 import { execFile } from "node:child_process";
 import { mkdtempSync, readdirSync, rmSync } from "node:fs";
+import { connect, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
@@ -369,5 +370,106 @@ describe("a cluster primary killed with SIGKILL", () => {
       await second.stop();
     }
     expect(socketDirs()).toEqual([]);
+  });
+});
+
+describe("a worker that dies while the primary hands it connections", () => {
+  const schema = freshSchema("workers_handoff");
+  let server: SpawnedServer;
+  beforeAll(async () => {
+    server = await spawnServer({
+      ORISUN_PG_URL: PG_URL,
+      ORISUN_PG_SCHEMA: schema,
+      ORISUN_NATS_URL: NATS_URL,
+      ORISUN_DATA_DIR: freshDataDir(),
+      ORISUN_WORKERS: "2",
+    });
+    await until("both workers", () => count(server.output(), "Orisun listening") >= 2);
+  });
+  afterAll(async () => {
+    await server?.stop();
+    await dropSchema(schema);
+  });
+
+  it("leaves no client hanging: a connection handed to it fails, and the client's next call is served", async () => {
+    const primary = server.process.pid ?? 0;
+    const [victim] = await workerPids(primary);
+    const clients = Array.from({ length: 6 }, () => ownClient(server));
+    const append = (client: Rpc, id: string) =>
+      client.saveEvents(
+        { boundary: "handoff", events: [{ eventId: id, eventType: "Tick", data: "{}" }] },
+        { timeoutMs: 3_000 },
+      );
+    // The primary is stopped while the clients connect and the worker dies: once it runs again,
+    // it finds the connections waiting and one of its workers gone, and may hand a connection
+    // to the dead worker before it hears of the death.
+    process.kill(primary, "SIGSTOP");
+    let first: Promise<unknown>[];
+    try {
+      first = clients.map((client, c) => append(client, `first-${c}`).catch(() => {}));
+      await new Promise((r) => setTimeout(r, 300));
+      process.kill(victim ?? 0, "SIGKILL");
+      await new Promise((r) => setTimeout(r, 300));
+    } finally {
+      process.kill(primary, "SIGCONT");
+    }
+    await Promise.all(first);
+    // Each client keeps its connection while it stays open: one the primary held for a dead worker
+    // would time out every call on it, for ever.
+    const served = await Promise.all(
+      clients.map(async (client, c) => {
+        for (let attempt = 0; attempt < 4; attempt++) {
+          try {
+            await append(client, `again-${c}-${attempt}`);
+            return true;
+          } catch {}
+        }
+        return false;
+      }),
+    );
+    expect(served).toEqual(clients.map(() => true));
+  });
+
+  it("caps each worker's connections at ORISUN_MAX_CONNECTIONS, as a single process does", async () => {
+    const capped = await spawnServer({
+      ORISUN_PG_URL: PG_URL,
+      ORISUN_PG_SCHEMA: schema,
+      ORISUN_NATS_URL: NATS_URL,
+      ORISUN_DATA_DIR: freshDataDir(),
+      ORISUN_WORKERS: "2",
+      ORISUN_MAX_CONNECTIONS: "2",
+    });
+    const sockets: Socket[] = [];
+    try {
+      await until("both workers", () => count(capped.output(), "Orisun listening") >= 2);
+      // Handed out in turn: three to each worker, of which each keeps two.
+      const closed = await Promise.all(
+        Array.from({ length: 6 }, async () => {
+          const socket = connect({ port: capped.port, host: "127.0.0.1" });
+          sockets.push(socket);
+          socket.on("error", () => {});
+          return new Promise<boolean>((resolve) => {
+            socket.once("close", () => resolve(true));
+            setTimeout(() => resolve(false), 1_500);
+          });
+        }),
+      );
+      expect(closed.filter(Boolean)).toHaveLength(2);
+      expect(count(capped.output(), "the server holds ORISUN_MAX_CONNECTIONS connections")).toBe(2);
+      // The ones kept are served.
+      const kept = sockets.find((s) => !s.destroyed) as Socket;
+      const answer = new Promise<string>((resolve) => {
+        let text = "";
+        kept.on("data", (d: Buffer) => {
+          text += d.toString("latin1");
+          if (text.includes("\r\n\r\n")) resolve(text);
+        });
+      });
+      kept.write("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+      expect(await answer).toMatch(/^HTTP\/1\.1 200/);
+    } finally {
+      for (const socket of sockets) socket.destroy();
+      await capped.stop();
+    }
   });
 });
