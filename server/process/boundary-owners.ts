@@ -80,7 +80,12 @@ export class BoundaryOwners {
     } catch {}
     await new Promise<void>((resolve, reject) => {
       owners.server.once("error", reject);
-      owners.server.listen(path, () => {
+      // Exclusive: the socket is this worker's own. In a cluster worker, node:cluster otherwise
+      // has the primary listen on the path and pass each connection on, and a connection the
+      // primary accepts for a worker that has just died stays open in the primary, unanswered:
+      // the other workers' forwarded appends then waited on it for ever instead of finding the
+      // owner gone and committing themselves.
+      owners.server.listen({ path, exclusive: true }, () => {
         owners.server.off("error", reject);
         resolve();
       });

@@ -430,6 +430,59 @@ describe("a worker that dies while the primary hands it connections", () => {
     expect(served).toEqual(clients.map(() => true));
   });
 
+  it("the owner of a boundary killed while the primary is stopped: the other worker commits its appends itself at once", async () => {
+    // Each worker listens for the other's appends on a socket of its own. Were that socket the
+    // primary's (node:cluster shares a worker's listening socket through the primary unless it
+    // listens exclusively), a stopped or busy primary would accept the other worker's connection
+    // for the dead owner and hold it unanswered, and every forwarded append would wait on it.
+    const boundary = "owner_gone";
+    const primary = server.process.pid ?? 0;
+    // Both workers up (the test before killed one), each with the slot it listens for.
+    const serving = async () => {
+      const pids = await workerPids(primary);
+      return server
+        .output()
+        .split("\n")
+        .filter((line) => line.includes("Orisun listening"))
+        .map((line) => JSON.parse(line) as { pid: number; slot: number })
+        .filter((l) => pids.includes(l.pid));
+    };
+    await until("both workers", async () => (await serving()).length === 2);
+    const owner = (await serving()).find((l) => l.slot === ownerOf(boundary, 2));
+    expect(owner).toBeDefined();
+    const clients = Array.from({ length: 6 }, () => ownClient(server));
+    const append = (client: Rpc, id: string, timeoutMs: number) =>
+      client.saveEvents(
+        { boundary, events: [{ eventId: id, eventType: "Tick", data: "{}" }] },
+        { timeoutMs },
+      );
+    // Connected while the primary runs: handed out in turn, three to each worker.
+    await Promise.all(clients.map((client, c) => append(client, `warm-${c}`, 10_000)));
+    process.kill(primary, "SIGSTOP");
+    let served: boolean[];
+    try {
+      process.kill(owner?.pid ?? 0, "SIGKILL");
+      // The owner's clients lose their connections (and cannot connect again while the primary
+      // is stopped); the other worker's are served, at the latest on a second try (an append
+      // it had sent on to the owner as it died fails with an unknown outcome).
+      served = await Promise.all(
+        clients.map(async (client, c) => {
+          for (let attempt = 0; attempt < 2; attempt++) {
+            try {
+              await append(client, `gone-${c}-${attempt}`, 3_000);
+              return true;
+            } catch {}
+          }
+          return false;
+        }),
+      );
+    } finally {
+      process.kill(primary, "SIGCONT");
+    }
+    expect(served.filter(Boolean).length).toBeGreaterThanOrEqual(3);
+    await until("a replacement worker", async () => (await workerPids(primary)).length === 2);
+  });
+
   it("caps each worker's connections at ORISUN_MAX_CONNECTIONS, as a single process does", async () => {
     const capped = await spawnServer({
       ORISUN_PG_URL: PG_URL,
