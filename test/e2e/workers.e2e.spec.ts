@@ -264,15 +264,24 @@ describe("ORISUN_WORKERS=2: two server processes on one port", () => {
     });
     await until("the replacement to listen", () => count(server.output(), "Orisun listening") >= 3);
     await until("appends after the kill", () => acknowledged.size >= atKill + 200).catch(
-      (error: Error) => {
-        // What the writers saw, and what the server said, for a failure that does not reproduce.
+      async (error: Error) => {
+        // What the writers saw, and what the server said and counts, for a failure that does not
+        // reproduce: the pools, calls in flight, routes and publishers, and its last lines (one
+        // per request, with the pid that served it), without the warnings about the kill itself.
+        const metrics = await fetch(`${server.url}/metrics`)
+          .then((r) => r.text())
+          .catch(String);
+        const counts = metrics
+          .split("\n")
+          .filter((line) => /^orisun_(pg_pool|rpc_in_flight|appends_routed|publisher)/.test(line));
         const said = server
           .output()
           .split("\n")
-          .filter((line) => /"level":(40|50|60)|worker died|listening/.test(line))
-          .slice(-20);
+          .filter((line) => !line.includes("went away while appending"))
+          .slice(-40)
+          .map((line) => line.slice(0, 300));
         throw new Error(
-          `${error.message}: ${acknowledged.size - atKill} acknowledged since the kill, ${failures} failures (${codes.slice(-20).join()}); the server's warnings, errors and lifecycle lines:\n${said.join("\n")}`,
+          `${error.message}: ${acknowledged.size - atKill} acknowledged since the kill, ${failures} failures (${codes.slice(-20).join()}); the server's metrics:\n${counts.join("\n")}\nits last lines:\n${said.join("\n")}`,
         );
       },
     );
