@@ -1,5 +1,6 @@
 import type { Worker } from "node:cluster";
 import { createServer, type Server, Socket } from "node:net";
+import { rateLimited } from "../http/connection-guard.js";
 
 /**
  * The cluster's one port, and how its connections reach the workers.
@@ -50,6 +51,14 @@ export class ConnectionHandoff {
     this.server = createServer({ pauseOnConnect: true, noDelay: true }, (socket) =>
       this.handOut(socket),
     );
+    // A failed accept is emitted here: logged (a burst as one line every 10 s, with a count)
+    // rather than ending the primary, and with it every worker. (Out of descriptors, libuv
+    // accepts and closes the waiting connections itself and emits nothing: the clients connect
+    // again.)
+    const warn = rateLimited((fields, message) => log.error(fields, message));
+    this.server.on("error", (error) => {
+      if (this.server.listening) warn({ err: error }, "cannot accept a connection");
+    });
   }
 
   /** Follows a new worker: it gets connections once it says it is ready, none once it drains. */
