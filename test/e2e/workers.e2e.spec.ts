@@ -42,6 +42,23 @@ async function workerPids(primary: number): Promise<number[]> {
 
 const count = (text: string, needle: string) => text.split(needle).length - 1;
 
+/** Two workers on PostgreSQL + NATS in `schema`, once both listen. */
+async function spawnCluster(
+  schema: string,
+  env: Record<string, string> = {},
+): Promise<SpawnedServer> {
+  const server = await spawnServer({
+    ORISUN_PG_URL: PG_URL,
+    ORISUN_PG_SCHEMA: schema,
+    ORISUN_NATS_URL: NATS_URL,
+    ORISUN_DATA_DIR: freshDataDir(),
+    ORISUN_WORKERS: "2",
+    ...env,
+  });
+  await until("both workers", () => count(server.output(), "Orisun listening") >= 2);
+  return server;
+}
+
 const position = (
   p: { commitPosition: bigint; preparePosition: bigint } | undefined,
 ): Position => ({
@@ -101,16 +118,8 @@ describe("ORISUN_WORKERS=2: two server processes on one port", () => {
     };
   };
   beforeAll(async () => {
-    server = await spawnServer({
-      ORISUN_PG_URL: PG_URL,
-      ORISUN_PG_SCHEMA: schema,
-      ORISUN_NATS_URL: NATS_URL,
-      ORISUN_DATA_DIR: freshDataDir(),
-      ORISUN_WORKERS: "2",
-      // One line per request, with the pid of the worker that served it.
-      ORISUN_LOG_LEVEL: "debug",
-    });
-    await until("both workers", () => count(server.output(), "Orisun listening") >= 2);
+    // One line per request, with the pid of the worker that served it.
+    server = await spawnCluster(schema, { ORISUN_LOG_LEVEL: "debug" });
   });
   afterAll(async () => {
     await server?.stop();
@@ -265,9 +274,10 @@ describe("ORISUN_WORKERS=2: two server processes on one port", () => {
     await until("the replacement to listen", () => count(server.output(), "Orisun listening") >= 3);
     await until("appends after the kill", () => acknowledged.size >= atKill + 200).catch(
       async (error: Error) => {
-        // What the writers saw, and what the server said and counts, for a failure that does not
-        // reproduce: the pools, calls in flight, routes and publishers, and its last lines (one
-        // per request, with the pid that served it), without the warnings about the kill itself.
+        // What the writers saw, and what the server said and counts, should this time out again
+        // (it did, rarely, until each worker listened on its own socket): the pools, calls in
+        // flight, routes and publishers, and its last lines (one per request, with the pid that
+        // served it), without the warnings about the kill itself.
         const metrics = await fetch(`${server.url}/metrics`)
           .then((r) => r.text())
           .catch(String);
@@ -386,14 +396,7 @@ describe("a worker that dies while the primary hands it connections", () => {
   const schema = freshSchema("workers_handoff");
   let server: SpawnedServer;
   beforeAll(async () => {
-    server = await spawnServer({
-      ORISUN_PG_URL: PG_URL,
-      ORISUN_PG_SCHEMA: schema,
-      ORISUN_NATS_URL: NATS_URL,
-      ORISUN_DATA_DIR: freshDataDir(),
-      ORISUN_WORKERS: "2",
-    });
-    await until("both workers", () => count(server.output(), "Orisun listening") >= 2);
+    server = await spawnCluster(schema);
   });
   afterAll(async () => {
     await server?.stop();
@@ -493,17 +496,9 @@ describe("a worker that dies while the primary hands it connections", () => {
   });
 
   it("caps each worker's connections at ORISUN_MAX_CONNECTIONS, as a single process does", async () => {
-    const capped = await spawnServer({
-      ORISUN_PG_URL: PG_URL,
-      ORISUN_PG_SCHEMA: schema,
-      ORISUN_NATS_URL: NATS_URL,
-      ORISUN_DATA_DIR: freshDataDir(),
-      ORISUN_WORKERS: "2",
-      ORISUN_MAX_CONNECTIONS: "2",
-    });
+    const capped = await spawnCluster(schema, { ORISUN_MAX_CONNECTIONS: "2" });
     const sockets: Socket[] = [];
     try {
-      await until("both workers", () => count(capped.output(), "Orisun listening") >= 2);
       // Handed out in turn: three to each worker, of which each keeps two.
       const closed = await Promise.all(
         Array.from({ length: 6 }, async () => {
