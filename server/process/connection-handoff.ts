@@ -13,6 +13,11 @@ import { rateLimited } from "../http/connection-guard.js";
  * receiving worker acknowledges it, and a worker that dies first never does: the connection
  * stayed open in the primary, unanswered, and a client that keeps its connection (connect-node
  * does for good; grpc-js until its connect timeout) timed out call after call on it.
+ *
+ * A worker that is alive but not running (its event loop blocked, or swamped) confirms nothing:
+ * once one of its connections has waited BEHIND_MS unconfirmed, new connections go to the other
+ * workers until it has taken up the ones it was sent (those it must serve itself once it runs:
+ * they are already in its channel). Only when every worker is behind do they get them in turn.
  */
 type Message =
   /** Worker to primary: serving; hand me connections. Primary to worker: the port, once listening. */
@@ -29,13 +34,30 @@ const isMessage = (value: unknown): value is Message =>
 
 export interface HandoffLog {
   error(obj: object, msg: string): void;
+  warn(obj: object, msg: string): void;
+  info(obj: object, msg: string): void;
+}
+
+/**
+ * How long a connection may wait for its worker's confirmation before the worker counts as
+ * behind. A worker that runs confirms within milliseconds, even under load; a garbage
+ * collection pauses it for tens.
+ */
+export const BEHIND_MS = 1_000;
+
+interface Unconfirmed {
+  readonly socket: Socket;
+  /** When it was sent (performance.now()). */
+  readonly at: number;
 }
 
 /** The primary's side: listens once a worker is ready, hands connections to ready workers in turn. */
 export class ConnectionHandoff {
   private readonly ready: Worker[] = [];
   /** Connections sent to a worker that it has not yet confirmed, by worker and id. */
-  private readonly unconfirmed = new Map<Worker, Map<number, Socket>>();
+  private readonly unconfirmed = new Map<Worker, Map<number, Unconfirmed>>();
+  /** Workers that new connections currently go around (logged once each time). */
+  private readonly skipped = new Set<Worker>();
   private readonly server: Server;
   private next = 0;
   private nextId = 1;
@@ -63,13 +85,20 @@ export class ConnectionHandoff {
 
   /** Follows a new worker: it gets connections once it says it is ready, none once it drains. */
   add(worker: Worker, onReady: () => void): void {
-    const sent = new Map<number, Socket>();
+    const sent = new Map<number, Unconfirmed>();
     this.unconfirmed.set(worker, sent);
     worker.on("message", (message: unknown) => {
       if (!isMessage(message)) return;
       if (message.orisun === "adopted") {
-        sent.get(message.id)?.destroy();
+        sent.get(message.id)?.socket.destroy();
         sent.delete(message.id);
+        if (this.skipped.has(worker) && !this.behind(worker, performance.now())) {
+          this.skipped.delete(worker);
+          this.log.info(
+            { worker: worker.process.pid },
+            "worker took up the connections sent to it; it gets new ones again",
+          );
+        }
       } else if (message.orisun === "ready") {
         this.listen().then(
           (port) => {
@@ -92,8 +121,9 @@ export class ConnectionHandoff {
     worker.once("exit", () => {
       this.remove(worker);
       // Never taken up: closing the primary's copy closes the connection.
-      for (const socket of sent.values()) socket.destroy();
+      for (const { socket } of sent.values()) socket.destroy();
       this.unconfirmed.delete(worker);
+      this.skipped.delete(worker);
     });
   }
 
@@ -131,7 +161,7 @@ export class ConnectionHandoff {
       return;
     }
     const id = this.nextId++;
-    sent.set(id, socket);
+    sent.set(id, { socket, at: performance.now() });
     // keepOpen: the primary's copy stays open until the worker confirms it (see above).
     worker.send(
       { orisun: "connection", id } satisfies Message,
@@ -145,13 +175,39 @@ export class ConnectionHandoff {
     );
   }
 
+  /** The next ready worker in turn that is not behind; if every one is, the next in turn. */
   private pick(): Worker | undefined {
-    while (this.ready.length > 0) {
+    const now = performance.now();
+    let first: Worker | undefined;
+    for (let tried = 0; tried < this.ready.length; ) {
       const worker = this.ready[this.next++ % this.ready.length] as Worker;
-      if (worker.isConnected()) return worker;
-      this.remove(worker);
+      if (!worker.isConnected()) {
+        this.remove(worker);
+        continue;
+      }
+      tried++;
+      first ??= worker;
+      if (!this.behind(worker, now)) return worker;
+      if (!this.skipped.has(worker)) {
+        this.skipped.add(worker);
+        this.log.warn(
+          {
+            worker: worker.process.pid,
+            unconfirmed: this.unconfirmed.get(worker)?.size,
+            behindMs: BEHIND_MS,
+          },
+          "worker has not taken up a connection sent to it; new connections go to the other workers",
+        );
+      }
     }
-    return undefined;
+    return first;
+  }
+
+  /** Whether the oldest connection the worker has not confirmed was sent over BEHIND_MS ago. */
+  private behind(worker: Worker, now: number): boolean {
+    // A Map iterates in insertion order: the first entry is the oldest.
+    const oldest = this.unconfirmed.get(worker)?.values().next().value;
+    return oldest !== undefined && now - oldest.at > BEHIND_MS;
   }
 }
 

@@ -395,6 +395,16 @@ describe("a cluster primary killed with SIGKILL", () => {
 describe("a worker that dies while the primary hands it connections", () => {
   const schema = freshSchema("workers_handoff");
   let server: SpawnedServer;
+  /** The workers alive now that have said they listen, with their pid and slot. */
+  const serving = async () => {
+    const pids = await workerPids(server.process.pid ?? 0);
+    return server
+      .output()
+      .split("\n")
+      .filter((line) => line.includes("Orisun listening"))
+      .map((line) => JSON.parse(line) as { pid: number; slot: number })
+      .filter((l) => pids.includes(l.pid));
+  };
   beforeAll(async () => {
     server = await spawnCluster(schema);
   });
@@ -450,15 +460,6 @@ describe("a worker that dies while the primary hands it connections", () => {
     const boundary = "owner_gone";
     const primary = server.process.pid ?? 0;
     // Both workers up (the test before killed one), each with the slot it listens for.
-    const serving = async () => {
-      const pids = await workerPids(primary);
-      return server
-        .output()
-        .split("\n")
-        .filter((line) => line.includes("Orisun listening"))
-        .map((line) => JSON.parse(line) as { pid: number; slot: number })
-        .filter((l) => pids.includes(l.pid));
-    };
     await until("both workers", async () => (await serving()).length === 2);
     const owner = (await serving()).find((l) => l.slot === ownerOf(boundary, 2));
     expect(owner).toBeDefined();
@@ -493,6 +494,54 @@ describe("a worker that dies while the primary hands it connections", () => {
     }
     expect(served.filter(Boolean).length).toBeGreaterThanOrEqual(3);
     await until("a replacement worker", async () => (await workerPids(primary)).length === 2);
+  });
+
+  it("a worker that is alive but stuck gets no new connections once it has left one unconfirmed for a second", async () => {
+    await until("both workers", async () => (await serving()).length === 2);
+    // Not the boundary's owner: the other worker commits its appends itself.
+    const stuck = (await serving()).find((l) => l.slot !== ownerOf("stuck", 2));
+    const append = (client: Rpc, id: string, timeoutMs: number) =>
+      client.saveEvents(
+        { boundary: "stuck", events: [{ eventId: id, eventType: "Tick", data: "{}" }] },
+        { timeoutMs },
+      );
+    const attempt = (client: Rpc, id: string, timeoutMs: number) =>
+      append(client, id, timeoutMs).then(
+        () => true,
+        () => false,
+      );
+    process.kill(stuck?.pid ?? 0, "SIGSTOP");
+    let first: boolean[];
+    let after: boolean[];
+    try {
+      // Two connections, one after the other: in turn, one of them goes to the stopped worker,
+      // which never confirms it.
+      first = [];
+      for (let c = 0; c < 2; c++) first.push(await attempt(ownClient(server), `first-${c}`, 1_500));
+      // By now the stopped worker's connection has waited over a second: every new one goes to
+      // the other worker (in turn, three of these six would go to the stopped one).
+      after = await Promise.all(
+        Array.from({ length: 6 }, (_, c) => attempt(ownClient(server), `after-${c}`, 3_000)),
+      );
+    } finally {
+      process.kill(stuck?.pid ?? 0, "SIGCONT");
+    }
+    expect(first.filter(Boolean)).toHaveLength(1);
+    expect(after).toEqual(after.map(() => true));
+    const skipped = server
+      .output()
+      .split("\n")
+      .filter((line) => line.includes("new connections go to the other workers"));
+    expect(skipped).toHaveLength(1);
+    expect(JSON.parse(skipped[0] ?? "{}")).toMatchObject({ worker: stuck?.pid, unconfirmed: 1 });
+    // Running again, it takes up what it was sent, and gets its turn again.
+    await until("the worker taking its connections up", () =>
+      server.output().includes("worker took up the connections sent to it"),
+    );
+    const again = await Promise.all(
+      Array.from({ length: 4 }, (_, c) => attempt(ownClient(server), `again-${c}`, 3_000)),
+    );
+    expect(again).toEqual(again.map(() => true));
   });
 
   it("caps each worker's connections at ORISUN_MAX_CONNECTIONS, as a single process does", async () => {
