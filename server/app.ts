@@ -59,6 +59,7 @@ import { loggerOptions } from "./process/logger.js";
 import { captureGrpcStatus, RequestLogController } from "./process/request-log.js";
 import { retryWhileUnreachable } from "./process/startup-retry.js";
 import { workerSlotsOf } from "./process/worker-slots.js";
+import { answerWatchdog } from "./process/worker-watchdog.js";
 import { loadDeployment } from "./store/deployment.js";
 import { type EventStoreOptions, EventStore as Store } from "./store/event-store.js";
 
@@ -458,6 +459,8 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     if (!adopt) throw new Error("the server factory did not run");
     handoff = await takeHandedConnections(adopt);
     port = handoff.port;
+    // Serving: from now on the primary watches this process's event loop (worker-watchdog.ts).
+    answerWatchdog();
   } else {
     await app.listen({ port: config.port, host: config.host });
     const address = app.server.address();

@@ -58,6 +58,8 @@ export interface Config {
   readonly logFormat: "json" | "pretty";
   /** Server processes sharing the one port (node:cluster); 1: no cluster, this process serves. */
   readonly workers: number;
+  /** ORISUN_WORKER_STALL_TIMEOUT: a worker whose event loop has not run this long is killed. */
+  readonly workerStallMs: number;
   /** How long start-up keeps retrying an unreachable PostgreSQL or NATS before it gives up. */
   readonly startupTimeoutMs: number;
   readonly limits: Limits;
@@ -431,6 +433,7 @@ export function loadConfig(
     reflectionMaxRequests: integer(merged, "ORISUN_REFLECTION_MAX_REQUESTS", 1_000, 1, 1_000_000),
     logFormat,
     workers,
+    workerStallMs: workerStall(merged),
     startupTimeoutMs: timeout(merged, "ORISUN_STARTUP_TIMEOUT", 60_000),
     limits: {
       maxEventsPerSave: integer(merged, "ORISUN_MAX_EVENTS_PER_SAVE", 10_000, 1, 1_000_000),
@@ -465,6 +468,17 @@ export function loadConfig(
 }
 
 /** ORISUN_BODY_TIMEOUT: a body cannot be due before its request's headers (Node's HTTP/1.1 rule too). */
+/** At least 1s: a garbage collection or a burst of work holds an event loop for tens of ms. */
+function workerStall(env: Source): number {
+  const ms = timeout(env, "ORISUN_WORKER_STALL_TIMEOUT", 30_000);
+  if (ms < 1_000) {
+    throw new ConfigError(
+      `ORISUN_WORKER_STALL_TIMEOUT: must be at least 1s, got "${env.ORISUN_WORKER_STALL_TIMEOUT}"`,
+    );
+  }
+  return ms;
+}
+
 function bodyTimeout(env: Source, headersTimeoutMs: number): number {
   const ms = timeout(env, "ORISUN_BODY_TIMEOUT", Math.max(30_000, headersTimeoutMs));
   if (ms < headersTimeoutMs) {

@@ -25,6 +25,7 @@ async function main(): Promise<void> {
       workers: config.workers,
       port: config.port,
       host: config.host,
+      stallMs: config.workerStallMs,
       log: Fastify({ logger: loggerOptions(config) }).log,
     });
     return;

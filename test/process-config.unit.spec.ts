@@ -32,6 +32,25 @@ describe("ORISUN_WORKERS", () => {
   });
 });
 
+describe("ORISUN_WORKER_STALL_TIMEOUT", () => {
+  it("defaults to 30 s and takes durations from 1 s", () => {
+    expect(loadConfig({}, []).workerStallMs).toBe(30_000);
+    expect(loadConfig({ ORISUN_WORKER_STALL_TIMEOUT: "1s" }, []).workerStallMs).toBe(1_000);
+    expect(loadConfig({ ORISUN_WORKER_STALL_TIMEOUT: "2m" }, []).workerStallMs).toBe(120_000);
+  });
+
+  it("refuses less than 1 s and what is not a duration, naming the rule", () => {
+    expect(refused({ ORISUN_WORKER_STALL_TIMEOUT: "999ms" })).toBe(
+      'ORISUN_WORKER_STALL_TIMEOUT: must be at least 1s, got "999ms"',
+    );
+    for (const bad of ["0s", "30", "soon", "-1s"]) {
+      expect(refused({ ORISUN_WORKER_STALL_TIMEOUT: bad })).toBe(
+        `ORISUN_WORKER_STALL_TIMEOUT: must be a positive duration like 90s, 2m or 24h, got "${bad}"`,
+      );
+    }
+  });
+});
+
 describe("ORISUN_LOG_FORMAT and ORISUN_STARTUP_TIMEOUT", () => {
   it("default to json and 60 s", () => {
     const c = loadConfig({}, []);

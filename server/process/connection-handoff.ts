@@ -103,7 +103,8 @@ export class ConnectionHandoff {
         this.listen().then(
           (port) => {
             if (!worker.isConnected()) return;
-            worker.send({ orisun: "ready", port } satisfies Message);
+            // A callback: a worker gone meanwhile fails the send, which would otherwise throw.
+            worker.send({ orisun: "ready", port } satisfies Message, () => {});
             if (!this.ready.includes(worker)) this.ready.push(worker);
             onReady();
           },

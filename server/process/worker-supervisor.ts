@@ -4,6 +4,7 @@ import { tmpdir } from "node:os";
 import { ConnectionHandoff } from "./connection-handoff.js";
 import { makeSocketDir, removeStaleSocketDirs } from "./socket-dirs.js";
 import { SLOT_ENV, SLOTS_ENV, SOCKETS_ENV } from "./worker-slots.js";
+import { WorkerWatchdog } from "./worker-watchdog.js";
 
 export interface SupervisorLog {
   info(obj: object, msg: string): void;
@@ -17,6 +18,8 @@ export interface SupervisorOptions {
   readonly port: number;
   readonly host: string;
   readonly log: SupervisorLog;
+  /** ORISUN_WORKER_STALL_TIMEOUT: a serving worker whose event loop has not run this long is killed. */
+  readonly stallMs?: number;
   /** How long workers get to drain after SIGTERM/SIGINT before they are killed. */
   readonly stopGraceMs?: number;
   /** First restart delay of a worker that keeps dying; it doubles up to `maxRestartDelayMs`. */
@@ -73,6 +76,7 @@ export function superviseWorkers(options: SupervisorOptions): void {
   const sockets = makeSocketDir(base);
   process.on("exit", () => rmSync(sockets, { recursive: true, force: true }));
   const handoff = new ConnectionHandoff(options.port, options.host, log);
+  const watchdog = new WorkerWatchdog(options.stallMs ?? 30_000, log);
 
   const fork = (slot: Slot) => {
     slot.timer = undefined;
@@ -85,6 +89,7 @@ export function superviseWorkers(options: SupervisorOptions): void {
     slot.worker = worker;
     handoff.add(worker, () => {
       everListening = true;
+      watchdog.watch(worker);
     });
     worker.once("exit", (code, signal) => {
       slot.worker = undefined;
@@ -118,6 +123,8 @@ export function superviseWorkers(options: SupervisorOptions): void {
     stopping = true;
     exitCode = code;
     handoff.close();
+    // Draining workers are killed after the grace period, stuck or not.
+    watchdog.stop();
     for (const slot of slots) clearTimeout(slot.timer);
     const alive = slots.flatMap((s) => (s.worker ? [s.worker] : []));
     if (alive.length === 0) process.exit(exitCode);

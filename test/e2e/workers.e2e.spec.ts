@@ -1,5 +1,5 @@
 import { execFile } from "node:child_process";
-import { mkdtempSync, readdirSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { connect, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -577,5 +577,80 @@ describe("a worker that dies while the primary hands it connections", () => {
       for (const socket of sockets) socket.destroy();
       await capped.stop();
     }
+  });
+});
+
+describe("ORISUN_WORKER_STALL_TIMEOUT: a worker whose event loop stops", () => {
+  const schema = freshSchema("workers_stall");
+  let server: SpawnedServer;
+  const KILLED = "worker's event loop has not run for ORISUN_WORKER_STALL_TIMEOUT; killing it";
+  const serving = async () => {
+    const pids = await workerPids(server.process.pid ?? 0);
+    return server
+      .output()
+      .split("\n")
+      .filter((line) => line.includes("Orisun listening"))
+      .map((line) => JSON.parse(line) as { pid: number; slot: number })
+      .filter((l) => pids.includes(l.pid));
+  };
+  beforeAll(async () => {
+    server = await spawnCluster(schema, { ORISUN_WORKER_STALL_TIMEOUT: "2s" });
+  });
+  afterAll(async () => {
+    await server?.stop();
+    await dropSchema(schema);
+  });
+
+  it("is killed once the timeout passes and replaced; the boundaries it committed are served again", async () => {
+    const boundary = "stalled";
+    await until("both workers", async () => (await serving()).length === 2);
+    const owner = (await serving()).find((l) => l.slot === ownerOf(boundary, 2));
+    const pid = owner?.pid ?? 0;
+    const client = ownClient(server);
+    const append = (id: string) =>
+      client.saveEvents(
+        { boundary, events: [{ eventId: id, eventType: "Tick", data: "{}" }] },
+        { timeoutMs: 3_000 },
+      );
+    await append("before");
+    // Alive to the operating system, but its event loop no longer runs: as a worker stuck in a
+    // synchronous loop. Nothing outside it can tell: the primary hands other clients to the other
+    // worker, and its health probes with them.
+    process.kill(pid, "SIGSTOP");
+    const stopped = Date.now();
+    await until("the stopped worker to be killed", () => !existsSync(`/proc/${pid}`), 15_000);
+    const after = Date.now() - stopped;
+    expect(after).toBeGreaterThanOrEqual(1_900);
+    expect(after).toBeLessThan(6_000);
+    const killed = server
+      .output()
+      .split("\n")
+      .filter((line) => line.includes(KILLED))
+      .map((line) => JSON.parse(line) as { worker: number; stallMs: number });
+    expect(killed).toEqual([expect.objectContaining({ worker: pid, stallMs: 2_000 })]);
+    await until("a replacement worker", async () => (await serving()).length === 2);
+    // Its boundary's appends are committed again (the client connects again if its connection
+    // was the killed worker's).
+    let served = false;
+    for (let attempt = 0; attempt < 4 && !served; attempt++) {
+      served = await append(`after-${attempt}`).then(
+        () => true,
+        () => false,
+      );
+    }
+    expect(served).toBe(true);
+  });
+
+  it("a primary that was itself stopped for longer than the timeout kills no worker", async () => {
+    await until("both workers", async () => (await serving()).length === 2);
+    const primary = server.process.pid ?? 0;
+    const before = await workerPids(primary);
+    const killedBefore = count(server.output(), KILLED);
+    process.kill(primary, "SIGSTOP");
+    await new Promise((r) => setTimeout(r, 3_000));
+    process.kill(primary, "SIGCONT");
+    await new Promise((r) => setTimeout(r, 1_500));
+    expect(await workerPids(primary)).toEqual(before);
+    expect(count(server.output(), KILLED)).toBe(killedBefore);
   });
 });
