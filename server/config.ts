@@ -467,7 +467,6 @@ export function loadConfig(
   };
 }
 
-/** ORISUN_BODY_TIMEOUT: a body cannot be due before its request's headers (Node's HTTP/1.1 rule too). */
 /** At least 1s: a garbage collection or a burst of work holds an event loop for tens of ms. */
 function workerStall(env: Source): number {
   const ms = timeout(env, "ORISUN_WORKER_STALL_TIMEOUT", 30_000);
@@ -479,6 +478,7 @@ function workerStall(env: Source): number {
   return ms;
 }
 
+/** ORISUN_BODY_TIMEOUT: a body cannot be due before its request's headers (Node's HTTP/1.1 rule too). */
 function bodyTimeout(env: Source, headersTimeoutMs: number): number {
   const ms = timeout(env, "ORISUN_BODY_TIMEOUT", Math.max(30_000, headersTimeoutMs));
   if (ms < headersTimeoutMs) {
