@@ -1,8 +1,11 @@
 import { mkdtempSync, rmSync } from "node:fs";
+import { createServer, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BoundaryOwners, ownerOf } from "../server/process/boundary-owners.js";
+import { encodeFrame, FrameKind, FrameReader } from "../server/process/forward-wire.js";
+import { socketPath } from "../server/process/worker-slots.js";
 import { StoreError } from "../server/store/errors.js";
 import type { EventStore } from "../server/store/event-store.js";
 import type { AppendRequest, Position, Query, StoredEvent } from "../server/store/types.js";
@@ -202,6 +205,76 @@ describe("appends routed to the worker that owns their boundary", () => {
     const ids = (await readAll(a, boundary)).map((e) => e.id);
     expect(ids).toHaveLength(22);
     expect(ids.slice(-2)).toEqual(["while-away", "back"]);
+  });
+
+  it("an owner that answers nothing: after silentMs, appends commit where they arrive, until it is heard again", async () => {
+    const silentDir = mkdtempSync(join(tmpdir(), "orisun-owners-silent-"));
+    const c = await openPostgresStore(schema);
+    const warnings: object[] = [];
+    // The owner's slot: accepts and reads, as a worker whose event loop stopped would (the kernel
+    // still accepts), and answers nothing until told to, then every append frame with a position.
+    let answering = false;
+    const pending: { socket: Socket; id: number }[] = [];
+    const answer = (socket: Socket, id: number) =>
+      socket.write(
+        encodeFrame({ kind: FrameKind.ok, id, position: { commit: 99n, prepare: 99n } }),
+      );
+    const owner = createServer((socket) => {
+      const reader = new FrameReader(1024 * 1024);
+      socket.on("data", (chunk: Buffer) => {
+        for (const frame of reader.push(chunk)) {
+          if (frame.kind !== FrameKind.append) continue;
+          if (answering) answer(socket, frame.id);
+          else pending.push({ socket, id: frame.id });
+        }
+      });
+    });
+    await new Promise<void>((r) => owner.listen(socketPath(silentDir, 1), r));
+    const ownersC = await BoundaryOwners.start({
+      slots: { slot: 0, slots: 2, dir: silentDir },
+      store: c,
+      log: { warn: (fields) => warnings.push(fields) },
+      maxFrameBytes: 1024 * 1024,
+      retryMs: 100,
+      abandonMs: 100,
+      silentMs: 600,
+    });
+    try {
+      const boundary = ownedBy(1, "silent");
+      // Sent to the owner, which never answers: the caller's deadline ends it.
+      const first = await expectRejected(
+        c.append({ boundary, events: [event("s1")] }, { signal: AbortSignal.timeout(200) }),
+      );
+      expect(first.kind).toBe("deadline_exceeded");
+      expect(ownersC.counts).toMatchObject({ forwarded: 1, fellBack: 0 });
+      // Still within silentMs of the send: sent to the owner again.
+      await expectRejected(
+        c.append({ boundary, events: [event("s2")] }, { signal: AbortSignal.timeout(50) }),
+      );
+      expect(ownersC.counts).toMatchObject({ forwarded: 2, fellBack: 0 });
+      await new Promise((r) => setTimeout(r, 300));
+      // Silent for over silentMs: committed here, at once, and so for as long as it is silent.
+      for (const id of ["s3", "s4", "s5"]) await c.append({ boundary, events: [event(id)] });
+      await new Promise((r) => setTimeout(r, 150));
+      await c.append({ boundary, events: [event("s6")] });
+      expect(ownersC.counts).toMatchObject({ forwarded: 2, fellBack: 4 });
+      expect((await readAll(c, boundary)).map((e) => e.id)).toEqual(["s3", "s4", "s5", "s6"]);
+      expect(warnings).toEqual([expect.objectContaining({ worker: 1 })]);
+      // Heard again (it answers what it was sent): after retryMs, appends go to it once more.
+      answering = true;
+      for (const { socket, id } of pending.splice(0)) answer(socket, id);
+      await new Promise((r) => setTimeout(r, 150));
+      expect(await c.append({ boundary, events: [event("s7")] })).toEqual({
+        commit: 99n,
+        prepare: 99n,
+      });
+      expect(ownersC.counts).toMatchObject({ forwarded: 3, fellBack: 4 });
+    } finally {
+      await ownersC.close();
+      await c.close();
+      owner.close();
+      rmSync(silentDir, { recursive: true, force: true });
+    }
   });
 
   it("with no worker listening in the owner's slot, appends commit where they arrive", async () => {

@@ -28,6 +28,11 @@ export interface BoundaryOwnersOptions {
   readonly retryMs?: number;
   /** How long a forward whose caller gave up waits for the owner's answer before giving up too. */
   readonly abandonMs?: number;
+  /**
+   * How long an owner that was sent something may stay silent (answer nothing at all) before this
+   * worker stops sending it appends and commits them itself, until it is heard again.
+   */
+  readonly silentMs?: number;
   /** How long a closing owner waits for forwarders to finish with its connections. */
   readonly goodbyeMs?: number;
 }
@@ -53,8 +58,12 @@ export interface OwnerCounts {
  *
  * Routing is only about speed: any process may commit any boundary, so an owner that cannot be
  * reached (restarting, not yet listening) is passed over for `retryMs` and its appends commit
- * where they arrived. Only an owner that dies with an append in hand leaves its outcome unknown,
- * as a dying worker does for its own calls (`unavailable`: retry with the same ids).
+ * where they arrived. So is an owner that is reached but has answered nothing for `silentMs`
+ * since it was sent something (its event loop stuck, or the process stopped: the primary's
+ * watchdog kills it only much later): what was sent to it waits for it, or for its callers'
+ * deadlines, and new appends commit here until it is heard again. Only an owner that dies with
+ * an append in hand leaves its outcome unknown, as a dying worker does for its own calls
+ * (`unavailable`: retry with the same ids).
  */
 export class BoundaryOwners {
   readonly counts: OwnerCounts = { forwarded: 0, served: 0, fellBack: 0 };
@@ -211,6 +220,10 @@ interface Link {
   /** The worker said GOODBYE: nothing more is sent on it, and it ends once answered. */
   retired: boolean;
   readonly waiting: Map<number, Waiting>;
+  /** When something was first sent after the worker was last heard (performance.now()). */
+  unansweredSince: number | undefined;
+  /** The silence was logged. */
+  silenceLogged: boolean;
 }
 
 /** This worker's connection to one other worker, made when first needed. */
@@ -238,16 +251,17 @@ class Peer {
     request: AppendRequest,
     signal: AbortSignal | undefined,
   ): Promise<Position | "not delivered"> | undefined {
-    if (performance.now() < this.downUntil) return undefined;
+    const now = performance.now();
+    if (now < this.downUntil) return undefined;
     const link = this.link ?? this.connect();
+    if (this.silent(link, now)) return undefined;
     const id = this.nextId;
     this.nextId = this.nextId === 0xffff_ffff ? 1 : this.nextId + 1;
     return new Promise((resolve, reject) => {
       let abandon: NodeJS.Timeout | undefined;
       const onAbort = () => {
-        if (link.connected && !link.socket.destroyed) {
-          link.socket.write(encodeFrame({ kind: FrameKind.cancel, id }));
-        }
+        if (link.connected && !link.socket.destroyed)
+          this.send(link, { kind: FrameKind.cancel, id });
         // The owner answers a cancel at once; one that does not is stuck, and the caller is gone.
         abandon = setTimeout(() => {
           settled();
@@ -271,20 +285,52 @@ class Peer {
         },
       });
       signal?.addEventListener("abort", onAbort, { once: true });
-      const frame = { kind: FrameKind.append, id, request, trace: currentTrace() } as const;
-      link.socket.write(encodeFrame(frame));
+      this.send(link, { kind: FrameKind.append, id, request, trace: currentTrace() });
     });
+  }
+
+  private send(link: Link, frame: Frame): void {
+    link.unansweredSince ??= performance.now();
+    link.socket.write(encodeFrame(frame));
+  }
+
+  /**
+   * Sent something `silentMs` ago and heard nothing since: passed over for `retryMs` (and again
+   * after, for as long as it stays silent).
+   */
+  private silent(link: Link, now: number): boolean {
+    const since = link.unansweredSince;
+    if (since === undefined || now - since <= (this.options.silentMs ?? 2_000)) return false;
+    this.downUntil = now + (this.options.retryMs ?? 1_000);
+    if (!link.silenceLogged) {
+      link.silenceLogged = true;
+      this.options.log.warn(
+        { worker: this.slot, silentMs: Math.round(now - since) },
+        "the worker that commits these boundaries has answered nothing since it was sent an append; this worker commits their appends itself until it answers",
+      );
+    }
+    return true;
   }
 
   private connect(): Link {
     const socket = createConnection(socketPath(this.options.slots.dir, this.slot));
-    const link: Link = { socket, connected: false, retired: false, waiting: new Map() };
+    const link: Link = {
+      socket,
+      connected: false,
+      retired: false,
+      waiting: new Map(),
+      unansweredSince: undefined,
+      silenceLogged: false,
+    };
     this.link = link;
     const reader = new FrameReader(this.options.maxFrameBytes);
     socket.on("connect", () => {
       link.connected = true;
     });
     socket.on("data", (chunk: Buffer) => {
+      // Heard: whatever it answers, it runs.
+      link.unansweredSince = undefined;
+      link.silenceLogged = false;
       let frames: Frame[];
       try {
         frames = reader.push(chunk);

@@ -6,8 +6,8 @@ import type { Worker } from "node:cluster";
  * A worker whose event loop no longer turns (a synchronous loop that never ends, a deadlocked
  * native call, a stopped process) is alive to the operating system and invisible to a health
  * probe: the primary hands the probe's connection to a worker that answers. Yet it holds its
- * clients' connections and calls, and every append to the boundaries it owns, from any worker,
- * waits on it. So the primary asks each ready worker over its IPC channel several times per
+ * clients' connections and calls, and the appends other workers sent it before they found it
+ * silent (boundary-owners.ts). So the primary asks each ready worker over its IPC channel several times per
  * stall timeout; the worker answers from its event loop. One that has answered none of the asks
  * of a whole stall timeout is killed (SIGKILL: a stuck loop would never run a SIGTERM handler),
  * and the supervisor replaces it as it replaces any worker that dies.

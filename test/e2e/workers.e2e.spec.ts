@@ -544,6 +544,44 @@ describe("a worker that dies while the primary hands it connections", () => {
     expect(again).toEqual(again.map(() => true));
   });
 
+  it("the owner of a boundary stopped (alive, not answering): the other worker commits its appends itself within seconds, long before the watchdog", async () => {
+    const boundary = "owner_silent";
+    await until("both workers", async () => (await serving()).length === 2);
+    const owner = (await serving()).find((l) => l.slot === ownerOf(boundary, 2));
+    const clients = Array.from({ length: 6 }, () => ownClient(server));
+    const append = (client: Rpc, id: string) =>
+      client.saveEvents(
+        { boundary, events: [{ eventId: id, eventType: "Tick", data: "{}" }] },
+        { timeoutMs: 3_000 },
+      );
+    // Connected while both run: three to each worker.
+    await Promise.all(clients.map((client, c) => append(client, `warm-${c}`)));
+    process.kill(owner?.pid ?? 0, "SIGSTOP");
+    let served: boolean[];
+    try {
+      // The other worker's first append goes to the owner and waits out its deadline; by then
+      // the owner has been silent for over 2 s, and the next commits where it arrives. The
+      // owner's own clients wait on it.
+      served = await Promise.all(
+        clients.map(async (client, c) => {
+          for (let attempt = 0; attempt < 2; attempt++) {
+            try {
+              await append(client, `silent-${c}-${attempt}`);
+              return true;
+            } catch {}
+          }
+          return false;
+        }),
+      );
+    } finally {
+      process.kill(owner?.pid ?? 0, "SIGCONT");
+    }
+    expect(served.filter(Boolean)).toHaveLength(3);
+    expect(server.output()).toContain(
+      "the worker that commits these boundaries has answered nothing since it was sent an append",
+    );
+  });
+
   it("caps each worker's connections at ORISUN_MAX_CONNECTIONS, as a single process does", async () => {
     const capped = await spawnCluster(schema, { ORISUN_MAX_CONNECTIONS: "2" });
     const sockets: Socket[] = [];
