@@ -87,6 +87,12 @@ export function superviseWorkers(options: SupervisorOptions): void {
       [SOCKETS_ENV]: sockets,
     });
     slot.worker = worker;
+    // A message to a worker that has just died, before its exit is heard (the primary's sends,
+    // and prom-client's collection of metrics), fails with the channel closed; without a
+    // listener, that error would end the primary and every worker with it. Its exit follows.
+    worker.on("error", (error) => {
+      log.warn({ worker: worker.process.pid, err: error }, "cannot reach a worker over IPC");
+    });
     handoff.add(worker, () => {
       everListening = true;
       watchdog.watch(worker);
