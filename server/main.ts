@@ -3,6 +3,7 @@ import Fastify from "fastify";
 import { startApp } from "./app.js";
 import { ConfigError, loadConfig } from "./config.js";
 import { serveClusterMetrics } from "./observability/cluster-metrics.js";
+import { PrimaryMetrics } from "./observability/primary-metrics.js";
 import { loggerOptions } from "./process/logger.js";
 import { workerSlotsOf } from "./process/worker-slots.js";
 import { superviseWorkers } from "./process/worker-supervisor.js";
@@ -19,13 +20,15 @@ async function main(): Promise<void> {
     throw error;
   }
   if (config.workers > 1 && cluster.isPrimary) {
-    serveClusterMetrics();
+    const metrics = new PrimaryMetrics();
+    serveClusterMetrics(metrics.registry);
     // Fastify's pino, configured as the workers' is, so that every line has one format.
     superviseWorkers({
       workers: config.workers,
       port: config.port,
       host: config.host,
       stallMs: config.workerStallMs,
+      metrics,
       log: Fastify({ logger: loggerOptions(config) }).log,
     });
     return;

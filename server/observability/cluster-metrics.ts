@@ -26,16 +26,23 @@ const isReply = (m: unknown): m is Reply =>
  * which prom-client's AggregatorRegistry collects from every worker over IPC (counters and
  * histograms summed, gauges summed unless they say otherwise: lags take the max). Needed because
  * the workers share one port: a scrape reaches one worker at random, which alone cannot see the
- * others. Returns a function that stops answering.
+ * others. `primary`: the primary's own metrics, added to every answer. Returns a function that
+ * stops answering.
  */
-export function serveClusterMetrics(): () => void {
+export function serveClusterMetrics(primary?: Registry): () => void {
   const aggregator = new AggregatorRegistry();
+  // The workers' metrics, then the primary's own (primary-metrics.ts).
+  const collect = async () => {
+    const workers = await aggregator.clusterMetrics();
+    if (primary === undefined) return workers;
+    return `${workers.endsWith("\n") ? workers : `${workers}\n`}${await primary.metrics()}`;
+  };
   const onMessage = (worker: Worker, message: unknown) => {
     if (!isRequest(message)) return;
     const reply = (fields: { text: string } | { error: string }) => {
       if (worker.isConnected()) worker.send({ type: REPLY, id: message.id, ...fields });
     };
-    aggregator.clusterMetrics().then(
+    collect().then(
       (text) => reply({ text }),
       (error: Error) => reply({ error: error.message }),
     );

@@ -32,6 +32,14 @@ type Message =
 const isMessage = (value: unknown): value is Message =>
   typeof value === "object" && value !== null && "orisun" in value;
 
+/** Told how connections are handed out (primary-metrics.ts). */
+export interface HandoffObserver {
+  /** A connection went to another worker because the one in turn was behind. */
+  rerouted(): void;
+  /** How many workers get connections now. */
+  serving(count: number): void;
+}
+
 export interface HandoffLog {
   error(obj: object, msg: string): void;
   warn(obj: object, msg: string): void;
@@ -68,6 +76,7 @@ export class ConnectionHandoff {
     private readonly port: number,
     private readonly host: string,
     private readonly log: HandoffLog,
+    private readonly observer?: HandoffObserver,
   ) {
     // pauseOnConnect: the primary never reads a byte; the worker reads all of it.
     this.server = createServer({ pauseOnConnect: true, noDelay: true }, (socket) =>
@@ -106,6 +115,7 @@ export class ConnectionHandoff {
             // A callback: a worker gone meanwhile fails the send, which would otherwise throw.
             worker.send({ orisun: "ready", port } satisfies Message, () => {});
             if (!this.ready.includes(worker)) this.ready.push(worker);
+            this.observer?.serving(this.ready.length);
             onReady();
           },
           (error: unknown) => {
@@ -138,6 +148,7 @@ export class ConnectionHandoff {
   private remove(worker: Worker): void {
     const at = this.ready.indexOf(worker);
     if (at >= 0) this.ready.splice(at, 1);
+    this.observer?.serving(this.ready.length);
   }
 
   /** Listens on the port the first time a worker is ready (before, a client is refused). */
@@ -188,7 +199,10 @@ export class ConnectionHandoff {
       }
       tried++;
       first ??= worker;
-      if (!this.behind(worker, now)) return worker;
+      if (!this.behind(worker, now)) {
+        if (worker !== first) this.observer?.rerouted();
+        return worker;
+      }
       if (!this.skipped.has(worker)) {
         this.skipped.add(worker);
         this.log.warn(

@@ -1,6 +1,7 @@
 import cluster, { type Worker } from "node:cluster";
 import { rmSync } from "node:fs";
 import { tmpdir } from "node:os";
+import type { PrimaryMetrics } from "../observability/primary-metrics.js";
 import { ConnectionHandoff } from "./connection-handoff.js";
 import { makeSocketDir, removeStaleSocketDirs } from "./socket-dirs.js";
 import { SLOT_ENV, SLOTS_ENV, SOCKETS_ENV } from "./worker-slots.js";
@@ -20,6 +21,8 @@ export interface SupervisorOptions {
   readonly log: SupervisorLog;
   /** ORISUN_WORKER_STALL_TIMEOUT: a serving worker whose event loop has not run this long is killed. */
   readonly stallMs?: number;
+  /** Restarts, rerouted connections and serving workers, for the cluster's scrape. */
+  readonly metrics?: PrimaryMetrics;
   /** How long workers get to drain after SIGTERM/SIGINT before they are killed. */
   readonly stopGraceMs?: number;
   /** First restart delay of a worker that keeps dying; it doubles up to `maxRestartDelayMs`. */
@@ -75,8 +78,21 @@ export function superviseWorkers(options: SupervisorOptions): void {
     log.info({ dirs: stale, base }, "removed socket directories of primaries that are gone");
   const sockets = makeSocketDir(base);
   process.on("exit", () => rmSync(sockets, { recursive: true, force: true }));
-  const handoff = new ConnectionHandoff(options.port, options.host, log);
-  const watchdog = new WorkerWatchdog(options.stallMs ?? 30_000, log);
+  const { metrics } = options;
+  const handoff = new ConnectionHandoff(
+    options.port,
+    options.host,
+    log,
+    metrics && {
+      rerouted: () => metrics.reroutedConnection(),
+      serving: (count) => metrics.setServing(count),
+    },
+  );
+  // Workers the watchdog killed: their restart is counted as stalled.
+  const stalled = new WeakSet<Worker>();
+  const watchdog = new WorkerWatchdog(options.stallMs ?? 30_000, log, (worker) =>
+    stalled.add(worker),
+  );
 
   const fork = (slot: Slot) => {
     slot.timer = undefined;
@@ -116,6 +132,7 @@ export function superviseWorkers(options: SupervisorOptions): void {
       slot.quickDeaths = lived < stableMs ? slot.quickDeaths + 1 : 0;
       const delay =
         slot.quickDeaths === 0 ? 0 : Math.min(maxDelay, firstDelay * 2 ** (slot.quickDeaths - 1));
+      metrics?.restarted(stalled.has(worker) ? "stalled" : "exited");
       log.error(
         { worker: worker.process.pid, code, signal, livedMs: lived, restartInMs: delay },
         "worker died; starting a new one",

@@ -43,6 +43,8 @@ export class WorkerWatchdog {
     /** ORISUN_WORKER_STALL_TIMEOUT. */
     private readonly stallMs: number,
     private readonly log: WatchdogLog,
+    /** Told of each worker it kills, before the kill. */
+    private readonly onStalled?: (worker: Worker) => void,
   ) {
     // Ten asks per timeout, at most one a second and at least 100 ms apart.
     const intervalMs = Math.min(1_000, Math.max(100, Math.floor(stallMs / 10)));
@@ -86,6 +88,7 @@ export class WorkerWatchdog {
           "worker's event loop has not run for ORISUN_WORKER_STALL_TIMEOUT; killing it",
         );
         this.forget(worker);
+        this.onStalled?.(worker);
         worker.process.kill("SIGKILL");
         continue;
       }

@@ -42,6 +42,13 @@ async function workerPids(primary: number): Promise<number[]> {
 
 const count = (text: string, needle: string) => text.split(needle).length - 1;
 
+/** One sample of the cluster's scrape, by its name with labels (`name{label="value"}`). */
+async function metric(server: SpawnedServer, sample: string): Promise<number> {
+  const text = await (await fetch(`${server.url}/metrics`)).text();
+  const line = text.split("\n").find((l) => l.startsWith(`${sample} `));
+  return Number(line?.slice(sample.length + 1));
+}
+
 /** Two workers on PostgreSQL + NATS in `schema`, once both listen. */
 async function spawnCluster(
   schema: string,
@@ -450,6 +457,10 @@ describe("a worker that dies while the primary hands it connections", () => {
       }),
     );
     expect(served).toEqual(clients.map(() => true));
+    // The primary's own metrics come with the workers'.
+    await until("the replacement", async () => (await workerPids(primary)).length === 2);
+    expect(await metric(server, 'orisun_worker_restarts_total{cause="exited"}')).toBe(1);
+    expect(await metric(server, 'orisun_worker_restarts_total{cause="stalled"}')).toBe(0);
   });
 
   it("the owner of a boundary killed while the primary is stopped: the other worker commits its appends itself at once", async () => {
@@ -500,6 +511,7 @@ describe("a worker that dies while the primary hands it connections", () => {
     await until("both workers", async () => (await serving()).length === 2);
     // Not the boundary's owner: the other worker commits its appends itself.
     const stuck = (await serving()).find((l) => l.slot !== ownerOf("stuck", 2));
+    const reroutedBefore = await metric(server, "orisun_connections_rerouted_total");
     const append = (client: Rpc, id: string, timeoutMs: number) =>
       client.saveEvents(
         { boundary: "stuck", events: [{ eventId: id, eventType: "Tick", data: "{}" }] },
@@ -542,6 +554,11 @@ describe("a worker that dies while the primary hands it connections", () => {
       Array.from({ length: 4 }, (_, c) => attempt(ownClient(server), `again-${c}`, 3_000)),
     );
     expect(again).toEqual(again.map(() => true));
+    // Of the six, those whose turn was the stopped worker's (every one after the first skip).
+    const rerouted = (await metric(server, "orisun_connections_rerouted_total")) - reroutedBefore;
+    expect(rerouted).toBeGreaterThanOrEqual(3);
+    expect(rerouted).toBeLessThanOrEqual(6);
+    expect(await metric(server, "orisun_workers_serving")).toBe(2);
   });
 
   it("the owner of a boundary stopped (alive, not answering): the other worker commits its appends itself within seconds, long before the watchdog", async () => {
@@ -667,6 +684,8 @@ describe("ORISUN_WORKER_STALL_TIMEOUT: a worker whose event loop stops", () => {
       .map((line) => JSON.parse(line) as { worker: number; stallMs: number });
     expect(killed).toEqual([expect.objectContaining({ worker: pid, stallMs: 2_000 })]);
     await until("a replacement worker", async () => (await serving()).length === 2);
+    expect(await metric(server, 'orisun_worker_restarts_total{cause="stalled"}')).toBe(1);
+    expect(await metric(server, 'orisun_worker_restarts_total{cause="exited"}')).toBe(0);
     // Its boundary's appends are committed again (the client connects again if its connection
     // was the killed worker's).
     let served = false;
