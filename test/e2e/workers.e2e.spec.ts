@@ -42,6 +42,17 @@ async function workerPids(primary: number): Promise<number[]> {
 
 const count = (text: string, needle: string) => text.split(needle).length - 1;
 
+/** The workers alive now that have said they listen, with their pid and slot. */
+async function servingWorkers(server: SpawnedServer): Promise<{ pid: number; slot: number }[]> {
+  const pids = await workerPids(server.process.pid ?? 0);
+  return server
+    .output()
+    .split("\n")
+    .filter((line) => line.includes("Orisun listening"))
+    .map((line) => JSON.parse(line) as { pid: number; slot: number })
+    .filter((l) => pids.includes(l.pid));
+}
+
 /** One sample of the cluster's scrape, by its name with labels (`name{label="value"}`). */
 async function metric(server: SpawnedServer, sample: string): Promise<number> {
   const text = await (await fetch(`${server.url}/metrics`)).text();
@@ -402,16 +413,7 @@ describe("a cluster primary killed with SIGKILL", () => {
 describe("a worker that dies while the primary hands it connections", () => {
   const schema = freshSchema("workers_handoff");
   let server: SpawnedServer;
-  /** The workers alive now that have said they listen, with their pid and slot. */
-  const serving = async () => {
-    const pids = await workerPids(server.process.pid ?? 0);
-    return server
-      .output()
-      .split("\n")
-      .filter((line) => line.includes("Orisun listening"))
-      .map((line) => JSON.parse(line) as { pid: number; slot: number })
-      .filter((l) => pids.includes(l.pid));
-  };
+  const serving = () => servingWorkers(server);
   beforeAll(async () => {
     server = await spawnCluster(schema);
   });
@@ -639,15 +641,7 @@ describe("ORISUN_WORKER_STALL_TIMEOUT: a worker whose event loop stops", () => {
   const schema = freshSchema("workers_stall");
   let server: SpawnedServer;
   const KILLED = "worker's event loop has not run for ORISUN_WORKER_STALL_TIMEOUT; killing it";
-  const serving = async () => {
-    const pids = await workerPids(server.process.pid ?? 0);
-    return server
-      .output()
-      .split("\n")
-      .filter((line) => line.includes("Orisun listening"))
-      .map((line) => JSON.parse(line) as { pid: number; slot: number })
-      .filter((l) => pids.includes(l.pid));
-  };
+  const serving = () => servingWorkers(server);
   beforeAll(async () => {
     server = await spawnCluster(schema, { ORISUN_WORKER_STALL_TIMEOUT: "2s" });
   });
