@@ -7,10 +7,11 @@ import type { Worker } from "node:cluster";
  * native call, a stopped process) is alive to the operating system and invisible to a health
  * probe: the primary hands the probe's connection to a worker that answers. Yet it holds its
  * clients' connections and calls, and the appends other workers sent it before they found it
- * silent (boundary-owners.ts). So the primary asks each ready worker over its IPC channel several times per
- * stall timeout; the worker answers from its event loop. One that has answered none of the asks
- * of a whole stall timeout is killed (SIGKILL: a stuck loop would never run a SIGTERM handler),
- * and the supervisor replaces it as it replaces any worker that dies.
+ * silent (boundary-owners.ts). So the primary asks each ready worker over its IPC channel, every
+ * tenth of the stall timeout or every second, whichever comes sooner; the worker answers from
+ * its event loop. One that has answered none of the asks of a whole stall timeout is killed
+ * (SIGKILL: a stuck loop would never run a SIGTERM handler), and the supervisor replaces it as it
+ * replaces any worker that dies.
  *
  * The count is of asks sent, not of time passed: a primary that was itself stopped or starved
  * sent none meanwhile, and so blames no worker for its own pause.
@@ -46,7 +47,7 @@ export class WorkerWatchdog {
     /** Told of each worker it kills, before the kill. */
     private readonly onStalled?: (worker: Worker) => void,
   ) {
-    // Ten asks per timeout, at most one a second and at least 100 ms apart.
+    // Every tenth of the timeout or every second, whichever is sooner, and at least 100 ms apart.
     const intervalMs = Math.min(1_000, Math.max(100, Math.floor(stallMs / 10)));
     this.limit = Math.ceil(stallMs / intervalMs);
     this.timer = setInterval(() => this.tick(), intervalMs);
