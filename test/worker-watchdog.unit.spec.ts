@@ -9,7 +9,7 @@ class FakeWorker extends EventEmitter {
   killed: string | undefined;
   readonly process = { pid: 4242, kill: (signal: string) => (this.killed = signal) };
   isConnected = () => this.killed === undefined;
-  send(_message: unknown, _callback: () => void) {
+  send(_message: unknown) {
     this.asks++;
     return true;
   }

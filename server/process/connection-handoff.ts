@@ -112,8 +112,8 @@ export class ConnectionHandoff {
         this.listen().then(
           (port) => {
             if (!worker.isConnected()) return;
-            // A callback: a worker gone meanwhile fails the send, which would otherwise throw.
-            worker.send({ orisun: "ready", port } satisfies Message, () => {});
+            // A worker gone meanwhile fails the send: the supervisor's "error" listener logs it.
+            worker.send({ orisun: "ready", port } satisfies Message);
             if (!this.ready.includes(worker)) this.ready.push(worker);
             this.observer?.serving(this.ready.length);
             onReady();

@@ -94,9 +94,9 @@ export class WorkerWatchdog {
         continue;
       }
       watched.unanswered++;
-      // A worker that has just gone (its exit not yet heard) fails the send: without a callback,
-      // that error would end the primary.
-      worker.send({ orisun: "ping" } satisfies Message, () => {});
+      // A worker that has just gone (its exit not yet heard) fails the send: the supervisor's
+      // "error" listener on every worker logs it.
+      worker.send({ orisun: "ping" } satisfies Message);
     }
   }
 }
