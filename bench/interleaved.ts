@@ -99,24 +99,36 @@ async function start(name: string, index: number): Promise<Side> {
   const root = `${resolve(name)}/`;
   const dir = mkdtempSync(join(tmpdir(), "orisun-ab-"));
   const extra = process.env[index === 0 ? "AB_ENV_A" : "AB_ENV_B"];
-  const server = await startServer(
-    {
-      ORISUN_PG_URL: PG_URL,
-      ORISUN_PG_SCHEMA: schema,
-      ORISUN_NATS_URL: NATS_URL,
-      ORISUN_DATA_DIR: dir,
-      ...(extra ? (JSON.parse(extra) as Record<string, string>) : {}),
-    },
-    root,
-  );
-  const authorization =
-    index === 1 && process.env.AB_AUTH_B === "1" ? await benchWriter(server.url) : undefined;
+  const removeData = async () => {
+    rmSync(dir, { recursive: true, force: true });
+    await removeServerData(PG_URL, NATS_URL, schema);
+  };
+  let server: Server | undefined;
+  let authorization: string | undefined;
+  try {
+    server = await startServer(
+      {
+        ORISUN_PG_URL: PG_URL,
+        ORISUN_PG_SCHEMA: schema,
+        ORISUN_NATS_URL: NATS_URL,
+        ORISUN_DATA_DIR: dir,
+        ...(extra ? (JSON.parse(extra) as Record<string, string>) : {}),
+      },
+      root,
+    );
+    if (index === 1 && process.env.AB_AUTH_B === "1") authorization = await benchWriter(server.url);
+  } catch (error) {
+    // Not a side yet, so nobody else stops it or removes what it made.
+    await server?.stop();
+    await removeData();
+    throw error;
+  }
+  const up = server;
   return {
-    ...serverSide(name, server, authorization),
+    ...serverSide(name, up, authorization),
     async cleanup() {
-      await server.stop();
-      rmSync(dir, { recursive: true, force: true });
-      await removeServerData(PG_URL, NATS_URL, schema);
+      await up.stop();
+      await removeData();
     },
   };
 }
@@ -131,7 +143,9 @@ if (a === undefined || b === undefined) {
 const workers = Workers.start(Number(process.env.AB_LOAD_PROCESSES ?? 1));
 const sides: Side[] = [];
 try {
-  sides.push(await start(a, 0), await start(b, 1));
+  // One at a time, so that A is stopped and removed (finally) when B fails to start.
+  sides.push(await start(a, 0));
+  sides.push(await start(b, 1));
   for (const side of sides) await side.burst("warm", 3);
   for (let round = 0; round < ROUNDS; round++) {
     for (const side of round % 2 === 0 ? sides : [...sides].reverse()) {

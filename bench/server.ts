@@ -133,7 +133,14 @@ async function spawnAndWait(
   });
   const exited = new Promise((r) => child.once("exit", r));
   const url = `http://127.0.0.1:${port}`;
-  await waitUntilServing(url, child);
+  try {
+    await waitUntilServing(url, child);
+  } catch (error) {
+    // One that is up but never answered (180 s) would outlive the bench.
+    child.kill("SIGKILL");
+    await exited;
+    throw error;
+  }
   return {
     url,
     pid: child.pid,
