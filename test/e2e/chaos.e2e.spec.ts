@@ -19,16 +19,19 @@ import {
   wireQuery,
   workerPids,
 } from "../support/cluster.js";
-import { dropSchema, freshSchema } from "../support/databases.js";
+import { dropSchema, freshSchema, PG_HOST, PG_PORT, pgUrlVia } from "../support/databases.js";
 import { type Attempt, verifyLog } from "../support/dcb-log.js";
+import { type OwnNatsServer, startOwnNatsServer } from "../support/nats-server.js";
 import { prng } from "../support/prng.js";
 import type { SpawnedServer } from "../support/spawn-server.js";
+import { startTcpProxy, type TcpProxy } from "../support/tcp-proxy.js";
 
 /**
- * Faults while many clients decide and append: two workers on PostgreSQL + NATS, conditional
- * appends (a counter per slot, each decided from a read) from 12 writers and a live subscriber per
- * boundary, while a worker is killed with SIGKILL, stopped for a moment, or stopped until the
- * watchdog kills it, again and again. Afterwards every boundary's log must agree with what every
+ * Faults while many clients decide and append: two workers on PostgreSQL (through a proxy the test
+ * can cut) and a NATS server of the test's own, conditional appends (a counter per slot, each
+ * decided from a read) from 12 writers and a live subscriber per boundary, while, again and again,
+ * a worker is killed with SIGKILL, stopped for a moment, or stopped until the watchdog kills it,
+ * PostgreSQL's connections are cut or held, or NATS restarts. Afterwards every boundary's log must agree with what every
  * writer was told (verifyLog), each slot's counter must run 1, 2, 3, … without a gap or a repeat,
  * and every subscriber must have received exactly the log, in order, across its reconnects.
  *
@@ -75,8 +78,16 @@ function boundaries(): string[] {
 describe("faults under load: workers killed and stopped while clients decide and append", () => {
   const schema = freshSchema("chaos");
   let server: SpawnedServer;
+  let database: TcpProxy;
+  let nats: OwnNatsServer;
   beforeAll(async () => {
-    server = await spawnCluster(schema, { ORISUN_WORKER_STALL_TIMEOUT: "3s" });
+    database = await startTcpProxy(PG_HOST, PG_PORT);
+    nats = await startOwnNatsServer();
+    server = await spawnCluster(schema, {
+      ORISUN_WORKER_STALL_TIMEOUT: "3s",
+      ORISUN_PG_URL: pgUrlVia(database.port),
+      ORISUN_NATS_URL: nats.url,
+    });
   });
   afterAll(async () => {
     for (const pid of await workerPids(server.process.pid ?? 0)) {
@@ -85,6 +96,8 @@ describe("faults under load: workers killed and stopped while clients decide and
       } catch {}
     }
     await server?.stop();
+    await nats?.stop();
+    await database?.close();
     await dropSchema(schema);
   });
 
@@ -220,16 +233,16 @@ describe("faults under load: workers killed and stopped while clients decide and
         if (workers.length < 2) continue;
         const victim = pick(workers).pid;
         const r = random();
-        if (r < 0.4) {
+        if (r < 0.25) {
           process.kill(victim, "SIGKILL");
           done.push("kill");
-        } else if (r < 0.8) {
+        } else if (r < 0.45) {
           // Shorter than the watchdog's timeout: the worker runs on where it stopped.
           process.kill(victim, "SIGSTOP");
           await sleep(300 + random() * 1_700);
           process.kill(victim, "SIGCONT");
           done.push("pause");
-        } else {
+        } else if (r < 0.6) {
           // Until the watchdog (3 s) kills it.
           process.kill(victim, "SIGSTOP");
           await until(
@@ -238,6 +251,23 @@ describe("faults under load: workers killed and stopped while clients decide and
             20_000,
           );
           done.push("stall");
+        } else if (r < 0.75) {
+          // Every connection to PostgreSQL dropped, and new ones refused for a while.
+          database.cut();
+          await sleep(300 + random() * 2_700);
+          database.restore();
+          done.push("pg-cut");
+        } else if (r < 0.85) {
+          // PostgreSQL stops answering (connections open, nothing delivered), then catches up.
+          database.freeze();
+          await sleep(300 + random() * 1_700);
+          database.thaw();
+          done.push("pg-hold");
+        } else {
+          await nats.stop();
+          await sleep(300 + random() * 2_700);
+          await nats.start();
+          done.push("nats-restart");
         }
         await until(
           "two serving workers",
