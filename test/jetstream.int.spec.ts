@@ -27,6 +27,7 @@ import {
   openPostgresStore,
   PG_URL,
   TEST_DATABASE,
+  untilListening,
   withPostgres,
 } from "./support/databases.js";
 
@@ -553,6 +554,7 @@ describe("JetStreamPublisher from memory", () => {
   it("publishes its own commits as the appends handed them over, without reading them back", async () => {
     const ns = freshNamespace();
     const store = await openStore(ns);
+    await untilListening(store);
     const publisher = await startPublisher(store, ns);
     const live = await untilLive(store, ns);
     const before = { ...publisher.counts };

@@ -3,7 +3,13 @@ import { afterEach, describe, expect, it } from "vitest";
 import { LiveFeeds } from "../server/broker/feed.js";
 import type { EventStore } from "../server/store/event-store.js";
 import type { EventToAppend } from "../server/store/types.js";
-import { dropSchema, freshSchema, openPostgresStore, storeTargets } from "./support/databases.js";
+import {
+  dropSchema,
+  freshSchema,
+  openPostgresStore,
+  storeTargets,
+  untilListening,
+} from "./support/databases.js";
 import { collect } from "./support/live.js";
 
 /** The in-process feed (no NATS) delivers this process's commits as the appends hand them over. */
@@ -44,6 +50,7 @@ describe.each(storeTargets)("the feed without NATS on $name", (target) => {
   it("delivers its own commits from memory, exactly as the log holds them", async () => {
     const { store, cleanup } = await target.open();
     cleanups.push(cleanup);
+    await untilListening(store);
     const feeds = new LiveFeeds({ store, source: undefined, log: quiet });
     cleanups.push(() => feeds.close());
     const counted = countFeedReads(store);

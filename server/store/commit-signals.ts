@@ -44,6 +44,14 @@ export class CommitSignals {
           });
   }
 
+  /**
+   * Listening now, or nothing to listen to (the embedded database). Each time the connection comes
+   * up, listeners get `undefined` (anything may have changed), so until then a signal is still due.
+   */
+  get listening(): boolean {
+    return this.connection?.listening ?? true;
+  }
+
   on(listener: CommitSignal): () => void {
     this.listeners.add(listener);
     return () => this.listeners.delete(listener);

@@ -120,6 +120,15 @@ export interface StoreTarget {
 export const GROUP_COMMIT = { maxEvents: 10_000, maxBytes: 8 * 1024 * 1024, maxWaitMs: 5 };
 
 /** A store on the test PostgreSQL in `schema` (created and migrated if new). */
+/**
+ * Resolves once the store's LISTEN connection is up. Its coming up signals "anything may have
+ * changed", on which feeds and publishers read the log: a test that counts their reads starts
+ * after it, or a slow connection (a busy machine) lands that read in the count.
+ */
+export async function untilListening(store: EventStore): Promise<void> {
+  while (!store.signals.listening) await new Promise((r) => setTimeout(r, 10));
+}
+
 export function openPostgresStore(schema: string, poolSize = 10): Promise<EventStore> {
   return EventStore.open({
     url: PG_URL,
