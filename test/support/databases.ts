@@ -119,7 +119,6 @@ export interface StoreTarget {
 /** The server's group-commit defaults, for stores the tests open themselves. */
 export const GROUP_COMMIT = { maxEvents: 10_000, maxBytes: 8 * 1024 * 1024, maxWaitMs: 5 };
 
-/** A store on the test PostgreSQL in `schema` (created and migrated if new). */
 /**
  * Resolves once the store's LISTEN connection is up. Its coming up signals "anything may have
  * changed", on which feeds and publishers read the log: a test that counts their reads starts
@@ -129,6 +128,7 @@ export async function untilListening(store: EventStore): Promise<void> {
   while (!store.signals.listening) await new Promise((r) => setTimeout(r, 10));
 }
 
+/** A store on the test PostgreSQL in `schema` (created and migrated if new). */
 export function openPostgresStore(schema: string, poolSize = 10): Promise<EventStore> {
   return EventStore.open({
     url: PG_URL,
