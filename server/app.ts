@@ -102,7 +102,7 @@ export interface AppOptions {
 /** The store's options from the configuration: what every server process opens its store with. */
 export function storeOptionsFor(
   config: Config,
-  log: Pick<FastifyBaseLogger, "warn" | "error">,
+  log: Pick<FastifyBaseLogger, "info" | "warn" | "error">,
   observer?: EventStoreOptions["observer"],
 ): EventStoreOptions {
   return {
@@ -117,6 +117,17 @@ export function storeOptionsFor(
     },
     catchUpConnections: config.catchUpConnections,
     dataDir: config.dataDir,
+    minFreeBytes: config.dataMinFreeBytes,
+    onDiskSpace: (low, freeBytes) =>
+      low
+        ? log.error(
+            { dir: config.dataDir, freeBytes, minFreeBytes: config.dataMinFreeBytes },
+            "the data folder's disk is nearly full: appends and imports are refused until space is freed",
+          )
+        : log.info(
+            { dir: config.dataDir, freeBytes, minFreeBytes: config.dataMinFreeBytes },
+            "the data folder's disk has room again: appends and imports go on",
+          ),
     onIdleError: (err) => log.warn({ err }, "idle database connection failed"),
     onSignalError: (err) => log.warn({ err }, "LISTEN connection failed; reconnecting"),
     onStatisticsError: (err) => log.warn({ err }, "ANALYZE of the events table failed"),

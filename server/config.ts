@@ -2,6 +2,7 @@ import { readFileSync } from "node:fs";
 import { availableParallelism } from "node:os";
 import { resolve } from "node:path";
 import { parse as parseYaml } from "yaml";
+import { DEFAULT_MIN_FREE_BYTES } from "./store/disk-space.js";
 
 /** Everything the server reads at start-up. Environment variables win over the YAML file. */
 export interface Config {
@@ -24,6 +25,8 @@ export interface Config {
   /** Path of a NATS `.creds` file (user JWT and NKey seed); undefined: none. */
   readonly natsCredsFile: string | undefined;
   readonly dataDir: string;
+  /** Embedded only: below this many bytes free on the data folder's disk, writes are refused; 0: never. */
+  readonly dataMinFreeBytes: number;
   readonly tls: TlsConfig | undefined;
   /** Allowed boundaries; undefined: any valid name, created on first write. */
   readonly boundaries: readonly string[] | undefined;
@@ -385,6 +388,13 @@ export function loadConfig(
     natsUrl: url(merged, "ORISUN_NATS_URL", ["nats:", "tls:", "ws:", "wss:"]),
     natsCredsFile: natsCredsFile === undefined ? undefined : resolve(natsCredsFile),
     dataDir: resolve(merged.ORISUN_DATA_DIR ?? "./data"),
+    dataMinFreeBytes: integer(
+      merged,
+      "ORISUN_DATA_MIN_FREE_BYTES",
+      DEFAULT_MIN_FREE_BYTES,
+      0,
+      Number.MAX_SAFE_INTEGER,
+    ),
     tls:
       cert === undefined || key === undefined
         ? undefined

@@ -58,6 +58,7 @@ describe("loadConfig environment parsing", () => {
         ORISUN_PG_POOL_SIZE: "3",
         ORISUN_NATS_URL: "nats://n:4222",
         ORISUN_DATA_DIR: "/tmp/orisun-data",
+        ORISUN_DATA_MIN_FREE_BYTES: "0",
         ORISUN_BOUNDARIES: " users , orders ,",
         ORISUN_CORS_ORIGINS: "https://a.example,https://b.example",
         ORISUN_PUBSUB_RETENTION: "2h",
@@ -80,6 +81,7 @@ describe("loadConfig environment parsing", () => {
     expect(c.pgPoolSize).toBe(3);
     expect(c.natsUrl).toBe("nats://n:4222");
     expect(c.dataDir).toBe("/tmp/orisun-data");
+    expect(c.dataMinFreeBytes).toBe(0);
     expect(c.boundaries).toEqual(["users", "orders"]);
     expect(c.corsOrigins).toEqual(["https://a.example", "https://b.example"]);
     expect(c.pubsubRetentionMs).toBe(7_200_000);
@@ -102,6 +104,16 @@ describe("loadConfig environment parsing", () => {
     ["7d", 604_800_000],
   ])("duration %s", (raw, ms) => {
     expect(loadConfig({ ORISUN_PUBSUB_RETENTION: raw }, []).pubsubRetentionMs).toBe(ms);
+  });
+
+  it("ORISUN_DATA_MIN_FREE_BYTES: 128 MiB unless set, a whole number of bytes", () => {
+    expect(loadConfig({}, []).dataMinFreeBytes).toBe(134_217_728);
+    expect(loadConfig({ ORISUN_DATA_MIN_FREE_BYTES: "1048576" }, []).dataMinFreeBytes).toBe(
+      1_048_576,
+    );
+    expect(() => loadConfig({ ORISUN_DATA_MIN_FREE_BYTES: "64MiB" }, [])).toThrow(
+      'ORISUN_DATA_MIN_FREE_BYTES: must be an integer from 0 to 9007199254740991, got "64MiB"',
+    );
   });
 
   it("port 0 (any free port) is allowed", () => {

@@ -23,6 +23,8 @@ const CODES: Record<StoreErrorKind, Code> = {
   failed_precondition: Code.FailedPrecondition,
   limit_reached: Code.ResourceExhausted,
   deadline_exceeded: Code.DeadlineExceeded,
+  // gRPC's own example of RESOURCE_EXHAUSTED: "the entire file system is out of space".
+  out_of_space: Code.ResourceExhausted,
   internal: Code.Internal,
 };
 
@@ -45,8 +47,12 @@ export function toConnectError(
   if (error instanceof ConnectError) return error;
   if (error instanceof AuthError) return new ConnectError(error.message, AUTH_CODES[error.kind]);
   if (error instanceof StoreError) {
-    if (error.kind === "internal" || error.kind === "unavailable") {
-      const level = error.kind === "internal" ? "error" : "warn";
+    if (
+      error.kind === "internal" ||
+      error.kind === "unavailable" ||
+      error.kind === "out_of_space"
+    ) {
+      const level = error.kind === "unavailable" ? "warn" : "error";
       log?.[level]({ err: error.cause ?? error, rpc }, error.message);
       return new ConnectError(`${error.message} (request ${requestId})`, CODES[error.kind]);
     }

@@ -211,6 +211,7 @@ const KINDS: Readonly<Record<StoreErrorKind, true>> = {
   failed_precondition: true,
   limit_reached: true,
   deadline_exceeded: true,
+  out_of_space: true,
   internal: true,
 };
 const isKind = (kind: unknown): kind is StoreErrorKind =>

@@ -12,6 +12,8 @@ const NETWORK_CODES = new Set([
 const UNAVAILABLE_SQLSTATES = new Set(["57P01", "57P02", "57P03", "53300"]);
 // 57014: statement_timeout (or a cancel); 55P03: lock_timeout; 25P03: idle in transaction too long.
 const TIMEOUT_SQLSTATES = new Set(["57014", "55P03", "25P03"]);
+/** disk_full: PostgreSQL could not extend a file; the statement failed and its transaction with it. */
+const DISK_FULL = "53100";
 
 /** pg's messages for a socket that failed or a statement the server never answered. */
 const LOST =
@@ -39,6 +41,14 @@ export function isConnectionLost(error: unknown): boolean {
 export function databaseError(error: unknown): StoreError {
   if (error instanceof StoreError) return error;
   const code = codeOf(error);
+  if (code === DISK_FULL) {
+    return new StoreError(
+      "out_of_space",
+      "the database's disk is full: nothing was written; free space on it, then retry",
+      undefined,
+      { cause: error },
+    );
+  }
   if (typeof code === "string" && TIMEOUT_SQLSTATES.has(code)) {
     return new StoreError(
       "unavailable",

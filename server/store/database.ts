@@ -4,6 +4,7 @@ import type { PGlite } from "@electric-sql/pglite";
 import { Kysely, PostgresDialect } from "kysely";
 import pg from "pg";
 import type { AppendConnections } from "./append.js";
+import { DEFAULT_MIN_FREE_BYTES, DiskSpaceGuard } from "./disk-space.js";
 import { migrate } from "./migrations.js";
 import { guardedPool } from "./pg-pool.js";
 import { KEEPALIVE_MS } from "./pg-session.js";
@@ -21,6 +22,10 @@ export interface DatabaseOptions {
   readonly onIdleError: (error: Error) => void;
   /** PostgreSQL only; defaults to DEFAULT_TIMEOUTS. */
   readonly timeouts?: DatabaseTimeouts;
+  /** Embedded only: below this many bytes free on the data folder's disk, writes are refused (disk-space.ts); 0: never. Default 128 MiB. */
+  readonly minFreeBytes?: number;
+  /** Embedded only: the data folder's disk crossed that minimum, either way. */
+  readonly onDiskSpace?: (low: boolean, freeBytes: number) => void;
 }
 
 /** Bounds on every pooled PostgreSQL connection, so that a frozen or lost server fails callers. */
@@ -51,6 +56,8 @@ export interface OpenDatabase {
   /** A raw connection pool for LISTEN and other session-bound work; undefined when embedded. */
   readonly pool: pg.Pool | undefined;
   readonly pglite: PGlite | undefined;
+  /** Embedded only: refuses writes while the data folder's disk is nearly full. */
+  readonly diskSpace: DiskSpaceGuard | undefined;
 }
 
 const INT8 = 20;
@@ -61,6 +68,18 @@ export async function openDatabase(options: DatabaseOptions): Promise<OpenDataba
   if (options.url === undefined) {
     const dir = join(options.dataDir, "pglite");
     mkdirSync(dir, { recursive: true });
+    // Before PGlite writes anything: a fresh folder takes about 40 MB.
+    const diskSpace = await DiskSpaceGuard.start({
+      dir,
+      minFreeBytes: options.minFreeBytes ?? DEFAULT_MIN_FREE_BYTES,
+      onChange: options.onDiskSpace,
+    });
+    try {
+      diskSpace.check();
+    } catch (error) {
+      diskSpace.close();
+      throw error;
+    }
     // int8 as decimal strings, like pg: positions exceed 2^53 long before they exceed int8.
     const pglite = await openDurablePGlite(dir, {
       parsers: { [INT8]: (v: string) => v, [JSON_OID]: (v: string) => v },
@@ -71,7 +90,7 @@ export async function openDatabase(options: DatabaseOptions): Promise<OpenDataba
     const connections = pglitePool(pglite);
     const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool: connections }) });
     await migrate(db as Kysely<unknown>, options.schema);
-    return { db, connections, embedded: true, pool: undefined, pglite };
+    return { db, connections, embedded: true, pool: undefined, pglite, diskSpace };
   }
 
   const timeouts = options.timeouts ?? DEFAULT_TIMEOUTS;
@@ -117,7 +136,7 @@ export async function openDatabase(options: DatabaseOptions): Promise<OpenDataba
   pool.on("connect", (client) => client.on("error", options.onIdleError));
   const connections = guardedPool(pool);
   const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool: connections }) });
-  return { db, connections, embedded: false, pool, pglite: undefined };
+  return { db, connections, embedded: false, pool, pglite: undefined, diskSpace: undefined };
 }
 
 async function ensureSchema(url: string, schema: string, connectMs: number): Promise<void> {

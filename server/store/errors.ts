@@ -12,6 +12,7 @@ export type StoreErrorKind =
   | "failed_precondition" // the request is valid but the state refuses it (an import at or below the head)
   | "limit_reached" // a resource cap set by an ORISUN_MAX_* setting; the message names it
   | "deadline_exceeded" // the caller's deadline passed (or it went away) before the work finished
+  | "out_of_space" // the disk under the database is full, or fuller than ORISUN_DATA_MIN_FREE_BYTES
   | "internal";
 
 export interface StoreErrorOptions extends ErrorOptions {

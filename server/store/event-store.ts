@@ -7,13 +7,14 @@ import { CommitSignals, notifyCommitted } from "./commit-signals.js";
 import { type DatabaseOptions, type OpenDatabase, openDatabase } from "./database.js";
 import { databaseError } from "./database-errors.js";
 import { DenseQueries } from "./dense-queries.js";
+import type { DiskSpaceGuard } from "./disk-space.js";
 import { StoreError } from "./errors.js";
 import { FairGate } from "./fair-gate.js";
 import { type ImportRequest, type ImportResult, importEvents } from "./import.js";
 import { headPosition, readEvents } from "./read.js";
 import { SessionLocks } from "./session-locks.js";
 import { Statistics, type StatisticsOptions } from "./statistics.js";
-import type { AppendRequest, Position, ReadRequest, StoredEvent } from "./types.js";
+import type { AppendRequest, EventToAppend, Position, ReadRequest, StoredEvent } from "./types.js";
 
 export interface EventStoreOptions extends DatabaseOptions {
   readonly groupCommit: GroupCommitLimits;
@@ -154,6 +155,11 @@ export class EventStore {
 
   /** The append, in this process. */
   async appendHere(request: AppendRequest, options: CallOptions = {}): Promise<Position> {
+    const { diskSpace } = this.database;
+    if (diskSpace) {
+      diskSpace.check();
+      diskSpace.wrote(eventBytes(request.events));
+    }
     await this.boundaries.admit(request.boundary, options.signal);
     const position = await this.appender.append(request, options.signal);
     this.statistics.grew(request.events.length);
@@ -171,7 +177,7 @@ export class EventStore {
   ): Promise<ImportResult> {
     const result = await importEvents(
       this.database.db,
-      messages,
+      this.database.diskSpace ? guarded(messages, this.database.diskSpace) : messages,
       this.instance,
       this.boundaries,
       options.signal,
@@ -270,7 +276,27 @@ export class EventStore {
 
   async close(): Promise<void> {
     await Promise.all([this.signals.close(), this.locks.close(), this.statistics.close()]);
+    this.database.diskSpace?.close();
     await this.database.db.destroy();
+  }
+}
+
+/** About the bytes the events take in the log (their data and metadata; tags are bounded small). */
+function eventBytes(events: readonly EventToAppend[]): number {
+  let bytes = 0;
+  for (const e of events) bytes += e.data.length + e.metadata.length;
+  return bytes;
+}
+
+/** An import's messages, each refused before it is written while the disk is nearly full. */
+async function* guarded(
+  messages: AsyncIterable<ImportRequest>,
+  diskSpace: DiskSpaceGuard,
+): AsyncIterable<ImportRequest> {
+  for await (const message of messages) {
+    diskSpace.check();
+    diskSpace.wrote(eventBytes(message.events));
+    yield message;
   }
 }
 
