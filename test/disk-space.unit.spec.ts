@@ -62,10 +62,10 @@ describe("DiskSpaceGuard", () => {
       expect(guard.free).toBeGreaterThan(0);
       // Poisons the last reading: only a new read can bring back the real number.
       (guard as unknown as { freeBytes: number }).freeBytes = -1;
-      guard.wrote(500);
+      guard.admit(500);
       await new Promise((r) => setTimeout(r, 50));
       expect(guard.free).toBe(-1);
-      guard.wrote(600); // 1,100 bytes: past 16 KiB / 16
+      guard.admit(600); // 1,100 bytes: past 16 KiB / 16
       await guard.refresh();
       expect(guard.free).toBeGreaterThan(0);
     } finally {

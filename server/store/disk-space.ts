@@ -62,8 +62,12 @@ export class DiskSpaceGuard {
     );
   }
 
-  /** Counts bytes about to be written; past a sixteenth of the minimum, reads the free space again. */
-  wrote(bytes: number): void {
+  /**
+   * Before a write of about `bytes`: throws as check() does, or counts them, and past a sixteenth
+   * of the minimum since the last read, reads the free space again.
+   */
+  admit(bytes: number): void {
+    this.check();
     this.writtenSinceRead += bytes;
     if (this.writtenSinceRead * 16 >= this.options.minFreeBytes) void this.refresh();
   }

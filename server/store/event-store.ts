@@ -155,11 +155,7 @@ export class EventStore {
 
   /** The append, in this process. */
   async appendHere(request: AppendRequest, options: CallOptions = {}): Promise<Position> {
-    const { diskSpace } = this.database;
-    if (diskSpace) {
-      diskSpace.check();
-      diskSpace.wrote(eventBytes(request.events));
-    }
+    this.database.diskSpace?.admit(eventBytes(request.events));
     await this.boundaries.admit(request.boundary, options.signal);
     const position = await this.appender.append(request, options.signal);
     this.statistics.grew(request.events.length);
@@ -294,8 +290,7 @@ async function* guarded(
   diskSpace: DiskSpaceGuard,
 ): AsyncIterable<ImportRequest> {
   for await (const message of messages) {
-    diskSpace.check();
-    diskSpace.wrote(eventBytes(message.events));
+    diskSpace.admit(eventBytes(message.events));
     yield message;
   }
 }

@@ -3,8 +3,10 @@ import { randomBytes } from "node:crypto";
 import { mkdirSync } from "node:fs";
 import { statfs } from "node:fs/promises";
 import { join } from "node:path";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
 import { afterEach, describe, expect, it } from "vitest";
+import { Admin } from "../../gen/orisun/v1/admin_pb.js";
 import { eventStoreClient, failure } from "../support/clients.js";
 import { type SpawnedServer, spawnServer } from "../support/spawn-server.js";
 import { tempDir } from "../support/temp.js";
@@ -116,9 +118,32 @@ describe("the embedded default on a nearly full disk", () => {
       };
       expect(await ids(server)).toEqual(acked);
       expect(server.output()).toContain("the data folder's disk is nearly full");
-      // Another append is refused the same way, and changes nothing.
+      // Another append is refused the same way, and so is an import (a restore); neither changes anything.
       const again = await failure(client.saveEvents({ boundary: "fill", events: [event("x-0")] }));
       expect(again.code).toBe(Code.ResourceExhausted);
+      const admin = createClient(Admin, createGrpcTransport({ baseUrl: server.url }));
+      const restore = await failure(
+        admin.importEvents(
+          (async function* () {
+            yield {
+              boundary: "restored",
+              events: [
+                {
+                  ...event("imported-0"),
+                  position: { commitPosition: 1n, preparePosition: 1n },
+                  dateCreated: { seconds: 1_700_000_000n, nanos: 0 },
+                },
+              ],
+            };
+            yield { commit: true };
+          })(),
+        ),
+      );
+      expect(restore.code).toBe(Code.ResourceExhausted);
+      expect(restore.rawMessage).toMatch(REFUSED);
+      expect(await ids(server)).toEqual(acked);
+      const boundaries = await admin.listBoundaries({});
+      expect(boundaries.boundaries.map((b) => b.name)).toEqual(["fill"]);
 
       // Room again: appends go on within the guard's next read of the disk.
       execFileSync("mount", ["-o", "remount,size=300m", mount]);
