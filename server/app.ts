@@ -128,6 +128,12 @@ export function storeOptionsFor(
             { dir: config.dataDir, freeBytes, minFreeBytes: config.dataMinFreeBytes },
             "the data folder's disk has room again: appends and imports go on",
           ),
+    onPanic: (err) => {
+      // As PostgreSQL's postmaster restarts after a PANIC: at once, before the failed statement's
+      // caller is answered (its outcome is unknown), and without touching PGlite again.
+      log.error({ err }, "the embedded database raised PANIC and can run nothing more: exiting");
+      process.exit(70);
+    },
     onIdleError: (err) => log.warn({ err }, "idle database connection failed"),
     onSignalError: (err) => log.warn({ err }, "LISTEN connection failed; reconnecting"),
     onStatisticsError: (err) => log.warn({ err }, "ANALYZE of the events table failed"),

@@ -73,7 +73,7 @@ const targets: Target[] = [
     async setUp() {
       const db = new PGlite({ parsers: { 20: (v: string) => v, 114: (v: string) => v } });
       // One session: every "process" shares the pool, as every transaction does in PGlite.
-      const shared = pglitePool(db);
+      const shared = pglitePool(db, () => {});
       await migrate(
         new Kysely<unknown>({ dialect: new PostgresDialect({ pool: shared }) }),
         "public",

@@ -26,6 +26,11 @@ export interface DatabaseOptions {
   readonly minFreeBytes?: number;
   /** Embedded only: the data folder's disk crossed that minimum, either way. */
   readonly onDiskSpace?: (low: boolean, freeBytes: number) => void;
+  /**
+   * Embedded only: PGlite raised PANIC and will run no statement again (pglite-pool.ts); later
+   * queries fail at once. The server exits on it, so that its next start recovers from the WAL.
+   */
+  readonly onPanic?: (error: Error) => void;
 }
 
 /** Bounds on every pooled PostgreSQL connection, so that a frozen or lost server fails callers. */
@@ -87,7 +92,7 @@ export async function openDatabase(options: DatabaseOptions): Promise<OpenDataba
     await pglite.exec(
       `CREATE SCHEMA IF NOT EXISTS "${options.schema}"; SET search_path TO "${options.schema}"`,
     );
-    const connections = pglitePool(pglite);
+    const connections = pglitePool(pglite, options.onPanic ?? (() => {}));
     const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool: connections }) });
     await migrate(db as Kysely<unknown>, options.schema);
     return { db, connections, embedded: true, pool: undefined, pglite, diskSpace };

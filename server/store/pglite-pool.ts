@@ -16,14 +16,24 @@ const TURNS_BEFORE_BEGIN = 4;
 
 const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
 
+/** PostgreSQL's PANIC: the database must restart. A server's postmaster restarts it; here nothing can. */
+const isPanic = (error: unknown) => (error as { severity?: unknown } | null)?.severity === "PANIC";
+
 /**
  * Presents one PGlite instance as a pg-style pool of one connection, so that Kysely's own
  * PostgresDialect, and with it every query of the store, runs unchanged on the embedded database.
  * PGlite has a single session: `connect()` hands it to one caller at a time, which is exactly what
  * a transaction needs.
+ *
+ * After a PANIC (a failed WAL fsync: "could not fsync file … I/O error") PGlite answers no
+ * statement again: the next one spun in its WebAssembly on this thread, and the whole process
+ * stopped answering, SIGTERM included. So the PANIC is the last statement: `onPanic` is told (the
+ * server exits, and the next start recovers from the WAL, as PostgreSQL does after a crash), every
+ * later query fails at once, and `end()` leaves PGlite alone.
  */
-export function pglitePool(db: PGlite): PostgresPool {
+export function pglitePool(db: PGlite, onPanic: (error: Error) => void): PostgresPool {
   let tail: Promise<void> = Promise.resolve();
+  let panic: Error | undefined;
   return {
     options: {},
     async connect(): Promise<PostgresPoolClient> {
@@ -39,7 +49,17 @@ export function pglitePool(db: PGlite): PostgresPool {
           if (/^\s*begin\b/i.test(sql) || sql.startsWith(CALL_APPEND)) {
             for (let i = 0; i < TURNS_BEFORE_BEGIN; i++) await nextTurn();
           }
-          const result = await db.query<Record<string, unknown>>(sql, parameters as unknown[]);
+          if (panic) throw panic;
+          let result: Awaited<ReturnType<typeof db.query<Record<string, unknown>>>>;
+          try {
+            result = await db.query<Record<string, unknown>>(sql, parameters as unknown[]);
+          } catch (error) {
+            if (isPanic(error) && !panic) {
+              panic = error as Error;
+              onPanic(panic);
+            }
+            throw error;
+          }
           const command = /^\s*(\w+)/.exec(sql)?.[1]?.toUpperCase() ?? "SELECT";
           return {
             command,
@@ -57,6 +77,7 @@ export function pglitePool(db: PGlite): PostgresPool {
       return client as unknown as PostgresPoolClient;
     },
     async end() {
+      if (panic) return;
       await tail;
       await db.close();
     },
