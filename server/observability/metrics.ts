@@ -39,6 +39,8 @@ export interface MetricSources {
   readonly feedPosition: (boundary: string) => Position | undefined;
   /** The heads (last prepare position) of these boundaries, from the store. */
   readonly heads: (boundaries: readonly string[]) => Promise<ReadonlyMap<string, bigint>>;
+  /** Embedded only: the data folder's disk, as the store's guard last read it (store/disk-space.ts). */
+  readonly disk?: { readonly free: number; readonly minFree: number };
 }
 
 export interface MetricsOptions {
@@ -202,9 +204,28 @@ export class Metrics {
   attach(sources: MetricSources): void {
     if (this.sources) throw new Error("Metrics.attach: already attached");
     this.sources = sources;
+    const registers = [this.registry];
+    const disk = sources.disk;
+    if (disk && disk.minFree > 0) {
+      new Gauge({
+        name: "orisun_data_disk_free_bytes",
+        help: "Bytes free on the embedded store's data folder's file system, read every second; under orisun_data_disk_min_free_bytes appends and imports are refused",
+        registers,
+        collect() {
+          this.set(disk.free);
+        },
+      });
+      new Gauge({
+        name: "orisun_data_disk_min_free_bytes",
+        help: "ORISUN_DATA_MIN_FREE_BYTES: the free bytes under which the embedded store refuses writes",
+        registers,
+        collect() {
+          this.set(disk.minFree);
+        },
+      });
+    }
     const pool = sources.pool;
     if (!pool) return;
-    const registers = [this.registry];
     new Gauge({
       name: "orisun_pg_pool_connections",
       help: "PostgreSQL connections of the pool, by state (in_use, idle)",

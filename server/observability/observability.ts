@@ -47,6 +47,7 @@ export async function startObservability(config: ObservabilityConfig): Promise<O
     attach(store, feedPosition) {
       metrics?.attach({
         pool: store.database.pool,
+        disk: store.database.diskSpace,
         feedPosition,
         async heads(boundaries) {
           const rows = await store.database.db

@@ -52,6 +52,10 @@ export class DiskSpaceGuard {
     return this.freeBytes;
   }
 
+  get minFree(): number {
+    return this.options.minFreeBytes;
+  }
+
   /** Throws StoreError "out_of_space" while the disk has less than the minimum free. */
   check(): void {
     if (!this.low) return;

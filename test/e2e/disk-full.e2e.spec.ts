@@ -8,6 +8,7 @@ import { createGrpcTransport } from "@connectrpc/connect-node";
 import { afterEach, describe, expect, it } from "vitest";
 import { Admin } from "../../gen/orisun/v1/admin_pb.js";
 import { eventStoreClient, failure } from "../support/clients.js";
+import { metric } from "../support/cluster.js";
 import { type SpawnedServer, spawnServer } from "../support/spawn-server.js";
 import { tempDir } from "../support/temp.js";
 
@@ -118,6 +119,11 @@ describe("the embedded default on a nearly full disk", () => {
       };
       expect(await ids(server)).toEqual(acked);
       expect(server.output()).toContain("the data folder's disk is nearly full");
+      // The metrics say so, for an alert before the refusals.
+      expect(await metric(server, "orisun_data_disk_min_free_bytes")).toBe(48 * MiB);
+      const freeMetric = await metric(server, "orisun_data_disk_free_bytes");
+      expect(freeMetric).toBeGreaterThan(16 * MiB);
+      expect(freeMetric).toBeLessThan(48 * MiB);
       // Another append is refused the same way, and so is an import (a restore); neither changes anything.
       const again = await failure(client.saveEvents({ boundary: "fill", events: [event("x-0")] }));
       expect(again.code).toBe(Code.ResourceExhausted);
@@ -160,6 +166,7 @@ describe("the embedded default on a nearly full disk", () => {
       }
       acked.add("after-0");
       expect(server.output()).toContain("the data folder's disk has room again");
+      expect(await metric(server, "orisun_data_disk_free_bytes")).toBeGreaterThan(48 * MiB);
 
       // Shuts down when asked, and starts again on its folder with every acknowledged event.
       expect(await server.stop("SIGTERM")).toBe(0);
