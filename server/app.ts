@@ -266,13 +266,22 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
         sweepMs: config.publisherSweepMs,
         lingerMs: config.publishLingerMs,
         handOverBytes: config.publishBufferBytes,
+        maxStreamBytes: config.liveStreamMaxBytes,
         observer: observability.metrics?.publisher,
       })
     : undefined;
   await publisher?.start();
   const feeds = new LiveFeeds({
     store,
-    source: nats ? new JetStreamSource({ nc: nats, namespace, auth, log: app.log }) : undefined,
+    source: nats
+      ? new JetStreamSource({
+          nc: nats,
+          namespace,
+          auth,
+          log: app.log,
+          maxStreamBytes: config.liveStreamMaxBytes,
+        })
+      : undefined,
     log: app.log,
   });
   observability.attach(store, (boundary) => feeds.delivered(boundary));

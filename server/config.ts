@@ -2,6 +2,7 @@ import { readFileSync } from "node:fs";
 import { availableParallelism } from "node:os";
 import { resolve } from "node:path";
 import { parse as parseYaml } from "yaml";
+import { DEFAULT_LIVE_STREAM_MAX_BYTES } from "./broker/jetstream.js";
 import { DEFAULT_MIN_FREE_BYTES } from "./store/disk-space.js";
 
 /** Everything the server reads at start-up. Environment variables win over the YAML file. */
@@ -27,6 +28,8 @@ export interface Config {
   readonly dataDir: string;
   /** Embedded only: below this many bytes free on the data folder's disk, writes are refused; 0: never. */
   readonly dataMinFreeBytes: number;
+  /** With NATS: the most bytes a boundary's live stream keeps (its oldest messages go first). */
+  readonly liveStreamMaxBytes: number;
   readonly tls: TlsConfig | undefined;
   /** Allowed boundaries; undefined: any valid name, created on first write. */
   readonly boundaries: readonly string[] | undefined;
@@ -393,6 +396,14 @@ export function loadConfig(
       "ORISUN_DATA_MIN_FREE_BYTES",
       DEFAULT_MIN_FREE_BYTES,
       0,
+      Number.MAX_SAFE_INTEGER,
+    ),
+    // At least 8 MiB: a message (up to NATS's max_payload, 1 MiB by default) must fit many times.
+    liveStreamMaxBytes: integer(
+      merged,
+      "ORISUN_LIVE_STREAM_MAX_BYTES",
+      DEFAULT_LIVE_STREAM_MAX_BYTES,
+      8 * MiB,
       Number.MAX_SAFE_INTEGER,
     ),
     tls:

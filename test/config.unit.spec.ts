@@ -59,6 +59,7 @@ describe("loadConfig environment parsing", () => {
         ORISUN_NATS_URL: "nats://n:4222",
         ORISUN_DATA_DIR: "/tmp/orisun-data",
         ORISUN_DATA_MIN_FREE_BYTES: "0",
+        ORISUN_LIVE_STREAM_MAX_BYTES: "16777216",
         ORISUN_BOUNDARIES: " users , orders ,",
         ORISUN_CORS_ORIGINS: "https://a.example,https://b.example",
         ORISUN_PUBSUB_RETENTION: "2h",
@@ -82,6 +83,7 @@ describe("loadConfig environment parsing", () => {
     expect(c.natsUrl).toBe("nats://n:4222");
     expect(c.dataDir).toBe("/tmp/orisun-data");
     expect(c.dataMinFreeBytes).toBe(0);
+    expect(c.liveStreamMaxBytes).toBe(16_777_216);
     expect(c.boundaries).toEqual(["users", "orders"]);
     expect(c.corsOrigins).toEqual(["https://a.example", "https://b.example"]);
     expect(c.pubsubRetentionMs).toBe(7_200_000);
@@ -113,6 +115,13 @@ describe("loadConfig environment parsing", () => {
     );
     expect(() => loadConfig({ ORISUN_DATA_MIN_FREE_BYTES: "64MiB" }, [])).toThrow(
       'ORISUN_DATA_MIN_FREE_BYTES: must be an integer from 0 to 9007199254740991, got "64MiB"',
+    );
+  });
+
+  it("ORISUN_LIVE_STREAM_MAX_BYTES: 256 MiB unless set, at least 8 MiB", () => {
+    expect(loadConfig({}, []).liveStreamMaxBytes).toBe(268_435_456);
+    expect(() => loadConfig({ ORISUN_LIVE_STREAM_MAX_BYTES: "1048576" }, [])).toThrow(
+      'ORISUN_LIVE_STREAM_MAX_BYTES: must be an integer from 8388608 to 9007199254740991, got "1048576"',
     );
   });
 

@@ -5,6 +5,7 @@ import pg from "pg";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import {
   connectNats,
+  DEFAULT_LIVE_STREAM_MAX_BYTES,
   decodeEvents,
   encodeEvents,
   ensureStream,
@@ -266,9 +267,12 @@ describe("the stream", () => {
     ]);
     expect(new Set(infos.map((i) => i.config.name)).size).toBe(1);
     const { stream } = streamNames(ns, B);
-    await jsm.streams.update(stream, { max_age: 7_200_000_000_000 });
+    expect(infos[0]?.config.max_bytes).toBe(DEFAULT_LIVE_STREAM_MAX_BYTES);
+    await jsm.streams.update(stream, { max_age: 7_200_000_000_000, max_bytes: 1_000_000_000 });
     const updated = await ensureStream(jsm, ns, B);
     expect(updated.config.max_age).toBe(3_600_000_000_000);
+    expect(updated.config.max_bytes).toBe(DEFAULT_LIVE_STREAM_MAX_BYTES);
+    expect((await ensureStream(jsm, ns, B, 64 * 1024)).config.max_bytes).toBe(64 * 1024);
     expect(updated.config.duplicate_window).toBe(120_000_000_000);
     expect(updated.config.storage).toBe("file");
   });
@@ -513,6 +517,54 @@ describe("JetStreamSource", () => {
     expect(broken).toEqual([]);
     await following.stop();
     expect(await consumers(ns)).toHaveLength(0);
+  });
+
+  it("with the stream bounded in bytes, keeps publishing and following while the oldest messages go", async () => {
+    const ns = freshNamespace();
+    const store = await openStore(ns);
+    const maxStreamBytes = 64 * 1024;
+    await startPublisher(store, ns, { maxStreamBytes });
+    const live = await untilLive(store, ns);
+    const source = new JetStreamSource({
+      nc,
+      namespace: ns,
+      auth,
+      log: quiet,
+      pullExpiresMs: 2_000,
+      maxStreamBytes,
+    });
+    cleanups.push(() => source.close());
+    const { got, broken } = await collect(source);
+    await append(store, 5);
+    await eventually(() => got.length === 5, "the first five");
+    // The consumer is lost, and while it is recreated the stream drops what it had not read.
+    const [lost] = await consumers(ns);
+    await jsm.consumers.delete(streamNames(ns, B).stream, lost ?? "");
+    for (let i = 0; i < 60; i++) {
+      const padded = events(1 + (i % 3)).map((e) => ({
+        ...e,
+        data: `{"pad":"${"x".repeat(4_000)}"}`,
+      }));
+      await store.append({ boundary: B, events: padded }); // about 500 KB in all
+    }
+    await untilPublished(store, ns);
+    const { state, config } = await jsm.streams.info(streamNames(ns, B).stream);
+    expect(config.max_bytes).toBe(maxStreamBytes);
+    expect(state.bytes).toBeLessThanOrEqual(maxStreamBytes);
+    expect(state.first_seq).toBeGreaterThan(2);
+    await eventually(async () => (await consumers(ns)).length === 1, "a new consumer", 15_000);
+    await append(store, 3);
+    const head = await store.head(B);
+    await eventually(() => samePosition(got.at(-1)?.position, head), "the head", 15_000);
+    // In order, nothing twice, through the head; what the stream dropped before the consumer came
+    // back is a jump, which the feed above the source reads from the store.
+    const all = (await log(store)).filter((e) => e.position.prepare > live.prepare);
+    const index = new Map(all.map((e, i) => [e.position.prepare, i]));
+    const at = got.map((e) => index.get(e.position.prepare) ?? -1);
+    expect(at.every((i, k) => i >= 0 && (k === 0 || i > (at[k - 1] ?? -1)))).toBe(true);
+    expect(got.map((e) => all[index.get(e.position.prepare) ?? -1])).toEqual(got);
+    expect(got.slice(0, 5)).toEqual(all.slice(0, 5));
+    expect(broken).toEqual([]);
   });
 
   it("reports a broken follow when the stream is deleted", async () => {

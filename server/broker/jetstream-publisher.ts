@@ -58,6 +58,8 @@ export interface JetStreamPublisherOptions {
    * a commit after a quiet spell goes out at once either way.
    */
   readonly lingerMs?: number;
+  /** The boundary streams' bound in bytes (ORISUN_LIVE_STREAM_MAX_BYTES); the source's must match. */
+  readonly maxStreamBytes?: number;
 }
 
 /** How the publisher came by what it published (for tests and metrics). */
@@ -475,7 +477,12 @@ export class JetStreamPublisher {
    */
   private async tail(boundary: string): Promise<Tail> {
     const jsm = this.manager();
-    const info = await ensureStream(jsm, this.options.namespace, boundary);
+    const info = await ensureStream(
+      jsm,
+      this.options.namespace,
+      boundary,
+      this.options.maxStreamBytes,
+    );
     const seq = info.state.last_seq;
     const oldest = Math.max(info.state.first_seq, seq - TAIL_SEARCH + 1, 1);
     // The id of the stream's last message (whoever published it), for the next one to expect.

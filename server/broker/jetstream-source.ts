@@ -23,6 +23,8 @@ export interface JetStreamSourceOptions {
    * two missed heartbeats make the client check (and recreate) a consumer lost on the server.
    */
   readonly pullExpiresMs?: number;
+  /** The boundary streams' bound in bytes (ORISUN_LIVE_STREAM_MAX_BYTES); the publisher's must match. */
+  readonly maxStreamBytes?: number;
 }
 
 /** The boundary's JetStream stream, read through one ordered consumer per follow. */
@@ -44,7 +46,12 @@ export class JetStreamSource implements LiveSource {
     if (this.closed) throw closedError();
     const jsm = await this.jsm();
     const { stream } = streamNames(this.options.namespace, boundary);
-    const info = await ensureStream(jsm, this.options.namespace, boundary);
+    const info = await ensureStream(
+      jsm,
+      this.options.namespace,
+      boundary,
+      this.options.maxStreamBytes,
+    );
     const prefix = `orisun_${nuid.next()}`;
     // Not deliver policy "new": nats.js recreates a lost ordered consumer from the last stream
     // sequence it delivered, which for "new" before any delivery is 0, so it would replay the

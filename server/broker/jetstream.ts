@@ -125,15 +125,20 @@ export function streamNames(namespace: string, boundary: string): StreamNames {
   return { stream: `ORISUN_EVENTS_${ns}_${boundary}`, subject: `orisun.events.${ns}.${boundary}` };
 }
 
+/** ORISUN_LIVE_STREAM_MAX_BYTES unset: the most a boundary's live stream keeps on NATS's disk. */
+export const DEFAULT_LIVE_STREAM_MAX_BYTES = 256 * 1024 * 1024;
+
 /**
  * Creates the boundary's stream, or brings an existing one to this config; returns its info.
  * JetStream accepts a create whose config equals the existing stream's, so concurrent creators
- * from several processes all succeed.
+ * from several processes all succeed. Every process of a deployment must pass the same
+ * `maxBytes`, or each would bring the stream back to its own.
  */
 export async function ensureStream(
   jsm: JetStreamManager,
   namespace: string,
   boundary: string,
+  maxBytes: number = DEFAULT_LIVE_STREAM_MAX_BYTES,
 ): Promise<StreamInfo> {
   const { stream, subject } = streamNames(namespace, boundary);
   const config = {
@@ -141,8 +146,10 @@ export async function ensureStream(
     storage: StorageType.File,
     retention: RetentionPolicy.Limits,
     discard: DiscardPolicy.Old,
-    // Live only: history is read from PostgreSQL, so the stream need not keep much.
+    // Live only: history is read from PostgreSQL, so the stream need not keep much. The oldest
+    // messages go first past either bound; a feed that was behind them reads the gap from the store.
     max_age: nanos(60 * 60 * 1_000),
+    max_bytes: maxBytes,
     // Long enough to drop what a crashed publisher's successor republishes.
     duplicate_window: nanos(2 * 60 * 1_000),
   };
