@@ -17,7 +17,7 @@ import {
   type JetStreamPublisherOptions,
   msgId,
 } from "../server/broker/jetstream-publisher.js";
-import { JetStreamSource } from "../server/broker/jetstream-source.js";
+import { JetStreamSource, type JetStreamSourceOptions } from "../server/broker/jetstream-source.js";
 import { MessageAuth } from "../server/broker/message-auth.js";
 import { CALL_APPEND } from "../server/store/append-function.js";
 import type { EventStore } from "../server/store/event-store.js";
@@ -419,6 +419,13 @@ describe("JetStreamSource", () => {
     return { got, broken, following };
   }
 
+  /** A source on the namespace, closed after the test. */
+  function newSource(ns: string, options: Partial<JetStreamSourceOptions> = {}): JetStreamSource {
+    const source = new JetStreamSource({ nc, namespace: ns, auth, log: quiet, ...options });
+    cleanups.push(() => source.close());
+    return source;
+  }
+
   const consumers = async (ns: string) => {
     const list: string[] = [];
     for await (const c of jsm.consumers.list(streamNames(ns, B).stream)) list.push(c.name);
@@ -430,8 +437,7 @@ describe("JetStreamSource", () => {
     const store = await openStore(ns);
     await startPublisher(store, ns);
     const live = await untilLive(store, ns);
-    const source = new JetStreamSource({ nc, namespace: ns, auth, log: quiet });
-    cleanups.push(() => source.close());
+    const source = newSource(ns);
     const one = await collect(source);
     const two = await collect(source);
     expect(await consumers(ns)).toHaveLength(2);
@@ -456,8 +462,7 @@ describe("JetStreamSource", () => {
     await ensureStream(jsm, ns, B);
     const js = jsm.jetstream();
     const { subject } = streamNames(ns, B);
-    const source = new JetStreamSource({ nc, namespace: ns, auth, log: quiet });
-    cleanups.push(() => source.close());
+    const source = newSource(ns);
     let prepare = 0n;
     const publish = () => {
       prepare++;
@@ -495,14 +500,7 @@ describe("JetStreamSource", () => {
     const store = await openStore(ns);
     await startPublisher(store, ns);
     const live = await untilLive(store, ns);
-    const source = new JetStreamSource({
-      nc,
-      namespace: ns,
-      auth,
-      log: quiet,
-      pullExpiresMs: 2_000,
-    });
-    cleanups.push(() => source.close());
+    const source = newSource(ns, { pullExpiresMs: 2_000 });
     const { got, broken, following } = await collect(source);
     await append(store, 5);
     await eventually(() => got.length === 5, "the first five");
@@ -525,15 +523,7 @@ describe("JetStreamSource", () => {
     const maxStreamBytes = 64 * 1024;
     await startPublisher(store, ns, { maxStreamBytes });
     const live = await untilLive(store, ns);
-    const source = new JetStreamSource({
-      nc,
-      namespace: ns,
-      auth,
-      log: quiet,
-      pullExpiresMs: 2_000,
-      maxStreamBytes,
-    });
-    cleanups.push(() => source.close());
+    const source = newSource(ns, { pullExpiresMs: 2_000, maxStreamBytes });
     const { got, broken } = await collect(source);
     await append(store, 5);
     await eventually(() => got.length === 5, "the first five");
@@ -570,14 +560,7 @@ describe("JetStreamSource", () => {
   it("reports a broken follow when the stream is deleted", async () => {
     const ns = freshNamespace();
     await ensureStream(jsm, ns, B);
-    const source = new JetStreamSource({
-      nc,
-      namespace: ns,
-      auth,
-      log: quiet,
-      pullExpiresMs: 2_000,
-    });
-    cleanups.push(() => source.close());
+    const source = newSource(ns, { pullExpiresMs: 2_000 });
     const { broken } = await collect(source);
     await jsm.streams.delete(streamNames(ns, B).stream);
     await eventually(() => broken.length > 0, "onBroken", 15_000);
