@@ -1,4 +1,5 @@
 import { type ChildProcess, spawn } from "node:child_process";
+import { readFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { resolve } from "node:path";
 
@@ -12,15 +13,41 @@ export interface SpawnedServer {
   stop(signal?: NodeJS.Signals): Promise<number | null>;
 }
 
+/**
+ * A port nothing listens on, from below the kernel's ephemeral range. A port from listen(0)
+ * comes from that range, which the kernel also hands out to every outgoing connection: between
+ * this probe closing and the server binding it, a test's connection to PostgreSQL or NATS can
+ * take it (EADDRINUSE). Below the range only another probe can pick the same port, and it binds
+ * to check.
+ */
 export async function freePort(): Promise<number> {
-  return new Promise((done, fail) => {
+  const low = 10_000;
+  const high = ephemeralLow();
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const port = low + Math.floor(Math.random() * (high - low));
+    if (await bindable(port)) return port;
+  }
+  throw new Error(`no free port found in ${low}-${high - 1}`);
+}
+
+/** The lowest port of the kernel's ephemeral range. */
+function ephemeralLow(): number {
+  try {
+    const low = Number(
+      readFileSync("/proc/sys/net/ipv4/ip_local_port_range", "utf8").split(/\s+/)[0],
+    );
+    if (low > 11_000) return low;
+  } catch {
+    // Not Linux.
+  }
+  return 49_152; // IANA's
+}
+
+function bindable(port: number): Promise<boolean> {
+  return new Promise((done) => {
     const server = createServer();
-    server.once("error", fail);
-    server.listen(0, "127.0.0.1", () => {
-      const address = server.address();
-      const port = typeof address === "object" && address ? address.port : 0;
-      server.close(() => done(port));
-    });
+    server.once("error", () => done(false));
+    server.listen(port, "127.0.0.1", () => server.close(() => done(true)));
   });
 }
 
