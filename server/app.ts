@@ -286,8 +286,14 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
   });
   observability.attach(store, (boundary) => feeds.delivered(boundary));
   const pubsub = nats
-    ? new JetStreamPubSub(nats, { namespace, auth, log: app.log, ...pubsubOptions })
-    : new MemoryPubSub(pubsubOptions);
+    ? new JetStreamPubSub(nats, {
+        namespace,
+        auth,
+        log: app.log,
+        ...pubsubOptions,
+        maxBytes: config.pubsubMaxBytes,
+      })
+    : new MemoryPubSub({ ...pubsubOptions, maxBufferedBytes: config.pubsubMaxBytes });
 
   // The first round runs before the port opens: a probe answered at once is never UNKNOWN.
   const health = new HealthMonitor(

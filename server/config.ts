@@ -3,6 +3,8 @@ import { availableParallelism } from "node:os";
 import { resolve } from "node:path";
 import { parse as parseYaml } from "yaml";
 import { DEFAULT_LIVE_STREAM_MAX_BYTES } from "./broker/jetstream.js";
+import { DEFAULT_PUBSUB_STREAM_MAX_BYTES } from "./broker/jetstream-pubsub.js";
+import { DEFAULT_MEMORY_GROUP_MAX_BYTES } from "./broker/memory-pubsub.js";
 import { DEFAULT_MIN_FREE_BYTES } from "./store/disk-space.js";
 
 /** Everything the server reads at start-up. Environment variables win over the YAML file. */
@@ -38,6 +40,11 @@ export interface Config {
   readonly pubsubDedupeWindowMs: number;
   /** A durable group with no member for this long is deleted with its waiting messages. */
   readonly pubsubGroupExpiryMs: number;
+  /**
+   * With NATS, the most bytes the pub/sub stream keeps; embedded, each group's backlog in memory.
+   * Past it the oldest messages go.
+   */
+  readonly pubsubMaxBytes: number;
   /** Caps on what clients create on demand; beyond each, RESOURCE_EXHAUSTED naming its variable. */
   readonly maxBoundaries: number;
   readonly maxGroups: number;
@@ -356,6 +363,7 @@ export function loadConfig(
       `ORISUN_PUBSUB_GROUP_EXPIRY: must be at least ORISUN_PUBSUB_RETENTION (${pubsubRetentionMs} ms), got "${merged.ORISUN_PUBSUB_GROUP_EXPIRY}"`,
     );
   }
+  const natsUrl = url(merged, "ORISUN_NATS_URL", ["nats:", "tls:", "ws:", "wss:"]);
   const pgPoolSize = integer(merged, "ORISUN_PG_POOL_SIZE", 10, 1, 1000);
   // Half the pool by default: the other half stays free for appends and GetEvents.
   const catchUpConnections = integer(
@@ -388,7 +396,7 @@ export function loadConfig(
     pgIdleInTransactionTimeoutMs: duration(merged, "ORISUN_PG_IDLE_IN_TRANSACTION_TIMEOUT", 60_000),
     pgConnectTimeoutMs: duration(merged, "ORISUN_PG_CONNECT_TIMEOUT", 5_000),
     catchUpConnections,
-    natsUrl: url(merged, "ORISUN_NATS_URL", ["nats:", "tls:", "ws:", "wss:"]),
+    natsUrl,
     natsCredsFile: natsCredsFile === undefined ? undefined : resolve(natsCredsFile),
     dataDir: resolve(merged.ORISUN_DATA_DIR ?? "./data"),
     dataMinFreeBytes: integer(
@@ -421,6 +429,14 @@ export function loadConfig(
     pubsubRetentionMs,
     pubsubDedupeWindowMs: duration(merged, "ORISUN_PUBSUB_DEDUPE_WINDOW", 120_000),
     pubsubGroupExpiryMs,
+    // At least 8 MiB: a message (up to NATS's max_payload, 1 MiB by default) must fit many times.
+    pubsubMaxBytes: integer(
+      merged,
+      "ORISUN_PUBSUB_MAX_BYTES",
+      natsUrl ? DEFAULT_PUBSUB_STREAM_MAX_BYTES : DEFAULT_MEMORY_GROUP_MAX_BYTES,
+      8 * MiB,
+      Number.MAX_SAFE_INTEGER,
+    ),
     maxBoundaries: integer(merged, "ORISUN_MAX_BOUNDARIES", 10_000, 1, 10_000_000),
     maxGroups: integer(merged, "ORISUN_MAX_GROUPS", 1_000, 1, 100_000),
     maxSubscriptionsPerConnection: integer(

@@ -125,6 +125,16 @@ describe("loadConfig environment parsing", () => {
     );
   });
 
+  it("ORISUN_PUBSUB_MAX_BYTES: 1 GiB with NATS, 64 MiB per group embedded, at least 8 MiB", () => {
+    const nats = { ORISUN_NATS_URL: "nats://127.0.0.1:4222" };
+    expect(loadConfig(nats, []).pubsubMaxBytes).toBe(1_073_741_824);
+    expect(loadConfig({}, []).pubsubMaxBytes).toBe(67_108_864);
+    expect(loadConfig({ ORISUN_PUBSUB_MAX_BYTES: "16777216" }, []).pubsubMaxBytes).toBe(16_777_216);
+    expect(() => loadConfig({ ...nats, ORISUN_PUBSUB_MAX_BYTES: "1048576" }, [])).toThrow(
+      'ORISUN_PUBSUB_MAX_BYTES: must be an integer from 8388608 to 9007199254740991, got "1048576"',
+    );
+  });
+
   it("port 0 (any free port) is allowed", () => {
     expect(loadConfig({ ORISUN_PORT: "0" }, []).port).toBe(0);
   });

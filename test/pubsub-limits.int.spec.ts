@@ -53,6 +53,8 @@ async function publish(pubsub: PubSub, subject: string, ...ids: string[]): Promi
 interface Options {
   readonly groupExpiryMs?: number;
   readonly maxGroups?: number;
+  /** ORISUN_PUBSUB_MAX_BYTES: the stream's bound on JetStream, each group's in memory. */
+  readonly maxBytes?: number;
 }
 
 interface Target {
@@ -69,7 +71,8 @@ const targets: readonly Target[] = [
   {
     name: "the in-process broker",
     async open(options) {
-      const pubsub = new MemoryPubSub({ ...windows, ...options });
+      const { maxBytes, ...rest } = options;
+      const pubsub = new MemoryPubSub({ ...windows, ...rest, maxBufferedBytes: maxBytes });
       opened.push({ pubsub });
       return pubsub;
     },
@@ -242,5 +245,28 @@ describe.each(targets)("pub/sub limits on $name", (target) => {
     await leave(c);
     await leave(own);
     await leave(a);
+  });
+
+  it("keeps a group's backlog within the bound in bytes, the newest messages in order", async () => {
+    const bound = 64 * 1024;
+    const pubsub = await target.open({ maxBytes: bound });
+    await leave(await join(pubsub, "flood", "slow"));
+    const sent = Array.from({ length: 48 }, (_, i) => `m${String(i).padStart(2, "0")}`);
+    for (const id of sent) {
+      const data = randomBytes(4096);
+      data.write(id);
+      await pubsub.publish({ id, subject: "flood", data });
+    }
+    const back = await join(pubsub, "flood", "slow");
+    await eventually(() => back.got.at(-1)?.id === "m47", "the newest message");
+    await sleep(300);
+    const got = back.got.map((m) => m.id);
+    // A suffix of what was sent: the oldest went first, nothing in between.
+    expect(got).toEqual(sent.slice(sent.length - got.length));
+    // 16 messages of 4 KiB fill 64 KiB; JetStream also counts headers and framing.
+    expect(got.length).toBeGreaterThanOrEqual(8);
+    expect(got.length).toBeLessThanOrEqual(bound / 4096);
+    for (const m of back.got) expect(Buffer.from(m.data).toString("latin1", 0, 3)).toBe(m.id);
+    await leave(back);
   });
 });

@@ -11,7 +11,10 @@ import {
 } from "../gen/orisun/v1/eventstore_pb.js";
 import { pubsubHandler } from "../server/api/pubsub-handler.js";
 import type { ValidationContext } from "../server/api/validate.js";
-import { JetStreamPubSub } from "../server/broker/jetstream-pubsub.js";
+import {
+  DEFAULT_PUBSUB_STREAM_MAX_BYTES,
+  JetStreamPubSub,
+} from "../server/broker/jetstream-pubsub.js";
 import { MemoryPubSub } from "../server/broker/memory-pubsub.js";
 import { MessageAuth } from "../server/broker/message-auth.js";
 import type { PubSub, PubSubMessage } from "../server/broker/pubsub.js";
@@ -458,6 +461,26 @@ describe("pub/sub on JetStream across processes", () => {
     group.stop();
     await group.done;
     expect(await count()).toBe(1);
+    await pubsub.close();
+  });
+
+  it("bounds the stream in bytes, and a process with another bound updates it", async () => {
+    const namespace = freshSchema("ps");
+    const { nc, pubsub } = await open(namespace);
+    await publishAll(pubsub, "b", ["b1"]);
+    const jsm = await jetstreamManager(nc);
+    const maxBytes = async () => (await jsm.streams.info(pubsub.stream)).config.max_bytes;
+    expect(await maxBytes()).toBe(DEFAULT_PUBSUB_STREAM_MAX_BYTES);
+    const other = new JetStreamPubSub(nc, {
+      namespace,
+      auth,
+      log: quiet,
+      ...windows,
+      maxBytes: 16 * 1024 * 1024,
+    });
+    await publishAll(other, "b", ["b2"]);
+    expect(await maxBytes()).toBe(16 * 1024 * 1024);
+    await other.close();
     await pubsub.close();
   });
 

@@ -43,6 +43,11 @@ export interface JetStreamPubSubOptions {
   readonly retentionMs: number;
   /** A repeated id within this window is dropped (JetStream's duplicate window). */
   readonly dedupeWindowMs: number;
+  /**
+   * The most bytes the stream keeps on NATS's disk (its max_bytes); past them its oldest messages
+   * go, as past the retention. Default DEFAULT_PUBSUB_STREAM_MAX_BYTES.
+   */
+  readonly maxBytes?: number;
   /** How long a member may hold a message before JetStream gives it to another. Default 30 s. */
   readonly ackWaitMs?: number;
   /** For each JetStream request; beyond it the caller gets UNAVAILABLE. Default 5 s. */
@@ -62,9 +67,12 @@ export interface JetStreamPubSubOptions {
   readonly maxGroups?: number;
 }
 
+/** The pub/sub stream's bound on NATS's disk unless ORISUN_PUBSUB_MAX_BYTES says otherwise. */
+export const DEFAULT_PUBSUB_STREAM_MAX_BYTES = 1024 * 1024 * 1024;
+
 /**
  * Pub/sub on one JetStream stream, `ORISUN_PUBSUB_<namespace>`, holding every message for the
- * retention window. A named group is a durable pull consumer named like the group: every member,
+ * retention window, within its bound in bytes. A named group is a durable pull consumer named like the group: every member,
  * on any server process, pulls from it, so JetStream hands each message to exactly one of them.
  * A private subscription is an ephemeral consumer, deleted when the subscription ends.
  */
@@ -285,7 +293,7 @@ export class JetStreamPubSub implements PubSub {
   }
 
   /**
-   * Creates (or updates to the configured windows) the stream on first use and after a failure,
+   * Creates (or updates to the configured windows and bound) the stream on first use and after a failure,
    * so that the broker starts, and recovers, whether or not NATS is up.
    */
   private ready(): Promise<JetStreamManager> {
@@ -304,6 +312,7 @@ export class JetStreamPubSub implements PubSub {
     const maxAge = nanos(this.options.retentionMs);
     // JetStream refuses a duplicate window longer than the retention.
     const window = nanos(Math.min(this.options.dedupeWindowMs, this.options.retentionMs));
+    const maxBytes = this.options.maxBytes ?? DEFAULT_PUBSUB_STREAM_MAX_BYTES;
     const info = await jsm.streams.info(this.stream).catch((error: unknown) => {
       if (error instanceof JetStreamApiError && error.code === JetStreamApiCodes.StreamNotFound) {
         return undefined;
@@ -318,10 +327,19 @@ export class JetStreamPubSub implements PubSub {
         storage: StorageType.File,
         discard: DiscardPolicy.Old,
         max_age: maxAge,
+        max_bytes: maxBytes,
         duplicate_window: window,
       });
-    } else if (info.config.max_age !== maxAge || info.config.duplicate_window !== window) {
-      await jsm.streams.update(this.stream, { max_age: maxAge, duplicate_window: window });
+    } else if (
+      info.config.max_age !== maxAge ||
+      info.config.duplicate_window !== window ||
+      info.config.max_bytes !== maxBytes
+    ) {
+      await jsm.streams.update(this.stream, {
+        max_age: maxAge,
+        max_bytes: maxBytes,
+        duplicate_window: window,
+      });
     }
     return jsm;
   }

@@ -13,6 +13,9 @@ import {
   tooManyGroups,
 } from "./pubsub.js";
 
+/** A group's backlog in memory unless ORISUN_PUBSUB_MAX_BYTES says otherwise. */
+export const DEFAULT_MEMORY_GROUP_MAX_BYTES = 64 * 1024 * 1024;
+
 export interface MemoryPubSubOptions {
   /** Messages waiting for a member longer than this are dropped. */
   readonly retentionMs: number;
@@ -20,7 +23,10 @@ export interface MemoryPubSubOptions {
   readonly dedupeWindowMs: number;
   /** Per group: beyond this many waiting messages the oldest are dropped. Default 100,000. */
   readonly maxBufferedMessages?: number;
-  /** Per group: beyond this many waiting bytes the oldest are dropped. Default 64 MiB. */
+  /**
+   * Per group: beyond this many waiting bytes the oldest are dropped (ORISUN_PUBSUB_MAX_BYTES).
+   * Default DEFAULT_MEMORY_GROUP_MAX_BYTES.
+   */
   readonly maxBufferedBytes?: number;
   /** A named group without members for this long is deleted with its messages. Default 7 days. */
   readonly groupExpiryMs?: number;
@@ -55,7 +61,7 @@ export class MemoryPubSub implements PubSub {
     this.caps = {
       retentionMs: options.retentionMs,
       messages: options.maxBufferedMessages ?? 100_000,
-      bytes: options.maxBufferedBytes ?? 64 * 1024 * 1024,
+      bytes: options.maxBufferedBytes ?? DEFAULT_MEMORY_GROUP_MAX_BYTES,
     };
   }
 
