@@ -384,6 +384,22 @@ describe("the in-process broker's buffer", () => {
     await pubsub.close();
   });
 
+  it("remembers ids for the dedupe window within the bytes cap, forgetting the oldest first", async () => {
+    // Each 8-character id takes 2 * 8 + 64 = 80 bytes of the estimate: 100 fit in 8,000.
+    const pubsub = new MemoryPubSub({ ...windows, maxBufferedBytes: 8_000 });
+    const reader = await join(pubsub, "d", "dedupe");
+    const sent = Array.from({ length: 150 }, (_, i) => `id${String(i).padStart(6, "0")}`);
+    await publishAll(pubsub, "d", sent);
+    await eventually(() => reader.got.length === 150, "every first publish");
+    // The newest 100 are still remembered; the 50 before them were forgotten early.
+    await publishAll(pubsub, "d", [...sent.slice(0, 3), ...sent.slice(-3)]);
+    await eventually(() => reader.got.length === 153, "the forgotten ids again");
+    await sleep(100);
+    expect(ids(reader).filter((id, i, all) => all.indexOf(id) !== i)).toEqual(sent.slice(0, 3));
+    reader.stop();
+    await pubsub.close();
+  });
+
   it("drops messages older than the retention", async () => {
     const pubsub = new MemoryPubSub({ retentionMs: 50, dedupeWindowMs: 50 });
     const first = await join(pubsub, "q", "aging");

@@ -25,7 +25,8 @@ export interface MemoryPubSubOptions {
   readonly maxBufferedMessages?: number;
   /**
    * Per group: beyond this many waiting bytes the oldest are dropped (ORISUN_PUBSUB_MAX_BYTES).
-   * Default DEFAULT_MEMORY_GROUP_MAX_BYTES.
+   * The ids remembered for the dedupe window are bounded by it too: beyond it the oldest are
+   * forgotten before their window ends. Default DEFAULT_MEMORY_GROUP_MAX_BYTES.
    */
   readonly maxBufferedBytes?: number;
   /** A named group without members for this long is deleted with its messages. Default 7 days. */
@@ -54,6 +55,8 @@ export class MemoryPubSub implements PubSub {
   private readonly privates = new Set<Group>();
   /** id -> when its dedupe window ends; insertion order is expiry order. */
   private readonly seen = new Map<string, number>();
+  /** What `seen` holds, estimated; kept within the bytes cap by forgetting the oldest ids early. */
+  private seenBytes = 0;
   private readonly caps: Caps;
   private closed = false;
 
@@ -69,11 +72,12 @@ export class MemoryPubSub implements PubSub {
     this.checkOpen();
     const now = Date.now();
     for (const [id, until] of this.seen) {
-      if (until > now) break;
-      this.seen.delete(id);
+      if (until > now && this.seenBytes <= this.caps.bytes) break;
+      this.forget(id);
     }
     if (this.seen.has(message.id)) return;
     this.seen.set(message.id, now + this.options.dedupeWindowMs);
+    this.seenBytes += idCost(message.id);
     const entry: Entry = { message, at: now };
     for (const group of [...this.groups.values(), ...this.privates]) {
       if (subjectMatches(group.subject, message.subject)) group.offer(entry);
@@ -178,6 +182,11 @@ export class MemoryPubSub implements PubSub {
     group.expiry = setTimeout(check, Math.min(expiryMs, MAX_TIMER_MS)).unref();
   }
 
+  private forget(id: string): void {
+    this.seen.delete(id);
+    this.seenBytes -= idCost(id);
+  }
+
   private checkOpen(): void {
     if (this.closed) throw new StoreError("unavailable", "the pub/sub broker is closed");
   }
@@ -277,6 +286,11 @@ class Group {
     }
     return entry;
   }
+}
+
+/** Memory an id takes in the dedupe map: its UTF-16 characters and the entry's overhead. */
+function idCost(id: string): number {
+  return 2 * id.length + 64;
 }
 
 const DONE: IteratorResult<PubSubMessage> = { done: true, value: undefined };
