@@ -292,3 +292,75 @@ describe("subscription caps, each reached", () => {
     abortB.abort();
   });
 });
+
+describe.each(targets)("ORISUN_PUBSUB_MAX_BYTES on $name", (target) => {
+  let server: SpawnedServer | undefined;
+  let env: Record<string, string>;
+  beforeAll(async () => {
+    env = {
+      ...target.env(),
+      ORISUN_PUBSUB_MAX_BYTES: String(8 * 1024 * 1024),
+      ORISUN_LIVE_STREAM_MAX_BYTES: String(16 * 1024 * 1024),
+    };
+    server = await spawnServer(env);
+  });
+  afterAll(() => cleanUp(server, env));
+
+  it("a group away while 12 MiB were published gets the newest, in order; publishes go on", async () => {
+    const grpc = createGrpcTransport({ baseUrl: server?.url ?? "" });
+    const client = createClient(EventStore, grpc);
+    const away = new AbortController();
+    const first = await member(grpc, client, "flood", "away", away.signal);
+    away.abort();
+    await first.return?.();
+    const sent = Array.from({ length: 24 }, (_, i) => `big-${String(i).padStart(2, "0")}`);
+    for (const id of sent) {
+      const data = randomBytes(512 * 1024);
+      data.write(id);
+      await client.publishToPubSub({ subject: "flood", id, data });
+    }
+    const back = new AbortController();
+    const got: string[] = [];
+    const reading = (async () => {
+      for await (const { message } of client.subscribeToPubSub(
+        { subject: "flood", consumerName: "away" },
+        { signal: back.signal },
+      )) {
+        if (message?.id.startsWith("big-")) {
+          expect(Buffer.from(message.data).toString("latin1", 0, 6)).toBe(message.id);
+          got.push(message.id);
+        }
+        if (message?.id === "big-23") break;
+      }
+    })();
+    await Promise.race([
+      reading,
+      sleep(20_000).then(() => Promise.reject(new Error(`only ${got.join(",")} arrived`))),
+    ]);
+    back.abort();
+    // A suffix of what was sent: 16 messages of 512 KiB fill 8 MiB.
+    expect(got).toEqual(sent.slice(sent.length - got.length));
+    expect(got.length).toBeGreaterThanOrEqual(8);
+    expect(got.length).toBeLessThanOrEqual(16);
+    if (env.ORISUN_NATS_URL) {
+      await client.saveEvents({ boundary: "bounded", events: [{ eventType: "E", data: "{}" }] });
+      const id = await deploymentId(env.ORISUN_PG_SCHEMA ?? "");
+      const nc = await connect({ servers: NATS_URL });
+      try {
+        const jsm = await jetstreamManager(nc);
+        expect((await jsm.streams.info(`ORISUN_PUBSUB_${id}`)).config.max_bytes).toBe(
+          8 * 1024 * 1024,
+        );
+        let live: number | undefined;
+        for (let i = 0; i < 50 && live === undefined; i++) {
+          const info = await jsm.streams.info(`ORISUN_EVENTS_${id}_bounded`).catch(() => undefined);
+          live = info?.config.max_bytes;
+          if (live === undefined) await sleep(100);
+        }
+        expect(live).toBe(16 * 1024 * 1024);
+      } finally {
+        await nc.close();
+      }
+    }
+  });
+});
