@@ -91,6 +91,7 @@ async function* serve<R extends AnyRequest>(
         Code.ResourceExhausted,
       );
     }
+    checkSize(next.value);
     yield [next.value, answer(deps.index, next.value, sent)];
   }
 }
@@ -117,6 +118,27 @@ async function nextWithin<T>(
   } finally {
     clearTimeout(timer);
     for (const s of signals) s.removeEventListener("abort", onAbort);
+  }
+}
+
+/**
+ * Names in a reflection request (host, file, symbol, type): protobuf's longest real ones are a few
+ * hundred bytes. The answer echoes the request whole (original_request, valid_host), so without
+ * this a client that does not read could make each stream hold a copy of a 4 MiB request twice.
+ */
+export const MAX_REFLECTION_REQUEST_BYTES = 1024;
+
+function checkSize(req: AnyRequest): void {
+  const request = req.messageRequest;
+  const name =
+    request.case === "fileContainingExtension" ? request.value.containingType : request.value;
+  const bytes =
+    Buffer.byteLength(req.host) + (typeof name === "string" ? Buffer.byteLength(name) : 0);
+  if (bytes > MAX_REFLECTION_REQUEST_BYTES) {
+    throw new ConnectError(
+      `a reflection request's host and name must be at most ${MAX_REFLECTION_REQUEST_BYTES} bytes together, got ${bytes}`,
+      Code.InvalidArgument,
+    );
   }
 }
 

@@ -23,8 +23,8 @@ export interface SubscriptionCaps {
 }
 
 /**
- * Counts the open subscriptions (every server-streaming call: SubscribeToEvents and
- * SubscribeToPubSub) of each connection and of the process, and refuses one beyond either cap
+ * Counts the open subscriptions (every call whose answer is a stream: SubscribeToEvents,
+ * SubscribeToPubSub, health Watch and gRPC reflection) of each connection and of the process, and refuses one beyond either cap
  * with StoreError "limit_reached" before the handler runs. A slot is freed when its stream ends,
  * however it ends.
  */
@@ -35,7 +35,8 @@ export class SubscriptionSlots {
   constructor(private readonly caps: SubscriptionCaps) {}
 
   readonly interceptor: Interceptor = (next) => async (req) => {
-    if (req.method.methodKind !== "server_streaming") return next(req);
+    const kind = req.method.methodKind;
+    if (kind === "unary" || kind === "client_streaming") return next(req);
     const release = this.take(req.contextValues.get(kConnection));
     // Connect aborts the signal when the call ends, also for a stream that was never read.
     req.signal.addEventListener("abort", release, { once: true });

@@ -1,10 +1,15 @@
 import { randomBytes } from "node:crypto";
 import { rmSync } from "node:fs";
+import { create } from "@bufbuild/protobuf";
 import { Code, type ConnectError, createClient, type Transport } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import {
+  ServerReflection,
+  ServerReflectionRequestSchema,
+} from "../../gen/grpc/reflection/v1/reflection_pb.js";
 import { Admin } from "../../gen/orisun/v1/admin_pb.js";
 import { EventStore, type SubscribeResponse } from "../../gen/orisun/v1/eventstore_pb.js";
 import { failure } from "../support/clients.js";
@@ -290,6 +295,32 @@ describe("subscription caps, each reached", () => {
     }
     expect(reopened).toBeDefined();
     abortB.abort();
+  });
+
+  it("a gRPC reflection stream takes a slot like a subscription", async () => {
+    const transport = createGrpcTransport({ baseUrl: server?.url ?? "" });
+    const reflection = createClient(ServerReflection, transport);
+    const abort = new AbortController();
+    /** One request, then the stream stays open until the test ends it. */
+    async function* ask() {
+      yield create(ServerReflectionRequestSchema, {
+        messageRequest: { case: "listServices", value: "*" },
+      });
+      await new Promise((done) => abort.signal.addEventListener("abort", done, { once: true }));
+    }
+    const open = async () => {
+      const replies = reflection.serverReflectionInfo(ask(), { signal: abort.signal });
+      const iterator = replies[Symbol.asyncIterator]();
+      return { iterator, first: await iterator.next() };
+    };
+    for (let i = 0; i < 2; i++) {
+      const { first } = await open();
+      expect(first.value?.messageResponse.case).toBe("listServicesResponse");
+    }
+    const refused = await failure(open());
+    expect(Code[refused.code]).toBe("ResourceExhausted");
+    expect(refused.rawMessage).toMatch(/ORISUN_MAX_SUBSCRIPTIONS_PER_CONNECTION \(2\)/);
+    abort.abort();
   });
 });
 

@@ -260,7 +260,7 @@ describe("gRPC server reflection (v1 and v1alpha)", () => {
       expect(unknown.errorResponse?.errorMessage).toContain("orisun.v1.Nope");
       const noFile = await stream.ask({ fileByFilename: "orisun/v1/nope.proto" });
       expect(noFile.errorResponse?.errorCode).toBe(grpc.status.NOT_FOUND);
-      const long = await stream.ask({ fileByFilename: "x".repeat(100_000) });
+      const long = await stream.ask({ fileByFilename: "x".repeat(1_000) });
       expect(long.errorResponse?.errorMessage.length).toBeLessThan(300);
 
       // No extensions are declared: an empty list for a message, NOT_FOUND for anything else.
@@ -287,6 +287,18 @@ describe("gRPC server reflection (v1 and v1alpha)", () => {
   it("a request with nothing set ends the stream INVALID_ARGUMENT", async () => {
     const stream = reflectionStream(server, "v1");
     await expect(stream.ask({})).rejects.toMatchObject({ code: grpc.status.INVALID_ARGUMENT });
+    stream.close();
+  });
+
+  it("a request whose host and name pass 1 KiB ends the stream INVALID_ARGUMENT", async () => {
+    const stream = reflectionStream(server, "v1");
+    const fits = await stream.ask({ host: "h".repeat(500), fileContainingSymbol: "x".repeat(524) });
+    expect(fits.errorResponse?.errorCode).toBe(grpc.status.NOT_FOUND);
+    const refused = stream.ask({ host: "h".repeat(500), fileContainingSymbol: "x".repeat(525) });
+    await expect(refused).rejects.toMatchObject({ code: grpc.status.INVALID_ARGUMENT });
+    const { details } = await stream.ended(1_000);
+    expect(details).toContain("must be at most 1024 bytes together");
+    expect(details).toContain("1025");
     stream.close();
   });
 
