@@ -60,6 +60,15 @@ function correct(error: ConnectError): void {
     target.code = Code.InvalidArgument;
     target.rawMessage = `the request body is not a valid message: ${error.rawMessage}`;
   }
+  // A unary or server-streaming call over a streaming protocol (gRPC, gRPC-Web) must carry one
+  // message: Connect answers none or two as UNIMPLEMENTED, as if the method did not exist.
+  if (
+    error.code === Code.Unimplemented &&
+    /^protocol error: (missing|received extra) input message/.test(error.rawMessage)
+  ) {
+    target.code = Code.InvalidArgument;
+    target.rawMessage = `the request must carry exactly one message: ${error.rawMessage}`;
+  }
   if (error.rawMessage.length > MAX_MESSAGE_CHARS) {
     target.rawMessage = `${error.rawMessage.slice(0, MAX_MESSAGE_CHARS - CUT.length)}${CUT}`;
   }
@@ -77,14 +86,19 @@ function isDecodingFailure(message: string): boolean {
 /**
  * A Connect GET carries the message in the query. Without `base64=1` it is percent-encoded text,
  * which URLSearchParams decodes leniently (bad UTF-8 becomes U+FFFD); refuse it as JSON bodies are.
+ * With `base64=1` it is base64 (standard or URL-safe, padding optional), which Connect decodes
+ * with a plain Error that it would answer as INTERNAL.
  */
 function checkGetMessage(url: string): void {
   const query = url.indexOf("?");
   if (query < 0) return;
+  let base64 = false;
+  let message: string | undefined;
   for (const pair of url.slice(query + 1).split("&")) {
+    if (pair === "base64=1") base64 = true;
     if (!pair.startsWith("message=")) continue;
     try {
-      decodeURIComponent(pair.slice("message=".length).replaceAll("+", " "));
+      message = decodeURIComponent(pair.slice("message=".length).replaceAll("+", " "));
     } catch {
       throw new ConnectError(
         "message: the query parameter must be percent-encoded UTF-8",
@@ -92,4 +106,15 @@ function checkGetMessage(url: string): void {
       );
     }
   }
+  if (base64 && message !== undefined && !isBase64(message)) {
+    throw new ConnectError(
+      "message: with base64=1 the query parameter must be base64 (standard or URL-safe alphabet, padding optional)",
+      Code.InvalidArgument,
+    );
+  }
+}
+
+function isBase64(text: string): boolean {
+  const unpadded = text.replace(/={1,2}$/, "");
+  return /^[A-Za-z0-9+/_-]*$/.test(unpadded) && unpadded.length % 4 !== 1;
 }

@@ -38,7 +38,7 @@ import {
   PG_URL,
   pgUrlVia,
 } from "../support/databases.js";
-import { rawCall } from "../support/raw-rpc.js";
+import { frame, grpcRaw, rawCall } from "../support/raw-rpc.js";
 import { freePort, type SpawnedServer, spawnServer } from "../support/spawn-server.js";
 
 type Client = ReturnType<typeof createClient<typeof EventStore>>;
@@ -733,6 +733,41 @@ describe("undecodable input, unknown names and extreme positions on every transp
     const body = (await res.json()) as { code?: string; message?: string };
     expect(res.status, JSON.stringify(body)).toBe(400);
     expect(body.code).toBe("invalid_argument");
+  });
+
+  it("a gRPC call with no request message, or two, gives INVALID_ARGUMENT", async () => {
+    const one = frame(
+      toBinary(GetEventsRequestSchema, create(GetEventsRequestSchema, { boundary: C })),
+    );
+    for (const [method, body] of [
+      ["GetEvents", new Uint8Array()],
+      ["SubscribeToEvents", new Uint8Array()],
+      ["GetEvents", new Uint8Array([...one, ...one])],
+    ] as const) {
+      const status = await grpcRaw(server.url, method, body);
+      expect(Code[status.code], `${method}: ${status.message}`).toBe(Code[Code.InvalidArgument]);
+      expect(status.message).toMatch(/^the request must carry exactly one message/);
+    }
+  });
+
+  it("Connect GET with base64=1 and a message that is not base64 gives INVALID_ARGUMENT", async () => {
+    for (const message of ["!!", "abcde", "a b"]) {
+      const res = await fetch(
+        `${server.url}/orisun.v1.EventStore/GetEvents?connect=v1&encoding=json&base64=1&message=${encodeURIComponent(message)}`,
+        { signal: AbortSignal.timeout(15_000) },
+      );
+      const body = (await res.json()) as { code?: string; message?: string };
+      expect(res.status, JSON.stringify(body)).toBe(400);
+      expect(body.code).toBe("invalid_argument");
+      expect(body.message).toMatch(/^message: with base64=1/);
+    }
+    // The same request well encoded is answered.
+    const good = Buffer.from(JSON.stringify({ boundary: C })).toString("base64url");
+    const res = await fetch(
+      `${server.url}/orisun.v1.EventStore/GetEvents?connect=v1&encoding=json&base64=1&message=${good}`,
+      { signal: AbortSignal.timeout(15_000) },
+    );
+    expect(res.status).toBe(200);
   });
 
   const positionFields = [
