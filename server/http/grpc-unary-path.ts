@@ -319,7 +319,9 @@ function readUnaryMessage<T>(
   return new Promise<T>((resolve, reject) => {
     const messages: T[] = [];
     let header = Buffer.alloc(0);
-    let data: Buffer | undefined;
+    /** The message's declared length once its header is in; its bytes so far in `parts`. */
+    let length: number | undefined;
+    let parts: Buffer[] = [];
     let filled = 0;
     const finish = (error: unknown, value?: T) => {
       meter?.release();
@@ -340,26 +342,29 @@ function readUnaryMessage<T>(
         meter?.add(chunk.length);
         let at = 0;
         while (at < chunk.length) {
-          if (data === undefined) {
+          if (length === undefined) {
             const take = Math.min(ENVELOPE_HEADER - header.length, chunk.length - at);
             header = Buffer.concat([header, chunk.subarray(at, at + take)]);
             at += take;
             if (header.length < ENVELOPE_HEADER) return;
-            const length = header.readUInt32BE(1);
+            length = header.readUInt32BE(1);
             if (length > maxBytes) {
               throw new ConnectError(
                 `message size ${length} is larger than configured readMaxBytes ${maxBytes}`,
                 Code.ResourceExhausted,
               );
             }
-            data = Buffer.allocUnsafe(length);
+            parts = [];
             filled = 0;
           }
-          const take = Math.min(data.length - filled, chunk.length - at);
-          chunk.copy(data, filled, at, at + take);
+          // Kept as it arrives, not in a buffer of the declared length: a header alone must not
+          // make the server hold up to readMaxBytes that the body budget has not counted.
+          const take = Math.min(length - filled, chunk.length - at);
+          parts.push(chunk.subarray(at, at + take));
           filled += take;
           at += take;
-          if (filled < data.length) return;
+          if (filled < length) return;
+          const data = parts.length === 1 ? (parts[0] as Buffer) : Buffer.concat(parts, length);
           if ((header[0] ?? 0) & COMPRESSED_FLAG) {
             throw new ConnectError(
               "received compressed envelope, but do not know how to decompress",
@@ -368,11 +373,12 @@ function readUnaryMessage<T>(
           }
           messages.push(parse(data));
           header = Buffer.alloc(0);
-          data = undefined;
+          length = undefined;
+          parts = [];
           if (messages.length > 1) {
             throw new ConnectError(
-              "protocol error: received extra input message for unary method",
-              Code.Unimplemented,
+              "the request must carry exactly one message: protocol error: received extra input message for unary method",
+              Code.InvalidArgument,
             );
           }
         }
@@ -381,13 +387,13 @@ function readUnaryMessage<T>(
       }
     };
     const onEnd = () => {
-      if (header.length > 0 || data !== undefined) {
+      if (header.length > 0 || length !== undefined) {
         finish(new ConnectError("protocol error: incomplete envelope", Code.InvalidArgument));
       } else if (messages.length === 0) {
         finish(
           new ConnectError(
-            "protocol error: missing input message for unary method",
-            Code.Unimplemented,
+            "the request must carry exactly one message: protocol error: missing input message for unary method",
+            Code.InvalidArgument,
           ),
         );
       } else finish(undefined, messages[0]);
