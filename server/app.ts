@@ -316,7 +316,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
   const subscribeDeps = {
     ...deps,
     feeds,
-    subscription: SUBSCRIPTION_LIMITS,
+    subscription: { ...SUBSCRIPTION_LIMITS, pageBytes: config.limits.maxReadBytes },
     encodings,
     observer: observability.metrics?.subscriptions,
   };

@@ -128,6 +128,11 @@ export interface Limits {
   readonly maxRequestBytes: number;
   readonly maxCriteria: number;
   readonly maxMessageBytes: number;
+  /**
+   * Bytes of events in one read's answer (GetEvents, ReadForDecision, a subscription's catch-up
+   * page); the read stops early past it, with at least one event (per query).
+   */
+  readonly maxReadBytes: number;
 }
 
 /** How long a client may hold a connection without using it, and how many it may hold. */
@@ -480,6 +485,8 @@ export function loadConfig(
       maxRequestBytes,
       maxCriteria: integer(merged, "ORISUN_MAX_CRITERIA", 100, 1, 10_000),
       maxMessageBytes: integer(merged, "ORISUN_MAX_MESSAGE_BYTES", MiB, 1, 64 * MiB),
+      // As a request: what gRPC clients take by default (4 MiB), so a page always reaches them.
+      maxReadBytes: integer(merged, "ORISUN_MAX_READ_BYTES", 4 * MiB, 64 * 1024, 1024 * MiB),
     },
     observability: observabilityConfig(merged, env),
     connections: {

@@ -72,6 +72,7 @@ describe("loadConfig environment parsing", () => {
         ORISUN_MAX_REQUEST_BYTES: "8192",
         ORISUN_MAX_CRITERIA: "7",
         ORISUN_MAX_MESSAGE_BYTES: "99",
+        ORISUN_MAX_READ_BYTES: "65536",
       },
       [],
     );
@@ -97,6 +98,7 @@ describe("loadConfig environment parsing", () => {
       maxRequestBytes: 8192,
       maxCriteria: 7,
       maxMessageBytes: 99,
+      maxReadBytes: 65_536,
     });
   });
 
@@ -132,6 +134,13 @@ describe("loadConfig environment parsing", () => {
     expect(loadConfig({ ORISUN_PUBSUB_MAX_BYTES: "16777216" }, []).pubsubMaxBytes).toBe(16_777_216);
     expect(() => loadConfig({ ...nats, ORISUN_PUBSUB_MAX_BYTES: "1048576" }, [])).toThrow(
       'ORISUN_PUBSUB_MAX_BYTES: must be an integer from 8388608 to 9007199254740991, got "1048576"',
+    );
+  });
+
+  it("ORISUN_MAX_READ_BYTES: 4 MiB unless set, 64 KiB to 1 GiB", () => {
+    expect(loadConfig({}, []).limits.maxReadBytes).toBe(4_194_304);
+    expect(() => loadConfig({ ORISUN_MAX_READ_BYTES: "1000" }, [])).toThrow(
+      'ORISUN_MAX_READ_BYTES: must be an integer from 65536 to 1073741824, got "1000"',
     );
   });
 

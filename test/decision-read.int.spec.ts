@@ -107,4 +107,40 @@ describe.each(storeTargets)("decision reads on $name", (target) => {
     expect((error as StoreError).kind).toBe("invalid");
     expect((error as StoreError).message).toMatch(/^at: must not be above the boundary's head/);
   });
+
+  it("keeps the answer within maxBytes across queries, one event per query once spent, with hasMore", async () => {
+    const boundary = freshBoundary();
+    const big = (type: string, i: number): EventToAppend => ({
+      ...event(type),
+      data: JSON.stringify({ i, pad: "x".repeat(1_000) }),
+    });
+    await store.append({
+      boundary,
+      events: Array.from({ length: 20 }, (_, i) => big(i % 2 === 0 ? "A" : "B", i)),
+    });
+    const a = { query: [{ types: ["A"], tags: [] }], after: START, count: 100 };
+    const b = { query: [{ types: ["B"], tags: [] }], after: START, count: 100 };
+    const maxBytes = 5 * 1_200;
+    const first = await readForDecision(store, { boundary, queries: [a, b], maxBytes });
+    const [ra, rb] = first.results;
+    // Each event counts about 1,130 bytes: five fit, and B gets the one it is always given.
+    expect(ra?.events).toHaveLength(5);
+    expect(ra?.hasMore).toBe(true);
+    expect(rb?.events).toHaveLength(1);
+    expect(rb?.hasMore).toBe(true);
+    // Paging at the same head with each query's last position reaches every event once.
+    const seen = { a: [...(ra?.events ?? [])], b: [...(rb?.events ?? [])] };
+    for (let round = 0; round < 20; round++) {
+      const queries = [
+        { ...a, after: seen.a.at(-1)?.position ?? START },
+        { ...b, after: seen.b.at(-1)?.position ?? START },
+      ];
+      const page = await readForDecision(store, { boundary, queries, at: first.head, maxBytes });
+      seen.a.push(...(page.results[0]?.events ?? []));
+      seen.b.push(...(page.results[1]?.events ?? []));
+      if (!page.results.some((r) => r.hasMore)) break;
+    }
+    expect(seen.a.map((e) => JSON.parse(e.data).i)).toEqual([0, 2, 4, 6, 8, 10, 12, 14, 16, 18]);
+    expect(seen.b.map((e) => JSON.parse(e.data).i)).toEqual([1, 3, 5, 7, 9, 11, 13, 15, 17, 19]);
+  });
 });

@@ -295,6 +295,7 @@ describe.each(targets)("pub/sub on $name", (target) => {
         maxRequestBytes: 1024,
         maxCriteria: 1,
         maxMessageBytes: 64,
+        maxReadBytes: 4 * 1024 * 1024,
       },
       boundaries: undefined,
     };

@@ -5,9 +5,9 @@ import { checkSql, queryJson } from "../server/store/condition-check.js";
 import { DenseQueries } from "../server/store/dense-queries.js";
 import type { EventStore } from "../server/store/event-store.js";
 import { matches } from "../server/store/matcher.js";
-import { SPARSE_MATCHES, selectEvents } from "../server/store/query-sql.js";
+import { EVENT_OVERHEAD_BYTES, SPARSE_MATCHES, selectEvents } from "../server/store/query-sql.js";
 import { readEvents } from "../server/store/read.js";
-import type { Database } from "../server/store/schema.js";
+import { type Database, encodeTag } from "../server/store/schema.js";
 import {
   comparePositions,
   type EventToAppend,
@@ -39,6 +39,14 @@ function event(prefix: string, i: number): EventToAppend {
 }
 
 const tag = (key: string, value: string) => ({ key, value });
+
+/** An event's bytes as the read's cap counts them (query-sql.ts, capped). */
+const rowBytes = (e: StoredEvent) =>
+  Buffer.byteLength(e.data) +
+  Buffer.byteLength(e.metadata) +
+  Buffer.byteLength(`[${e.tags.map(encodeTag).join(",")}]`) +
+  Buffer.byteLength(e.type) +
+  EVENT_OVERHEAD_BYTES;
 const QUERIES: readonly Query[] = [
   [{ types: [], tags: [tag("n", "v123")] }],
   [{ types: [], tags: [tag("n", "nobody")] }],
@@ -153,6 +161,55 @@ describe.each(storeTargets)("sparse reads on $name", (target) => {
     expect(got).toHaveLength(SPARSE_MATCHES);
     expect(got).toEqual(log.filter((e) => matches(e, request.query)));
   });
+
+  it("stop at maxBytes on both reads: a prefix of the page, cut exactly when short, and paging reaches every match", async () => {
+    const next = prng(11);
+    const pick = <T>(items: readonly T[]): T => items[Math.floor(next() * items.length)] as T;
+    for (let i = 0; i < 150; i++) {
+      const request: ReadRequest = {
+        boundary: "r",
+        query: pick(QUERIES),
+        count: pick([1, 10, 100, 1_001, 5_000]),
+        direction: pick(["asc", "desc"] as const),
+        from: next() < 0.5 ? pick(log).position : undefined,
+        maxBytes: pick([1, 500, 5_000, 60_000]),
+      };
+      const label = JSON.stringify(request, (_, v) => (typeof v === "bigint" ? String(v) : v));
+      const full = expected(request);
+      const got = await store.read(request);
+      const ids = got.map((e) => e.id);
+      expect(ids, label).toEqual(full.slice(0, ids.length));
+      if (full.length > 0) expect(ids.length, label).toBeGreaterThan(0);
+      expect(got.cut, label).toBe(ids.length < full.length);
+      // Within the bound unless one event alone is past it; cut where the next one would pass it.
+      const bytes = got.map(rowBytes).reduce((a, b) => a + b, 0);
+      if (got.length > 1) expect(bytes, label).toBeLessThanOrEqual(request.maxBytes ?? 0);
+      const following = log.find((e) => e.id === full[ids.length]);
+      if (got.cut && following) {
+        expect(bytes + rowBytes(following), label).toBeGreaterThan(request.maxBytes ?? 0);
+      }
+    }
+    // Paging by position through a cut read returns the whole query, in order.
+    const query: Query = [{ types: [], tags: [tag("half", "yes")] }];
+    const all: string[] = [];
+    let from: ReadRequest["from"];
+    for (let pages = 0; ; pages++) {
+      expect(pages).toBeLessThan(1_000);
+      const page = await store.read({
+        boundary: "r",
+        query,
+        from,
+        count: 1_000,
+        direction: "asc",
+        maxBytes: 20_000,
+      });
+      all.push(...page.map((e) => e.id));
+      const last = page.at(-1);
+      if (!last || (!page.cut && page.length < 1_000)) break;
+      from = { commit: last.position.commit, prepare: last.position.prepare + 1n };
+    }
+    expect(all).toEqual(expected({ boundary: "r", query, count: EVENTS, direction: "asc" }));
+  }, 120_000);
 });
 
 interface PlanNode {

@@ -30,6 +30,7 @@ const limits: Limits = {
   maxRequestBytes: 4096,
   maxCriteria: 4,
   maxMessageBytes: 100,
+  maxReadBytes: 4 * 1024 * 1024,
 };
 const ctx: ValidationContext = { limits, boundaries: undefined };
 const restricted: ValidationContext = { limits, boundaries: ["users", "orders"] };
@@ -325,6 +326,7 @@ describe("toReadRequest", () => {
       from: undefined,
       count: DEFAULT_COUNT,
       direction: "asc",
+      maxBytes: ctx.limits.maxReadBytes,
     });
     expect(DEFAULT_COUNT).toBe(100);
   });

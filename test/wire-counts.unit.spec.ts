@@ -61,6 +61,7 @@ const limits: Limits = {
   maxRequestBytes: 4096,
   maxCriteria: 4,
   maxMessageBytes: 100,
+  maxReadBytes: 4 * 1024 * 1024,
 };
 const counts = countLimitsOf(limits);
 const ctx: ValidationContext = { limits, boundaries: undefined };
@@ -74,6 +75,7 @@ const defaults = countLimitsOf({
   maxRequestBytes: 4 * 1024 * 1024,
   maxCriteria: 100,
   maxMessageBytes: 1024 * 1024,
+  maxReadBytes: 4 * 1024 * 1024,
 });
 
 /** The error a check throws, or undefined. */

@@ -5,6 +5,7 @@ import {
   Code,
   ConnectError,
   codeName,
+  comparePositions,
   createOrisunClient,
   type Event,
   formatPosition,
@@ -278,7 +279,7 @@ async function runQuery() {
     shown = view;
     view.head = head;
     list.replaceChildren();
-    showPage(view, page);
+    showPage(view, page, head);
     showHead(view);
   } catch (error) {
     queryError.textContent = describe(error);
@@ -294,10 +295,14 @@ function readPage(view: Shown): Promise<{ events: Event[]; head: Position }> {
   });
 }
 
-function showPage(view: Shown, page: readonly Event[]) {
+function showPage(view: Shown, page: readonly Event[], head: Position) {
   addEvents(page, false);
   const last = page.at(-1)?.position;
-  view.next = page.length === view.count && last ? nextPosition(last, view.direction) : undefined;
+  // A page shorter than asked may still not be the last (the server also stops a page at its byte
+  // bound): going forward the head says whether more can follow; backward, only an empty page.
+  const more =
+    last !== undefined && (view.direction === "forward" ? comparePositions(last, head) < 0 : true);
+  view.next = more ? nextPosition(last, view.direction) : undefined;
   moreButton.hidden = view.next === undefined;
 }
 
@@ -310,8 +315,8 @@ moreButton.addEventListener("click", async () => {
   const view = shown;
   moreButton.disabled = true;
   try {
-    const { events: page } = await readPage(view);
-    if (view === shown) showPage(view, page);
+    const { events: page, head } = await readPage(view);
+    if (view === shown) showPage(view, page, head);
   } catch (error) {
     queryError.textContent = describe(error);
   } finally {

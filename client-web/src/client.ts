@@ -26,6 +26,7 @@ import {
 } from "./decision.js";
 import { Code, ConnectError, isTransient } from "./errors.js";
 import {
+  comparePositions,
   type EventInput,
   type PositionInput,
   type QueryInput,
@@ -113,7 +114,10 @@ export interface OrisunClient {
     handler: (state: S) => Verdict | Promise<Verdict>,
     options?: DecideOptions,
   ): Promise<Decided<S>>;
-  /** Pages through every matching event, `count` at a time, in the given direction. */
+  /**
+   * Pages through every matching event in the given direction, `count` at a time (fewer when a
+   * page reaches the server's ORISUN_MAX_READ_BYTES).
+   */
   pages(options?: ReadOptions): AsyncGenerator<Event[]>;
   /** History from `after`, then live events; reopens after a dropped connection. */
   subscribe(options?: SubscribeOptions): AsyncGenerator<Event>;
@@ -177,11 +181,16 @@ export function createOrisunClient(options: OrisunClientOptions): OrisunClient {
     async *pages(input = {}) {
       const count = input.count ?? 100;
       let from = input.from === undefined ? undefined : toPosition(input.from);
+      const forward = (input.direction ?? "forward") === "forward";
       for (;;) {
-        const page = await read({ ...input, from, count });
-        if (page.length > 0) yield page;
+        const { events: page, head } = await readAt({ ...input, from, count });
         const last = page.at(-1)?.position;
-        if (page.length < count || last === undefined) return;
+        if (last === undefined) return;
+        yield page;
+        // A page may hold fewer than `count` events and yet not be the last: the server also
+        // stops a page at its byte bound (ORISUN_MAX_READ_BYTES). Only an empty page, or one
+        // that reached the head going forward, ends the walk.
+        if (forward && comparePositions(last, head) >= 0) return;
         from = nextPosition(last, input.direction ?? "forward");
         if (from === undefined) return;
       }

@@ -58,5 +58,10 @@ export function toDecisionReadRequest(
       "queries",
     );
   }
-  return { boundary, queries, at: toPosition(request.at, "at") };
+  return {
+    boundary,
+    queries,
+    at: toPosition(request.at, "at"),
+    maxBytes: ctx.limits.maxReadBytes,
+  };
 }

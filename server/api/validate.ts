@@ -226,6 +226,7 @@ export function toReadRequest(request: GetEventsRequest, ctx: ValidationContext)
     from: toPosition(request.fromPosition, "from_position"),
     count: request.count === 0 ? DEFAULT_COUNT : Math.min(request.count, MAX_COUNT),
     direction: request.direction === Direction.ASC ? "asc" : "desc",
+    maxBytes: ctx.limits.maxReadBytes,
   };
 }
 

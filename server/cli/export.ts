@@ -60,7 +60,9 @@ export async function exportEvents(via: Transport, options: ExportOptions): Prom
         const { events } = await next;
         next = undefined;
         let lines = "";
-        let ended = events.length < PAGE;
+        // A page can hold fewer than PAGE events and not be the last (the server also stops a page
+        // at ORISUN_MAX_READ_BYTES): the walk ends at the head, or at an empty page.
+        let ended = events.length === 0;
         for (const event of events) {
           const p = event.position;
           if (
@@ -75,6 +77,12 @@ export async function exportEvents(via: Transport, options: ExportOptions): Prom
           total++;
         }
         const last = events.at(-1)?.position;
+        if (
+          last?.commitPosition === head.commitPosition &&
+          last.preparePosition === head.preparePosition
+        ) {
+          ended = true;
+        }
         // GetEvents starts at from_position inclusive: the next page starts just after.
         const after =
           last && positionAfter({ commit: last.commitPosition, prepare: last.preparePosition });

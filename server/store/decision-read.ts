@@ -1,5 +1,7 @@
 import { StoreError } from "./errors.js";
 import type { EventStore, ReadOptions } from "./event-store.js";
+import { EVENT_OVERHEAD_BYTES } from "./query-sql.js";
+import { encodeTag } from "./schema.js";
 import {
   comparePositions,
   type Position,
@@ -21,11 +23,19 @@ export interface DecisionReadRequest {
   readonly queries: readonly DecisionQuery[];
   /** Read the log as it was at this head (a later page of the same decision); undefined: now. */
   readonly at?: Position | undefined;
+  /**
+   * Bytes of events in the answer, all queries together; a query that finds the budget spent
+   * still returns one event, so that its hasMore is exact. Undefined: counts alone bound it.
+   */
+  readonly maxBytes?: number | undefined;
 }
 
 export interface DecisionQueryResult {
   readonly events: StoredEvent[];
-  /** More matching events lie at or below the head, after the last one returned. */
+  /**
+   * More matching events lie at or below the head, after the last one returned (also when the
+   * answer's bytes cut the query short of its count).
+   */
   readonly hasMore: boolean;
 }
 
@@ -33,6 +43,18 @@ export interface DecisionRead {
   /** The snapshot every result was read from: the marker for the decision's append. */
   readonly head: Position;
   readonly results: DecisionQueryResult[];
+}
+
+/** An event's size as the read's byte cap counts it (query-sql.ts, capped). */
+function eventBytes(event: StoredEvent): number {
+  const tags = `[${event.tags.map(encodeTag).join(",")}]`;
+  return (
+    Buffer.byteLength(event.data) +
+    Buffer.byteLength(event.metadata) +
+    Buffer.byteLength(tags) +
+    Buffer.byteLength(event.type) +
+    EVENT_OVERHEAD_BYTES
+  );
 }
 
 const show = (p: Position) => `{commit_position: ${p.commit}, prepare_position: ${p.prepare}}`;
@@ -57,6 +79,7 @@ export async function readForDecision(
   }
   const head = request.at ?? current;
   const results: DecisionQueryResult[] = [];
+  let budget = request.maxBytes;
   // One after the other: a decision has a few queries, and this holds one pooled connection at most.
   for (const { query, after, count } of request.queries) {
     const from = positionAfter(after);
@@ -65,11 +88,21 @@ export async function readForDecision(
       continue;
     }
     const events = await store.read(
-      { boundary: request.boundary, query, from, until: head, count: count + 1, direction: "asc" },
+      {
+        boundary: request.boundary,
+        query,
+        from,
+        until: head,
+        count: count + 1,
+        direction: "asc",
+        maxBytes: budget === undefined ? undefined : Math.max(1, budget),
+      },
       options,
     );
-    const hasMore = events.length > count;
-    results.push({ events: hasMore ? events.slice(0, count) : events, hasMore });
+    const hasMore = events.length > count || events.cut;
+    const kept = events.length > count ? events.slice(0, count) : events;
+    if (budget !== undefined) budget -= kept.reduce((sum, e) => sum + eventBytes(e), 0);
+    results.push({ events: kept, hasMore });
   }
   return { head, results };
 }

@@ -14,7 +14,7 @@ import { type ImportRequest, type ImportResult, importEvents } from "./import.js
 import { headPosition, readEvents } from "./read.js";
 import { SessionLocks } from "./session-locks.js";
 import { Statistics, type StatisticsOptions } from "./statistics.js";
-import type { AppendRequest, EventToAppend, Position, ReadRequest, StoredEvent } from "./types.js";
+import type { AppendRequest, EventPage, EventToAppend, Position, ReadRequest } from "./types.js";
 
 export interface EventStoreOptions extends DatabaseOptions {
   readonly groupCommit: GroupCommitLimits;
@@ -191,7 +191,7 @@ export class EventStore {
     return listBoundaries(this.database.db);
   }
 
-  async read(request: ReadRequest, options: ReadOptions = {}): Promise<StoredEvent[]> {
+  async read(request: ReadRequest, options: ReadOptions = {}): Promise<EventPage> {
     const { signal } = options;
     const release = options.catchUp ? await this.catchUps.acquire(signal) : undefined;
     try {
@@ -220,7 +220,7 @@ export class EventStore {
   async readAtHead(
     request: Omit<ReadRequest, "until">,
     options: ReadOptions = {},
-  ): Promise<{ events: StoredEvent[]; head: Position }> {
+  ): Promise<{ events: EventPage; head: Position }> {
     const head = await this.head(request.boundary, options.signal);
     const events = await this.read({ ...request, until: head }, options);
     return { events, head };

@@ -41,6 +41,8 @@ export interface EventRow {
   readonly prepare_position: string;
   /** Epoch milliseconds (truncated, as a Date holds it). */
   readonly created_ms: string;
+  /** With a request's maxBytes: the first row past it, there only to say that the page was cut. */
+  readonly over?: boolean;
 }
 
 const COLUMNS = sql`event_id, event_type, '[' || array_to_string(tags, ',') || ']' AS tags,
@@ -64,10 +66,60 @@ const orderSql = (request: ReadRequest) => {
 
 /** The read as the planner likes it: matching events of a boundary in order from `from`, inclusive. */
 export function selectEvents(request: ReadRequest): RawBuilder<EventRow> {
-  return sql<EventRow>`SELECT ${COLUMNS} FROM orisun_events
+  return capped(
+    request,
+    sql<EventRow>`SELECT ${COLUMNS} FROM orisun_events
     WHERE boundary = ${request.boundary} AND ${querySql(request.query)} AND ${rangeSql(request)}
-    ORDER BY ${orderSql(request)} LIMIT ${request.count}`;
+    ORDER BY ${orderSql(request)} LIMIT ${request.count}`,
+    COLUMN_NAMES,
+  );
 }
+
+/**
+ * What an event counts toward a read's maxBytes beyond its data, metadata, tags' text and type:
+ * the rest of its protobuf encoding (id, positions, date, field keys and lengths) takes up to 88
+ * bytes, so that a page within the bound is within it on the wire too.
+ */
+export const EVENT_OVERHEAD_BYTES = 96;
+
+/**
+ * `page`, a read in the request's order, cut before the row that would take it past
+ * `request.maxBytes`, the first row always kept. Each row counts its text columns' bytes and
+ * EVENT_OVERHEAD_BYTES. The row after the cut comes too, marked `over`, so that the reader knows
+ * the page was cut (read.ts drops it). The rows are sized and cut inside PostgreSQL: a page of
+ * ten thousand 1 MiB events never reaches this process whole. A row of nulls
+ * (selectSparseEvents' verdict) counts 0.
+ */
+function capped<Row>(
+  request: ReadRequest,
+  page: RawBuilder<Row>,
+  columns: readonly string[],
+): RawBuilder<Row> {
+  if (request.maxBytes === undefined) return page;
+  const bound = request.maxBytes;
+  return sql<Row>`SELECT ${sql.join(columns.map((c) => sql.ref(`capped.${c}`)))},
+      capped.n > 1 AND capped.reach > ${bound} AS over
+    FROM (
+      SELECT sized.*, row_number() OVER running AS n, sum(sized.bytes) OVER running AS reach
+      FROM (SELECT page.*, coalesce(octet_length(page.data) + coalesce(octet_length(page.metadata), 0)
+          + octet_length(page.tags) + octet_length(page.event_type) + ${sql.lit(EVENT_OVERHEAD_BYTES)}, 0) AS bytes
+        FROM (${page}) AS page) AS sized
+      WINDOW running AS (ORDER BY ${orderSql(request)} ROWS UNBOUNDED PRECEDING)) AS capped
+    WHERE capped.n <= 2 OR capped.reach - capped.bytes <= ${bound}
+    ORDER BY ${orderSql(request)}`;
+}
+
+/** The columns of COLUMNS, by name. */
+const COLUMN_NAMES = [
+  "event_id",
+  "event_type",
+  "tags",
+  "data",
+  "metadata",
+  "commit_position",
+  "prepare_position",
+  "created_ms",
+] as const satisfies readonly (keyof EventRow)[];
 
 /** Most events of a boundary that selectSparseEvents's probe may find for it to answer the query. */
 export const SPARSE_MATCHES = 1_000;
@@ -128,7 +180,9 @@ export type SparseRow = { readonly dense: boolean } & (
  */
 export function selectSparseEvents(request: ReadRequest): RawBuilder<SparseRow> {
   const probes = request.query.map((c) => probeSql(request.boundary, c));
-  return sql<SparseRow>`WITH probe AS MATERIALIZED (
+  return capped(
+    request,
+    sql<SparseRow>`WITH probe AS MATERIALIZED (
       SELECT row_id FROM (${sql.join(probes, sql` UNION ALL `)}) AS tagged
       LIMIT ${SPARSE_MATCHES + 1})
     SELECT verdict.dense, page.* FROM (SELECT count(*) > ${SPARSE_MATCHES} AS dense FROM probe) AS verdict
@@ -137,5 +191,7 @@ export function selectSparseEvents(request: ReadRequest): RawBuilder<SparseRow> 
       WHERE NOT verdict.dense AND ctid = ANY (ARRAY(SELECT row_id FROM probe))
         AND ${querySql(request.query)} AND ${rangeSql(request)}
       ORDER BY ${orderSql(request)} LIMIT ${request.count}) AS page ON TRUE
-    ORDER BY ${orderSql(request)}`;
+    ORDER BY ${orderSql(request)}`,
+    ["dense", ...COLUMN_NAMES],
+  );
 }

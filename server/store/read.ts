@@ -2,7 +2,14 @@ import type { Kysely } from "kysely";
 import type { DenseQueries } from "./dense-queries.js";
 import { type EventRow, readsSparse, selectEvents, selectSparseEvents } from "./query-sql.js";
 import type { Database } from "./schema.js";
-import { type Position, type ReadRequest, START, type StoredEvent } from "./types.js";
+import {
+  type EventPage,
+  eventPage,
+  type Position,
+  type ReadRequest,
+  START,
+  type StoredEvent,
+} from "./types.js";
 
 /**
  * Matching events of a boundary in `direction` order, starting at `from` inclusive. When `signal`
@@ -19,7 +26,7 @@ export async function readEvents(
   dense: DenseQueries,
   signal?: AbortSignal,
   cancel = false,
-): Promise<StoredEvent[]> {
+): Promise<EventPage> {
   const options = {
     signal,
     inflightQueryAbortStrategy: cancel ? ("cancel query" as const) : ("ignore query" as const),
@@ -27,12 +34,23 @@ export async function readEvents(
   if (readsSparse(request.query) && !dense.has(request.boundary, request.query)) {
     const { rows } = await selectSparseEvents(request).execute(db, options);
     if (!rows[0]?.dense) {
-      return rows.flatMap((row) => (row.event_id === null ? [] : [toEvent(request, row)]));
+      return page(rows, (kept) =>
+        kept.flatMap((row) => (row.event_id === null ? [] : [toEvent(request, row)])),
+      );
     }
     dense.add(request.boundary, request.query);
   }
   const { rows } = await selectEvents(request).execute(db, options);
-  return rows.map((row) => toEvent(request, row));
+  return page(rows, (kept) => kept.map((row) => toEvent(request, row)));
+}
+
+/** The events of a read's rows; a last row marked `over` (query-sql's capped) says it was cut. */
+function page<Row extends { readonly over?: boolean | null }>(
+  rows: readonly Row[],
+  toEvents: (rows: readonly Row[]) => StoredEvent[],
+): EventPage {
+  const cut = rows.at(-1)?.over === true;
+  return eventPage(toEvents(cut ? rows.slice(0, -1) : rows), cut);
 }
 
 // One JSON.parse per row for its tags, where pg's array parser (a loop in JS over the escaped

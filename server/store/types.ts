@@ -76,6 +76,23 @@ export interface ReadRequest {
   readonly direction: Direction;
   /** Inclusive upper bound whatever the direction: a head, so the read shows the log as of it. */
   readonly until?: Position | undefined;
+  /**
+   * The page stops once its events reach this many bytes (data, metadata, tags, type and 64 for
+   * the rest), keeping at least one event: what a client's read may make the server hold.
+   * Undefined: `count` alone bounds it.
+   */
+  readonly maxBytes?: number | undefined;
+}
+
+/**
+ * A read's events. `cut`: the page stopped at the request's maxBytes with matching events left
+ * within `count`, so fewer than `count` events does not mean that none follow.
+ */
+export type EventPage = StoredEvent[] & { readonly cut: boolean };
+
+/** `events` as an EventPage; `cut` is not enumerable, so the page compares and prints as an array. */
+export function eventPage(events: StoredEvent[], cut: boolean): EventPage {
+  return Object.defineProperty(events, "cut", { value: cut, enumerable: false }) as EventPage;
 }
 
 export function comparePositions(a: Position, b: Position): number {

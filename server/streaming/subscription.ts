@@ -4,6 +4,8 @@ import type { EventStore } from "../store/event-store.js";
 import { matches } from "../store/matcher.js";
 import {
   comparePositions,
+  type EventPage,
+  eventPage,
   type Position,
   positionAfter,
   type Query,
@@ -22,6 +24,8 @@ export interface SubscribeRequest {
 export interface SubscriptionLimits {
   /** Events per store read while catching up. */
   readonly pageSize: number;
+  /** Bytes of events per catch-up read (ORISUN_MAX_READ_BYTES); undefined: pageSize alone. */
+  readonly pageBytes?: number;
   /** Live events a subscriber may have waiting before it falls back to catching up. */
   readonly bufferEvents: number;
   /** Bytes of data+metadata likewise. */
@@ -92,9 +96,9 @@ export async function* subscribe(
       try {
         // Catch-up reads take turns for their share of the connections (see EventStore.read):
         // a subscription waits as long as it must, until its own client gives up.
-        const readAfter = async (after: Position): Promise<StoredEvent[]> => {
+        const readAfter = async (after: Position): Promise<EventPage> => {
           const from = positionAfter(after);
-          if (from === undefined) return [];
+          if (from === undefined) return eventPage([], false);
           return deps.store.read(
             {
               boundary: request.boundary,
@@ -102,13 +106,14 @@ export async function* subscribe(
               from,
               count: deps.limits.pageSize,
               direction: "asc",
+              maxBytes: deps.limits.pageBytes,
             },
             { signal: abort, catchUp: true },
           );
         };
-        let next: Promise<StoredEvent[]> | undefined = readAfter(cursor);
+        let next: Promise<EventPage> | undefined = readAfter(cursor);
         while (next) {
-          let page: StoredEvent[];
+          let page: EventPage;
           try {
             page = await next;
           } catch (error) {
@@ -116,7 +121,7 @@ export async function* subscribe(
             throw error;
           }
           const last = page.at(-1);
-          const more = page.length === deps.limits.pageSize && last !== undefined;
+          const more = (page.length === deps.limits.pageSize || page.cut) && last !== undefined;
           // The next page is read while this one is sent, but only when that takes nobody's
           // turn: so the pages held in memory stay bounded by the catch-up connections.
           next = more && deps.store.catchUpIdle ? readAfter(last.position) : undefined;
