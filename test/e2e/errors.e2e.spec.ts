@@ -739,10 +739,19 @@ describe("undecodable input, unknown names and extreme positions on every transp
     const one = frame(
       toBinary(GetEventsRequestSchema, create(GetEventsRequestSchema, { boundary: C })),
     );
+    const save = frame(
+      toBinary(
+        SaveEventsRequestSchema,
+        create(SaveEventsRequestSchema, { boundary: C, events: [{ eventType: "T", data: "{}" }] }),
+      ),
+    );
     for (const [method, body] of [
       ["GetEvents", new Uint8Array()],
       ["SubscribeToEvents", new Uint8Array()],
       ["GetEvents", new Uint8Array([...one, ...one])],
+      // SaveEvents over gRPC is served by the server's own HTTP/2 path (grpc-unary-path.ts).
+      ["SaveEvents", new Uint8Array()],
+      ["SaveEvents", new Uint8Array([...save, ...save])],
     ] as const) {
       const status = await grpcRaw(server.url, method, body);
       expect(Code[status.code], `${method}: ${status.message}`).toBe(Code[Code.InvalidArgument]);
