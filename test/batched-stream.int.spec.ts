@@ -12,6 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type Event, EventSchema, EventStore } from "../gen/orisun/v1/eventstore_pb.js";
 import { BATCH_BYTES } from "../server/api/batched-stream.js";
 import type { RunningApp } from "../server/app.js";
+import { readAllEvents } from "./support/clients.js";
 import { startEmbeddedApp } from "./support/embedded-app.js";
 import { grpcJsEventStore } from "./support/grpc-js.js";
 import { frame } from "./support/raw-rpc.js";
@@ -52,21 +53,7 @@ describe("batched subscription streams", () => {
   }, 120_000);
   afterAll(() => app?.close());
 
-  async function readLog(): Promise<Event[]> {
-    const out: Event[] = [];
-    for (;;) {
-      const last = out.at(-1)?.position;
-      const { events } = await writer.getEvents({
-        boundary,
-        count: 1_000,
-        ...(last && {
-          fromPosition: { ...last, preparePosition: last.preparePosition + 1n },
-        }),
-      });
-      out.push(...events);
-      if (events.length < 1_000) return out;
-    }
-  }
+  const readLog = () => readAllEvents(writer, boundary, 1_000);
 
   it("sends each event in its own uncompressed envelope to a client that accepts gzip", async () => {
     log = await readLog();

@@ -1,17 +1,13 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { fromJsonString } from "@bufbuild/protobuf";
-import { type Client, createClient } from "@connectrpc/connect";
+import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { afterAll, describe, expect, it } from "vitest";
 import { Admin } from "../../gen/orisun/v1/admin_pb.js";
-import {
-  Direction,
-  type Event,
-  EventSchema,
-  EventStore,
-} from "../../gen/orisun/v1/eventstore_pb.js";
+import { type Event, EventSchema, EventStore } from "../../gen/orisun/v1/eventstore_pb.js";
 import { runCli } from "../support/cli.js";
+import { readAllEvents } from "../support/clients.js";
 import { dropSchema, freshDataDir, freshSchema, PG_URL } from "../support/databases.js";
 import { seedEvents } from "../support/seed.js";
 import { type SpawnedServer, spawnServer } from "../support/spawn-server.js";
@@ -50,21 +46,6 @@ function readLines(path: string): Event[] {
     .map((line) => fromJsonString(EventSchema, line));
 }
 
-async function readAll(client: Client<typeof EventStore>, boundary: string): Promise<Event[]> {
-  const all: Event[] = [];
-  for (;;) {
-    const last = all.at(-1)?.position;
-    const { events } = await client.getEvents({
-      boundary,
-      direction: Direction.ASC,
-      count: 10_000,
-      fromPosition: last && { ...last, preparePosition: last.preparePosition + 1n },
-    });
-    all.push(...events);
-    if (events.length < 10_000) return all;
-  }
-}
-
 describe.each(targets)("export, then import into an empty store ($name)", (target) => {
   const servers: SpawnedServer[] = [];
   afterAll(async () => {
@@ -89,8 +70,8 @@ describe.each(targets)("export, then import into an empty store ($name)", (targe
     const lines = readLines(file);
     // The export is the log, field by field (boundaries by name, each in position order).
     expect(lines).toEqual([
-      ...(await readAll(client, "orders")),
-      ...(await readAll(client, "users")),
+      ...(await readAllEvents(client, "orders")),
+      ...(await readAllEvents(client, "users")),
     ]);
 
     const restored = await spawnServer(target.env());

@@ -6,7 +6,7 @@ import {
   type Position,
   SaveEventsRequestSchema,
 } from "../../gen/orisun/v1/eventstore_pb.js";
-import { eventStoreClient } from "../support/clients.js";
+import { eventStoreClient, readAllEvents } from "../support/clients.js";
 import {
   dropSchema,
   freshDataDir,
@@ -131,24 +131,7 @@ describe("live subscriptions through failures (two servers, PostgreSQL and NATS)
     writing = false;
     await writer;
 
-    const log: Event[] = [];
-    for (;;) {
-      const last = log.at(-1)?.position;
-      const page = await client(survivor).getEvents({
-        boundary,
-        count: 10_000,
-        ...(last
-          ? {
-              fromPosition: {
-                commitPosition: last.commitPosition,
-                preparePosition: last.preparePosition + 1n,
-              },
-            }
-          : {}),
-      });
-      log.push(...page.events);
-      if (page.events.length < 10_000) break;
-    }
+    const log = await readAllEvents(client(survivor), boundary);
     expect(log.length).toBeGreaterThanOrEqual(written);
     expect(written).toBeGreaterThan(100);
     const deadline = Date.now() + 20_000;
