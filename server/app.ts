@@ -267,6 +267,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
         lingerMs: config.publishLingerMs,
         handOverBytes: config.publishBufferBytes,
         maxStreamBytes: config.liveStreamMaxBytes,
+        maxStreamAgeMs: config.liveStreamMaxAgeMs,
         observer: observability.metrics?.publisher,
       })
     : undefined;
@@ -280,6 +281,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
           auth,
           log: app.log,
           maxStreamBytes: config.liveStreamMaxBytes,
+          maxStreamAgeMs: config.liveStreamMaxAgeMs,
         })
       : undefined,
     log: app.log,

@@ -2,7 +2,11 @@ import { readFileSync } from "node:fs";
 import { availableParallelism } from "node:os";
 import { resolve } from "node:path";
 import { parse as parseYaml } from "yaml";
-import { DEFAULT_LIVE_STREAM_MAX_BYTES } from "./broker/jetstream.js";
+import {
+  DEFAULT_LIVE_STREAM_MAX_AGE_MS,
+  DEFAULT_LIVE_STREAM_MAX_BYTES,
+  LIVE_STREAM_DUPLICATE_WINDOW_MS,
+} from "./broker/jetstream.js";
 import { DEFAULT_PUBSUB_STREAM_MAX_BYTES } from "./broker/jetstream-pubsub.js";
 import { DEFAULT_MEMORY_GROUP_MAX_BYTES } from "./broker/memory-pubsub.js";
 import { DEFAULT_MIN_FREE_BYTES } from "./store/disk-space.js";
@@ -30,8 +34,10 @@ export interface Config {
   readonly dataDir: string;
   /** Embedded only: below this many bytes free on the data folder's disk, writes are refused; 0: never. */
   readonly dataMinFreeBytes: number;
-  /** With NATS: the most bytes a boundary's live stream keeps (its oldest messages go first). */
+  /** With NATS: the most bytes a boundary's live stream keeps (its oldest messages go first); 0: no bound. */
   readonly liveStreamMaxBytes: number;
+  /** With NATS: how long a boundary's live stream keeps a message. */
+  readonly liveStreamMaxAgeMs: number;
   readonly tls: TlsConfig | undefined;
   /** Allowed boundaries; undefined: any valid name, created on first write. */
   readonly boundaries: readonly string[] | undefined;
@@ -227,6 +233,37 @@ function yamlToEnv(path: string): Record<string, string> {
   return out;
 }
 
+/**
+ * 0 (no bound: see DEFAULT_LIVE_STREAM_MAX_BYTES for why that is the default), or at least 8 MiB:
+ * a message (up to NATS's max_payload, 1 MiB by default) must fit many times.
+ */
+function liveStreamMaxBytes(env: Source): number {
+  const bytes = integer(
+    env,
+    "ORISUN_LIVE_STREAM_MAX_BYTES",
+    DEFAULT_LIVE_STREAM_MAX_BYTES,
+    0,
+    Number.MAX_SAFE_INTEGER,
+  );
+  if (bytes !== 0 && bytes < 8 * MiB) {
+    throw new ConfigError(
+      `ORISUN_LIVE_STREAM_MAX_BYTES: must be 0 (no bound) or at least ${8 * MiB}, got "${env.ORISUN_LIVE_STREAM_MAX_BYTES}"`,
+    );
+  }
+  return bytes;
+}
+
+/** At least the streams' duplicate window (2 minutes), which JetStream wants no longer. */
+function liveStreamMaxAge(env: Source): number {
+  const ms = duration(env, "ORISUN_LIVE_STREAM_MAX_AGE", DEFAULT_LIVE_STREAM_MAX_AGE_MS);
+  if (ms < LIVE_STREAM_DUPLICATE_WINDOW_MS || ms > 24 * 3_600_000) {
+    throw new ConfigError(
+      `ORISUN_LIVE_STREAM_MAX_AGE: must be from 2m to 24h, got "${env.ORISUN_LIVE_STREAM_MAX_AGE}"`,
+    );
+  }
+  return ms;
+}
+
 function integer(env: Source, name: string, fallback: number, min: number, max: number): number {
   const raw = env[name];
   if (raw === undefined || raw === "") return fallback;
@@ -411,14 +448,8 @@ export function loadConfig(
       0,
       Number.MAX_SAFE_INTEGER,
     ),
-    // At least 8 MiB: a message (up to NATS's max_payload, 1 MiB by default) must fit many times.
-    liveStreamMaxBytes: integer(
-      merged,
-      "ORISUN_LIVE_STREAM_MAX_BYTES",
-      DEFAULT_LIVE_STREAM_MAX_BYTES,
-      8 * MiB,
-      Number.MAX_SAFE_INTEGER,
-    ),
+    liveStreamMaxBytes: liveStreamMaxBytes(merged),
+    liveStreamMaxAgeMs: liveStreamMaxAge(merged),
     tls:
       cert === undefined || key === undefined
         ? undefined

@@ -120,11 +120,22 @@ describe("loadConfig environment parsing", () => {
     );
   });
 
-  it("ORISUN_LIVE_STREAM_MAX_BYTES: 256 MiB unless set, at least 8 MiB", () => {
-    expect(loadConfig({}, []).liveStreamMaxBytes).toBe(268_435_456);
+  it("ORISUN_LIVE_STREAM_MAX_BYTES: no bound (0) unless set, else at least 8 MiB", () => {
+    expect(loadConfig({}, []).liveStreamMaxBytes).toBe(0);
+    expect(loadConfig({ ORISUN_LIVE_STREAM_MAX_BYTES: "0" }, []).liveStreamMaxBytes).toBe(0);
     expect(() => loadConfig({ ORISUN_LIVE_STREAM_MAX_BYTES: "1048576" }, [])).toThrow(
-      'ORISUN_LIVE_STREAM_MAX_BYTES: must be an integer from 8388608 to 9007199254740991, got "1048576"',
+      'ORISUN_LIVE_STREAM_MAX_BYTES: must be 0 (no bound) or at least 8388608, got "1048576"',
     );
+  });
+
+  it("ORISUN_LIVE_STREAM_MAX_AGE: 10 minutes unless set, from 2m to 24h", () => {
+    expect(loadConfig({}, []).liveStreamMaxAgeMs).toBe(600_000);
+    expect(loadConfig({ ORISUN_LIVE_STREAM_MAX_AGE: "1h" }, []).liveStreamMaxAgeMs).toBe(3_600_000);
+    for (const raw of ["90s", "2d"]) {
+      expect(() => loadConfig({ ORISUN_LIVE_STREAM_MAX_AGE: raw }, [])).toThrow(
+        `ORISUN_LIVE_STREAM_MAX_AGE: must be from 2m to 24h, got "${raw}"`,
+      );
+    }
   });
 
   it("ORISUN_PUBSUB_MAX_BYTES: 1 GiB with NATS, 64 MiB per group embedded, at least 8 MiB", () => {

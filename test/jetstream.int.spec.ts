@@ -267,12 +267,19 @@ describe("the stream", () => {
     ]);
     expect(new Set(infos.map((i) => i.config.name)).size).toBe(1);
     const { stream } = streamNames(ns, B);
-    expect(infos[0]?.config.max_bytes).toBe(DEFAULT_LIVE_STREAM_MAX_BYTES);
+    // No bound in bytes unless asked: JetStream would reserve it on its disk for every boundary.
+    expect(DEFAULT_LIVE_STREAM_MAX_BYTES).toBe(0);
+    expect(infos[0]?.config.max_bytes).toBe(-1);
+    expect(infos[0]?.config.max_age).toBe(600_000_000_000);
     await jsm.streams.update(stream, { max_age: 7_200_000_000_000, max_bytes: 1_000_000_000 });
     const updated = await ensureStream(jsm, ns, B);
-    expect(updated.config.max_age).toBe(3_600_000_000_000);
-    expect(updated.config.max_bytes).toBe(DEFAULT_LIVE_STREAM_MAX_BYTES);
-    expect((await ensureStream(jsm, ns, B, 64 * 1024)).config.max_bytes).toBe(64 * 1024);
+    expect(updated.config.max_age).toBe(600_000_000_000);
+    expect(updated.config.max_bytes).toBe(-1);
+    const bounded = await ensureStream(jsm, ns, B, 64 * 1024, 5 * 60_000);
+    expect([bounded.config.max_bytes, bounded.config.max_age]).toEqual([
+      64 * 1024,
+      300_000_000_000,
+    ]);
     expect(updated.config.duplicate_window).toBe(120_000_000_000);
     expect(updated.config.storage).toBe("file");
   });

@@ -60,6 +60,8 @@ export interface JetStreamPublisherOptions {
   readonly lingerMs?: number;
   /** The boundary streams' bound in bytes (ORISUN_LIVE_STREAM_MAX_BYTES); the source's must match. */
   readonly maxStreamBytes?: number;
+  /** The boundary streams' max age (ORISUN_LIVE_STREAM_MAX_AGE); the same in every process. */
+  readonly maxStreamAgeMs?: number;
 }
 
 /** How the publisher came by what it published (for tests and metrics). */
@@ -482,6 +484,7 @@ export class JetStreamPublisher {
       this.options.namespace,
       boundary,
       this.options.maxStreamBytes,
+      this.options.maxStreamAgeMs,
     );
     const seq = info.state.last_seq;
     const oldest = Math.max(info.state.first_seq, seq - TAIL_SEARCH + 1, 1);

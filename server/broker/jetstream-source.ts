@@ -25,6 +25,8 @@ export interface JetStreamSourceOptions {
   readonly pullExpiresMs?: number;
   /** The boundary streams' bound in bytes (ORISUN_LIVE_STREAM_MAX_BYTES); the publisher's must match. */
   readonly maxStreamBytes?: number;
+  /** The boundary streams' max age (ORISUN_LIVE_STREAM_MAX_AGE); the same in every process. */
+  readonly maxStreamAgeMs?: number;
 }
 
 /** The boundary's JetStream stream, read through one ordered consumer per follow. */
@@ -51,6 +53,7 @@ export class JetStreamSource implements LiveSource {
       this.options.namespace,
       boundary,
       this.options.maxStreamBytes,
+      this.options.maxStreamAgeMs,
     );
     const prefix = `orisun_${nuid.next()}`;
     // Not deliver policy "new": nats.js recreates a lost ordered consumer from the last stream

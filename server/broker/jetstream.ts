@@ -125,20 +125,34 @@ export function streamNames(namespace: string, boundary: string): StreamNames {
   return { stream: `ORISUN_EVENTS_${ns}_${boundary}`, subject: `orisun.events.${ns}.${boundary}` };
 }
 
-/** ORISUN_LIVE_STREAM_MAX_BYTES unset: the most a boundary's live stream keeps on NATS's disk. */
-export const DEFAULT_LIVE_STREAM_MAX_BYTES = 256 * 1024 * 1024;
+/**
+ * ORISUN_LIVE_STREAM_MAX_BYTES unset: no bound in bytes on a boundary's live stream. JetStream
+ * reserves a stream's max_bytes against the server's storage (max_file_store, by default 75% of
+ * its disk's free space) from its creation on, whatever it holds: at 256 MiB a stream, a NATS with
+ * 60 GB for JetStream could hold the streams of some 230 boundaries, and refused the next with
+ * "insufficient storage resources". The age bounds the bytes instead: the streams of a deployment
+ * hold at most what it commits in that time, however many boundaries it has.
+ */
+export const DEFAULT_LIVE_STREAM_MAX_BYTES = 0;
+
+/** ORISUN_LIVE_STREAM_MAX_AGE unset: how long a boundary's live stream keeps a message. */
+export const DEFAULT_LIVE_STREAM_MAX_AGE_MS = 10 * 60 * 1_000;
+
+/** The duplicate window of a live stream, which JetStream wants no longer than its age. */
+export const LIVE_STREAM_DUPLICATE_WINDOW_MS = 2 * 60 * 1_000;
 
 /**
  * Creates the boundary's stream, or brings an existing one to this config; returns its info.
  * JetStream accepts a create whose config equals the existing stream's, so concurrent creators
  * from several processes all succeed. Every process of a deployment must pass the same
- * `maxBytes`, or each would bring the stream back to its own.
+ * `maxBytes` (0: none) and `maxAgeMs`, or each would bring the stream back to its own.
  */
 export async function ensureStream(
   jsm: JetStreamManager,
   namespace: string,
   boundary: string,
   maxBytes: number = DEFAULT_LIVE_STREAM_MAX_BYTES,
+  maxAgeMs: number = DEFAULT_LIVE_STREAM_MAX_AGE_MS,
 ): Promise<StreamInfo> {
   const { stream, subject } = streamNames(namespace, boundary);
   const config = {
@@ -148,10 +162,10 @@ export async function ensureStream(
     discard: DiscardPolicy.Old,
     // Live only: history is read from PostgreSQL, so the stream need not keep much. The oldest
     // messages go first past either bound; a feed that was behind them reads the gap from the store.
-    max_age: nanos(60 * 60 * 1_000),
-    max_bytes: maxBytes,
+    max_age: nanos(maxAgeMs),
+    max_bytes: maxBytes > 0 ? maxBytes : -1,
     // Long enough to drop what a crashed publisher's successor republishes.
-    duplicate_window: nanos(2 * 60 * 1_000),
+    duplicate_window: nanos(LIVE_STREAM_DUPLICATE_WINDOW_MS),
   };
   try {
     return await jsm.streams.add({ name: stream, ...config });

@@ -332,6 +332,7 @@ describe.each(targets)("ORISUN_PUBSUB_MAX_BYTES on $name", (target) => {
       ...target.env(),
       ORISUN_PUBSUB_MAX_BYTES: String(8 * 1024 * 1024),
       ORISUN_LIVE_STREAM_MAX_BYTES: String(16 * 1024 * 1024),
+      ORISUN_LIVE_STREAM_MAX_AGE: "5m",
     };
     server = await spawnServer(env);
   });
@@ -382,13 +383,13 @@ describe.each(targets)("ORISUN_PUBSUB_MAX_BYTES on $name", (target) => {
         expect((await jsm.streams.info(`ORISUN_PUBSUB_${id}`)).config.max_bytes).toBe(
           8 * 1024 * 1024,
         );
-        let live: number | undefined;
+        let live: [number, number] | undefined;
         for (let i = 0; i < 50 && live === undefined; i++) {
           const info = await jsm.streams.info(`ORISUN_EVENTS_${id}_bounded`).catch(() => undefined);
-          live = info?.config.max_bytes;
+          live = info && [info.config.max_bytes, info.config.max_age];
           if (live === undefined) await sleep(100);
         }
-        expect(live).toBe(16 * 1024 * 1024);
+        expect(live).toEqual([16 * 1024 * 1024, 300_000_000_000]);
       } finally {
         await nc.close();
       }
