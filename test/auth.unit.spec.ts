@@ -167,6 +167,26 @@ describe("failed attempts", () => {
     expect(limiter.blocked(["name:a"])).toBe(false);
   });
 
+  it("counts attempts still being verified, so that guesses sent at once cannot all pass", () => {
+    const limiter = new FailureLimiter(100, () => 0);
+    const started = Array.from({ length: 50 }, () => limiter.attempt(["name:a", "address:1"]));
+    expect(started.filter((done) => done !== undefined)).toHaveLength(10);
+    // Another name from the same address is blocked too; another address for another name is not.
+    expect(limiter.attempt(["name:b", "address:1"])).toBeUndefined();
+    const other = limiter.attempt(["name:b", "address:2"]);
+    expect(other).toBeDefined();
+    other?.();
+    // Decided: a success frees its place, a failure keeps it (as a failure) for the window.
+    for (const [i, done] of started.entries()) {
+      done?.();
+      if (done && i % 2 === 0) limiter.fail(["name:a", "address:1"]);
+    }
+    expect(started.filter((done) => done !== undefined).length).toBe(10);
+    expect(limiter.blocked(["name:a"])).toBe(false); // 5 failures
+    const more = Array.from({ length: 10 }, () => limiter.attempt(["name:a"]));
+    expect(more.filter((done) => done !== undefined)).toHaveLength(5);
+  });
+
   it("keeps at most `capacity` names and addresses", () => {
     const limiter = new FailureLimiter(3, () => 0);
     for (let i = 0; i < 10; i++) limiter.fail(["name:a"]);

@@ -137,9 +137,15 @@ export class Authenticator {
   /** Checks a user's password, counting a wrong one as a failed attempt (ChangePassword). */
   async checkPassword(name: string, password: string, address: string): Promise<boolean> {
     const counted = [`name:${name}`, `address:${address}`];
-    if (this.limiter.blocked(counted)) throw tooMany();
-    const user = await this.principals.getUser(name);
-    const ok = await verifySecret(password, user?.passwordHash);
+    const decided = this.limiter.attempt(counted);
+    if (!decided) throw tooMany();
+    let ok: boolean;
+    try {
+      const user = await this.principals.getUser(name);
+      ok = await verifySecret(password, user?.passwordHash);
+    } finally {
+      decided();
+    }
     if (!ok) this.limiter.fail(counted);
     return ok;
   }
@@ -184,9 +190,16 @@ export class Authenticator {
       throw new AuthError("unauthenticated", UNAUTHENTICATED_MESSAGE);
     }
     // Only a slow verification is a guess: those are what the limiter counts and refuses.
-    if (this.limiter.blocked(counted)) throw tooMany();
+    const decided = this.limiter.attempt(counted);
+    if (!decided) throw tooMany();
     const secret = credentials.kind === "password" ? credentials.password : credentials.secret;
-    if (!(await verifySecret(secret, hash)) || !found) {
+    let ok: boolean;
+    try {
+      ok = await verifySecret(secret, hash);
+    } finally {
+      decided();
+    }
+    if (!ok || !found) {
       this.limiter.fail(counted);
       this.cache.delete(cacheKey);
       this.rejected.set(cacheKey, { hash, generation, at });

@@ -117,6 +117,23 @@ describe("brute force", () => {
     expect(log).not.toContain("right-Admin-pw");
     expect(log).toContain('"principal":"admin"');
   }, 120_000);
+
+  it("counts guesses sent at once: 40 concurrent wrong passwords get 10 checked and 30 refused", async () => {
+    const server = await start({
+      ...pgEnv(),
+      ORISUN_AUTH: "on",
+      ORISUN_ADMIN_PASSWORD: "right-Admin-pw",
+    });
+    const transport = createGrpcTransport({ baseUrl: server.url });
+    const codes = await Promise.all(
+      Array.from({ length: 40 }, (_, i) => {
+        const c = clientsWith(transport, basic("admin", `concurrent-guess-${i}`));
+        return codeOf(c.admin.whoAmI({}, { headers: c.headers }));
+      }),
+    );
+    const count = (code: Code) => codes.filter((c) => c === code).length;
+    expect([count(Code.Unauthenticated), count(Code.ResourceExhausted)]).toEqual([10, 30]);
+  }, 60_000);
 });
 
 describe("mutual TLS", () => {
