@@ -62,6 +62,7 @@ import { workerSlotsOf } from "./process/worker-slots.js";
 import { answerWatchdog } from "./process/worker-watchdog.js";
 import { loadDeployment } from "./store/deployment.js";
 import { type EventStoreOptions, EventStore as Store } from "./store/event-store.js";
+import { NamedSubscriptions } from "./streaming/subscription.js";
 
 export interface RunningApp {
   /** Base URL, e.g. http://127.0.0.1:50051 */
@@ -319,6 +320,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     ...deps,
     feeds,
     subscription: { ...SUBSCRIPTION_LIMITS, pageBytes: config.limits.maxReadBytes },
+    named: new NamedSubscriptions(config.maxNamedSubscriptions),
     encodings,
     observer: observability.metrics?.subscriptions,
   };

@@ -54,6 +54,8 @@ export interface Config {
   /** Caps on what clients create on demand; beyond each, RESOURCE_EXHAUSTED naming its variable. */
   readonly maxBoundaries: number;
   readonly maxGroups: number;
+  /** Named subscriptions per process: each holds a PostgreSQL advisory lock. */
+  readonly maxNamedSubscriptions: number;
   readonly maxSubscriptionsPerConnection: number;
   readonly maxSubscriptions: number;
   /** Estimated bytes of events kept for condition checks in memory, all boundaries together. */
@@ -475,6 +477,7 @@ export function loadConfig(
     ),
     maxBoundaries: integer(merged, "ORISUN_MAX_BOUNDARIES", 10_000, 1, 10_000_000),
     maxGroups: integer(merged, "ORISUN_MAX_GROUPS", 1_000, 1, 100_000),
+    maxNamedSubscriptions: integer(merged, "ORISUN_MAX_NAMED_SUBSCRIPTIONS", 1_000, 1, 100_000),
     maxSubscriptionsPerConnection: integer(
       merged,
       "ORISUN_MAX_SUBSCRIPTIONS_PER_CONNECTION",

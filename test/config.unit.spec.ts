@@ -155,6 +155,14 @@ describe("loadConfig environment parsing", () => {
     );
   });
 
+  it("ORISUN_MAX_NAMED_SUBSCRIPTIONS: 1,000 per process unless set", () => {
+    expect(loadConfig({}, []).maxNamedSubscriptions).toBe(1_000);
+    expect(loadConfig({ ORISUN_MAX_NAMED_SUBSCRIPTIONS: "50" }, []).maxNamedSubscriptions).toBe(50);
+    expect(() => loadConfig({ ORISUN_MAX_NAMED_SUBSCRIPTIONS: "0" }, [])).toThrow(
+      'ORISUN_MAX_NAMED_SUBSCRIPTIONS: must be an integer from 1 to 100000, got "0"',
+    );
+  });
+
   it("port 0 (any free port) is allowed", () => {
     expect(loadConfig({ ORISUN_PORT: "0" }, []).port).toBe(0);
   });

@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { StoreError } from "../server/store/errors.js";
 import { matches } from "../server/store/matcher.js";
 import type { EventToAppend, Position, Query, StoredEvent } from "../server/store/types.js";
+import { NamedSubscriptions } from "../server/streaming/subscription.js";
 import { collect, type LiveSetup, liveTargets } from "./support/live.js";
 import { prng } from "./support/prng.js";
 
@@ -202,6 +203,35 @@ describe.each(liveTargets)("subscriptions on $name", (target) => {
     takeover.cancel();
     elsewhere.cancel();
     await Promise.all([takeover.done, elsewhere.done]);
+  });
+
+  it("holds this process's named subscriptions to their cap; unnamed ones are not counted", async () => {
+    const named = new NamedSubscriptions(2);
+    const boundary = "named_cap";
+    const first = collect(setup, { boundary, subscriberName: "one" }, { named });
+    const second = collect(setup, { boundary, subscriberName: "two" }, { named });
+    await setup.store.append({ boundary, events: [event("n1", "Opened", "a1")] });
+    await Promise.all([first, second].map((c) => c.until((got) => got.length === 1)));
+    const third = collect(setup, { boundary, subscriberName: "three" }, { named });
+    await expect(third.done).rejects.toSatisfy(
+      (e) =>
+        e instanceof StoreError &&
+        e.kind === "limit_reached" &&
+        e.field === "subscriber_name" &&
+        e.message.includes("ORISUN_MAX_NAMED_SUBSCRIPTIONS (2)"),
+    );
+    // A name already held is ALREADY_EXISTS, and its refusal frees the place it took.
+    first.cancel();
+    await first.done;
+    const clash = collect(setup, { boundary, subscriberName: "two" }, { named });
+    await expect(clash.done).rejects.toSatisfy(
+      (e) => e instanceof StoreError && e.kind === "already_exists",
+    );
+    const unnamed = collect(setup, { boundary }, { named });
+    const again = collect(setup, { boundary, subscriberName: "three" }, { named });
+    await Promise.all([unnamed, again].map((c) => c.until((got) => got.length === 1)));
+    for (const c of [second, unnamed, again]) c.cancel();
+    await Promise.all([second.done, unnamed.done, again.done]);
   });
 });
 

@@ -7,6 +7,7 @@ import type { LiveFeeds } from "../broker/feed.js";
 import { StoreError } from "../store/errors.js";
 import type { StoredEvent } from "../store/types.js";
 import {
+  type NamedSubscriptions,
   type SubscriptionLimits,
   type SubscriptionObserver,
   type SubscriptionPhase,
@@ -21,6 +22,8 @@ import { toSubscribeRequest } from "./validate.js";
 export interface SubscribeDeps extends ApiDeps {
   readonly feeds: LiveFeeds;
   readonly subscription: SubscriptionLimits;
+  /** ORISUN_MAX_NAMED_SUBSCRIPTIONS of this process. */
+  readonly named?: NamedSubscriptions;
   /** Live events are encoded once for all their subscribers. */
   readonly encodings: LiveEncodings;
   readonly observer?: SubscriptionObserver;
@@ -41,6 +44,7 @@ export function subscribeHandler(
           store: deps.store,
           feeds: deps.feeds,
           limits: deps.subscription,
+          named: deps.named,
           observer: deps.observer,
         },
         parsed,

@@ -2,6 +2,7 @@ import type { FeedMember, LiveFeeds } from "../broker/feed.js";
 import { quote, StoreError } from "../store/errors.js";
 import type { EventStore } from "../store/event-store.js";
 import { matches } from "../store/matcher.js";
+import type { HeldLock } from "../store/session-locks.js";
 import {
   comparePositions,
   type EventPage,
@@ -36,6 +37,8 @@ export interface SubscriptionDeps {
   readonly store: EventStore;
   readonly feeds: LiveFeeds;
   readonly limits: SubscriptionLimits;
+  /** This process's named subscriptions, held to their cap; none: not capped. */
+  readonly named?: NamedSubscriptions;
   /** Metrics of open subscriptions (server/observability); none: nothing is measured. */
   readonly observer?: SubscriptionObserver;
 }
@@ -73,12 +76,20 @@ export async function* subscribe(
   signal: AbortSignal,
   phase: SubscriptionPhase = { live: false },
 ): AsyncGenerator<readonly StoredEvent[]> {
-  const lock = request.subscriberName
-    ? await deps.store.locks.tryAcquire(
-        `orisun-subscriber:${request.boundary}:${request.subscriberName}`,
-      )
-    : undefined;
+  const slot = request.subscriberName ? deps.named?.take() : undefined;
+  let lock: HeldLock | undefined;
+  try {
+    lock = request.subscriberName
+      ? await deps.store.locks.tryAcquire(
+          `orisun-subscriber:${request.boundary}:${request.subscriberName}`,
+        )
+      : undefined;
+  } catch (error) {
+    slot?.();
+    throw error;
+  }
   if (request.subscriberName && !lock) {
+    slot?.();
     throw new StoreError(
       "already_exists",
       `${quote(request.subscriberName)} is already subscribed in boundary ${quote(request.boundary)}`,
@@ -163,6 +174,37 @@ export async function* subscribe(
   } finally {
     probe?.closed();
     await lock?.release();
+    slot?.();
+  }
+}
+
+/**
+ * The named subscriptions of this process, held to ORISUN_MAX_NAMED_SUBSCRIPTIONS. Each holds a
+ * PostgreSQL session advisory lock, and the server's lock table, which every session of that
+ * PostgreSQL shares, has max_locks_per_transaction × max_connections entries (6,400 by default):
+ * past it, every session fails with "out of shared memory".
+ */
+export class NamedSubscriptions {
+  private held = 0;
+
+  constructor(readonly max: number) {}
+
+  /** A place for one more, or StoreError "limit_reached"; call the result once it ends. */
+  take(): () => void {
+    if (this.held >= this.max) {
+      throw new StoreError(
+        "limit_reached",
+        `this server process holds ORISUN_MAX_NAMED_SUBSCRIPTIONS (${this.max}) named subscriptions; subscribe without a name, or to another process`,
+        "subscriber_name",
+      );
+    }
+    this.held++;
+    let given = false;
+    return () => {
+      if (given) return;
+      given = true;
+      this.held--;
+    };
   }
 }
 

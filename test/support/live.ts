@@ -9,6 +9,7 @@ import { loadDeployment } from "../../server/store/deployment.js";
 import type { EventStore } from "../../server/store/event-store.js";
 import type { StoredEvent } from "../../server/store/types.js";
 import {
+  type NamedSubscriptions,
   type SubscribeRequest,
   type SubscriptionLimits,
   subscribe,
@@ -115,14 +116,23 @@ export interface Collector {
 export function collect(
   setup: Pick<LiveSetup, "store" | "feeds">,
   request: Partial<SubscribeRequest> & { boundary: string },
-  options: { limits?: SubscriptionLimits; onEvent?: () => Promise<void> } = {},
+  options: {
+    limits?: SubscriptionLimits;
+    named?: NamedSubscriptions;
+    onEvent?: () => Promise<void>;
+  } = {},
 ): Collector {
   const abort = new AbortController();
   const events: StoredEvent[] = [];
   const waiters = new Set<() => void>();
   const done = (async () => {
     const stream = subscribe(
-      { store: setup.store, feeds: setup.feeds, limits: options.limits ?? DEFAULT_LIMITS },
+      {
+        store: setup.store,
+        feeds: setup.feeds,
+        limits: options.limits ?? DEFAULT_LIMITS,
+        named: options.named,
+      },
       {
         query: [],
         after: { commit: 0n, prepare: 0n },
