@@ -501,6 +501,22 @@ describe("pub/sub on JetStream across processes", () => {
     await pubsub.close();
   });
 
+  it("answers RESOURCE_EXHAUSTED, naming the setting, when NATS cannot reserve the stream's bound", async () => {
+    const { nc } = await open(freshSchema("ps"));
+    // More than any disk: JetStream refuses to reserve it, and makes no stream.
+    const pubsub = new JetStreamPubSub(nc, {
+      namespace: freshSchema("ps"),
+      auth,
+      log: quiet,
+      ...windows,
+      maxBytes: 2 ** 52,
+    });
+    const refused = pubsub.publish({ id: "r1", subject: "r", data: encoder.encode("r") });
+    await expect(refused).rejects.toMatchObject({ kind: "limit_reached" });
+    await expect(refused).rejects.toThrow(/ORISUN_PUBSUB_MAX_BYTES/);
+    await pubsub.close();
+  });
+
   it("refuses a message above the NATS server's max_payload as too large", async () => {
     const { nc, pubsub } = await open(freshSchema("ps"));
     const max = nc.info?.max_payload ?? 0;

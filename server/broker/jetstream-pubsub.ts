@@ -387,11 +387,22 @@ function isStreamMissing(error: unknown): boolean {
 }
 
 /** NATS failures become the store's error: unreachable is UNAVAILABLE, a refusal is internal. */
+/** JetStream's "insufficient storage resources available". */
+const STORAGE_RESOURCES_EXCEEDED = 10047;
+
 async function guard<T>(what: string, work: () => Promise<T>): Promise<T> {
   try {
     return await work();
   } catch (error) {
     if (error instanceof StoreError) throw error;
+    if (error instanceof JetStreamApiError && error.code === STORAGE_RESOURCES_EXCEEDED) {
+      throw new StoreError(
+        "limit_reached",
+        `NATS JetStream has no storage left to ${what}: the pub/sub stream's ORISUN_PUBSUB_MAX_BYTES is reserved on NATS's disk when the stream is made, and its max_file_store cannot hold it; lower the setting or give JetStream more storage`,
+        undefined,
+        { cause: error },
+      );
+    }
     if (error instanceof JetStreamApiError && error.status !== 503) {
       throw new StoreError(
         "internal",
