@@ -227,6 +227,19 @@ describe("SaveEvents over binary gRPC without Fastify and Connect's pipeline", (
       expect(decodeURIComponent(a.grpcMessage ?? "")).toContain("must be <= 2147483647");
       expect(a).toEqual(b);
     }
+    // This path refuses such a deadline without arming it (Connect's own path still arms it, and
+    // Node warns of a timer it cannot hold).
+    const warnings: string[] = [];
+    const onWarning = (warning: Error) => warnings.push(warning.name);
+    process.on("warning", onWarning);
+    try {
+      const far = await call(lean, envelope(save("default", "far")), { "grpc-timeout": "597H" });
+      expect(far.grpcStatus).toBe("3");
+      await new Promise((r) => setTimeout(r, 50));
+    } finally {
+      process.off("warning", onWarning);
+    }
+    expect(warnings).not.toContain("TimeoutOverflowWarning");
     const [a, b] = await both(envelope(save("", "x")), { "grpc-timeout": "596H" });
     // Served (and refused by validation, so that nothing is written): not a deadline.
     expect(a.grpcStatus).toBe("3");

@@ -121,7 +121,8 @@ export function grpcUnaryPath(options: GrpcUnaryPathOptions): StreamRoute {
     const values = options.contextValues(stream, requestId, log);
     const context = new UnaryCallContext(
       method,
-      timeout.timeoutMs,
+      // A deadline beyond the maximum is refused below, not armed (Node would warn and fire at once).
+      timeout.error ? undefined : timeout.timeoutMs,
       webHeaders(headers),
       `${stream.session?.encrypted ? "https" : "http"}://${single(headers[":authority"])}${headers[":path"]}`,
       values,
