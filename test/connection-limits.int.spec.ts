@@ -429,4 +429,30 @@ describe.each([
       session.destroy();
     }
   });
+
+  it("answers HTTP/1.1 requests pipelined beyond the per-connection cap with 429, in order; the connection keeps serving", async () => {
+    await pause(200);
+    const conn = await h1Socket(running());
+    expect(conn).toBeDefined();
+    const { socket, received } = conn as NonNullable<typeof conn>;
+    try {
+      // Sent in one write: Node parses them all at once and would run them all at once.
+      socket.write("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n".repeat(5 * STREAMS));
+      // Answers follow each other with no line break between a body and the next status line.
+      const statuses = () => [...received().matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => m[1]);
+      expect(await until(() => statuses().length === 5 * STREAMS)).toBe(true);
+      expect(statuses()).toEqual([
+        ...Array(STREAMS).fill("200"),
+        ...Array(4 * STREAMS).fill("429"),
+      ]);
+      expect(received()).toContain('"code":"resource_exhausted"');
+      expect(received()).toContain("ORISUN_MAX_STREAMS_PER_CONNECTION");
+      // Answered, so no longer in flight: the same connection is served again.
+      socket.write("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+      expect(await until(() => statuses().length === 5 * STREAMS + 1)).toBe(true);
+      expect(statuses().at(-1)).toBe("200");
+    } finally {
+      socket.destroy();
+    }
+  });
 });

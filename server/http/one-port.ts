@@ -8,6 +8,7 @@ import type { TLSSocket } from "node:tls";
 import type { ConnectionLimits, TlsConfig } from "../config.js";
 import { ConnectionGuard, rateLimited, type Warn } from "./connection-guard.js";
 import type { StreamRoute } from "./grpc-unary-path.js";
+import { capPipelining } from "./pipelining.js";
 
 /** Fastify's request handler; it also serves HTTP/2 compat requests, which lack a few HTTP/1 fields. */
 type Handler = (req: IncomingMessage, res: ServerResponse) => void;
@@ -76,11 +77,12 @@ function routeFirst(
  * is in flight. A stream in flight (a subscription, however quiet) keeps its connection open.
  */
 export function createOnePort(
-  handler: Handler,
+  fastify: Handler,
   tls: TlsConfig | undefined,
   limits: ConnectionLimits,
   warn: Warn,
 ): OnePort {
+  const handler = capPipelining(fastify, limits.maxStreamsPerConnection);
   const guard = new ConnectionGuard(limits, warn);
   let streamRoute: StreamRoute | undefined;
   const routeStreams = (route: StreamRoute) => {
