@@ -24,12 +24,14 @@ const numbers = (events: readonly { data: string }[]) =>
   events.map((e) => (JSON.parse(e.data) as { i: number }).i);
 const range = (n: number) => Array.from({ length: n }, (_, i) => i);
 
-describe("a read's answer bounded in bytes", () => {
-  let server: SpawnedServer;
+/** A server on PostgreSQL in a schema of its own for the describe block, removed after it. */
+function serverFor(extra: Record<string, string> = {}): () => SpawnedServer {
+  let server: SpawnedServer | undefined;
   const env = {
     ORISUN_PG_URL: PG_URL,
     ORISUN_PG_SCHEMA: freshSchema("rb"),
     ORISUN_DATA_DIR: freshDataDir(),
+    ...extra,
   };
   beforeAll(async () => {
     server = await spawnServer(env);
@@ -39,8 +41,17 @@ describe("a read's answer bounded in bytes", () => {
     await dropSchema(env.ORISUN_PG_SCHEMA);
     rmSync(env.ORISUN_DATA_DIR, { recursive: true, force: true });
   });
+  return () => {
+    if (!server) throw new Error("the server did not start");
+    return server;
+  };
+}
+
+describe("a read's answer bounded in bytes", () => {
+  const running = serverFor();
 
   it("by default a page of 1 MiB events fits a plain gRPC client's 4 MiB, and paging reads them all", async () => {
+    const server = running();
     const client = createClient(EventStore, createGrpcTransport({ baseUrl: server.url }));
     for (const i of range(12)) {
       await client.saveEvents({ boundary: "large", events: [big(i, 1024 * 1024 - 100)] });
@@ -83,23 +94,10 @@ describe("a read's answer bounded in bytes", () => {
 });
 
 describe("ORISUN_MAX_READ_BYTES set", () => {
-  let server: SpawnedServer;
-  const env = {
-    ORISUN_PG_URL: PG_URL,
-    ORISUN_PG_SCHEMA: freshSchema("rb"),
-    ORISUN_DATA_DIR: freshDataDir(),
-    ORISUN_MAX_READ_BYTES: String(64 * 1024),
-  };
-  beforeAll(async () => {
-    server = await spawnServer(env);
-  });
-  afterAll(async () => {
-    await server?.stop();
-    await dropSchema(env.ORISUN_PG_SCHEMA);
-    rmSync(env.ORISUN_DATA_DIR, { recursive: true, force: true });
-  });
+  const running = serverFor({ ORISUN_MAX_READ_BYTES: String(64 * 1024) });
 
   it("bounds GetEvents over Connect JSON and ReadForDecision; a subscription catches up on every event in order", async () => {
+    const server = running();
     const grpcClient = createClient(EventStore, createGrpcTransport({ baseUrl: server.url }));
     const events = range(40).map((i) => big(i, 10_000));
     await grpcClient.saveEvents({ boundary: "pages", events: events.slice(0, 20) });
