@@ -24,9 +24,9 @@ export interface SubscriptionCaps {
 
 /**
  * Counts the open subscriptions (every call whose answer is a stream: SubscribeToEvents,
- * SubscribeToPubSub, health Watch and gRPC reflection) of each connection and of the process, and refuses one beyond either cap
- * with StoreError "limit_reached" before the handler runs. A slot is freed when its stream ends,
- * however it ends.
+ * SubscribeToPubSub, health Watch and gRPC reflection) of each connection and of the process,
+ * and refuses one beyond either cap with StoreError "limit_reached" before the handler runs. A
+ * slot is freed when its stream ends, however it ends.
  */
 export class SubscriptionSlots {
   private open = 0;

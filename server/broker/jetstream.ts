@@ -129,7 +129,7 @@ export function streamNames(namespace: string, boundary: string): StreamNames {
  * ORISUN_LIVE_STREAM_MAX_BYTES unset: no bound in bytes on a boundary's live stream. JetStream
  * reserves a stream's max_bytes against the server's storage (max_file_store, by default 75% of
  * its disk's free space) from its creation on, whatever it holds: at 256 MiB a stream, a NATS with
- * 60 GB for JetStream could hold the streams of some 230 boundaries, and refused the next with
+ * 59.85 GB for JetStream held the streams of 239 boundaries and refused the 240th with
  * "insufficient storage resources". The age bounds the bytes instead: the streams of a deployment
  * hold at most what it commits in that time, however many boundaries it has.
  */
