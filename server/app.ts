@@ -255,6 +255,8 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       })
     : undefined;
   if (owners) observability.metrics?.attachRouting(owners.counts);
+  // One value for the publisher and the source: both bring the streams to it.
+  const streamLimits = { maxBytes: config.liveStreamMaxBytes, maxAgeMs: config.liveStreamMaxAgeMs };
   const publisher = nats
     ? new JetStreamPublisher({
         defer: owners ? (boundary) => owners.defersTo(boundary) : undefined,
@@ -267,8 +269,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
         sweepMs: config.publisherSweepMs,
         lingerMs: config.publishLingerMs,
         handOverBytes: config.publishBufferBytes,
-        maxStreamBytes: config.liveStreamMaxBytes,
-        maxStreamAgeMs: config.liveStreamMaxAgeMs,
+        streamLimits,
         observer: observability.metrics?.publisher,
       })
     : undefined;
@@ -281,8 +282,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
           namespace,
           auth,
           log: app.log,
-          maxStreamBytes: config.liveStreamMaxBytes,
-          maxStreamAgeMs: config.liveStreamMaxAgeMs,
+          streamLimits,
         })
       : undefined,
     log: app.log,

@@ -5,6 +5,7 @@ import pg from "pg";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import {
   connectNats,
+  DEFAULT_LIVE_STREAM_LIMITS,
   DEFAULT_LIVE_STREAM_MAX_BYTES,
   decodeEvents,
   encodeEvents,
@@ -275,7 +276,7 @@ describe("the stream", () => {
     const updated = await ensureStream(jsm, ns, B);
     expect(updated.config.max_age).toBe(600_000_000_000);
     expect(updated.config.max_bytes).toBe(-1);
-    const bounded = await ensureStream(jsm, ns, B, 64 * 1024, 5 * 60_000);
+    const bounded = await ensureStream(jsm, ns, B, { maxBytes: 64 * 1024, maxAgeMs: 5 * 60_000 });
     expect([bounded.config.max_bytes, bounded.config.max_age]).toEqual([
       64 * 1024,
       300_000_000_000,
@@ -528,9 +529,10 @@ describe("JetStreamSource", () => {
     const ns = freshNamespace();
     const store = await openStore(ns);
     const maxStreamBytes = 64 * 1024;
-    await startPublisher(store, ns, { maxStreamBytes });
+    const streamLimits = { ...DEFAULT_LIVE_STREAM_LIMITS, maxBytes: maxStreamBytes };
+    await startPublisher(store, ns, { streamLimits });
     const live = await untilLive(store, ns);
-    const source = newSource(ns, { pullExpiresMs: 2_000, maxStreamBytes });
+    const source = newSource(ns, { pullExpiresMs: 2_000, streamLimits });
     const { got, broken } = await collect(source);
     await append(store, 5);
     await eventually(() => got.length === 5, "the first five");

@@ -11,6 +11,7 @@ import {
   decodeEvents,
   encodeEvents,
   ensureStream,
+  type LiveStreamLimits,
   streamNames,
   wireText,
 } from "./jetstream.js";
@@ -58,10 +59,8 @@ export interface JetStreamPublisherOptions {
    * a commit after a quiet spell goes out at once either way.
    */
   readonly lingerMs?: number;
-  /** The boundary streams' bound in bytes (ORISUN_LIVE_STREAM_MAX_BYTES); the source's must match. */
-  readonly maxStreamBytes?: number;
-  /** The boundary streams' max age (ORISUN_LIVE_STREAM_MAX_AGE); the same in every process. */
-  readonly maxStreamAgeMs?: number;
+  /** The boundary streams' bounds; the source's must match. */
+  readonly streamLimits?: LiveStreamLimits;
 }
 
 /** How the publisher came by what it published (for tests and metrics). */
@@ -483,8 +482,7 @@ export class JetStreamPublisher {
       jsm,
       this.options.namespace,
       boundary,
-      this.options.maxStreamBytes,
-      this.options.maxStreamAgeMs,
+      this.options.streamLimits,
     );
     const seq = info.state.last_seq;
     const oldest = Math.max(info.state.first_seq, seq - TAIL_SEARCH + 1, 1);

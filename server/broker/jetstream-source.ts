@@ -7,7 +7,13 @@ import {
 import { type NatsConnection, nuid } from "@nats-io/transport-node";
 import { StoreError } from "../store/errors.js";
 import type { StoredEvent } from "../store/types.js";
-import { type BrokerLog, decodeEvents, ensureStream, streamNames } from "./jetstream.js";
+import {
+  type BrokerLog,
+  decodeEvents,
+  ensureStream,
+  type LiveStreamLimits,
+  streamNames,
+} from "./jetstream.js";
 import type { Following, LiveSource } from "./live-source.js";
 import { type MessageAuth, RejectedMessages } from "./message-auth.js";
 
@@ -23,10 +29,8 @@ export interface JetStreamSourceOptions {
    * two missed heartbeats make the client check (and recreate) a consumer lost on the server.
    */
   readonly pullExpiresMs?: number;
-  /** The boundary streams' bound in bytes (ORISUN_LIVE_STREAM_MAX_BYTES); the publisher's must match. */
-  readonly maxStreamBytes?: number;
-  /** The boundary streams' max age (ORISUN_LIVE_STREAM_MAX_AGE); the same in every process. */
-  readonly maxStreamAgeMs?: number;
+  /** The boundary streams' bounds; the publisher's must match. */
+  readonly streamLimits?: LiveStreamLimits;
 }
 
 /** The boundary's JetStream stream, read through one ordered consumer per follow. */
@@ -52,8 +56,7 @@ export class JetStreamSource implements LiveSource {
       jsm,
       this.options.namespace,
       boundary,
-      this.options.maxStreamBytes,
-      this.options.maxStreamAgeMs,
+      this.options.streamLimits,
     );
     const prefix = `orisun_${nuid.next()}`;
     // Not deliver policy "new": nats.js recreates a lost ordered consumer from the last stream

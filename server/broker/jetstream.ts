@@ -138,21 +138,34 @@ export const DEFAULT_LIVE_STREAM_MAX_BYTES = 0;
 /** ORISUN_LIVE_STREAM_MAX_AGE unset: how long a boundary's live stream keeps a message. */
 export const DEFAULT_LIVE_STREAM_MAX_AGE_MS = 10 * 60 * 1_000;
 
+/**
+ * The bounds of a boundary's live stream (ORISUN_LIVE_STREAM_MAX_BYTES, 0: none, and
+ * ORISUN_LIVE_STREAM_MAX_AGE). Every process of a deployment must use the same, or each would
+ * bring the stream back to its own.
+ */
+export interface LiveStreamLimits {
+  readonly maxBytes: number;
+  readonly maxAgeMs: number;
+}
+
+export const DEFAULT_LIVE_STREAM_LIMITS: LiveStreamLimits = {
+  maxBytes: DEFAULT_LIVE_STREAM_MAX_BYTES,
+  maxAgeMs: DEFAULT_LIVE_STREAM_MAX_AGE_MS,
+};
+
 /** The duplicate window of a live stream, which JetStream wants no longer than its age. */
 export const LIVE_STREAM_DUPLICATE_WINDOW_MS = 2 * 60 * 1_000;
 
 /**
- * Creates the boundary's stream, or brings an existing one to this config; returns its info.
+ * Creates the boundary's stream, or brings an existing one to `limits`; returns its info.
  * JetStream accepts a create whose config equals the existing stream's, so concurrent creators
- * from several processes all succeed. Every process of a deployment must pass the same
- * `maxBytes` (0: none) and `maxAgeMs`, or each would bring the stream back to its own.
+ * from several processes all succeed.
  */
 export async function ensureStream(
   jsm: JetStreamManager,
   namespace: string,
   boundary: string,
-  maxBytes: number = DEFAULT_LIVE_STREAM_MAX_BYTES,
-  maxAgeMs: number = DEFAULT_LIVE_STREAM_MAX_AGE_MS,
+  { maxBytes, maxAgeMs }: LiveStreamLimits = DEFAULT_LIVE_STREAM_LIMITS,
 ): Promise<StreamInfo> {
   const { stream, subject } = streamNames(namespace, boundary);
   const config = {
