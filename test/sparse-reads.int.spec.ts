@@ -5,9 +5,9 @@ import { checkSql, queryJson } from "../server/store/condition-check.js";
 import { DenseQueries } from "../server/store/dense-queries.js";
 import type { EventStore } from "../server/store/event-store.js";
 import { matches } from "../server/store/matcher.js";
-import { EVENT_OVERHEAD_BYTES, SPARSE_MATCHES, selectEvents } from "../server/store/query-sql.js";
+import { readBytes, SPARSE_MATCHES, selectEvents } from "../server/store/query-sql.js";
 import { readEvents } from "../server/store/read.js";
-import { type Database, encodeTag } from "../server/store/schema.js";
+import type { Database } from "../server/store/schema.js";
 import {
   comparePositions,
   type EventToAppend,
@@ -40,13 +40,6 @@ function event(prefix: string, i: number): EventToAppend {
 
 const tag = (key: string, value: string) => ({ key, value });
 
-/** An event's bytes as the read's cap counts them (query-sql.ts, capped). */
-const rowBytes = (e: StoredEvent) =>
-  Buffer.byteLength(e.data) +
-  Buffer.byteLength(e.metadata) +
-  Buffer.byteLength(`[${e.tags.map(encodeTag).join(",")}]`) +
-  Buffer.byteLength(e.type) +
-  EVENT_OVERHEAD_BYTES;
 const QUERIES: readonly Query[] = [
   [{ types: [], tags: [tag("n", "v123")] }],
   [{ types: [], tags: [tag("n", "nobody")] }],
@@ -182,11 +175,11 @@ describe.each(storeTargets)("sparse reads on $name", (target) => {
       if (full.length > 0) expect(ids.length, label).toBeGreaterThan(0);
       expect(got.cut, label).toBe(ids.length < full.length);
       // Within the bound unless one event alone is past it; cut where the next one would pass it.
-      const bytes = got.map(rowBytes).reduce((a, b) => a + b, 0);
+      const bytes = got.map(readBytes).reduce((a, b) => a + b, 0);
       if (got.length > 1) expect(bytes, label).toBeLessThanOrEqual(request.maxBytes ?? 0);
       const following = log.find((e) => e.id === full[ids.length]);
       if (got.cut && following) {
-        expect(bytes + rowBytes(following), label).toBeGreaterThan(request.maxBytes ?? 0);
+        expect(bytes + readBytes(following), label).toBeGreaterThan(request.maxBytes ?? 0);
       }
     }
     // Paging by position through a cut read returns the whole query, in order.

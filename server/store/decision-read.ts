@@ -1,7 +1,6 @@
 import { StoreError } from "./errors.js";
 import type { EventStore, ReadOptions } from "./event-store.js";
-import { EVENT_OVERHEAD_BYTES } from "./query-sql.js";
-import { encodeTag } from "./schema.js";
+import { readBytes } from "./query-sql.js";
 import {
   comparePositions,
   type Position,
@@ -43,18 +42,6 @@ export interface DecisionRead {
   /** The snapshot every result was read from: the marker for the decision's append. */
   readonly head: Position;
   readonly results: DecisionQueryResult[];
-}
-
-/** An event's size as the read's byte cap counts it (query-sql.ts, capped). */
-function eventBytes(event: StoredEvent): number {
-  const tags = `[${event.tags.map(encodeTag).join(",")}]`;
-  return (
-    Buffer.byteLength(event.data) +
-    Buffer.byteLength(event.metadata) +
-    Buffer.byteLength(tags) +
-    Buffer.byteLength(event.type) +
-    EVENT_OVERHEAD_BYTES
-  );
 }
 
 const show = (p: Position) => `{commit_position: ${p.commit}, prepare_position: ${p.prepare}}`;
@@ -101,7 +88,7 @@ export async function readForDecision(
     );
     const hasMore = events.length > count || events.cut;
     const kept = events.length > count ? events.slice(0, count) : events;
-    if (budget !== undefined) budget -= kept.reduce((sum, e) => sum + eventBytes(e), 0);
+    if (budget !== undefined) budget -= kept.reduce((sum, e) => sum + readBytes(e), 0);
     results.push({ events: kept, hasMore });
   }
   return { head, results };

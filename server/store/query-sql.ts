@@ -1,6 +1,6 @@
 import { type RawBuilder, sql } from "kysely";
 import { encodeTag, epochMillisSql } from "./schema.js";
-import type { Criterion, Position, Query, ReadRequest } from "./types.js";
+import type { Criterion, Position, Query, ReadRequest, StoredEvent } from "./types.js";
 
 /**
  * The SQL twin of matcher.ts. Each criterion becomes `event_type = ANY(types) AND tags @> tags`,
@@ -81,6 +81,17 @@ export function selectEvents(request: ReadRequest): RawBuilder<EventRow> {
  * bytes, so that a page within the bound is within it on the wire too.
  */
 export const EVENT_OVERHEAD_BYTES = 96;
+
+/** An event's size as `capped` counts it in SQL, for budgets kept in this process. */
+export function readBytes(event: StoredEvent): number {
+  return (
+    Buffer.byteLength(event.data) +
+    Buffer.byteLength(event.metadata) +
+    Buffer.byteLength(`[${event.tags.map(encodeTag).join(",")}]`) +
+    Buffer.byteLength(event.type) +
+    EVENT_OVERHEAD_BYTES
+  );
+}
 
 /**
  * `page`, a read in the request's order, cut before the row that would take it past
